@@ -1,0 +1,139 @@
+"""Ingestion: one region-day of raw transactions and chargebacks into the region's lake.
+
+Each partition is read once from the source and written as one Parquet file per
+table, replaced atomically, so a re-run of a partition is idempotent. Rows that fail
+validation go to the quarantine table with their reason; the reconciliation check
+reads both files back and proves accepted + quarantined = delivered.
+"""
+
+
+from collections.abc import Callable, Iterator
+from datetime import date
+
+import dagster as dg
+import polars as pl
+
+from assets.partitions import REGION_DAY_PARTITIONS, days_by_region
+from meridian.generator import GeneratedBatch
+from meridian.report import markdown_table
+from meridian.topology import Region
+from meridian.validation import ValidatedBatch, validate_labels, validate_transactions
+from resources.lake import RegionalLakeResource
+from resources.source import TransactionSourceResource
+from resources.topology import RegionTopologyResource
+
+RECONCILIATION_CHECK = "accepted_plus_quarantined_equals_delivered"
+INGESTION_GROUP = "ingestion"
+OWNERS = ["team:fraud-data"]
+
+
+def _ingest(
+    context: dg.AssetExecutionContext,
+    topology: RegionTopologyResource,
+    lake: RegionalLakeResource,
+    source: TransactionSourceResource,
+    fetch: Callable[[TransactionSourceResource, Region, date], GeneratedBatch],
+    validate: Callable[[pl.DataFrame, date, Region], ValidatedBatch],
+    accepted_key: dg.AssetKey,
+    quarantine_key: dg.AssetKey,
+) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
+    topo = topology.load()
+    rows: list[dict[str, object]] = []
+    reasons: dict[str, int] = {}
+    for region_name, days in days_by_region(context).items():
+        region = topo.region(region_name)
+        paths = lake.paths(topo, region_name)
+        for day in days:
+            batch = fetch(source, region, date.fromisoformat(day))
+            result = validate(batch.rows, date.fromisoformat(day), region)
+            accepted = lake.write_partition(paths, accepted_key.path[-1], day, result.accepted)
+            quarantined = lake.write_partition(paths, quarantine_key.path[-1], day, result.quarantined)
+            for reason, n in result.reasons().items():
+                reasons[reason] = reasons.get(reason, 0) + n
+            rows.append({
+                "region": region_name, "day": day, "delivered": batch.rows.height,
+                "accepted": accepted.rows, "quarantined": quarantined.rows,
+                "accepted_bytes": accepted.bytes, "path": str(accepted.path.parent),
+            })
+            context.log.info(f"{region_name} {day}: {accepted.rows} accepted, {quarantined.rows} quarantined")
+    table = pl.DataFrame(rows)
+    delivered, n_acc, n_quar = (int(table[c].sum()) for c in ("delivered", "accepted", "quarantined"))
+    unbalanced = table.filter(pl.col("accepted") + pl.col("quarantined") != pl.col("delivered"))
+    yield dg.MaterializeResult(
+        asset_key=accepted_key,
+        metadata={
+            "dagster/row_count": n_acc,
+            "delivered": delivered,
+            "quarantined": n_quar,
+            "bytes": int(table["accepted_bytes"].sum()),
+            "partitions": dg.MetadataValue.md(markdown_table(table.drop("path").to_dicts())),
+            "lake_path": dg.MetadataValue.path(rows[0]["path"]) if len(rows) == 1 else "several",
+        },
+    )
+    yield dg.MaterializeResult(
+        asset_key=quarantine_key,
+        metadata={
+            "dagster/row_count": n_quar,
+            "quarantine_rate": round(n_quar / delivered, 6) if delivered else 0.0,
+            "reasons": dg.MetadataValue.json(reasons),
+        },
+    )
+    yield dg.AssetCheckResult(
+        asset_key=accepted_key,
+        check_name=RECONCILIATION_CHECK,
+        passed=unbalanced.is_empty(),
+        metadata={
+            "delivered": delivered,
+            "accepted": n_acc,
+            "quarantined": n_quar,
+            "unbalanced_partitions": dg.MetadataValue.json(unbalanced.to_dicts()),
+        },
+    )
+
+
+def _ingestion_asset(
+    name: str,
+    accepted: str,
+    quarantined: str,
+    description: str,
+    fetch: Callable[[TransactionSourceResource, Region, date], GeneratedBatch],
+    validate: Callable[[pl.DataFrame, date, Region], ValidatedBatch],
+) -> dg.AssetsDefinition:
+    accepted_key, quarantine_key = dg.AssetKey(accepted), dg.AssetKey(quarantined)
+    spec = {"group_name": INGESTION_GROUP, "owners": OWNERS, "kinds": {"parquet", "polars"},
+            "tags": {"classification": "personal"}}
+
+    @dg.multi_asset(
+        name=name,
+        specs=[
+            dg.AssetSpec(accepted_key, description=description, **spec),
+            dg.AssetSpec(quarantine_key, description=f"Rows of {accepted} that failed validation, with the reason.", **spec),
+        ],
+        check_specs=[dg.AssetCheckSpec(RECONCILIATION_CHECK, asset=accepted_key, blocking=True,
+                                       description="Every delivered row is either accepted or quarantined.")],
+        partitions_def=REGION_DAY_PARTITIONS,
+        backfill_policy=dg.BackfillPolicy.single_run(),
+    )
+    def _asset(
+        context: dg.AssetExecutionContext,
+        topology: RegionTopologyResource,
+        lake: RegionalLakeResource,
+        source: TransactionSourceResource,
+    ) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
+        yield from _ingest(context, topology, lake, source, fetch, validate, accepted_key, quarantine_key)
+
+    return _asset
+
+
+transactions_ingestion = _ingestion_asset(
+    "transactions_ingestion", "raw_transactions", "quarantined_transactions",
+    "Validated card transactions of one region-day, as Parquet in the region's lake.",
+    TransactionSourceResource.transactions,
+    lambda raw, day, region: validate_transactions(raw, day, region.currencies),
+)
+labels_ingestion = _ingestion_asset(
+    "labels_ingestion", "raw_labels", "quarantined_labels",
+    "Chargebacks that landed on one region-day, as Parquet in the region's lake.",
+    TransactionSourceResource.labels,
+    lambda raw, day, region: validate_labels(raw, day),
+)

@@ -1,0 +1,132 @@
+"""dbt transforms: staging, labelled events and feature models, per region's warehouse.
+
+All dbt models share the region × day partitions. The partition picks the region's
+DuckDB file and lake, and the run's days become dbt `--vars`, so a backfill of many
+days is one `dbt build` per region (single-run backfill policy).
+"""
+
+
+import json
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+from dagster_dbt import DagsterDbtTranslator, DbtCliResource, DbtProject, dbt_assets
+
+from assets.partitions import REGION_DAY_PARTITIONS, days_by_region
+from meridian.paths import REPO_ROOT
+from resources.lake import RegionalLakeResource
+from resources.topology import RegionTopologyResource
+
+DBT_PROJECT_DIR = REPO_ROOT / "dbt_project"
+dbt_project = DbtProject(project_dir=DBT_PROJECT_DIR, profiles_dir=DBT_PROJECT_DIR)
+GROUP_BY_FOLDER = {"staging": "staging", "intermediate": "labels", "features": "features"}
+
+
+def ensure_manifest(project: DbtProject) -> Path:
+    """Parse the dbt project once if no manifest exists yet (fresh clone, CI)."""
+    if not project.manifest_path.exists():
+        project.preparer.prepare(project)
+    return project.manifest_path
+
+
+class MeridianDbtTranslator(DagsterDbtTranslator):
+    """Groups dbt assets by layer and marks them as regional warehouse tables."""
+
+    def get_asset_spec(self, manifest: Mapping[str, Any], unique_id: str, project: DbtProject | None) -> dg.AssetSpec:
+        spec = super().get_asset_spec(manifest, unique_id, project)
+        props = self.get_resource_props(manifest, unique_id)
+        if props["resource_type"] == "source":
+            return spec
+        folder = props["fqn"][1] if len(props["fqn"]) > 2 else ""
+        group = "reference" if props["resource_type"] == "seed" else GROUP_BY_FOLDER.get(folder, "transforms")
+        return spec.replace_attributes(
+            group_name=group,
+            owners=["team:fraud-data"],
+            kinds={"dbt", "duckdb"},
+        ).merge_attributes(tags={"layer": group, "partitioned": "region-day"})
+
+
+def dbt_vars(region: str, days: Sequence[str], lake_root: Path, warehouse: Path) -> dict[str, str]:
+    """The dbt --vars of one region's invocation: its days, its lake and its warehouse."""
+    return {
+        "region": region,
+        "min_day": days[0],
+        "max_day": days[-1],
+        "lake_root": str(lake_root),
+        "warehouse_path": str(warehouse),
+    }
+
+
+def merge_region_events(events_by_region: Mapping[str, list[Any]]) -> Iterator[Any]:
+    """One Dagster event per dbt node, however many regions the run covered.
+
+    A run over several regions invokes dbt once per region, but Dagster accepts one
+    output per asset and one result per check. An output is reported only if every
+    region built it (otherwise a region whose model failed would be marked as
+    materialized); a check passes only if it passed in every region.
+    """
+    if len(events_by_region) == 1:
+        yield from next(iter(events_by_region.values()))
+        return
+    outputs: dict[str, list[tuple[str, dg.Output]]] = {}
+    checks: dict[tuple[dg.AssetKey, str], list[tuple[str, dg.AssetCheckResult]]] = {}
+    for region, events in events_by_region.items():
+        for event in events:
+            if isinstance(event, dg.Output):
+                outputs.setdefault(event.output_name, []).append((region, event))
+            elif isinstance(event, dg.AssetCheckResult):
+                checks.setdefault((event.asset_key, event.check_name), []).append((region, event))
+            else:
+                yield event
+    n_regions = len(events_by_region)
+    for name, items in outputs.items():
+        if len(items) == n_regions:
+            yield dg.Output(value=None, output_name=name,
+                            metadata={**items[0][1].metadata, "regions": [r for r, _ in items]})
+    for (asset_key, check_name), items in checks.items():
+        failed = [(r, c) for r, c in items if not c.passed]
+        worst = next((c for _, c in failed), items[0][1])
+        yield dg.AssetCheckResult(
+            asset_key=asset_key,
+            check_name=check_name,
+            passed=not failed,
+            severity=worst.severity,
+            metadata={**worst.metadata, "failing_regions": [r for r, _ in failed]},
+        )
+
+
+@dbt_assets(
+    manifest=ensure_manifest(dbt_project),
+    project=dbt_project,
+    dagster_dbt_translator=MeridianDbtTranslator(),
+    partitions_def=REGION_DAY_PARTITIONS,
+    backfill_policy=dg.BackfillPolicy.single_run(),
+    name="regional_dbt_models",
+)
+def regional_dbt_models(
+    context: dg.AssetExecutionContext,
+    dbt: DbtCliResource,
+    topology: RegionTopologyResource,
+    lake: RegionalLakeResource,
+) -> Iterator[Any]:
+    """dbt build of the run's days, one invocation per region against that region's warehouse."""
+    topo = topology.load()
+    events: dict[str, list[Any]] = {}
+    failures: list[str] = []
+    for region, days in days_by_region(context).items():
+        paths = lake.paths(topo, region)
+        paths.root.mkdir(parents=True, exist_ok=True)
+        dbt_run_vars = dbt_vars(region, days, paths.lake, paths.warehouse)
+        context.log.info(f"dbt build for {region}, days {days[0]}..{days[-1]}")
+        invocation = dbt.cli(["build", "--vars", json.dumps(dbt_run_vars)], context=context, raise_on_error=False)
+        events[region] = list(invocation.stream())
+        if not invocation.is_successful():
+            failures.append(f"{region}: {invocation.get_error()}")
+    yield from merge_region_events(events)
+    if failures:
+        raise dg.Failure(
+            description="dbt build failed for " + "; ".join(failures),
+            metadata={"failed_regions": [f.split(":")[0] for f in failures]},
+        )

@@ -1,0 +1,1 @@
+"""Meridian: plain, Dagster-free logic of the multi-region fraud platform."""

@@ -1,0 +1,420 @@
+"""Deterministic, seeded generator of regional card transactions and late chargebacks.
+
+It stands in for the upstream payment switch: the same (seed, region, day) always
+yields the same rows, on any machine. Fraud comes from a separate random stream per
+day, so the chargebacks that land on day D (for frauds of earlier days) are rebuilt
+by regenerating only the fraud streams of the last `max_chargeback_delay_days` days,
+never by re-reading the lake.
+
+The fraud mechanism is learnable by good features: stolen-card bursts (several
+transactions within minutes), at compromised or high-risk merchants, from a device the
+customer has never used, often e-commerce, often from abroad, with larger amounts.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta, timezone
+from functools import lru_cache
+from zoneinfo import ZoneInfo
+
+import numpy as np
+import polars as pl
+
+from meridian.topology import Region
+
+# Units of local currency per USD; the dbt seed `currency_rates` carries the same table.
+USD_RATES: dict[str, float] = {
+    "USD": 1.0, "EUR": 0.92, "GBP": 0.79, "CHF": 0.88,
+    "SGD": 1.35, "AUD": 1.52, "JPY": 150.0,
+}
+CATEGORIES: tuple[str, ...] = (
+    "grocery", "dining", "fuel", "travel", "electronics",
+    "apparel", "digital_goods", "jewelry", "gaming", "pharmacy",
+)
+# Typical ticket in USD by category (median of a log-normal).
+CATEGORY_MEDIAN_USD = np.array([38.0, 27.0, 45.0, 310.0, 240.0, 65.0, 18.0, 420.0, 35.0, 22.0])
+HIGH_RISK_CATEGORIES = ("electronics", "digital_goods", "jewelry", "gaming")
+CHANNELS: tuple[str, ...] = ("pos", "contactless", "ecom")
+FOREIGN_COUNTRIES: tuple[str, ...] = ("BR", "NG", "RU", "VN", "UA", "MX", "TR")
+CHARGEBACK_REASONS: tuple[str, ...] = ("10.4", "10.5", "4837", "4863")
+MALFORMED_KINDS: tuple[str, ...] = (
+    "null_customer_id", "negative_amount", "absurd_amount", "unparseable_timestamp",
+    "future_timestamp", "unknown_currency", "duplicate_transaction_id",
+)
+LABEL_MALFORMED_KINDS: tuple[str, ...] = (
+    "null_transaction_id", "unparseable_timestamp", "duplicate_transaction_id",
+)
+TIMESTAMP_FORMAT = "%Y-%m-%dT%H:%M:%S%.6fZ"
+_LEGIT, _FRAUD, _MALFORMED, _LABEL_MALFORMED = 0, 1, 2, 3
+
+
+@dataclass(frozen=True)
+class DriftSpec:
+    """Shift chosen distributions of the given regions from `start_day` on."""
+
+    start_day: date
+    regions: tuple[str, ...]
+    features: tuple[str, ...] = ("amount", "channel", "category")
+    magnitude: float = 0.6
+
+    def applies(self, region: str, day: date) -> bool:
+        return region in self.regions and day >= self.start_day
+
+
+@dataclass(frozen=True)
+class GeneratorConfig:
+    seed: int = 7
+    rows_per_day: int = 5_000
+    fraud_rate: float = 0.012
+    chargeback_report_rate: float = 0.95
+    max_chargeback_delay_days: int = 10
+    history_start: date = date(2026, 1, 1)
+    malformed_rate: float = 0.0
+    drift: DriftSpec | None = None
+
+    def __post_init__(self) -> None:
+        if self.rows_per_day < 1:
+            raise ValueError(f"rows_per_day must be >= 1, got {self.rows_per_day}")
+        if not 0 <= self.fraud_rate < 0.5:
+            raise ValueError(f"fraud_rate must be in [0, 0.5), got {self.fraud_rate}")
+        if not 0 <= self.malformed_rate < 0.5:
+            raise ValueError(f"malformed_rate must be in [0, 0.5), got {self.malformed_rate}")
+        if self.max_chargeback_delay_days < 1:
+            raise ValueError("max_chargeback_delay_days must be >= 1")
+
+
+@dataclass(frozen=True)
+class GeneratedBatch:
+    """One region-day as the source delivers it, plus what the generator injected."""
+
+    rows: pl.DataFrame
+    injected_malformed: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def injected_total(self) -> int:
+        return sum(self.injected_malformed.values())
+
+
+def region_key(region: str) -> int:
+    """Stable per-region integer: adding a region never changes another's data."""
+    return zlib.crc32(region.encode())
+
+
+def _rng(cfg: GeneratorConfig, region: str, day: date | None, stream: int) -> np.random.Generator:
+    ordinal = day.toordinal() if day else 0
+    return np.random.default_rng([cfg.seed, region_key(region), ordinal, stream])
+
+
+def _mix64(x: np.ndarray) -> np.ndarray:
+    """splitmix64 finaliser: ids that look random and reveal nothing (no fraud marker)."""
+    x = x.astype(np.uint64)
+    with np.errstate(over="ignore"):
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        x = x ^ (x >> np.uint64(31))
+    return x
+
+
+def _transaction_ids(cfg: GeneratorConfig, region: str, day: date, stream: int, n: int) -> pl.Series:
+    base = (np.uint64(day.toordinal()) << np.uint64(34)) | (np.uint64(stream) << np.uint64(32))
+    salt = np.uint64((cfg.seed * 1_000_003 + region_key(region)) & 0xFFFFFFFF) << np.uint64(12)
+    raw = base + np.arange(n, dtype=np.uint64) + salt
+    return "tx" + pl.Series("transaction_id", _mix64(raw)).cast(pl.String)
+
+
+@dataclass(frozen=True)
+class _Population:
+    customer_ids: pl.Series
+    emails: pl.Series
+    fingerprints: pl.Series
+    country_vocab: pl.Series  # region countries, then FOREIGN_COUNTRIES
+    home_country: np.ndarray  # index into country_vocab
+    spend_scale: np.ndarray
+    activity: np.ndarray  # sampling probabilities
+    device_ids: pl.Series  # two per customer: 2*i and 2*i + 1
+    merchant_ids: pl.Series
+    merchant_category: np.ndarray  # index into CATEGORIES
+    merchant_popularity: np.ndarray
+    compromised_merchants: np.ndarray  # indices
+    high_risk_merchants: np.ndarray  # indices
+    local_hour_weights: np.ndarray
+
+
+def _population_size(rows_per_day: int) -> tuple[int, int]:
+    return max(500, rows_per_day), min(20_000, max(150, rows_per_day // 20))
+
+
+@lru_cache(maxsize=16)
+def _population(cfg: GeneratorConfig, region: Region) -> _Population:
+    rng = _rng(cfg, region.name, None, 99)
+    n_customers, n_merchants = _population_size(cfg.rows_per_day)
+    code = region.name.replace("-", "")
+    idx = pl.Series(np.arange(n_customers)).cast(pl.String)
+    customer_ids = f"{code}-c" + idx
+    domains = pl.Series(["mail.example", "post.example", "inbox.example", "web.example"])
+    emails = "user" + idx + "@" + domains.gather(np.arange(n_customers) % 4)
+    fp = _mix64(np.arange(n_customers, dtype=np.uint64) + np.uint64(region_key(region.name) << 20))
+    fingerprints = "fp" + pl.Series(fp).cast(pl.String)
+    country_vocab = pl.Series([*region.countries, *FOREIGN_COUNTRIES])
+    country_p = rng.dirichlet(np.full(len(region.countries), 2.0))
+    home_country = rng.choice(len(region.countries), n_customers, p=country_p)
+    spend_scale = rng.lognormal(0.0, 0.45, n_customers)
+    activity = rng.gamma(1.2, 1.0, n_customers)
+    activity /= activity.sum()
+    device_ids = "dv" + pl.Series(
+        _mix64(np.arange(2 * n_customers, dtype=np.uint64) + np.uint64(region_key(code)))
+    ).cast(pl.String)
+    category_mix = rng.dirichlet(np.full(len(CATEGORIES), 3.0))
+    merchant_category = rng.choice(len(CATEGORIES), n_merchants, p=category_mix)
+    merchant_ids = f"{code}-m" + pl.Series(np.arange(n_merchants)).cast(pl.String)
+    popularity = 1.0 / np.arange(1, n_merchants + 1) ** 0.9
+    rng.shuffle(popularity)
+    popularity /= popularity.sum()
+    compromised = rng.choice(n_merchants, max(3, n_merchants // 30), replace=False)
+    high_risk = np.flatnonzero(np.isin(merchant_category, [CATEGORIES.index(c) for c in HIGH_RISK_CATEGORIES]))
+    if high_risk.size == 0:
+        high_risk = compromised
+    # Daily seasonality in local time: quiet nights, lunch and evening peaks.
+    hours = np.arange(24)
+    weights = 0.15 + np.exp(-((hours - 12.5) ** 2) / 6) + 1.2 * np.exp(-((hours - 19) ** 2) / 8)
+    return _Population(
+        customer_ids, emails, fingerprints, country_vocab, home_country, spend_scale, activity, device_ids,
+        merchant_ids, merchant_category, popularity, compromised, high_risk, weights / weights.sum(),
+    )
+
+
+def _utc_offset_hours(region: Region, day: date) -> int:
+    noon = datetime(day.year, day.month, day.day, 12, tzinfo=ZoneInfo(region.timezone))
+    offset = noon.utcoffset() or timedelta(0)
+    return int(round(offset.total_seconds() / 3600))
+
+
+def _seconds_of_day(rng: np.random.Generator, pop: _Population, region: Region, day: date, n: int) -> np.ndarray:
+    local_hour = rng.choice(24, n, p=pop.local_hour_weights)
+    utc_hour = (local_hour - _utc_offset_hours(region, day)) % 24
+    return utc_hour * 3600.0 + rng.uniform(0, 3600, n)
+
+
+def _timestamps(day: date, seconds: np.ndarray) -> pl.Series:
+    start = datetime(day.year, day.month, day.day, tzinfo=timezone.utc)
+    micros = np.minimum(seconds, 86_400 - 1e-6) * 1e6
+    epoch_micros = int(start.timestamp() * 1e6) + micros.astype(np.int64)
+    return pl.Series("event_time", epoch_micros).cast(pl.Datetime("us", "UTC"))
+
+
+def _currency_for(rng: np.random.Generator, region: Region, n: int) -> np.ndarray:
+    """Index into region.currencies: the first is the region's main currency."""
+    k = len(region.currencies)
+    p = np.full(k, 0.2 / max(1, k - 1))
+    p[0] = 0.8 if k > 1 else 1.0
+    return rng.choice(k, n, p=p / p.sum())
+
+
+def _amounts(rng: np.random.Generator, median_usd: np.ndarray, sigma: float, region: Region, currency: np.ndarray) -> np.ndarray:
+    usd = median_usd * rng.lognormal(0.0, sigma, median_usd.size)
+    rate = np.array([USD_RATES[c] for c in region.currencies])[currency]
+    return np.round(np.maximum(usd, 0.5) * rate, 2)
+
+
+def _pick(vocab: tuple[str, ...] | pl.Series, idx: np.ndarray) -> pl.Series:
+    """Strings by index, built in polars (numpy string arrays are slow to convert)."""
+    series = vocab if isinstance(vocab, pl.Series) else pl.Series(list(vocab), dtype=pl.String)
+    return series.gather(idx)
+
+
+def _frame(**columns: object) -> pl.DataFrame:
+    return pl.DataFrame(columns)
+
+
+def _legit(cfg: GeneratorConfig, region: Region, day: date, n: int) -> pl.DataFrame:
+    pop = _population(cfg, region)
+    rng = _rng(cfg, region.name, day, _LEGIT)
+    drifted = cfg.drift is not None and cfg.drift.applies(region.name, day)
+    shift = cfg.drift.magnitude if drifted and cfg.drift else 0.0
+    feats = cfg.drift.features if drifted and cfg.drift else ()
+    cust = rng.choice(pop.customer_ids.len(), n, p=pop.activity)
+    merchant_p = pop.merchant_popularity
+    if "category" in feats:
+        boost = np.where(np.isin(pop.merchant_category, [4, 6]), 1.0 + 4 * shift, 1.0)
+        merchant_p = merchant_p * boost / (merchant_p * boost).sum()
+    merch = rng.choice(pop.merchant_ids.len(), n, p=merchant_p)
+    channel_p = np.array([0.45, 0.30, 0.25])
+    if "channel" in feats:
+        channel_p = np.array([0.45 - 0.3 * shift, 0.30, 0.25 + 0.3 * shift]).clip(0.01)
+    channel = rng.choice(3, n, p=channel_p / channel_p.sum())
+    currency = _currency_for(rng, region, n)
+    median = CATEGORY_MEDIAN_USD[pop.merchant_category[merch]] * pop.spend_scale[cust]
+    if "amount" in feats:
+        median = median * (1.0 + shift)
+    abroad = rng.random(n) < 0.02
+    n_home = len(region.countries)
+    country = np.where(abroad, n_home + rng.integers(0, len(FOREIGN_COUNTRIES), n), pop.home_country[cust])
+    device = 2 * cust + (rng.random(n) < 0.2)
+    return _frame(
+        transaction_id=_transaction_ids(cfg, region.name, day, _LEGIT, n),
+        customer_id=_pick(pop.customer_ids, cust),
+        merchant_id=_pick(pop.merchant_ids, merch),
+        merchant_category=_pick(CATEGORIES, pop.merchant_category[merch]),
+        amount=_amounts(rng, median, 0.7, region, currency),
+        currency=_pick(region.currencies, currency),
+        event_time=_timestamps(day, _seconds_of_day(rng, pop, region, day, n)),
+        channel=_pick(CHANNELS, channel),
+        device_id=_pick(pop.device_ids, device),
+        country=_pick(pop.country_vocab, country),
+        email=_pick(pop.emails, cust),
+        card_fingerprint=_pick(pop.fingerprints, cust),
+    )
+
+
+def _n_fraud(cfg: GeneratorConfig) -> int:
+    return int(round(cfg.rows_per_day * cfg.fraud_rate))
+
+
+def _fraud(cfg: GeneratorConfig, region: Region, day: date) -> pl.DataFrame:
+    """Stolen-card bursts: the part of the day a model should learn to catch."""
+    pop = _population(cfg, region)
+    rng = _rng(cfg, region.name, day, _FRAUD)
+    target = _n_fraud(cfg)
+    if target == 0:
+        return _legit(cfg, region, day, 0)
+    sizes = rng.integers(2, 7, max(1, int(np.ceil(target / 4))))
+    sizes = sizes[: np.searchsorted(np.cumsum(sizes), target) + 1]
+    sizes[-1] -= max(0, sizes.sum() - target)
+    sizes = sizes[sizes > 0]
+    n, bursts = int(sizes.sum()), sizes.size
+    burst_of = np.repeat(np.arange(bursts), sizes)
+    victims = rng.integers(0, pop.customer_ids.len(), bursts)[burst_of]
+    start = _seconds_of_day(rng, pop, region, day, bursts)[burst_of]
+    gaps = rng.exponential(240.0, n)
+    first = np.r_[0, np.cumsum(sizes)[:-1]]
+    offsets = np.cumsum(gaps) - np.repeat(np.cumsum(gaps)[first] - gaps[first], sizes)
+    seconds = np.minimum(start + offsets, 86_399.0)
+    use_compromised = rng.random(n) < 0.6
+    merch = np.where(
+        use_compromised,
+        pop.compromised_merchants[rng.integers(0, pop.compromised_merchants.size, n)],
+        pop.high_risk_merchants[rng.integers(0, pop.high_risk_merchants.size, n)],
+    )
+    currency = _currency_for(rng, region, n)
+    median = CATEGORY_MEDIAN_USD[pop.merchant_category[merch]] * 2.5
+    channel = np.where(rng.random(n) < 0.85, CHANNELS.index("ecom"), rng.integers(0, 2, n))
+    abroad = rng.random(bursts)[burst_of] < 0.4
+    n_home = len(region.countries)
+    country = np.where(abroad, n_home + rng.integers(0, len(FOREIGN_COUNTRIES), n), pop.home_country[victims])
+    new_device = rng.random(bursts)[burst_of] < 0.8
+    fraud_device = "dv" + pl.Series(_mix64(rng.integers(0, 2**62, bursts, dtype=np.uint64))).cast(pl.String)
+    device = pl.select(
+        pl.when(pl.Series(new_device)).then(_pick(fraud_device, burst_of)).otherwise(_pick(pop.device_ids, 2 * victims))
+    ).to_series()
+    return _frame(
+        transaction_id=_transaction_ids(cfg, region.name, day, _FRAUD, n),
+        customer_id=_pick(pop.customer_ids, victims),
+        merchant_id=_pick(pop.merchant_ids, merch),
+        merchant_category=_pick(CATEGORIES, pop.merchant_category[merch]),
+        amount=_amounts(rng, median, 0.8, region, currency),
+        currency=_pick(region.currencies, currency),
+        event_time=_timestamps(day, seconds),
+        channel=_pick(CHANNELS, channel),
+        device_id=device,
+        country=_pick(pop.country_vocab, country),
+        email=_pick(pop.emails, victims),
+        card_fingerprint=_pick(pop.fingerprints, victims),
+    )
+
+
+def _to_source_format(clean: pl.DataFrame) -> pl.DataFrame:
+    """As the upstream switch delivers it: timestamps as ISO-8601 strings."""
+    return clean.with_columns(pl.col("event_time").dt.strftime(TIMESTAMP_FORMAT))
+
+
+def _inject_transactions(cfg: GeneratorConfig, region: str, day: date, clean: pl.DataFrame) -> GeneratedBatch:
+    n_bad = int(round(clean.height * cfg.malformed_rate))
+    if n_bad == 0:
+        return GeneratedBatch(clean, {})
+    rng = _rng(cfg, region, day, _MALFORMED)
+    kinds = np.array(MALFORMED_KINDS)[np.arange(n_bad) % len(MALFORMED_KINDS)]
+    bad = clean.sample(n_bad, with_replacement=True, seed=int(rng.integers(0, 2**31)))
+    bad = bad.with_columns(
+        transaction_id=_transaction_ids(cfg, region, day, _MALFORMED, n_bad), kind=pl.Series(kinds)
+    )
+    dup_ids = clean["transaction_id"].sample(n_bad, with_replacement=True, seed=int(rng.integers(0, 2**31)))
+    future = (datetime(day.year, day.month, day.day, tzinfo=timezone.utc) + timedelta(days=3)).strftime("%Y-%m-%dT%H:%M:%S.000000Z")
+    k = pl.col("kind")
+    bad = bad.with_columns(
+        customer_id=pl.when(k == "null_customer_id").then(None).otherwise(pl.col("customer_id")),
+        amount=pl.when(k == "negative_amount").then(-pl.col("amount"))
+        .when(k == "absurd_amount").then(pl.lit(9.9e12))
+        .otherwise(pl.col("amount")),
+        event_time=pl.when(k == "unparseable_timestamp").then(pl.lit("31/02/2026 25:61"))
+        .when(k == "future_timestamp").then(pl.lit(future))
+        .otherwise(pl.col("event_time")),
+        currency=pl.when(k == "unknown_currency").then(pl.lit("XXX")).otherwise(pl.col("currency")),
+        transaction_id=pl.when(k == "duplicate_transaction_id").then(pl.Series(dup_ids))
+        .otherwise(pl.col("transaction_id")),
+    )
+    counts = dict(zip(*np.unique(kinds, return_counts=True), strict=True))
+    rows = pl.concat([clean, bad.drop("kind")])
+    order = _rng(cfg, region, day, _MALFORMED + 10).permutation(rows.height)
+    return GeneratedBatch(rows[order], {str(k): int(v) for k, v in counts.items()})
+
+
+def generate_transactions(cfg: GeneratorConfig, region: Region, day: date) -> GeneratedBatch:
+    """All transactions the source delivers for one region and UTC day."""
+    if day < cfg.history_start:
+        raise ValueError(f"{day} is before the generator's history_start {cfg.history_start}")
+    fraud = _fraud(cfg, region, day)
+    legit = _legit(cfg, region, day, max(0, cfg.rows_per_day - fraud.height))
+    clean = pl.concat([legit, fraud]).sort("event_time", "transaction_id")
+    return _inject_transactions(cfg, region.name, day, _to_source_format(clean))
+
+
+def _chargebacks_from(cfg: GeneratorConfig, region: Region, fraud_day: date) -> pl.DataFrame:
+    fraud = _fraud(cfg, region, fraud_day)
+    rng = _rng(cfg, region.name, fraud_day, _FRAUD + 20)
+    n = fraud.height
+    reported = rng.random(n) < cfg.chargeback_report_rate
+    delay_days = 1 + np.minimum(rng.geometric(0.3, n) - 1, cfg.max_chargeback_delay_days - 1)
+    fraud_start = datetime(fraud_day.year, fraud_day.month, fraud_day.day, tzinfo=timezone.utc)
+    lands = int((fraud_start + timedelta(days=1)).timestamp() * 1e6) + (
+        (delay_days - 1) * 86_400 + rng.uniform(0, 86_399, n)
+    ).astype(np.int64) * 1_000_000
+    return (
+        fraud.select("transaction_id", "amount", "currency")
+        .with_columns(
+            chargeback_at=pl.Series(lands).cast(pl.Datetime("us", "UTC")),
+            reason_code=_pick(CHARGEBACK_REASONS, rng.integers(0, len(CHARGEBACK_REASONS), n)),
+        )
+        .filter(pl.Series(reported))
+    )
+
+
+def generate_labels(cfg: GeneratorConfig, region: Region, day: date) -> GeneratedBatch:
+    """Chargebacks that land on `day`, for frauds of the previous days."""
+    if day < cfg.history_start:
+        raise ValueError(f"{day} is before the generator's history_start {cfg.history_start}")
+    first = max(cfg.history_start, day - timedelta(days=cfg.max_chargeback_delay_days))
+    parts = [_chargebacks_from(cfg, region, first + timedelta(days=i)) for i in range((day - first).days)]
+    schema = {"transaction_id": pl.String, "amount": pl.Float64, "currency": pl.String,
+              "chargeback_at": pl.Datetime("us", "UTC"), "reason_code": pl.String}
+    labels = pl.concat([pl.DataFrame(schema=schema), *parts], how="vertical_relaxed")
+    start = datetime(day.year, day.month, day.day, tzinfo=timezone.utc)
+    labels = (
+        labels.filter(pl.col("chargeback_at").is_between(start, start + timedelta(days=1), closed="left"))
+        .sort("chargeback_at", "transaction_id")
+        .select("transaction_id", pl.col("chargeback_at").dt.strftime(TIMESTAMP_FORMAT), "reason_code", "amount", "currency")
+    )
+    n_bad = int(round(labels.height * cfg.malformed_rate))
+    if n_bad == 0:
+        return GeneratedBatch(labels, {})
+    rng = _rng(cfg, region.name, day, _LABEL_MALFORMED)
+    kinds = np.array(LABEL_MALFORMED_KINDS)[np.arange(n_bad) % len(LABEL_MALFORMED_KINDS)]
+    bad = labels.sample(n_bad, with_replacement=True, seed=int(rng.integers(0, 2**31))).with_columns(kind=pl.Series(kinds))
+    k = pl.col("kind")
+    bad = bad.with_columns(
+        transaction_id=pl.when(k == "null_transaction_id").then(None).otherwise(pl.col("transaction_id")),
+        chargeback_at=pl.when(k == "unparseable_timestamp").then(pl.lit("yesterday")).otherwise(pl.col("chargeback_at")),
+    ).drop("kind")
+    counts = dict(zip(*np.unique(kinds, return_counts=True), strict=True))
+    return GeneratedBatch(pl.concat([labels, bad]), {str(k): int(v) for k, v in counts.items()})

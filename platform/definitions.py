@@ -1,0 +1,54 @@
+"""The one place where Meridian's assets, checks, jobs, schedules and resources are wired.
+
+Loaded by path from workspace.yaml (there is deliberately no platform/__init__.py: a
+package named `platform` would shadow the standard library). The environment is chosen
+here, once, from MERIDIAN_PROFILE.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import dagster as dg
+from dagster_dbt import DbtCliResource
+
+from assets.ingestion import labels_ingestion, transactions_ingestion
+from assets.jobs import daily_regional_schedule, regional_pipeline
+from assets.transforms import dbt_project, regional_dbt_models
+from resources.lake import RegionalLakeResource
+from resources.source import TransactionSourceResource
+from resources.topology import RegionTopologyResource
+
+PROFILES = ("local",)
+
+
+def dbt_executable() -> str:
+    """dbt from this interpreter's environment, so an unactivated venv still works."""
+    beside = Path(sys.executable).parent / "dbt"
+    return str(beside) if beside.exists() else (shutil.which("dbt") or "dbt")
+
+
+def build_resources(profile: str) -> dict[str, object]:
+    """Resources for a deployment profile; asset code never changes between profiles."""
+    if profile not in PROFILES:
+        raise ValueError(f"MERIDIAN_PROFILE={profile!r} is not a known profile; choose one of {PROFILES}")
+    return {
+        "topology": RegionTopologyResource(path=os.environ.get("MERIDIAN_TOPOLOGY")),
+        "lake": RegionalLakeResource(home=os.environ.get("MERIDIAN_HOME")),
+        "source": TransactionSourceResource(),
+        "dbt": DbtCliResource(
+            project_dir=dbt_project, profiles_dir=str(dbt_project.profiles_dir), dbt_executable=dbt_executable()
+        ),
+    }
+
+
+defs = dg.Definitions(
+    assets=[transactions_ingestion, labels_ingestion, regional_dbt_models],
+    jobs=[regional_pipeline],
+    schedules=[daily_regional_schedule],
+    resources=build_resources(os.environ.get("MERIDIAN_PROFILE", "local")),
+    executor=dg.in_process_executor,
+)

@@ -1,0 +1,43 @@
+"""Regional lake storage: one folder per region under MERIDIAN_HOME (embedded default).
+
+The production profile points storage roots at object storage; the interface (paths
+per region, atomic partition writes) stays the same.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import dagster as dg
+import polars as pl
+from pydantic import Field
+
+from meridian.lake import parquet_row_count, partition_file, write_parquet_atomic
+from meridian.paths import RegionPaths, meridian_home, region_paths
+from meridian.topology import Topology
+
+
+@dataclass(frozen=True)
+class PartitionWrite:
+    path: Path
+    rows: int
+    bytes: int
+
+
+class RegionalLakeResource(dg.ConfigurableResource):
+    """Parquet lake and DuckDB warehouse locations for every region."""
+
+    home: str | None = Field(default=None, description="Data root; default $MERIDIAN_HOME or .meridian/")
+
+    def root(self) -> Path:
+        return Path(self.home).resolve() if self.home else meridian_home()
+
+    def paths(self, topology: Topology, region: str) -> RegionPaths:
+        return region_paths(topology.region(region), self.root())
+
+    def write_partition(self, paths: RegionPaths, table: str, day: str, frame: pl.DataFrame) -> PartitionWrite:
+        """Replace one day of `table` in the region's lake atomically, and read back its row count."""
+        path = partition_file(paths.table(table), day)
+        size = write_parquet_atomic(frame, path)
+        return PartitionWrite(path=path, rows=parquet_row_count(path), bytes=size)

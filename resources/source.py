@@ -1,0 +1,55 @@
+"""The upstream payment switch: the seeded generator in the embedded default."""
+
+from __future__ import annotations
+
+from datetime import date
+
+import dagster as dg
+from pydantic import Field
+
+from meridian.generator import DriftSpec, GeneratedBatch, GeneratorConfig, generate_labels, generate_transactions
+from meridian.topology import Region
+
+HISTORY_START = "2026-01-01"
+
+
+class TransactionSourceResource(dg.ConfigurableResource):
+    """Delivers one region-day of raw transactions or chargebacks, deterministically."""
+
+    seed: int = Field(default=7, description="Seed of the generator; same seed, same data")
+    rows_per_day: int = Field(default=5_000, description="Transactions per region per day")
+    fraud_rate: float = Field(default=0.012, description="Share of transactions that are fraud")
+    malformed_rate: float = Field(default=0.0, description="Share of extra malformed rows injected per batch")
+    history_start: str = Field(default=HISTORY_START, description="First day the source has data for")
+    max_chargeback_delay_days: int = Field(default=10, description="Chargebacks land at most this late")
+    drift_regions: list[str] = Field(default_factory=list, description="Regions whose distributions drift")
+    drift_start_day: str | None = Field(default=None, description="First drifted day (YYYY-MM-DD)")
+    drift_features: list[str] = Field(default_factory=lambda: ["amount", "channel", "category"])
+    drift_magnitude: float = Field(default=0.6, description="Relative size of the shift")
+
+    def config(self) -> GeneratorConfig:
+        drift = None
+        if self.drift_regions:
+            if not self.drift_start_day:
+                raise ValueError("drift_regions is set but drift_start_day is not")
+            drift = DriftSpec(
+                start_day=date.fromisoformat(self.drift_start_day),
+                regions=tuple(self.drift_regions),
+                features=tuple(self.drift_features),
+                magnitude=self.drift_magnitude,
+            )
+        return GeneratorConfig(
+            seed=self.seed,
+            rows_per_day=self.rows_per_day,
+            fraud_rate=self.fraud_rate,
+            malformed_rate=self.malformed_rate,
+            history_start=date.fromisoformat(self.history_start),
+            max_chargeback_delay_days=self.max_chargeback_delay_days,
+            drift=drift,
+        )
+
+    def transactions(self, region: Region, day: date) -> GeneratedBatch:
+        return generate_transactions(self.config(), region, day)
+
+    def labels(self, region: Region, day: date) -> GeneratedBatch:
+        return generate_labels(self.config(), region, day)
