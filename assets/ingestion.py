@@ -6,7 +6,6 @@ validation go to the quarantine table with their reason; the reconciliation chec
 reads both files back and proves accepted + quarantined = delivered.
 """
 
-
 from collections.abc import Callable, Iterator
 from datetime import date
 
@@ -50,11 +49,17 @@ def _ingest(
             quarantined = lake.write_partition(paths, quarantine_key.path[-1], day, result.quarantined)
             for reason, n in result.reasons().items():
                 reasons[reason] = reasons.get(reason, 0) + n
-            rows.append({
-                "region": region_name, "day": day, "delivered": batch.rows.height,
-                "accepted": accepted.rows, "quarantined": quarantined.rows,
-                "accepted_bytes": accepted.bytes, "path": str(accepted.path.parent),
-            })
+            rows.append(
+                {
+                    "region": region_name,
+                    "day": day,
+                    "delivered": batch.rows.height,
+                    "accepted": accepted.rows,
+                    "quarantined": quarantined.rows,
+                    "accepted_bytes": accepted.bytes,
+                    "path": str(accepted.path.parent),
+                }
+            )
             context.log.info(f"{region_name} {day}: {accepted.rows} accepted, {quarantined.rows} quarantined")
     table = pl.DataFrame(rows)
     delivered, n_acc, n_quar = (int(table[c].sum()) for c in ("delivered", "accepted", "quarantined"))
@@ -100,17 +105,31 @@ def _ingestion_asset(
     validate: Callable[[pl.DataFrame, date, Region], ValidatedBatch],
 ) -> dg.AssetsDefinition:
     accepted_key, quarantine_key = dg.AssetKey(accepted), dg.AssetKey(quarantined)
-    spec = {"group_name": INGESTION_GROUP, "owners": OWNERS, "kinds": {"parquet", "polars"},
-            "tags": {"classification": "personal"}}
+    spec = {
+        "group_name": INGESTION_GROUP,
+        "owners": OWNERS,
+        "kinds": {"parquet", "polars"},
+        "tags": {"classification": "personal"},
+    }
 
     @dg.multi_asset(
         name=name,
         specs=[
             dg.AssetSpec(accepted_key, description=description, **spec),
-            dg.AssetSpec(quarantine_key, description=f"Rows of {accepted} that failed validation, with the reason.", **spec),
+            dg.AssetSpec(
+                quarantine_key,
+                description=f"Rows of {accepted} that failed validation, with the reason.",
+                **spec,
+            ),
         ],
-        check_specs=[dg.AssetCheckSpec(RECONCILIATION_CHECK, asset=accepted_key, blocking=True,
-                                       description="Every delivered row is either accepted or quarantined.")],
+        check_specs=[
+            dg.AssetCheckSpec(
+                RECONCILIATION_CHECK,
+                asset=accepted_key,
+                blocking=True,
+                description="Every delivered row is either accepted or quarantined.",
+            )
+        ],
         partitions_def=REGION_DAY_PARTITIONS,
         backfill_policy=dg.BackfillPolicy.single_run(),
     )
@@ -126,13 +145,17 @@ def _ingestion_asset(
 
 
 transactions_ingestion = _ingestion_asset(
-    "transactions_ingestion", "raw_transactions", "quarantined_transactions",
+    "transactions_ingestion",
+    "raw_transactions",
+    "quarantined_transactions",
     "Validated card transactions of one region-day, as Parquet in the region's lake.",
     TransactionSourceResource.transactions,
     lambda raw, day, region: validate_transactions(raw, day, region.currencies),
 )
 labels_ingestion = _ingestion_asset(
-    "labels_ingestion", "raw_labels", "quarantined_labels",
+    "labels_ingestion",
+    "raw_labels",
+    "quarantined_labels",
     "Chargebacks that landed on one region-day, as Parquet in the region's lake.",
     TransactionSourceResource.labels,
     lambda raw, day, region: validate_labels(raw, day),

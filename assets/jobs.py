@@ -1,6 +1,5 @@
 """Jobs and schedules over the regional graph."""
 
-
 import dagster as dg
 
 from assets.partitions import REGION_DAY_PARTITIONS

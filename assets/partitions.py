@@ -1,6 +1,5 @@
 """Region × day partitions: every regional asset is partitioned the same way."""
 
-
 from collections import defaultdict
 
 import dagster as dg

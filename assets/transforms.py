@@ -5,7 +5,6 @@ DuckDB file and lake, and the run's days become dbt `--vars`, so a backfill of m
 days is one `dbt build` per region (single-run backfill policy).
 """
 
-
 import json
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -34,7 +33,9 @@ def ensure_manifest(project: DbtProject) -> Path:
 class MeridianDbtTranslator(DagsterDbtTranslator):
     """Groups dbt assets by layer and marks them as regional warehouse tables."""
 
-    def get_asset_spec(self, manifest: Mapping[str, Any], unique_id: str, project: DbtProject | None) -> dg.AssetSpec:
+    def get_asset_spec(
+        self, manifest: Mapping[str, Any], unique_id: str, project: DbtProject | None
+    ) -> dg.AssetSpec:
         spec = super().get_asset_spec(manifest, unique_id, project)
         props = self.get_resource_props(manifest, unique_id)
         if props["resource_type"] == "source":
@@ -83,8 +84,11 @@ def merge_region_events(events_by_region: Mapping[str, list[Any]]) -> Iterator[A
     n_regions = len(events_by_region)
     for name, items in outputs.items():
         if len(items) == n_regions:
-            yield dg.Output(value=None, output_name=name,
-                            metadata={**items[0][1].metadata, "regions": [r for r, _ in items]})
+            yield dg.Output(
+                value=None,
+                output_name=name,
+                metadata={**items[0][1].metadata, "regions": [r for r, _ in items]},
+            )
     for (asset_key, check_name), items in checks.items():
         failed = [(r, c) for r, c in items if not c.passed]
         worst = next((c for _, c in failed), items[0][1])
@@ -120,7 +124,9 @@ def regional_dbt_models(
         paths.root.mkdir(parents=True, exist_ok=True)
         dbt_run_vars = dbt_vars(region, days, paths.lake, paths.warehouse)
         context.log.info(f"dbt build for {region}, days {days[0]}..{days[-1]}")
-        invocation = dbt.cli(["build", "--vars", json.dumps(dbt_run_vars)], context=context, raise_on_error=False)
+        invocation = dbt.cli(
+            ["build", "--vars", json.dumps(dbt_run_vars)], context=context, raise_on_error=False
+        )
         events[region] = list(invocation.stream())
         if not invocation.is_successful():
             failures.append(f"{region}: {invocation.get_error()}")

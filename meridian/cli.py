@@ -50,7 +50,9 @@ def load_definitions_module() -> ModuleType:
     """platform/definitions.py, loaded by path as workspace.yaml does."""
     if str(REPO_ROOT) not in sys.path:
         sys.path.insert(0, str(REPO_ROOT))
-    spec = importlib.util.spec_from_file_location("meridian_definitions", REPO_ROOT / "platform" / "definitions.py")
+    spec = importlib.util.spec_from_file_location(
+        "meridian_definitions", REPO_ROOT / "platform" / "definitions.py"
+    )
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -80,8 +82,11 @@ def _progress_listener(outcome: RegionOutcome, started: float, out: TextIO):
         elif kind in ("STEP_SUCCESS", "STEP_FAILURE"):
             status = "ok" if kind == "STEP_SUCCESS" else "FAILED"
             outcome.steps[stage] = status
-            print(f"  [{outcome.region:<13}] {stage:<20} {status:<6} at {time.monotonic() - started:6.1f}s",
-                  file=out, flush=True)
+            print(
+                f"  [{outcome.region:<13}] {stage:<20} {status:<6} at {time.monotonic() - started:6.1f}s",
+                file=out,
+                flush=True,
+            )
         elif kind == "ASSET_CHECK_EVALUATION":
             if event.event_specific_data.passed:
                 outcome.checks_passed += 1
@@ -154,17 +159,19 @@ def _warehouse_rows(region: str, table: str, days: list[str]) -> int | str:
 def summarize(outcomes: list[RegionOutcome], days: list[str]) -> list[dict[str, object]]:
     rows = []
     for o in outcomes:
-        rows.append({
-            "region": o.region,
-            "status": "ok" if o.success else "FAILED",
-            "days": len(days),
-            "transactions": _lake_rows(o.region, "raw_transactions", days),
-            "quarantined": _lake_rows(o.region, "quarantined_transactions", days),
-            "chargebacks": _lake_rows(o.region, "raw_labels", days),
-            "feature_rows": _warehouse_rows(o.region, "customer_spend_features", days),
-            "checks": f"{o.checks_passed} ok / {o.checks_failed} failed",
-            "seconds": f"{o.seconds:.1f}",
-        })
+        rows.append(
+            {
+                "region": o.region,
+                "status": "ok" if o.success else "FAILED",
+                "days": len(days),
+                "transactions": _lake_rows(o.region, "raw_transactions", days),
+                "quarantined": _lake_rows(o.region, "quarantined_transactions", days),
+                "chargebacks": _lake_rows(o.region, "raw_labels", days),
+                "feature_rows": _warehouse_rows(o.region, "customer_spend_features", days),
+                "checks": f"{o.checks_passed} ok / {o.checks_failed} failed",
+                "seconds": f"{o.seconds:.1f}",
+            }
+        )
     return rows
 
 
@@ -189,8 +196,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         # Progress comes from the event listener; keep the console to warnings and errors.
         "loggers": {"console": {"config": {"log_level": "WARNING"}}},
     }
-    print(f"Materializing {days[0]}..{days[-1]} ({len(days)} days) for {', '.join(regions)}; "
-          f"{args.rows_per_day:,} transactions per region-day\n", flush=True)
+    print(
+        f"Materializing {days[0]}..{days[-1]} ({len(days)} days) for {', '.join(regions)}; "
+        f"{args.rows_per_day:,} transactions per region-day\n",
+        flush=True,
+    )
     outcomes = []
     with DagsterInstance.get() as instance:
         for region in regions:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from functools import lru_cache
 from zoneinfo import ZoneInfo
 
@@ -26,12 +26,25 @@ from meridian.topology import Region
 
 # Units of local currency per USD; the dbt seed `currency_rates` carries the same table.
 USD_RATES: dict[str, float] = {
-    "USD": 1.0, "EUR": 0.92, "GBP": 0.79, "CHF": 0.88,
-    "SGD": 1.35, "AUD": 1.52, "JPY": 150.0,
+    "USD": 1.0,
+    "EUR": 0.92,
+    "GBP": 0.79,
+    "CHF": 0.88,
+    "SGD": 1.35,
+    "AUD": 1.52,
+    "JPY": 150.0,
 }
 CATEGORIES: tuple[str, ...] = (
-    "grocery", "dining", "fuel", "travel", "electronics",
-    "apparel", "digital_goods", "jewelry", "gaming", "pharmacy",
+    "grocery",
+    "dining",
+    "fuel",
+    "travel",
+    "electronics",
+    "apparel",
+    "digital_goods",
+    "jewelry",
+    "gaming",
+    "pharmacy",
 )
 # Typical ticket in USD by category (median of a log-normal).
 CATEGORY_MEDIAN_USD = np.array([38.0, 27.0, 45.0, 310.0, 240.0, 65.0, 18.0, 420.0, 35.0, 22.0])
@@ -40,11 +53,18 @@ CHANNELS: tuple[str, ...] = ("pos", "contactless", "ecom")
 FOREIGN_COUNTRIES: tuple[str, ...] = ("BR", "NG", "RU", "VN", "UA", "MX", "TR")
 CHARGEBACK_REASONS: tuple[str, ...] = ("10.4", "10.5", "4837", "4863")
 MALFORMED_KINDS: tuple[str, ...] = (
-    "null_customer_id", "negative_amount", "absurd_amount", "unparseable_timestamp",
-    "future_timestamp", "unknown_currency", "duplicate_transaction_id",
+    "null_customer_id",
+    "negative_amount",
+    "absurd_amount",
+    "unparseable_timestamp",
+    "future_timestamp",
+    "unknown_currency",
+    "duplicate_transaction_id",
 )
 LABEL_MALFORMED_KINDS: tuple[str, ...] = (
-    "null_transaction_id", "unparseable_timestamp", "duplicate_transaction_id",
+    "null_transaction_id",
+    "unparseable_timestamp",
+    "duplicate_transaction_id",
 )
 TIMESTAMP_FORMAT = "%Y-%m-%dT%H:%M:%S%.6fZ"
 _LEGIT, _FRAUD, _MALFORMED, _LABEL_MALFORMED = 0, 1, 2, 3
@@ -173,32 +193,48 @@ def _population(cfg: GeneratorConfig, region: Region) -> _Population:
     rng.shuffle(popularity)
     popularity /= popularity.sum()
     compromised = rng.choice(n_merchants, max(3, n_merchants // 30), replace=False)
-    high_risk = np.flatnonzero(np.isin(merchant_category, [CATEGORIES.index(c) for c in HIGH_RISK_CATEGORIES]))
+    high_risk = np.flatnonzero(
+        np.isin(merchant_category, [CATEGORIES.index(c) for c in HIGH_RISK_CATEGORIES])
+    )
     if high_risk.size == 0:
         high_risk = compromised
     # Daily seasonality in local time: quiet nights, lunch and evening peaks.
     hours = np.arange(24)
     weights = 0.15 + np.exp(-((hours - 12.5) ** 2) / 6) + 1.2 * np.exp(-((hours - 19) ** 2) / 8)
     return _Population(
-        customer_ids, emails, fingerprints, country_vocab, home_country, spend_scale, activity, device_ids,
-        merchant_ids, merchant_category, popularity, compromised, high_risk, weights / weights.sum(),
+        customer_ids,
+        emails,
+        fingerprints,
+        country_vocab,
+        home_country,
+        spend_scale,
+        activity,
+        device_ids,
+        merchant_ids,
+        merchant_category,
+        popularity,
+        compromised,
+        high_risk,
+        weights / weights.sum(),
     )
 
 
 def _utc_offset_hours(region: Region, day: date) -> int:
     noon = datetime(day.year, day.month, day.day, 12, tzinfo=ZoneInfo(region.timezone))
     offset = noon.utcoffset() or timedelta(0)
-    return int(round(offset.total_seconds() / 3600))
+    return round(offset.total_seconds() / 3600)
 
 
-def _seconds_of_day(rng: np.random.Generator, pop: _Population, region: Region, day: date, n: int) -> np.ndarray:
+def _seconds_of_day(
+    rng: np.random.Generator, pop: _Population, region: Region, day: date, n: int
+) -> np.ndarray:
     local_hour = rng.choice(24, n, p=pop.local_hour_weights)
     utc_hour = (local_hour - _utc_offset_hours(region, day)) % 24
     return utc_hour * 3600.0 + rng.uniform(0, 3600, n)
 
 
 def _timestamps(day: date, seconds: np.ndarray) -> pl.Series:
-    start = datetime(day.year, day.month, day.day, tzinfo=timezone.utc)
+    start = datetime(day.year, day.month, day.day, tzinfo=UTC)
     micros = np.minimum(seconds, 86_400 - 1e-6) * 1e6
     epoch_micros = int(start.timestamp() * 1e6) + micros.astype(np.int64)
     return pl.Series("event_time", epoch_micros).cast(pl.Datetime("us", "UTC"))
@@ -212,7 +248,9 @@ def _currency_for(rng: np.random.Generator, region: Region, n: int) -> np.ndarra
     return rng.choice(k, n, p=p / p.sum())
 
 
-def _amounts(rng: np.random.Generator, median_usd: np.ndarray, sigma: float, region: Region, currency: np.ndarray) -> np.ndarray:
+def _amounts(
+    rng: np.random.Generator, median_usd: np.ndarray, sigma: float, region: Region, currency: np.ndarray
+) -> np.ndarray:
     usd = median_usd * rng.lognormal(0.0, sigma, median_usd.size)
     rate = np.array([USD_RATES[c] for c in region.currencies])[currency]
     return np.round(np.maximum(usd, 0.5) * rate, 2)
@@ -269,7 +307,7 @@ def _legit(cfg: GeneratorConfig, region: Region, day: date, n: int) -> pl.DataFr
 
 
 def _n_fraud(cfg: GeneratorConfig) -> int:
-    return int(round(cfg.rows_per_day * cfg.fraud_rate))
+    return round(cfg.rows_per_day * cfg.fraud_rate)
 
 
 def _fraud(cfg: GeneratorConfig, region: Region, day: date) -> pl.DataFrame:
@@ -306,7 +344,9 @@ def _fraud(cfg: GeneratorConfig, region: Region, day: date) -> pl.DataFrame:
     new_device = rng.random(bursts)[burst_of] < 0.8
     fraud_device = "dv" + pl.Series(_mix64(rng.integers(0, 2**62, bursts, dtype=np.uint64))).cast(pl.String)
     device = pl.select(
-        pl.when(pl.Series(new_device)).then(_pick(fraud_device, burst_of)).otherwise(_pick(pop.device_ids, 2 * victims))
+        pl.when(pl.Series(new_device))
+        .then(_pick(fraud_device, burst_of))
+        .otherwise(_pick(pop.device_ids, 2 * victims))
     ).to_series()
     return _frame(
         transaction_id=_transaction_ids(cfg, region.name, day, _FRAUD, n),
@@ -330,7 +370,7 @@ def _to_source_format(clean: pl.DataFrame) -> pl.DataFrame:
 
 
 def _inject_transactions(cfg: GeneratorConfig, region: str, day: date, clean: pl.DataFrame) -> GeneratedBatch:
-    n_bad = int(round(clean.height * cfg.malformed_rate))
+    n_bad = round(clean.height * cfg.malformed_rate)
     if n_bad == 0:
         return GeneratedBatch(clean, {})
     rng = _rng(cfg, region, day, _MALFORMED)
@@ -340,18 +380,25 @@ def _inject_transactions(cfg: GeneratorConfig, region: str, day: date, clean: pl
         transaction_id=_transaction_ids(cfg, region, day, _MALFORMED, n_bad), kind=pl.Series(kinds)
     )
     dup_ids = clean["transaction_id"].sample(n_bad, with_replacement=True, seed=int(rng.integers(0, 2**31)))
-    future = (datetime(day.year, day.month, day.day, tzinfo=timezone.utc) + timedelta(days=3)).strftime("%Y-%m-%dT%H:%M:%S.000000Z")
+    future = (datetime(day.year, day.month, day.day, tzinfo=UTC) + timedelta(days=3)).strftime(
+        "%Y-%m-%dT%H:%M:%S.000000Z"
+    )
     k = pl.col("kind")
     bad = bad.with_columns(
         customer_id=pl.when(k == "null_customer_id").then(None).otherwise(pl.col("customer_id")),
-        amount=pl.when(k == "negative_amount").then(-pl.col("amount"))
-        .when(k == "absurd_amount").then(pl.lit(9.9e12))
+        amount=pl.when(k == "negative_amount")
+        .then(-pl.col("amount"))
+        .when(k == "absurd_amount")
+        .then(pl.lit(9.9e12))
         .otherwise(pl.col("amount")),
-        event_time=pl.when(k == "unparseable_timestamp").then(pl.lit("31/02/2026 25:61"))
-        .when(k == "future_timestamp").then(pl.lit(future))
+        event_time=pl.when(k == "unparseable_timestamp")
+        .then(pl.lit("31/02/2026 25:61"))
+        .when(k == "future_timestamp")
+        .then(pl.lit(future))
         .otherwise(pl.col("event_time")),
         currency=pl.when(k == "unknown_currency").then(pl.lit("XXX")).otherwise(pl.col("currency")),
-        transaction_id=pl.when(k == "duplicate_transaction_id").then(pl.Series(dup_ids))
+        transaction_id=pl.when(k == "duplicate_transaction_id")
+        .then(pl.Series(dup_ids))
         .otherwise(pl.col("transaction_id")),
     )
     counts = dict(zip(*np.unique(kinds, return_counts=True), strict=True))
@@ -376,10 +423,11 @@ def _chargebacks_from(cfg: GeneratorConfig, region: Region, fraud_day: date) -> 
     n = fraud.height
     reported = rng.random(n) < cfg.chargeback_report_rate
     delay_days = 1 + np.minimum(rng.geometric(0.3, n) - 1, cfg.max_chargeback_delay_days - 1)
-    fraud_start = datetime(fraud_day.year, fraud_day.month, fraud_day.day, tzinfo=timezone.utc)
-    lands = int((fraud_start + timedelta(days=1)).timestamp() * 1e6) + (
-        (delay_days - 1) * 86_400 + rng.uniform(0, 86_399, n)
-    ).astype(np.int64) * 1_000_000
+    fraud_start = datetime(fraud_day.year, fraud_day.month, fraud_day.day, tzinfo=UTC)
+    lands = (
+        int((fraud_start + timedelta(days=1)).timestamp() * 1e6)
+        + ((delay_days - 1) * 86_400 + rng.uniform(0, 86_399, n)).astype(np.int64) * 1_000_000
+    )
     return (
         fraud.select("transaction_id", "amount", "currency")
         .with_columns(
@@ -396,25 +444,40 @@ def generate_labels(cfg: GeneratorConfig, region: Region, day: date) -> Generate
         raise ValueError(f"{day} is before the generator's history_start {cfg.history_start}")
     first = max(cfg.history_start, day - timedelta(days=cfg.max_chargeback_delay_days))
     parts = [_chargebacks_from(cfg, region, first + timedelta(days=i)) for i in range((day - first).days)]
-    schema = {"transaction_id": pl.String, "amount": pl.Float64, "currency": pl.String,
-              "chargeback_at": pl.Datetime("us", "UTC"), "reason_code": pl.String}
+    schema = {
+        "transaction_id": pl.String,
+        "amount": pl.Float64,
+        "currency": pl.String,
+        "chargeback_at": pl.Datetime("us", "UTC"),
+        "reason_code": pl.String,
+    }
     labels = pl.concat([pl.DataFrame(schema=schema), *parts], how="vertical_relaxed")
-    start = datetime(day.year, day.month, day.day, tzinfo=timezone.utc)
+    start = datetime(day.year, day.month, day.day, tzinfo=UTC)
     labels = (
         labels.filter(pl.col("chargeback_at").is_between(start, start + timedelta(days=1), closed="left"))
         .sort("chargeback_at", "transaction_id")
-        .select("transaction_id", pl.col("chargeback_at").dt.strftime(TIMESTAMP_FORMAT), "reason_code", "amount", "currency")
+        .select(
+            "transaction_id",
+            pl.col("chargeback_at").dt.strftime(TIMESTAMP_FORMAT),
+            "reason_code",
+            "amount",
+            "currency",
+        )
     )
-    n_bad = int(round(labels.height * cfg.malformed_rate))
+    n_bad = round(labels.height * cfg.malformed_rate)
     if n_bad == 0:
         return GeneratedBatch(labels, {})
     rng = _rng(cfg, region.name, day, _LABEL_MALFORMED)
     kinds = np.array(LABEL_MALFORMED_KINDS)[np.arange(n_bad) % len(LABEL_MALFORMED_KINDS)]
-    bad = labels.sample(n_bad, with_replacement=True, seed=int(rng.integers(0, 2**31))).with_columns(kind=pl.Series(kinds))
+    bad = labels.sample(n_bad, with_replacement=True, seed=int(rng.integers(0, 2**31))).with_columns(
+        kind=pl.Series(kinds)
+    )
     k = pl.col("kind")
     bad = bad.with_columns(
         transaction_id=pl.when(k == "null_transaction_id").then(None).otherwise(pl.col("transaction_id")),
-        chargeback_at=pl.when(k == "unparseable_timestamp").then(pl.lit("yesterday")).otherwise(pl.col("chargeback_at")),
+        chargeback_at=pl.when(k == "unparseable_timestamp")
+        .then(pl.lit("yesterday"))
+        .otherwise(pl.col("chargeback_at")),
     ).drop("kind")
     counts = dict(zip(*np.unique(kinds, return_counts=True), strict=True))
     return GeneratedBatch(pl.concat([labels, bad]), {str(k): int(v) for k, v in counts.items()})

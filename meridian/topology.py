@@ -86,8 +86,7 @@ def _check_references(topology: Topology) -> list[str]:
     for region in topology.regions:
         if region.zone not in zone_names:
             problems.append(
-                f"region {region.name!r} names unknown zone {region.zone!r} "
-                f"(zones: {', '.join(zone_names)})"
+                f"region {region.name!r} names unknown zone {region.zone!r} (zones: {', '.join(zone_names)})"
             )
         if region.role == "active" and region.dr_region is None:
             problems.append(f"active region {region.name!r} has no dr_region")

@@ -9,7 +9,7 @@ quarantine table says the most basic thing wrong with it. Nothing is dropped:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 
 import polars as pl
 
@@ -20,8 +20,18 @@ TIMESTAMP_FORMAT = "%Y-%m-%dT%H:%M:%S%.fZ"
 MAX_AMOUNT_USD = 1_000_000.0
 TRANSACTION_REQUIRED = ("transaction_id", "customer_id", "merchant_id", "amount", "currency", "event_time")
 TRANSACTION_COLUMNS = (
-    "transaction_id", "customer_id", "merchant_id", "merchant_category", "amount", "currency",
-    "event_time", "channel", "device_id", "country", "email", "card_fingerprint",
+    "transaction_id",
+    "customer_id",
+    "merchant_id",
+    "merchant_category",
+    "amount",
+    "currency",
+    "event_time",
+    "channel",
+    "device_id",
+    "country",
+    "email",
+    "card_fingerprint",
 )
 LABEL_COLUMNS = ("transaction_id", "chargeback_at", "reason_code", "amount", "currency")
 KNOWN_CHANNELS = ("pos", "contactless", "ecom")
@@ -54,7 +64,7 @@ def _require_columns(raw: pl.DataFrame, columns: tuple[str, ...], what: str) -> 
 
 
 def _day_bounds(day: date) -> tuple[datetime, datetime]:
-    start = datetime(day.year, day.month, day.day, tzinfo=timezone.utc)
+    start = datetime(day.year, day.month, day.day, tzinfo=UTC)
     return start, start + timedelta(days=1)
 
 
@@ -75,17 +85,24 @@ def _split(frame: pl.DataFrame, typed_columns: list[pl.Expr], raw_columns: tuple
     return ValidatedBatch(accepted, quarantined)
 
 
-def validate_transactions(raw: pl.DataFrame, day: date, currencies: tuple[str, ...] | None = None) -> ValidatedBatch:
+def validate_transactions(
+    raw: pl.DataFrame, day: date, currencies: tuple[str, ...] | None = None
+) -> ValidatedBatch:
     """Split a region-day of raw transactions into typed accepted rows and quarantined rows."""
     _require_columns(raw, TRANSACTION_COLUMNS, "transactions")
     start, end = _day_bounds(day)
     allowed = list(currencies) if currencies else list(USD_RATES)
     frame = raw.with_columns(
-        _ts=pl.col("event_time").cast(pl.String).str.to_datetime(TIMESTAMP_FORMAT, time_zone="UTC", strict=False),
+        _ts=pl.col("event_time")
+        .cast(pl.String)
+        .str.to_datetime(TIMESTAMP_FORMAT, time_zone="UTC", strict=False),
         _amount=pl.col("amount").cast(pl.Float64, strict=False),
         _rate=pl.col("currency").replace_strict(USD_RATES, default=None, return_dtype=pl.Float64),
     )
-    missing = [(pl.col(c).is_null() | (pl.col(c).cast(pl.String) == ""), f"missing {c}") for c in TRANSACTION_REQUIRED]
+    missing = [
+        (pl.col(c).is_null() | (pl.col(c).cast(pl.String) == ""), f"missing {c}")
+        for c in TRANSACTION_REQUIRED
+    ]
     rules = [
         *missing,
         (pl.col("_ts").is_null(), "unparseable event_time"),
@@ -104,9 +121,18 @@ def validate_transactions(raw: pl.DataFrame, day: date, currencies: tuple[str, .
         reason=pl.when(dup).then(pl.lit("duplicate transaction_id")).otherwise(pl.col("reason"))
     )
     typed = [
-        "transaction_id", "customer_id", "merchant_id", "merchant_category",
-        pl.col("_amount").alias("amount"), "currency", pl.col("_ts").alias("event_time"),
-        "channel", "device_id", "country", "email", "card_fingerprint",
+        "transaction_id",
+        "customer_id",
+        "merchant_id",
+        "merchant_category",
+        pl.col("_amount").alias("amount"),
+        "currency",
+        pl.col("_ts").alias("event_time"),
+        "channel",
+        "device_id",
+        "country",
+        "email",
+        "card_fingerprint",
     ]
     return _split(frame, typed, TRANSACTION_COLUMNS)
 
@@ -116,7 +142,9 @@ def validate_labels(raw: pl.DataFrame, day: date) -> ValidatedBatch:
     _require_columns(raw, LABEL_COLUMNS, "labels")
     start, end = _day_bounds(day)
     frame = raw.with_columns(
-        _ts=pl.col("chargeback_at").cast(pl.String).str.to_datetime(TIMESTAMP_FORMAT, time_zone="UTC", strict=False),
+        _ts=pl.col("chargeback_at")
+        .cast(pl.String)
+        .str.to_datetime(TIMESTAMP_FORMAT, time_zone="UTC", strict=False),
     )
     rules = [
         (pl.col("transaction_id").is_null() | (pl.col("transaction_id") == ""), "missing transaction_id"),

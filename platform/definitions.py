@@ -40,7 +40,9 @@ def build_resources(profile: str) -> dict[str, object]:
         "lake": RegionalLakeResource(home=os.environ.get("MERIDIAN_HOME")),
         "source": TransactionSourceResource(),
         "dbt": DbtCliResource(
-            project_dir=dbt_project, profiles_dir=str(dbt_project.profiles_dir), dbt_executable=dbt_executable()
+            project_dir=dbt_project,
+            profiles_dir=str(dbt_project.profiles_dir),
+            dbt_executable=dbt_executable(),
         ),
     }
 

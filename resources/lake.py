@@ -36,7 +36,9 @@ class RegionalLakeResource(dg.ConfigurableResource):
     def paths(self, topology: Topology, region: str) -> RegionPaths:
         return region_paths(topology.region(region), self.root())
 
-    def write_partition(self, paths: RegionPaths, table: str, day: str, frame: pl.DataFrame) -> PartitionWrite:
+    def write_partition(
+        self, paths: RegionPaths, table: str, day: str, frame: pl.DataFrame
+    ) -> PartitionWrite:
         """Replace one day of `table` in the region's lake atomically, and read back its row count."""
         path = partition_file(paths.table(table), day)
         size = write_parquet_atomic(frame, path)

@@ -7,7 +7,13 @@ from datetime import date
 import dagster as dg
 from pydantic import Field
 
-from meridian.generator import DriftSpec, GeneratedBatch, GeneratorConfig, generate_labels, generate_transactions
+from meridian.generator import (
+    DriftSpec,
+    GeneratedBatch,
+    GeneratorConfig,
+    generate_labels,
+    generate_transactions,
+)
 from meridian.topology import Region
 
 HISTORY_START = "2026-01-01"

@@ -19,7 +19,7 @@ with bounds as (
 txns as (
     select transaction_id, merchant_id, event_day
     from {{ ref('stg_transactions') }}
-    where event_day between {{ days_before(run_start_day('as_of_day'), var('feature_lookback_days') + var('label_lookback_days')) }}
+    where event_day between {{ days_before(run_start_day('as_of_day'), var('feature_lookback_days') | int + var('label_lookback_days') | int) }}
                         and {{ run_end_day() }}
 ),
 

@@ -1,0 +1,87 @@
+"""The feature models give the same rows built in one full run or day by day."""
+
+from __future__ import annotations
+
+from datetime import date
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from meridian.generator import GeneratorConfig
+from meridian.paths import region_paths
+from tests.lakehelpers import day_range, dbt, write_lake
+
+TABLES = {
+    "customer_spend_features": "transaction_id",
+    "merchant_risk_features": "merchant_id, as_of_day",
+    "labelled_events": "transaction_id",
+}
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory, topology):
+    """One lake; one warehouse built in a full run, one built day by day."""
+    home = tmp_path_factory.mktemp("home")
+    region = topology.region("eu-west")
+    paths = region_paths(region, home)
+    # A short chargeback delay makes late labels cross several daily runs within 5 days.
+    cfg = GeneratorConfig(rows_per_day=800, fraud_rate=0.04, max_chargeback_delay_days=3, malformed_rate=0.01)
+    days = day_range(date(2026, 1, 1), 5)
+    write_lake(paths, region, cfg, days)
+    base = {"region": region.name, "lake_root": str(paths.lake), "label_lookback_days": 3}
+    full = home / "full.duckdb"
+    run = dbt(["build"], {**base, "warehouse_path": str(full)}, home / "target-full")
+    assert run.returncode == 0, run.stdout[-3000:]
+    daily = home / "daily.duckdb"
+    for day in days:
+        d = day.isoformat()
+        run = dbt(
+            ["build"],
+            {**base, "warehouse_path": str(daily), "min_day": d, "max_day": d},
+            home / "target-daily",
+        )
+        assert run.returncode == 0, run.stdout[-3000:]
+    return full, daily
+
+
+@pytest.mark.parametrize("table", list(TABLES))
+def test_a_day_by_day_build_equals_the_full_build(built: tuple[Path, Path], table: str):
+    full, daily = built
+    con = duckdb.connect(str(full), read_only=True)
+    con.execute(f"attach '{daily}' as daily (read_only)")
+    n_full = con.execute(f"select count(*) from {table}").fetchall()[0][0]
+    n_daily = con.execute(f"select count(*) from daily.{table}").fetchall()[0][0]
+    only_full = con.execute(f"select count(*) from (from {table} except all from daily.{table})").fetchall()[
+        0
+    ][0]
+    only_daily = con.execute(f"select count(*) from (from daily.{table} except all from {table})").fetchall()[
+        0
+    ][0]
+    assert n_full > 0
+    assert (n_full, only_full, only_daily) == (n_daily, 0, 0)
+
+
+def test_late_chargebacks_reach_transactions_built_on_earlier_days(built: tuple[Path, Path]):
+    _, daily = built
+    con = duckdb.connect(str(daily), read_only=True)
+    late = con.execute(
+        "select count(*) from labelled_events where is_fraud and label_day > event_day + 1"
+    ).fetchall()[0][0]
+    assert late > 0
+
+
+def test_merchant_risk_only_counts_chargebacks_landed_before_the_day(built: tuple[Path, Path]):
+    full, _ = built
+    con = duckdb.connect(str(full), read_only=True)
+    leaks = con.execute(
+        """
+        select count(*) from merchant_risk_features m
+        where m.chargebacks_known_30d > (
+            select count(*) from labelled_events l
+            where l.merchant_id = m.merchant_id and l.is_fraud and l.label_day < m.as_of_day
+        )
+        """
+    ).fetchall()[0][0]
+    assert leaks == 0
+    assert con.execute("select max(chargebacks_known_30d) from merchant_risk_features").fetchall()[0][0] > 0
