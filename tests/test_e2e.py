@@ -1,0 +1,224 @@
+"""The whole regional graph, end to end, on small generated data."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+from datetime import date
+from pathlib import Path
+
+import dagster as dg
+import duckdb
+import polars as pl
+import pytest
+from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
+
+from assets.ingestion import RECONCILIATION_CHECK, labels_ingestion, transactions_ingestion
+from assets.transforms import regional_dbt_models
+from meridian.cli import load_definitions_module
+from meridian.lake import partition_file, write_parquet_atomic
+from meridian.paths import REPO_ROOT
+from resources.lake import RegionalLakeResource
+from resources.source import TransactionSourceResource
+
+pytestmark = pytest.mark.e2e
+REGIONS = ("us-east", "eu-west")
+DAYS = ("2026-01-01", "2026-01-02", "2026-01-03")
+ASSETS = [transactions_ingestion, labels_ingestion, regional_dbt_models]
+SOURCE = {"rows_per_day": 400, "malformed_rate": 0.02, "fraud_rate": 0.03}
+
+
+def _resources(home: Path) -> dict[str, object]:
+    resources = load_definitions_module().build_resources("local")
+    return {
+        **resources,
+        "lake": RegionalLakeResource(home=str(home)),
+        "source": TransactionSourceResource(**SOURCE),
+    }
+
+
+def _materialize(instance, home, first: tuple[str, str], last: tuple[str, str], selection=None):
+    tags = {
+        ASSET_PARTITION_RANGE_START_TAG: str(dg.MultiPartitionKey({"region": first[0], "day": first[1]})),
+        ASSET_PARTITION_RANGE_END_TAG: str(dg.MultiPartitionKey({"region": last[0], "day": last[1]})),
+    }
+    return dg.materialize(
+        ASSETS,
+        resources=_resources(home),
+        instance=instance,
+        tags=tags,
+        selection=selection,
+        raise_on_error=False,
+    )
+
+
+def _lake_fingerprint(home: Path) -> dict[str, str]:
+    """Content hash of every lake partition (rows sorted, so physical layout does not matter)."""
+    out = {}
+    for path in sorted(home.glob("regions/*/lake/*/day=*/*.parquet")):
+        frame = pl.read_parquet(path)
+        frame = frame.sort(frame.columns) if frame.height else frame
+        out[str(path.relative_to(home))] = hashlib.sha256(frame.write_csv().encode()).hexdigest()
+    return out
+
+
+def _warehouse_fingerprint(home: Path, region: str) -> dict[str, tuple]:
+    con = duckdb.connect(str(home / "regions" / region / "warehouse.duckdb"), read_only=True)
+    try:
+        return {
+            t: con.execute(f"select count(*), sum(hash(columns(*)::varchar)) from (from {t})").fetchall()[0]
+            for t in ("customer_spend_features", "merchant_risk_features", "labelled_events")
+        }
+    finally:
+        con.close()
+
+
+@pytest.fixture(scope="module")
+def graph(tmp_path_factory):
+    home = tmp_path_factory.mktemp("e2e-home")
+    instance = dg.DagsterInstance.ephemeral()
+    # One single-run backfill over two regions x three days: the multi-region dbt path.
+    result = _materialize(instance, home, (REGIONS[0], DAYS[0]), (REGIONS[1], DAYS[-1]))
+    return home, instance, result
+
+
+def test_the_graph_materializes_every_region_day(graph):
+    _, instance, result = graph
+    assert result.success
+    expected = {str(dg.MultiPartitionKey({"region": r, "day": d})) for r in REGIONS for d in DAYS}
+    for key in (
+        "raw_transactions",
+        "quarantined_transactions",
+        "raw_labels",
+        "stg_transactions",
+        "customer_spend_features",
+        "merchant_risk_features",
+        "labelled_events",
+    ):
+        assert set(instance.get_materialized_partitions(dg.AssetKey(key))) == expected, key
+
+
+def test_every_check_passes_including_dbt_tests_and_reconciliation(graph):
+    _, _, result = graph
+    evaluations = result.get_asset_check_evaluations()
+    names = {e.check_name for e in evaluations}
+    assert RECONCILIATION_CHECK in names
+    assert "unique_stg_transactions_transaction_id" in names
+    assert "assert_velocity_windows_are_nested" in names
+    assert [e.check_name for e in evaluations if not e.passed] == []
+
+
+def test_accepted_plus_quarantined_equals_generated_for_every_partition(graph, topology):
+    home, _, _ = graph
+    source = TransactionSourceResource(**SOURCE)
+    for region_name in REGIONS:
+        region = topology.region(region_name)
+        lake = home / "regions" / region_name / "lake"
+        for day in DAYS:
+            delivered = source.transactions(region, date.fromisoformat(day))
+            accepted = pl.read_parquet(partition_file(lake / "raw_transactions", day))
+            quarantined = pl.read_parquet(partition_file(lake / "quarantined_transactions", day))
+            assert accepted.height + quarantined.height == delivered.rows.height
+            assert quarantined.height == delivered.injected_total > 0
+            assert quarantined["reason"].null_count() == 0
+            labels = source.labels(region, date.fromisoformat(day))
+            n_labels = sum(
+                pl.read_parquet(partition_file(lake / t, day)).height
+                for t in ("raw_labels", "quarantined_labels")
+            )
+            assert n_labels == labels.rows.height
+
+
+def test_each_regions_files_and_personal_data_stay_in_its_own_folder(graph):
+    home, _, _ = graph
+    files = [p for p in home.rglob("*") if p.is_file()]
+    assert files
+    assert {p.relative_to(home).parts[:2] for p in files} == {("regions", r) for r in REGIONS}
+    for path in home.glob("regions/*/lake/**/*.parquet"):
+        region = path.relative_to(home).parts[1]
+        customers = pl.read_parquet(path, columns=None)
+        if "customer_id" in customers.columns:
+            prefixes = set(customers["customer_id"].drop_nulls().str.split("-c").list.first())
+            assert prefixes <= {region.replace("-", "")}, path
+    for region in REGIONS:
+        con = duckdb.connect(str(home / "regions" / region / "warehouse.duckdb"), read_only=True)
+        prefixes = con.execute(
+            "select distinct split_part(customer_id, '-c', 1) from customer_spend_features"
+        ).fetchall()
+        con.close()
+        assert prefixes == [(region.replace("-", ""),)]
+
+
+def test_rerunning_a_partition_is_idempotent(graph):
+    home, instance, _ = graph
+    lake_before = _lake_fingerprint(home)
+    warehouse_before = _warehouse_fingerprint(home, "us-east")
+    result = _materialize(instance, home, ("us-east", DAYS[1]), ("us-east", DAYS[1]))
+    assert result.success
+    assert _lake_fingerprint(home) == lake_before
+    assert _warehouse_fingerprint(home, "us-east") == warehouse_before
+    con = duckdb.connect(str(home / "regions" / "us-east" / "warehouse.duckdb"), read_only=True)
+    n, distinct = con.execute(
+        "select count(*), count(distinct transaction_id) from customer_spend_features"
+    ).fetchall()[0]
+    con.close()
+    assert n == distinct
+
+
+def test_a_failing_error_severity_dbt_test_blocks_the_downstream_models(graph):
+    home, instance, _ = graph
+    day = "2026-01-04"
+    # Land a day that bypassed validation: a duplicated transaction id reaches the lake.
+    lake = home / "regions" / "eu-west" / "lake"
+    good = pl.read_parquet(partition_file(lake / "raw_transactions", DAYS[-1])).with_columns(
+        pl.col("event_time").dt.offset_by("1d")
+    )
+    write_parquet_atomic(pl.concat([good, good.head(1)]), partition_file(lake / "raw_transactions", day))
+    write_parquet_atomic(
+        pl.read_parquet(partition_file(lake / "raw_labels", DAYS[0])).head(0),
+        partition_file(lake / "raw_labels", day),
+    )
+    selection = dg.AssetSelection.assets(*regional_dbt_models.keys)
+    result = _materialize(instance, home, ("eu-west", day), ("eu-west", day), selection=selection)
+    assert not result.success
+    failed = [e for e in result.get_asset_check_evaluations() if not e.passed]
+    assert [(e.check_name, e.severity) for e in failed] == [
+        ("unique_stg_transactions_transaction_id", dg.AssetCheckSeverity.ERROR)
+    ]
+    key = str(dg.MultiPartitionKey({"region": "eu-west", "day": day}))
+    assert key not in instance.get_materialized_partitions(dg.AssetKey("customer_spend_features"))
+
+
+def test_the_readme_main_command_runs_a_region_and_records_it_in_the_instance(tmp_path: Path):
+    home = tmp_path / "cli-home"
+    env = {**os.environ, "MERIDIAN_HOME": str(home)}
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "meridian.cli",
+            "run",
+            "--days",
+            "2",
+            "--regions",
+            "ap-southeast",
+            "--rows-per-day",
+            "300",
+        ],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
+    assert "[ap-southeast ] dbt build            ok" in run.stdout
+    summary = run.stdout.split("Summary")[1]
+    assert "ap-southeast  ok" in summary
+    with dg.DagsterInstance.from_config(str(home / "dagster")) as instance:
+        runs = instance.get_runs()
+        assert [r.status for r in runs] == [dg.DagsterRunStatus.SUCCESS]
+        assert len(instance.get_materialized_partitions(dg.AssetKey("customer_spend_features"))) == 2
