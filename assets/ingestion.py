@@ -12,7 +12,7 @@ from datetime import date
 import dagster as dg
 import polars as pl
 
-from assets.partitions import REGION_DAY_PARTITIONS, days_by_region
+from assets.partitions import DAY_DIMENSION, REGION_DAY_PARTITIONS, REGION_DIMENSION, days_by_region
 from meridian.generator import GeneratedBatch
 from meridian.report import markdown_table
 from meridian.topology import Region
@@ -35,9 +35,10 @@ def _ingest(
     validate: Callable[[pl.DataFrame, date, Region], ValidatedBatch],
     accepted_key: dg.AssetKey,
     quarantine_key: dg.AssetKey,
-) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
+) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult | dg.AssetObservation]:
     topo = topology.load()
     rows: list[dict[str, object]] = []
+    lake_dirs: set[str] = set()
     reasons: dict[str, int] = {}
     for region_name, days in days_by_region(context).items():
         region = topo.region(region_name)
@@ -57,30 +58,47 @@ def _ingest(
                     "accepted": accepted.rows,
                     "quarantined": quarantined.rows,
                     "accepted_bytes": accepted.bytes,
-                    "path": str(accepted.path.parent),
                 }
             )
+            lake_dirs.add(str(paths.table(accepted_key.path[-1])))
             context.log.info(f"{region_name} {day}: {accepted.rows} accepted, {quarantined.rows} quarantined")
     table = pl.DataFrame(rows)
     delivered, n_acc, n_quar = (int(table[c].sum()) for c in ("delivered", "accepted", "quarantined"))
     unbalanced = table.filter(pl.col("accepted") + pl.col("quarantined") != pl.col("delivered"))
+    # One output covers every partition of a single-run backfill and Dagster copies its
+    # metadata onto each of them, so counts are labelled as whole-run figures there and
+    # each partition gets its own figures as an observation.
+    scope = "" if len(rows) == 1 else "run_total_"
+    if len(rows) > 1:
+        for row in rows:
+            partition = dg.MultiPartitionKey({REGION_DIMENSION: row["region"], DAY_DIMENSION: row["day"]})
+            for key, count in ((accepted_key, row["accepted"]), (quarantine_key, row["quarantined"])):
+                yield dg.AssetObservation(
+                    asset_key=key,
+                    partition=partition,
+                    metadata={"rows": count, "delivered": row["delivered"], "day": row["day"], "region": row["region"]},
+                )
     yield dg.MaterializeResult(
         asset_key=accepted_key,
         metadata={
-            "dagster/row_count": n_acc,
-            "delivered": delivered,
-            "quarantined": n_quar,
-            "bytes": int(table["accepted_bytes"].sum()),
-            "partitions": dg.MetadataValue.md(markdown_table(table.drop("path").to_dicts())),
-            "lake_path": dg.MetadataValue.path(rows[0]["path"]) if len(rows) == 1 else "several",
+            **({"dagster/row_count": n_acc} if len(rows) == 1 else {}),
+            f"{scope}accepted": n_acc,
+            f"{scope}delivered": delivered,
+            f"{scope}quarantined": n_quar,
+            f"{scope}bytes": int(table["accepted_bytes"].sum()),
+            "partitions_in_run": len(rows),
+            "partitions": dg.MetadataValue.md(markdown_table(rows)),
+            "lake_tables": dg.MetadataValue.json(sorted(lake_dirs)),
         },
     )
     yield dg.MaterializeResult(
         asset_key=quarantine_key,
         metadata={
-            "dagster/row_count": n_quar,
+            **({"dagster/row_count": n_quar} if len(rows) == 1 else {}),
+            f"{scope}quarantined": n_quar,
             "quarantine_rate": round(n_quar / delivered, 6) if delivered else 0.0,
             "reasons": dg.MetadataValue.json(reasons),
+            "partitions_in_run": len(rows),
         },
     )
     yield dg.AssetCheckResult(
@@ -138,7 +156,7 @@ def _ingestion_asset(
         topology: RegionTopologyResource,
         lake: RegionalLakeResource,
         source: TransactionSourceResource,
-    ) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
+    ) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult | dg.AssetObservation]:
         yield from _ingest(context, topology, lake, source, fetch, validate, accepted_key, quarantine_key)
 
     return _asset

@@ -24,7 +24,8 @@ GROUP_BY_FOLDER = {"staging": "staging", "intermediate": "labels", "features": "
 
 
 def ensure_manifest(project: DbtProject) -> Path:
-    """Parse the dbt project once if no manifest exists yet (fresh clone, CI)."""
+    """Parse the dbt project under `dagster dev`, or once if no manifest exists (fresh clone)."""
+    project.prepare_if_dev()
     if not project.manifest_path.exists():
         project.preparer.prepare(project)
     return project.manifest_path

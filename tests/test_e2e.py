@@ -111,7 +111,11 @@ def test_every_check_passes_including_dbt_tests_and_reconciliation(graph):
 
 
 def test_accepted_plus_quarantined_equals_generated_for_every_partition(graph, topology):
-    home, _, _ = graph
+    home, _, result = graph
+    observed = {
+        (o.asset_key.to_user_string(), o.partition): o.metadata["rows"].value
+        for o in result.asset_observations_for_node("transactions_ingestion")
+    }
     source = TransactionSourceResource(**SOURCE)
     for region_name in REGIONS:
         region = topology.region(region_name)
@@ -123,6 +127,9 @@ def test_accepted_plus_quarantined_equals_generated_for_every_partition(graph, t
             assert accepted.height + quarantined.height == delivered.rows.height
             assert quarantined.height == delivered.injected_total > 0
             assert quarantined["reason"].null_count() == 0
+            partition = str(dg.MultiPartitionKey({"region": region_name, "day": day}))
+            assert observed[("raw_transactions", partition)] == accepted.height
+            assert observed[("quarantined_transactions", partition)] == quarantined.height
             labels = source.labels(region, date.fromisoformat(day))
             n_labels = sum(
                 pl.read_parquet(partition_file(lake / t, day)).height
