@@ -76,7 +76,12 @@ def _ingest(
                 yield dg.AssetObservation(
                     asset_key=key,
                     partition=partition,
-                    metadata={"rows": count, "delivered": row["delivered"], "day": row["day"], "region": row["region"]},
+                    metadata={
+                        "rows": count,
+                        "delivered": row["delivered"],
+                        "day": row["day"],
+                        "region": row["region"],
+                    },
                 )
     yield dg.MaterializeResult(
         asset_key=accepted_key,

@@ -34,7 +34,13 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 REGION = "us-east"
 START = date(2026, 1, 1)
-MODEL_ORDER = ("stg_transactions", "stg_labels", "customer_spend_features", "merchant_risk_features", "labelled_events")
+MODEL_ORDER = (
+    "stg_transactions",
+    "stg_labels",
+    "customer_spend_features",
+    "merchant_risk_features",
+    "labelled_events",
+)
 
 
 def _days(n: int) -> list[str]:
@@ -138,12 +144,28 @@ def _compile(home: Path, n_days: int) -> Path:
     paths = region_paths(load_topology().region(REGION), home)
     paths.root.mkdir(parents=True, exist_ok=True)
     target = home / "dbt-target"
-    dbt_vars = {"region": REGION, "lake_root": str(paths.lake), "warehouse_path": str(paths.warehouse),
-                "min_day": _days(n_days)[0], "max_day": _days(n_days)[-1]}
+    dbt_vars = {
+        "region": REGION,
+        "lake_root": str(paths.lake),
+        "warehouse_path": str(paths.warehouse),
+        "min_day": _days(n_days)[0],
+        "max_day": _days(n_days)[-1],
+    }
     dbt = Path(sys.executable).parent / "dbt"
     subprocess.run(
-        [str(dbt), "compile", "--quiet", "--profiles-dir", ".", "--target-path", str(target), "--vars", json.dumps(dbt_vars)],
-        cwd=REPO_ROOT / "dbt_project", check=True,
+        [
+            str(dbt),
+            "compile",
+            "--quiet",
+            "--profiles-dir",
+            ".",
+            "--target-path",
+            str(target),
+            "--vars",
+            json.dumps(dbt_vars),
+        ],
+        cwd=REPO_ROOT / "dbt_project",
+        check=True,
     )
     paths.warehouse.unlink(missing_ok=True)  # compile opens the warehouse; the floor starts empty
     return target / "compiled" / "meridian"
@@ -172,28 +194,62 @@ def main() -> None:
         work = Path(tempfile.mkdtemp(prefix="meridian-bench-"))
         try:
             compiled = _compile(work / "direct", days)
-            d_s, d_mb = _measure(["--phase", "direct", "--home", str(work / "direct"), "--rows", str(rows),
-                                  "--days", str(days), "--compiled", str(compiled)])
+            d_s, d_mb = _measure(
+                [
+                    "--phase",
+                    "direct",
+                    "--home",
+                    str(work / "direct"),
+                    "--rows",
+                    str(rows),
+                    "--days",
+                    str(days),
+                    "--compiled",
+                    str(compiled),
+                ]
+            )
             print(f"{rows:>10,} {'direct DuckDB (floor)':<22} {d_s:>8.1f} {d_mb:>12.0f}", flush=True)
-            g_s, g_mb = _measure(["--phase", "dagster", "--home", str(work / "dagster"), "--rows", str(rows),
-                                  "--days", str(days)])
+            g_s, g_mb = _measure(
+                [
+                    "--phase",
+                    "dagster",
+                    "--home",
+                    str(work / "dagster"),
+                    "--rows",
+                    str(rows),
+                    "--days",
+                    str(days),
+                ]
+            )
             print(f"{rows:>10,} {'through Dagster + dbt':<22} {g_s:>8.1f} {g_mb:>12.0f}", flush=True)
             print(f"{'':>10} {'ratio Dagster/direct':<22} {g_s / d_s:>8.2f}", flush=True)
-            results.append({"rows_per_day": rows, "days": days, "dagster_s": round(g_s, 2), "direct_s": round(d_s, 2),
-                             "overhead_ratio": round(g_s / d_s, 3), "dagster_peak_rss_mb": round(g_mb),
-                             "direct_peak_rss_mb": round(d_mb)})
+            results.append(
+                {
+                    "rows_per_day": rows,
+                    "days": days,
+                    "dagster_s": round(g_s, 2),
+                    "direct_s": round(d_s, 2),
+                    "overhead_ratio": round(g_s / d_s, 3),
+                    "dagster_peak_rss_mb": round(g_mb),
+                    "direct_peak_rss_mb": round(d_mb),
+                }
+            )
         finally:
             shutil.rmtree(work, ignore_errors=True)
     last = results[-1]
-    print(json.dumps({
-        "benchmark": "ingest_and_transform",
-        "quick": args.quick,
-        "overhead_ratio": last["overhead_ratio"],
-        "peak_rss_mb": last["dagster_peak_rss_mb"],
-        "at_rows_per_day": last["rows_per_day"],
-        "targets": {"overhead_ratio": 1.5, "peak_rss_mb": 4096},
-        "runs": results,
-    }))
+    print(
+        json.dumps(
+            {
+                "benchmark": "ingest_and_transform",
+                "quick": args.quick,
+                "overhead_ratio": last["overhead_ratio"],
+                "peak_rss_mb": last["dagster_peak_rss_mb"],
+                "at_rows_per_day": last["rows_per_day"],
+                "targets": {"overhead_ratio": 1.5, "peak_rss_mb": 4096},
+                "runs": results,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

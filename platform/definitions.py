@@ -8,12 +8,8 @@ here, once, from MERIDIAN_PROFILE.
 from __future__ import annotations
 
 import os
-import shutil
-import sys
-from pathlib import Path
 
 import dagster as dg
-from dagster_dbt import DbtCliResource
 
 from assets.ingestion import labels_ingestion, transactions_ingestion
 from assets.jobs import daily_regional_schedule, regional_pipeline
@@ -21,14 +17,9 @@ from assets.transforms import dbt_project, regional_dbt_models
 from resources.lake import RegionalLakeResource
 from resources.source import TransactionSourceResource
 from resources.topology import RegionTopologyResource
+from resources.warehouse import WarehouseDbtResource, dbt_executable
 
 PROFILES = ("local",)
-
-
-def dbt_executable() -> str:
-    """dbt from this interpreter's environment, so an unactivated venv still works."""
-    beside = Path(sys.executable).parent / "dbt"
-    return str(beside) if beside.exists() else (shutil.which("dbt") or "dbt")
 
 
 def build_resources(profile: str) -> dict[str, object]:
@@ -39,7 +30,7 @@ def build_resources(profile: str) -> dict[str, object]:
         "topology": RegionTopologyResource(path=os.environ.get("MERIDIAN_TOPOLOGY")),
         "lake": RegionalLakeResource(home=os.environ.get("MERIDIAN_HOME")),
         "source": TransactionSourceResource(),
-        "dbt": DbtCliResource(
+        "dbt": WarehouseDbtResource(
             project_dir=dbt_project,
             profiles_dir=str(dbt_project.profiles_dir),
             dbt_executable=dbt_executable(),
