@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import dagster as dg
+import duckdb
 from dagster_dbt import DagsterDbtTranslator, DbtCliResource, DbtProject, dbt_assets
 
 from assets.partitions import REGION_DAY_PARTITIONS, days_by_region
@@ -61,6 +62,51 @@ def dbt_vars(region: str, days: Sequence[str], lake_root: Path, warehouse: Path)
     }
 
 
+# The column that places each table's rows on a day of the partition.
+DAY_COLUMNS = {
+    "stg_transactions": "event_day",
+    "stg_labels": "label_day",
+    "customer_spend_features": "event_day",
+    "labelled_events": "event_day",
+    "merchant_risk_features": "as_of_day",
+}
+
+
+def window_row_counts(
+    warehouse: Path, tables: Sequence[str], days: Sequence[str]
+) -> dict[str, dict[str, int]]:
+    """Rows per day of the run's window, per table, read back from the region's warehouse."""
+    counts: dict[str, dict[str, int]] = {}
+    with duckdb.connect(str(warehouse), read_only=True) as con:
+        for table in tables:
+            column = DAY_COLUMNS[table]
+            rows = con.execute(
+                f"select cast({column} as varchar), count(*) from {table} "
+                f"where {column} between ? and ? group by all order by 1",
+                [days[0], days[-1]],
+            ).fetchall()
+            counts[table] = {day: n for day, n in rows}
+    return counts
+
+
+def with_window_row_counts(events: list[Any], warehouse: Path, days: Sequence[str]) -> list[Any]:
+    """Add the rows each model holds for the run's days to its output metadata."""
+    built = [e.output_name for e in events if isinstance(e, dg.Output) and e.output_name in DAY_COLUMNS]
+    if not built or not warehouse.exists():
+        return events
+    counts = window_row_counts(warehouse, built, days)
+    out = []
+    for event in events:
+        if isinstance(event, dg.Output) and event.output_name in counts:
+            by_day = counts[event.output_name]
+            extra = {"rows_in_run_window": sum(by_day.values()), "rows_by_day": dg.MetadataValue.json(by_day)}
+            if len(days) == 1:
+                extra["dagster/row_count"] = sum(by_day.values())
+            event = dg.Output(value=None, output_name=event.output_name, metadata={**event.metadata, **extra})
+        out.append(event)
+    return out
+
+
 def merge_region_events(events_by_region: Mapping[str, list[Any]]) -> Iterator[Any]:
     """One Dagster event per dbt node, however many regions the run covered.
 
@@ -85,11 +131,15 @@ def merge_region_events(events_by_region: Mapping[str, list[Any]]) -> Iterator[A
     n_regions = len(events_by_region)
     for name, items in outputs.items():
         if len(items) == n_regions:
-            yield dg.Output(
-                value=None,
-                output_name=name,
-                metadata={**items[0][1].metadata, "regions": [r for r, _ in items]},
-            )
+            metadata = {
+                k: v for k, v in items[0][1].metadata.items() if k not in ("rows_by_day", "dagster/row_count")
+            }
+            metadata["regions"] = [r for r, _ in items]
+            if "rows_in_run_window" in metadata:
+                by_region = {r: o.metadata["rows_in_run_window"].value for r, o in items}
+                metadata["rows_in_run_window"] = sum(by_region.values())
+                metadata["rows_by_region"] = dg.MetadataValue.json(by_region)
+            yield dg.Output(value=None, output_name=name, metadata=metadata)
     for (asset_key, check_name), items in checks.items():
         failed = [(r, c) for r, c in items if not c.passed]
         worst = next((c for _, c in failed), items[0][1])
@@ -128,7 +178,7 @@ def regional_dbt_models(
         invocation = dbt.cli(
             ["build", "--vars", json.dumps(dbt_run_vars)], context=context, raise_on_error=False
         )
-        events[region] = list(invocation.stream())
+        events[region] = with_window_row_counts(list(invocation.stream()), paths.warehouse, days)
         if not invocation.is_successful():
             failures.append(f"{region}: {invocation.get_error()}")
     yield from merge_region_events(events)

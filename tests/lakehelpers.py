@@ -29,7 +29,9 @@ def day_range(start: date, n: int) -> list[date]:
     return [start + timedelta(days=i) for i in range(n)]
 
 
-def dbt(args: list[str], dbt_vars: dict[str, object], target: Path) -> subprocess.CompletedProcess:
+def dbt(
+    args: list[str], dbt_vars: dict[str, object], target: Path, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
     executable = Path(sys.executable).parent / "dbt"
     cmd = [
         str(executable),
@@ -43,4 +45,4 @@ def dbt(args: list[str], dbt_vars: dict[str, object], target: Path) -> subproces
         "--vars",
         json.dumps(dbt_vars),
     ]
-    return subprocess.run(cmd, cwd=DBT_DIR, capture_output=True, text=True, check=False)
+    return subprocess.run(cmd, cwd=DBT_DIR, capture_output=True, text=True, check=False, env=env)

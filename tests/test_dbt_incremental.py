@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from datetime import date
 from pathlib import Path
 
@@ -85,3 +86,20 @@ def test_merchant_risk_only_counts_chargebacks_landed_before_the_day(built: tupl
     ).fetchall()[0][0]
     assert leaks == 0
     assert con.execute("select max(chargebacks_known_30d) from merchant_risk_features").fetchall()[0][0] > 0
+
+
+def test_the_dbt_project_runs_on_its_own_from_meridian_home(built: tuple[Path, Path]):
+    full, _ = built
+    home = full.parent  # the module's MERIDIAN_HOME: regions/eu-west/lake was written there
+    env = {**os.environ, "MERIDIAN_HOME": str(home)}
+    run = dbt(["build"], {"region": "eu-west"}, home / "target-standalone", env=env)
+    assert run.returncode == 0, run.stdout[-3000:]
+    con = duckdb.connect(str(home / "regions" / "eu-west" / "warehouse.duckdb"), read_only=True)
+    standalone = con.execute("select count(*) from customer_spend_features").fetchall()[0][0]
+    con.close()
+    assert (
+        standalone
+        == duckdb.connect(str(full), read_only=True)
+        .execute("select count(*) from customer_spend_features")
+        .fetchall()[0][0]
+    )

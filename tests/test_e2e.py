@@ -100,6 +100,24 @@ def test_the_graph_materializes_every_region_day(graph):
         assert set(instance.get_materialized_partitions(dg.AssetKey(key))) == expected, key
 
 
+def test_dbt_outputs_report_the_rows_each_region_built_for_the_run(graph, topology):
+    home, _, result = graph
+    (mat,) = [
+        m
+        for m in result.asset_materializations_for_node("regional_dbt_models")
+        if m.asset_key == dg.AssetKey("customer_spend_features")
+        and m.partition.endswith(f"|{REGIONS[0]}")
+        and m.partition.startswith(DAYS[0])
+    ]
+    by_region = mat.metadata["rows_by_region"].value
+    for region in REGIONS:
+        con = duckdb.connect(str(home / "regions" / region / "warehouse.duckdb"), read_only=True)
+        assert (
+            by_region[region] == con.execute("select count(*) from customer_spend_features").fetchall()[0][0]
+        )
+        con.close()
+
+
 def test_every_check_passes_including_dbt_tests_and_reconciliation(graph):
     _, _, result = graph
     evaluations = result.get_asset_check_evaluations()
