@@ -1,0 +1,62 @@
+"""The wired Definitions: graph shape, partitions, schedule."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import dagster as dg
+import pytest
+
+from meridian.cli import load_definitions_module
+
+
+@pytest.fixture(scope="module")
+def defs() -> dg.Definitions:
+    return load_definitions_module().defs
+
+
+def test_every_regional_asset_is_partitioned_by_active_region_and_day(defs, topology):
+    graph = defs.resolve_asset_graph()
+    keys = {k.to_user_string() for k in graph.materializable_asset_keys}
+    assert {
+        "raw_transactions",
+        "quarantined_transactions",
+        "raw_labels",
+        "stg_transactions",
+        "customer_spend_features",
+        "merchant_risk_features",
+        "labelled_events",
+    } <= keys
+    for key in graph.materializable_asset_keys:
+        partitions = graph.get(key).partitions_def
+        assert isinstance(partitions, dg.MultiPartitionsDefinition), key
+        regions = partitions.get_partitions_def_for_dimension("region").get_partition_keys()
+        assert regions == topology.active_region_names
+
+
+def test_lineage_runs_from_ingestion_through_staging_to_features(defs):
+    graph = defs.resolve_asset_graph()
+
+    def parents(name: str) -> set[str]:
+        return {k.to_user_string() for k in graph.get(dg.AssetKey(name)).parent_keys}
+
+    assert "raw_transactions" in parents("stg_transactions")
+    assert "raw_labels" in parents("stg_labels")
+    assert {"stg_transactions", "stg_labels"} <= parents("merchant_risk_features")
+    assert {"stg_transactions", "stg_labels"} <= parents("labelled_events")
+    assert graph.get(dg.AssetKey("customer_spend_features")).group_name == "features"
+
+
+def test_the_nightly_schedule_requests_yesterday_for_every_active_region(defs, topology):
+    schedule = defs.resolve_schedule_def("regional_pipeline_schedule")
+    context = dg.build_schedule_context(scheduled_execution_time=datetime(2026, 3, 2, 2, tzinfo=UTC))
+    requests = schedule.evaluate_tick(context).run_requests
+    assert sorted(r.partition_key for r in requests) == sorted(
+        str(dg.MultiPartitionKey({"region": r, "day": "2026-03-01"})) for r in topology.active_region_names
+    )
+
+
+def test_an_unknown_profile_is_refused_by_name():
+    module = load_definitions_module()
+    with pytest.raises(ValueError, match="MERIDIAN_PROFILE='staging' is not a known profile"):
+        module.build_resources("staging")
