@@ -6,6 +6,7 @@ days is one `dbt build` per region (single-run backfill policy).
 """
 
 import json
+import shutil
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -60,6 +61,23 @@ def dbt_vars(region: str, days: Sequence[str], lake_root: Path, warehouse: Path)
         "lake_root": str(lake_root),
         "warehouse_path": str(warehouse),
     }
+
+
+DBT_RUNS_KEPT = 20
+
+
+def dbt_run_dir(region_root: Path, run_id: str) -> Path:
+    """dbt's target and log folder for one run, inside the region's folder.
+
+    dbt's artifacts (compiled SQL, run results, logs) belong to the region that ran
+    them, under MERIDIAN_HOME like everything else; the last DBT_RUNS_KEPT are kept.
+    """
+    runs = region_root / "dbt-runs"
+    if runs.exists():
+        old = sorted(runs.iterdir(), key=lambda p: p.stat().st_mtime)[: -DBT_RUNS_KEPT + 1]
+        for stale in old:
+            shutil.rmtree(stale, ignore_errors=True)
+    return runs / run_id
 
 
 # The column that places each table's rows on a day of the partition.
@@ -176,7 +194,10 @@ def regional_dbt_models(
         dbt_run_vars = dbt_vars(region, days, paths.lake, paths.warehouse)
         context.log.info(f"dbt build for {region}, days {days[0]}..{days[-1]}")
         invocation = dbt.cli(
-            ["build", "--vars", json.dumps(dbt_run_vars)], context=context, raise_on_error=False
+            ["build", "--vars", json.dumps(dbt_run_vars)],
+            context=context,
+            raise_on_error=False,
+            target_path=dbt_run_dir(paths.root, context.run_id),
         )
         events[region] = with_window_row_counts(list(invocation.stream()), paths.warehouse, days)
         if not invocation.is_successful():
