@@ -11,7 +11,7 @@ import pytest
 
 from meridian.generator import GeneratorConfig
 from meridian.paths import region_paths
-from tests.lakehelpers import day_range, dbt, write_lake
+from tests.helpers import day_range, dbt, write_lake
 
 TABLES = {
     "customer_spend_features": "transaction_id",

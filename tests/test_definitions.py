@@ -8,6 +8,7 @@ import dagster as dg
 import pytest
 
 from meridian.cli import load_definitions_module
+from tests.helpers import REGIONAL_ASSETS
 
 
 @pytest.fixture(scope="module")
@@ -18,15 +19,7 @@ def defs() -> dg.Definitions:
 def test_every_regional_asset_is_partitioned_by_active_region_and_day(defs, topology):
     graph = defs.resolve_asset_graph()
     keys = {k.to_user_string() for k in graph.materializable_asset_keys}
-    assert {
-        "raw_transactions",
-        "quarantined_transactions",
-        "raw_labels",
-        "stg_transactions",
-        "customer_spend_features",
-        "merchant_risk_features",
-        "labelled_events",
-    } <= keys
+    assert set(REGIONAL_ASSETS) <= keys
     for key in graph.materializable_asset_keys:
         partitions = graph.get(key).partitions_def
         assert isinstance(partitions, dg.MultiPartitionsDefinition), key

@@ -22,6 +22,7 @@ from meridian.lake import partition_file, write_parquet_atomic
 from meridian.paths import REPO_ROOT
 from resources.lake import RegionalLakeResource
 from resources.source import TransactionSourceResource
+from tests.helpers import REGIONAL_ASSETS
 
 pytestmark = pytest.mark.e2e
 REGIONS = ("us-east", "eu-west")
@@ -88,15 +89,7 @@ def test_the_graph_materializes_every_region_day(graph):
     _, instance, result = graph
     assert result.success
     expected = {str(dg.MultiPartitionKey({"region": r, "day": d})) for r in REGIONS for d in DAYS}
-    for key in (
-        "raw_transactions",
-        "quarantined_transactions",
-        "raw_labels",
-        "stg_transactions",
-        "customer_spend_features",
-        "merchant_risk_features",
-        "labelled_events",
-    ):
+    for key in REGIONAL_ASSETS:
         assert set(instance.get_materialized_partitions(dg.AssetKey(key))) == expected, key
 
 

@@ -1,4 +1,4 @@
-"""Build a small regional lake without Dagster, for dbt-level tests."""
+"""Shared test helpers: a small regional lake without Dagster, dbt on the command line."""
 
 from __future__ import annotations
 
@@ -46,3 +46,15 @@ def dbt(
         json.dumps(dbt_vars),
     ]
     return subprocess.run(cmd, cwd=DBT_DIR, capture_output=True, text=True, check=False, env=env)
+
+
+# The regional assets every end-to-end run must materialize, ingestion to features.
+REGIONAL_ASSETS = (
+    "raw_transactions",
+    "quarantined_transactions",
+    "raw_labels",
+    "stg_transactions",
+    "customer_spend_features",
+    "merchant_risk_features",
+    "labelled_events",
+)
