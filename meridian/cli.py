@@ -13,11 +13,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib.util
+import multiprocessing
 import os
 import shutil
 import sys
 import time
 import uuid
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from pathlib import Path
@@ -175,37 +177,65 @@ def summarize(outcomes: list[RegionOutcome], days: list[str]) -> list[dict[str, 
     return rows
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    home = prepare_environment(Path(args.home) if args.home else None)
-    print(f"Meridian home: {home}")
-    print("Loading definitions ...", flush=True)
-    module = load_definitions_module()
+def _run_region_in_child(region: str, days: list[str], run_config: dict, log_dir: Path) -> RegionOutcome:
+    """Entry point of a worker process: its own definitions, instance connection and dbt."""
     from dagster import DagsterInstance
 
+    job = load_definitions_module().defs.resolve_job_def("regional_pipeline")
+    with DagsterInstance.get() as instance:
+        return run_region(job, instance, region, days, run_config, log_dir)
+
+
+def run_regions(
+    regions: list[str], days: list[str], run_config: dict, log_dir: Path, parallel: int
+) -> list[RegionOutcome]:
+    """Each region as its own run; with parallel > 1, that many regions at once in worker processes."""
+    if parallel <= 1 or len(regions) == 1:
+        return [_run_region_in_child(region, days, run_config, log_dir) for region in regions]
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=min(parallel, len(regions)), mp_context=context) as pool:
+        futures = {r: pool.submit(_run_region_in_child, r, days, run_config, log_dir) for r in regions}
+        outcomes = []
+        for region, future in futures.items():
+            try:
+                outcomes.append(future.result())
+            except Exception as exc:  # a worker that died still gets a row in the summary
+                outcomes.append(
+                    RegionOutcome(region, error=f"worker process failed: {type(exc).__name__}: {exc}")
+                )
+        return outcomes
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    home = prepare_environment(Path(args.home) if args.home else None)
     from meridian.report import text_table
     from meridian.topology import load_topology
 
     topology = load_topology(os.environ.get("MERIDIAN_TOPOLOGY"))
     regions = args.regions.split(",") if args.regions else topology.active_region_names
+    unknown = [r for r in regions if r not in topology.active_region_names]
+    if unknown:
+        print(
+            f"meridian: error: unknown or standby region(s) {', '.join(map(repr, unknown))}; "
+            f"active regions in regions.yaml: {', '.join(topology.active_region_names)}",
+            file=sys.stderr,
+        )
+        return 2
     start = date.fromisoformat(args.start)
     days = [(start + timedelta(days=i)).isoformat() for i in range(args.days)]
-    job = module.defs.resolve_job_def("regional_pipeline")
     source_config = {"rows_per_day": args.rows_per_day, "malformed_rate": args.malformed_rate}
     run_config = {
         "resources": {"source": {"config": source_config}},
-        # Progress comes from the event listener; keep the console to warnings and errors.
-        "loggers": {"console": {"config": {"log_level": "WARNING"}}},
+        # Progress comes from the event listener; the console shows errors only (full logs are in the UI).
+        "loggers": {"console": {"config": {"log_level": "ERROR"}}},
     }
+    print(f"Meridian home: {home}")
     print(
         f"Materializing {days[0]}..{days[-1]} ({len(days)} days) for {', '.join(regions)}; "
-        f"{args.rows_per_day:,} transactions per region-day\n",
+        f"{args.rows_per_day:,} transactions per region-day, {args.parallel} region(s) at a time\n",
         flush=True,
     )
-    outcomes = []
-    with DagsterInstance.get() as instance:
-        for region in regions:
-            topology.region(region)  # unknown region: clear error before any work
-            outcomes.append(run_region(job, instance, region, days, run_config, home / "logs"))
+    outcomes = run_regions(regions, days, run_config, home / "logs", args.parallel)
     print("\nSummary")
     print(text_table(summarize(outcomes, days)))
     for o in outcomes:
@@ -229,6 +259,12 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--rows-per-day", type=int, default=5_000, help="transactions per region-day")
     run.add_argument("--malformed-rate", type=float, default=0.002, help="share of malformed rows injected")
     run.add_argument("--home", help="data root (default $MERIDIAN_HOME or .meridian/)")
+    run.add_argument(
+        "--parallel",
+        type=int,
+        default=min(2, os.cpu_count() or 1),
+        help="regions run at once (default: up to 2)",
+    )
     run.set_defaults(func=cmd_run)
     args = parser.parse_args(argv)
     return args.func(args)

@@ -209,34 +209,45 @@ def test_a_failing_error_severity_dbt_test_blocks_the_downstream_models(graph):
     assert key not in instance.get_materialized_partitions(dg.AssetKey("customer_spend_features"))
 
 
-def test_the_readme_main_command_runs_a_region_and_records_it_in_the_instance(tmp_path: Path):
+def test_the_readme_main_command_runs_regions_in_parallel_and_records_them_in_the_instance(tmp_path: Path):
     home = tmp_path / "cli-home"
     env = {**os.environ, "MERIDIAN_HOME": str(home)}
+    cmd = [
+        sys.executable,
+        "-m",
+        "meridian.cli",
+        "run",
+        "--days",
+        "2",
+        "--regions",
+        "ap-southeast,eu-west",
+        "--rows-per-day",
+        "300",
+        "--parallel",
+        "2",
+    ]
     run = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "meridian.cli",
-            "run",
-            "--days",
-            "2",
-            "--regions",
-            "ap-southeast",
-            "--rows-per-day",
-            "300",
-        ],
-        cwd=REPO_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
+        cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600, check=False
     )
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
-    assert "[ap-southeast ] dbt build            ok" in run.stdout
+    for region in ("ap-southeast", "eu-west"):
+        assert f"[{region:<13}] dbt build            ok" in run.stdout
     summary = run.stdout.split("Summary")[1]
-    assert "ap-southeast  ok" in summary
+    assert "ap-southeast  ok" in summary and "eu-west       ok" in summary
     with dg.DagsterInstance.from_config(str(home / "dagster")) as instance:
         runs = instance.get_runs()
-        assert [r.status for r in runs] == [dg.DagsterRunStatus.SUCCESS]
-        assert len(instance.get_materialized_partitions(dg.AssetKey("customer_spend_features"))) == 2
+        assert sorted(r.tags["meridian/region"] for r in runs) == ["ap-southeast", "eu-west"]
+        assert {r.status for r in runs} == {dg.DagsterRunStatus.SUCCESS}
+        assert len(instance.get_materialized_partitions(dg.AssetKey("customer_spend_features"))) == 4
+
+
+def test_the_main_command_refuses_an_unknown_region_before_any_work(tmp_path: Path):
+    env = {**os.environ, "MERIDIAN_HOME": str(tmp_path / "home")}
+    cmd = [sys.executable, "-m", "meridian.cli", "run", "--regions", "eu-west,mars-north,us-west"]
+    run = subprocess.run(
+        cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120, check=False
+    )
+    assert run.returncode == 2
+    assert "unknown or standby region(s) 'mars-north', 'us-west'" in run.stderr
+    assert "Traceback" not in run.stderr
+    assert not (tmp_path / "home" / "regions").exists()
