@@ -47,6 +47,13 @@ def _days(n: int) -> list[str]:
     return [(START + timedelta(days=i)).isoformat() for i in range(n)]
 
 
+def _profile_settings() -> dict[str, object]:
+    import yaml
+
+    profiles = yaml.safe_load((REPO_ROOT / "dbt_project" / "profiles.yml").read_text())
+    return profiles["meridian"]["outputs"]["local"].get("settings", {})
+
+
 # ---------------------------------------------------------------- child phases
 def phase_dagster(home: Path, rows: int, n_days: int) -> None:
     os.environ["MERIDIAN_HOME"] = str(home)
@@ -88,7 +95,8 @@ def phase_direct(home: Path, rows: int, n_days: int, compiled: Path) -> None:
         write_parquet_atomic(lb.quarantined, partition_file(paths.table("quarantined_labels"), d))
     models = compiled / "models"
     con = duckdb.connect(str(paths.warehouse))
-    con.execute("set TimeZone = 'UTC'")
+    for name, value in _profile_settings().items():  # the same DuckDB settings dbt uses
+        con.execute(f"set {name} = '{value}'")
     con.execute(
         "create or replace table currency_rates as select * from read_csv(?, header = true, "
         "columns = {'currency': 'varchar', 'units_per_usd': 'double'})",

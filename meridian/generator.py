@@ -49,6 +49,8 @@ CATEGORIES: tuple[str, ...] = (
 # Typical ticket in USD by category (median of a log-normal).
 CATEGORY_MEDIAN_USD = np.array([38.0, 27.0, 45.0, 310.0, 240.0, 65.0, 18.0, 420.0, 35.0, 22.0])
 HIGH_RISK_CATEGORIES = ("electronics", "digital_goods", "jewelry", "gaming")
+# Category drift moves spend towards these (a new online-electronics trend, say).
+DRIFTING_CATEGORIES = ("electronics", "digital_goods")
 CHANNELS: tuple[str, ...] = ("pos", "contactless", "ecom")
 FOREIGN_COUNTRIES: tuple[str, ...] = ("BR", "NG", "RU", "VN", "UA", "MX", "TR")
 CHARGEBACK_REASONS: tuple[str, ...] = ("10.4", "10.5", "4837", "4863")
@@ -275,7 +277,8 @@ def _legit(cfg: GeneratorConfig, region: Region, day: date, n: int) -> pl.DataFr
     cust = rng.choice(pop.customer_ids.len(), n, p=pop.activity)
     merchant_p = pop.merchant_popularity
     if "category" in feats:
-        boost = np.where(np.isin(pop.merchant_category, [4, 6]), 1.0 + 4 * shift, 1.0)
+        drifting = [CATEGORIES.index(c) for c in DRIFTING_CATEGORIES]
+        boost = np.where(np.isin(pop.merchant_category, drifting), 1.0 + 4 * shift, 1.0)
         merchant_p = merchant_p * boost / (merchant_p * boost).sum()
     merch = rng.choice(pop.merchant_ids.len(), n, p=merchant_p)
     channel_p = np.array([0.45, 0.30, 0.25])
