@@ -103,3 +103,35 @@ def test_the_dbt_project_runs_on_its_own_from_meridian_home(built: tuple[Path, P
         .execute("select count(*) from customer_spend_features")
         .fetchall()[0][0]
     )
+
+
+def test_point_in_time_retrieval_on_the_region_warehouse_serves_each_transactions_own_features(
+    built: tuple[Path, Path],
+):
+    from meridian.feature_store import retrieve
+    from meridian.feature_views import feature_views
+
+    full, _ = built
+    con = duckdb.connect(str(full), read_only=True)
+    views = feature_views()
+    got = retrieve(
+        con,
+        "select transaction_id, customer_id, merchant_id, event_time from labelled_events",
+        "event_time",
+        views,
+    )
+    n_events = con.execute("select count(*) from labelled_events").fetchall()[0][0]
+    assert got.count("*").fetchall()[0][0] == n_events
+    # Customer spend rows are per transaction: each transaction must get its own row's counts
+    # unless two transactions of a customer share a timestamp.
+    mismatches = con.sql(
+        """
+        select count(*) from got g join customer_spend_features f using (transaction_id)
+        where g.customer_spend__txn_count_30d != f.txn_count_30d
+          and not exists (select 1 from customer_spend_features o
+                          where o.customer_id = f.customer_id and o.event_time = f.event_time
+                            and o.transaction_id != f.transaction_id)
+        """
+    ).fetchall()[0][0]
+    assert mismatches == 0
+    assert con.sql("select count(*) from got where merchant_risk__feature_time is null").fetchall()[0][0] == 0

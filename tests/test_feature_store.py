@@ -1,0 +1,158 @@
+"""Point-in-time retrieval against a brute-force reference, on random data."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+import duckdb
+import polars as pl
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from meridian.feature_store import Feature, FeatureView, dbt_model_sql, retrieve
+
+T0 = datetime(2026, 1, 1)
+KEYS = ("a", "b", "c", "d")  # "d" never appears in any view: a missing entity
+VIEWS = (
+    FeatureView(
+        "spend",
+        "spend_src",
+        "customer",
+        "ts",
+        "created",
+        (Feature("x", "double", -1.0),),
+        timedelta(minutes=30),
+    ),
+    FeatureView(
+        "risk",
+        "risk_src",
+        "merchant",
+        "ts",
+        "created",
+        (Feature("y", "bigint", 0), Feature("z", "boolean", False)),
+        timedelta(minutes=90),
+    ),
+    FeatureView(
+        "late", "late_src", "customer", "ts", "created", (Feature("w", "double", None),), timedelta(days=1)
+    ),
+)
+
+
+def _feature_rows(value: st.SearchStrategy, n_features: int):
+    row = st.tuples(
+        st.sampled_from(KEYS[:3]), st.integers(0, 240), st.integers(0, 500), *([value] * n_features)
+    )
+    # Unique (key, ts, created): the tie-break on created is then total.
+    return st.lists(row, max_size=40, unique_by=lambda r: (r[0], r[1], r[2]))
+
+
+@st.composite
+def scenario(draw):
+    spend = draw(_feature_rows(st.floats(-1e3, 1e3, allow_nan=False), 1))
+    risk = draw(_feature_rows(st.integers(-5, 5), 1))
+    risk = [(*r, draw(st.booleans())) for r in risk]
+    # "late": rows whose created time is long after their event time (late-arriving data).
+    late = draw(_feature_rows(st.floats(0, 1, allow_nan=False), 1))
+    late = [(k, ts, ts + 1000 + c, w) for k, ts, c, w in late]
+    entities = draw(
+        st.lists(
+            st.tuples(st.sampled_from(KEYS), st.sampled_from(KEYS), st.integers(0, 300)),
+            min_size=1,
+            max_size=30,
+        )
+    )
+    return spend, risk, late, entities
+
+
+def _minutes(m: int) -> datetime:
+    return T0 + timedelta(minutes=m)
+
+
+def _load(con: duckdb.DuckDBPyConnection, spend, risk, late, entities) -> None:
+    frames = {
+        "spend_src": pl.DataFrame(spend, schema=["customer", "ts", "created", "x"], orient="row"),
+        "risk_src": pl.DataFrame(risk, schema=["merchant", "ts", "created", "y", "z"], orient="row"),
+        "late_src": pl.DataFrame(late, schema=["customer", "ts", "created", "w"], orient="row"),
+        "entities": pl.DataFrame(entities, schema=["customer", "merchant", "t"], orient="row"),
+    }
+    schemas = {"x": pl.Float64, "y": pl.Int64, "z": pl.Boolean, "w": pl.Float64}
+    for name, frame in frames.items():
+        frame = frame.with_columns(
+            [
+                pl.col(c).map_elements(_minutes, return_dtype=pl.Datetime("us"))
+                for c in ("ts", "created", "t")
+                if c in frame.columns
+            ]
+            + [pl.col(c).cast(t) for c, t in schemas.items() if c in frame.columns]
+        )
+        con.register(f"{name}_frame", frame)
+        con.execute(f"create or replace table {name} as select * from {name}_frame")
+
+
+def _reference(view: FeatureView, rows, key: str, t: int) -> dict[str, object]:
+    """Brute force: every row of the entity at or before t and within the TTL, the latest wins."""
+    ttl = view.ttl.total_seconds() / 60
+    live = [r for r in rows if r[0] == key and t - ttl <= r[1] <= t]
+    if not live:
+        return {view.column(f.name): f.default for f in view.features}
+    best = max(live, key=lambda r: (r[1], r[2]))
+    return {view.column(f.name): best[3 + i] for i, f in enumerate(view.features)}
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(scenario())
+def test_point_in_time_retrieval_matches_brute_force(data):
+    spend, risk, late, entities = data
+    con = duckdb.connect()
+    _load(con, spend, risk, late, entities)
+    got = retrieve(con, "select * from entities", "t", VIEWS).pl()
+    assert got.height == len(entities)
+    got_rows = sorted(
+        (
+            r["customer"],
+            r["merchant"],
+            r["t"],
+            *(r[VIEWS[i].column(f.name)] for i in range(3) for f in VIEWS[i].features),
+        )
+        for r in got.to_dicts()
+    )
+    expected = []
+    for customer, merchant, t in entities:
+        values = {
+            **_reference(VIEWS[0], spend, customer, t),
+            **_reference(VIEWS[1], risk, merchant, t),
+            **_reference(VIEWS[2], late, customer, t),
+        }
+        expected.append(
+            (
+                customer,
+                merchant,
+                _minutes(t),
+                *(values[VIEWS[i].column(f.name)] for i in range(3) for f in VIEWS[i].features),
+            )
+        )
+    assert got_rows == sorted(expected, key=lambda r: tuple((v is None, v) for v in r))
+
+
+def test_a_value_from_the_future_is_never_served():
+    con = duckdb.connect()
+    _load(con, [("a", 100, 100, 1.0), ("a", 101, 101, 2.0)], [], [], [("a", "m", 100)])
+    got = retrieve(con, "select * from entities", "t", VIEWS[:1]).pl()
+    assert got["spend__x"].to_list() == [1.0]
+
+
+def test_the_version_changes_with_the_definition_and_the_source_sql():
+    base = FeatureView(
+        "v", "src", "k", "ts", "created", (Feature("x", "double"),), timedelta(days=1), "select 1"
+    )
+    assert base.version == FeatureView(**{**base.__dict__}).version
+    assert base.version != FeatureView(**{**base.__dict__, "ttl": timedelta(days=2)}).version
+    assert base.version != FeatureView(**{**base.__dict__, "source_sql": "select 2"}).version
+    assert base.version != FeatureView(**{**base.__dict__, "features": (Feature("x", "float"),)}).version
+
+
+def test_a_view_reads_its_dbt_model_sql():
+    assert "w_30d" in dbt_model_sql("customer_spend_features")
+    with pytest.raises(FileNotFoundError, match="no_such_model"):
+        dbt_model_sql("no_such_model")
