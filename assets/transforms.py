@@ -6,7 +6,9 @@ days is one `dbt build` per region (single-run backfill policy).
 """
 
 import json
+import os
 import shutil
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -16,9 +18,11 @@ import duckdb
 from dagster_dbt import DagsterDbtTranslator, DbtCliResource, DbtProject, dbt_assets
 
 from assets.partitions import REGION_DAY_PARTITIONS, days_by_region
+from meridian.locks import file_lock
 from meridian.paths import REPO_ROOT
 from resources.lake import RegionalLakeResource
 from resources.topology import RegionTopologyResource
+from resources.warehouse import WarehouseDbtPreparer
 
 DBT_PROJECT_DIR = REPO_ROOT / "dbt_project"
 dbt_project = DbtProject(project_dir=DBT_PROJECT_DIR, profiles_dir=DBT_PROJECT_DIR)
@@ -26,10 +30,9 @@ GROUP_BY_FOLDER = {"staging": "staging", "intermediate": "labels", "features": "
 
 
 def ensure_manifest(project: DbtProject) -> Path:
-    """Parse the dbt project under `dagster dev`, or once if no manifest exists (fresh clone)."""
-    project.prepare_if_dev()
-    if not project.manifest_path.exists():
-        project.preparer.prepare(project)
+    """Parse the project under `dagster dev` (models may have changed) or when no manifest exists."""
+    if os.getenv("DAGSTER_IS_DEV_CLI") or not project.manifest_path.exists():
+        WarehouseDbtPreparer().prepare(project)
     return project.manifest_path
 
 
@@ -193,13 +196,20 @@ def regional_dbt_models(
         paths.root.mkdir(parents=True, exist_ok=True)
         dbt_run_vars = dbt_vars(region, days, paths.lake, paths.warehouse)
         context.log.info(f"dbt build for {region}, days {days[0]}..{days[-1]}")
-        invocation = dbt.cli(
-            ["build", "--vars", json.dumps(dbt_run_vars)],
-            context=context,
-            raise_on_error=False,
-            target_path=dbt_run_dir(paths.root, context.run_id),
-        )
-        events[region] = with_window_row_counts(list(invocation.stream()), paths.warehouse, days)
+
+        def waiting(region: str = region) -> None:
+            context.log.info(f"waiting for the {region} warehouse: another run is writing it")
+
+        with file_lock(paths.warehouse_lock, on_wait=waiting):
+            started = time.perf_counter()
+            invocation = dbt.cli(
+                ["build", "--vars", json.dumps(dbt_run_vars)],
+                context=context,
+                raise_on_error=False,
+                target_path=dbt_run_dir(paths.root, context.run_id),
+            )
+            events[region] = with_window_row_counts(list(invocation.stream()), paths.warehouse, days)
+            context.log.info(f"dbt build for {region} took {time.perf_counter() - started:.1f}s")
         if not invocation.is_successful():
             failures.append(f"{region}: {invocation.get_error()}")
     yield from merge_region_events(events)

@@ -143,17 +143,20 @@ def _lake_rows(region: str, table: str, days: list[str]) -> int:
 def _warehouse_rows(region: str, table: str, days: list[str]) -> int | str:
     import duckdb
 
+    from meridian.locks import file_lock
     from meridian.paths import region_paths
     from meridian.topology import load_topology
 
-    warehouse = region_paths(load_topology(os.environ.get("MERIDIAN_TOPOLOGY")).region(region)).warehouse
-    if not warehouse.exists():
+    paths = region_paths(load_topology(os.environ.get("MERIDIAN_TOPOLOGY")).region(region))
+    if not paths.warehouse.exists():
         return "-"
     try:
-        with duckdb.connect(str(warehouse), read_only=True) as con:
-            return con.execute(
-                f"select count(*) from {table} where event_day between ? and ?", [days[0], days[-1]]
-            ).fetchall()[0][0]
+        with (
+            file_lock(paths.warehouse_lock, shared=True),
+            duckdb.connect(str(paths.warehouse), read_only=True) as con,
+        ):
+            query = f"select count(*) from {table} where event_day between ? and ?"
+            return con.execute(query, [days[0], days[-1]]).fetchall()[0][0]
     except duckdb.Error:
         return "-"
 

@@ -31,6 +31,11 @@ class RegionPaths:
     def warehouse(self) -> Path:
         return self.root / "warehouse.duckdb"
 
+    @property
+    def warehouse_lock(self) -> Path:
+        """Held by whoever writes the warehouse (see meridian.locks)."""
+        return self.root / "warehouse.lock"
+
     def table(self, name: str) -> Path:
         return self.lake / name
 

@@ -8,7 +8,7 @@ import sys
 from functools import cached_property
 from pathlib import Path
 
-from dagster_dbt import DbtCliResource
+from dagster_dbt import DagsterDbtProjectPreparer, DbtCliResource, DbtProject
 from packaging import version
 
 
@@ -32,3 +32,17 @@ class WarehouseDbtResource(DbtCliResource):
         if Path(self.dbt_executable).parent == Path(sys.executable).parent:
             return version.parse(importlib.metadata.version("dbt-core"))
         return super()._cli_version
+
+
+class WarehouseDbtPreparer(DagsterDbtProjectPreparer):
+    """Parses the project with this environment's dbt.
+
+    dagster-dbt's own preparer looks for `dbt` on PATH, which an unactivated virtual
+    environment (`.venv/bin/dagster dev`) does not have.
+    """
+
+    def _prepare_manifest(self, project: DbtProject) -> None:
+        resource = WarehouseDbtResource(
+            project_dir=project, profiles_dir=str(project.profiles_dir), dbt_executable=dbt_executable()
+        )
+        resource.cli(["parse", "--quiet"], target_path=project.target_path).wait()

@@ -6,6 +6,7 @@ import hashlib
 import os
 import subprocess
 import sys
+import threading
 from datetime import date
 from pathlib import Path
 
@@ -207,6 +208,23 @@ def test_a_failing_error_severity_dbt_test_blocks_the_downstream_models(graph):
     ]
     key = str(dg.MultiPartitionKey({"region": "eu-west", "day": day}))
     assert key not in instance.get_materialized_partitions(dg.AssetKey("customer_spend_features"))
+
+
+def test_two_concurrent_runs_of_one_region_queue_for_its_warehouse_instead_of_failing(tmp_path: Path):
+    # Regression: a UI backfill split into two runs of us-east; the second dbt build died on
+    # DuckDB's file lock ("Could not set lock on file .../warehouse.duckdb").
+    home = tmp_path / "home"
+    results: dict[str, object] = {}
+
+    def run(day: str) -> None:
+        results[day] = _materialize(dg.DagsterInstance.ephemeral(), home, ("us-east", day), ("us-east", day))
+
+    threads = [threading.Thread(target=run, args=(day,)) for day in DAYS[:2]]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=600)
+    assert {day: r.success for day, r in results.items()} == {DAYS[0]: True, DAYS[1]: True}
 
 
 def test_the_readme_main_command_runs_regions_in_parallel_and_records_them_in_the_instance(tmp_path: Path):
