@@ -4,6 +4,7 @@ from collections import defaultdict
 
 import dagster as dg
 
+from meridian.generator import HISTORY_START
 from meridian.topology import Topology
 
 REGION_DIMENSION = "region"
@@ -44,5 +45,4 @@ def _default_topology() -> Topology:
 
 
 TOPOLOGY = _default_topology()
-HISTORY_START = "2026-01-01"
-REGION_DAY_PARTITIONS = build_region_day_partitions(TOPOLOGY, HISTORY_START)
+REGION_DAY_PARTITIONS = build_region_day_partitions(TOPOLOGY, HISTORY_START.isoformat())

@@ -26,9 +26,9 @@ from pathlib import Path
 from types import ModuleType
 from typing import TextIO
 
+from meridian.generator import HISTORY_START
 from meridian.paths import REPO_ROOT, meridian_home
 
-DEFAULT_START = "2026-01-01"
 DEFAULT_DAYS = 21
 STAGES = {
     "transactions_ingestion": "ingest transactions",
@@ -256,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="meridian", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="materialize the regional graph for a window of days")
-    run.add_argument("--start", default=DEFAULT_START, help="first day (YYYY-MM-DD)")
+    run.add_argument("--start", default=HISTORY_START.isoformat(), help="first day (YYYY-MM-DD)")
     run.add_argument("--days", type=int, default=DEFAULT_DAYS, help="number of days")
     run.add_argument("--regions", help="comma-separated regions (default: every active region)")
     run.add_argument("--rows-per-day", type=int, default=5_000, help="transactions per region-day")

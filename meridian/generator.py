@@ -70,6 +70,8 @@ LABEL_MALFORMED_KINDS: tuple[str, ...] = (
 )
 TIMESTAMP_FORMAT = "%Y-%m-%dT%H:%M:%S%.6fZ"
 _LEGIT, _FRAUD, _MALFORMED, _LABEL_MALFORMED = 0, 1, 2, 3
+# The first day the simulated payment switch has data for; the day partitions start here too.
+HISTORY_START = date(2026, 1, 1)
 
 
 @dataclass(frozen=True)
@@ -92,7 +94,7 @@ class GeneratorConfig:
     fraud_rate: float = 0.012
     chargeback_report_rate: float = 0.95
     max_chargeback_delay_days: int = 10
-    history_start: date = date(2026, 1, 1)
+    history_start: date = HISTORY_START
     malformed_rate: float = 0.0
     drift: DriftSpec | None = None
 

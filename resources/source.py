@@ -8,6 +8,7 @@ import dagster as dg
 from pydantic import Field
 
 from meridian.generator import (
+    HISTORY_START,
     DriftSpec,
     GeneratedBatch,
     GeneratorConfig,
@@ -15,8 +16,6 @@ from meridian.generator import (
     generate_transactions,
 )
 from meridian.topology import Region
-
-HISTORY_START = "2026-01-01"
 
 
 class TransactionSourceResource(dg.ConfigurableResource):
@@ -26,7 +25,9 @@ class TransactionSourceResource(dg.ConfigurableResource):
     rows_per_day: int = Field(default=5_000, description="Transactions per region per day")
     fraud_rate: float = Field(default=0.012, description="Share of transactions that are fraud")
     malformed_rate: float = Field(default=0.0, description="Share of extra malformed rows injected per batch")
-    history_start: str = Field(default=HISTORY_START, description="First day the source has data for")
+    history_start: str = Field(
+        default=HISTORY_START.isoformat(), description="First day the source has data for"
+    )
     max_chargeback_delay_days: int = Field(default=10, description="Chargebacks land at most this late")
     drift_regions: list[str] = Field(default_factory=list, description="Regions whose distributions drift")
     drift_start_day: str | None = Field(default=None, description="First drifted day (YYYY-MM-DD)")
