@@ -34,6 +34,7 @@ STAGES = {
     "transactions_ingestion": "ingest transactions",
     "labels_ingestion": "ingest chargebacks",
     "regional_dbt_models": "dbt build",
+    "feature_views": "feature views",
 }
 
 

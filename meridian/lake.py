@@ -32,6 +32,17 @@ def write_parquet_atomic(frame: pl.DataFrame, path: Path) -> int:
     return path.stat().st_size
 
 
+def write_bytes_atomic(payload: bytes, path: Path) -> None:
+    """Write a small file (a manifest, a registry entry) atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
+    try:
+        tmp.write_bytes(payload)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def parquet_row_count(path: Path) -> int:
     """Rows in a Parquet file from its footer, without reading the data."""
     return pq.ParquetFile(path).metadata.num_rows

@@ -11,6 +11,7 @@ import os
 
 import dagster as dg
 
+from assets.features import feature_view_assets
 from assets.ingestion import labels_ingestion, transactions_ingestion
 from assets.jobs import daily_regional_schedule, regional_pipeline
 from assets.transforms import dbt_project, regional_dbt_models
@@ -39,7 +40,7 @@ def build_resources(profile: str) -> dict[str, object]:
 
 
 defs = dg.Definitions(
-    assets=[transactions_ingestion, labels_ingestion, regional_dbt_models],
+    assets=[transactions_ingestion, labels_ingestion, regional_dbt_models, feature_view_assets],
     jobs=[regional_pipeline],
     schedules=[daily_regional_schedule],
     resources=build_resources(os.environ.get("MERIDIAN_PROFILE", "local")),

@@ -5,8 +5,13 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import hypothesis  # noqa: F401
 import pytest
 
+# hypothesis is imported here, at start-up, on purpose: when it is first imported by its
+# pytest plugin at session end (a run without property tests), pytest's assertion
+# rewriting of its modules trips CPython 3.11.7's "AST constructor recursion depth
+# mismatch" SystemError after the threaded end-to-end tests.
 REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))

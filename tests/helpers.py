@@ -57,4 +57,6 @@ REGIONAL_ASSETS = (
     "customer_spend_features",
     "merchant_risk_features",
     "labelled_events",
+    "customer_spend_view",
+    "merchant_risk_view",
 )

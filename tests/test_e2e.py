@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -16,6 +17,7 @@ import polars as pl
 import pytest
 from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
+from assets.features import feature_view_assets
 from assets.ingestion import RECONCILIATION_CHECK, labels_ingestion, transactions_ingestion
 from assets.transforms import regional_dbt_models
 from meridian.cli import load_definitions_module
@@ -28,7 +30,7 @@ from tests.helpers import REGIONAL_ASSETS
 pytestmark = pytest.mark.e2e
 REGIONS = ("us-east", "eu-west")
 DAYS = ("2026-01-01", "2026-01-02", "2026-01-03")
-ASSETS = [transactions_ingestion, labels_ingestion, regional_dbt_models]
+ASSETS = [transactions_ingestion, labels_ingestion, regional_dbt_models, feature_view_assets]
 SOURCE = {"rows_per_day": 400, "malformed_rate": 0.02, "fraud_rate": 0.03}
 
 
@@ -110,6 +112,26 @@ def test_dbt_outputs_report_the_rows_each_region_built_for_the_run(graph, topolo
             by_region[region] == con.execute("select count(*) from customer_spend_features").fetchall()[0][0]
         )
         con.close()
+
+
+def test_feature_views_carry_their_version_and_are_registered_in_each_region(graph):
+    from meridian.feature_views import feature_views
+
+    home, _, result = graph
+    for view in feature_views():
+        (mat, *_) = [
+            m
+            for m in result.asset_materializations_for_node("feature_views")
+            if m.asset_key == dg.AssetKey(f"{view.name}_view")
+        ]
+        assert mat.metadata["feature_view_version"].value == view.version
+        profiles = mat.metadata["profile_by_region"].value
+        assert set(profiles) == set(REGIONS) and all(p["rows"] > 0 for p in profiles.values())
+        for region in REGIONS:
+            entry = (
+                home / "regions" / region / "lake" / "feature_registry" / view.name / f"{view.version}.json"
+            )
+            assert json.loads(entry.read_text())["version"] == view.version
 
 
 def test_every_check_passes_including_dbt_tests_and_reconciliation(graph):
@@ -217,14 +239,15 @@ def test_two_concurrent_runs_of_one_region_queue_for_its_warehouse_instead_of_fa
     results: dict[str, object] = {}
 
     def run(day: str) -> None:
-        results[day] = _materialize(dg.DagsterInstance.ephemeral(), home, ("us-east", day), ("us-east", day))
+        with dg.DagsterInstance.ephemeral() as instance:  # created and disposed in its own thread
+            results[day] = _materialize(instance, home, ("us-east", day), ("us-east", day)).success
 
     threads = [threading.Thread(target=run, args=(day,)) for day in DAYS[:2]]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join(timeout=600)
-    assert {day: r.success for day, r in results.items()} == {DAYS[0]: True, DAYS[1]: True}
+    assert results == {DAYS[0]: True, DAYS[1]: True}
 
 
 def test_the_readme_main_command_runs_regions_in_parallel_and_records_them_in_the_instance(tmp_path: Path):
