@@ -35,7 +35,8 @@ def view_asset_key(view_name: str) -> dg.AssetKey:
     specs=[
         dg.AssetSpec(
             view_asset_key(view.name),
-            description=f"Feature view `{view.name}` over `{view.source}`, keyed by {view.entity_key}, TTL {view.ttl}.",
+            description=f"Feature view `{view.name}` over `{view.source}`, keyed by {view.entity_key}, "
+            f"TTL {view.ttl.total_seconds() / 86400:g} days.",
             deps=[dg.AssetKey(view.source)],
             group_name=FEATURE_STORE_GROUP,
             owners=["team:fraud-ml"],
