@@ -23,15 +23,15 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
-import time
 from datetime import date, timedelta
 from pathlib import Path
 
-import psutil
-
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
+sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
+
+from harness import measure_child  # noqa: E402
+
 REGION = "us-east"
 START = date(2026, 1, 1)
 MODEL_ORDER = (
@@ -116,32 +116,7 @@ def phase_direct(home: Path, rows: int, n_days: int, compiled: Path) -> None:
 
 # ---------------------------------------------------------------- parent
 def _measure(args: list[str]) -> tuple[float, float]:
-    """Wall seconds and peak RSS (MB) of the child's whole process tree."""
-    started = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, __file__, *args], cwd=REPO_ROOT)
-    peak = 0
-    done = threading.Event()
-
-    def sample() -> None:
-        nonlocal peak
-        root = psutil.Process(proc.pid)
-        while not done.is_set():
-            try:
-                tree = [root, *root.children(recursive=True)]
-                peak = max(peak, sum(p.memory_info().rss for p in tree if p.is_running()))
-            except psutil.Error:
-                pass
-            time.sleep(0.05)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    code = proc.wait()
-    elapsed = time.perf_counter() - started
-    done.set()
-    sampler.join()
-    if code != 0:
-        raise SystemExit(f"benchmark phase {args[0]} failed with exit code {code}")
-    return elapsed, peak / 2**20
+    return measure_child(__file__, args)
 
 
 def _compile(home: Path, n_days: int) -> Path:
