@@ -9,8 +9,10 @@ the script then checks that both methods return the same rows.
     python benchmarks/pit_join.py           # 1M label rows x 10M feature rows, 100k entities
     python benchmarks/pit_join.py --quick   # 50k x 500k
 
-The last line printed is one JSON object. Comparison with Feast's
-get_historical_features is still to come (issue 3); `speedup_vs_feast` is null until then.
+Feast's `get_historical_features` (DuckDB offline store over Parquet files) runs on the
+same data in a virtual environment of its own, created under benchmarks/.work/ when
+missing (its pins clash with the project's). `--no-feast` skips it. The last line printed
+is one JSON object.
 """
 
 from __future__ import annotations
@@ -18,8 +20,10 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import subprocess
 import sys
 import tempfile
+import time
 from datetime import timedelta
 from pathlib import Path
 
@@ -62,6 +66,18 @@ VIEWS = (
     ),
 )
 SHARES = {"spend_view": 0.5, "velocity_view": 0.3, "risk_view": 0.2}
+FEAST_VENV = REPO_ROOT / "benchmarks" / ".work" / "feast-venv"
+FEAST_REQUIREMENTS = ["feast[duckdb]==0.67.0", "pandas<3"]
+
+
+def feast_python() -> str:
+    """Feast's interpreter, creating its virtual environment on first use."""
+    python = FEAST_VENV / "bin" / "python"
+    if not python.exists():
+        print(f"creating {FEAST_VENV} for Feast (one-off, a few minutes)", flush=True)
+        subprocess.run([sys.executable, "-m", "venv", str(FEAST_VENV)], check=True)
+        subprocess.run([str(python), "-m", "pip", "install", "--quiet", *FEAST_REQUIREMENTS], check=True)
+    return str(python)
 
 
 def generate(db: Path, labels: int, features: int, entities: int) -> None:
@@ -92,6 +108,10 @@ def generate(db: Path, labels: int, features: int, entities: int) -> None:
                timestamp '2026-01-01' + to_seconds((hash(i, 'lt') % {span})::bigint) as event_time
         from range({labels}) r(i)
     """)
+    # Feast reads Parquet files; export once, outside every timing.
+    for table in (*SHARES, "labels"):
+        name = table.removesuffix("_view")
+        con.execute(f"copy {table} to '{db.parent / (name + '.parquet')}' (format parquet)")
     con.close()
 
 
@@ -125,15 +145,22 @@ def run_method(db: Path, method: str, out: Path) -> None:
         if method == "asof"
         else range_join_sql()
     )
+    started = time.perf_counter()
     con.execute(f"copy ({sql}) to '{out}' (format parquet)")
+    out.with_suffix(".seconds").write_text(f"{time.perf_counter() - started:.4f}")
     con.close()
 
 
 def agree(a: Path, b: Path) -> tuple[int, int]:
+    """Rows of `a` and rows of `a` missing from `b`; unknown values count as the feature default."""
     import duckdb
 
     con = duckdb.connect()
-    cols = ["label_id"] + [v.column(f.name) for v in VIEWS for f in v.features]
+    cols = ["label_id"] + [
+        f"coalesce({v.column(f.name)}::{f.dtype}, {f.default!r}::{f.dtype})"
+        for v in VIEWS
+        for f in v.features
+    ]
     sel = ", ".join(cols)
     rows = con.execute(f"select count(*) from '{a}'").fetchall()[0][0]
     diff = con.execute(
@@ -145,6 +172,7 @@ def agree(a: Path, b: Path) -> tuple[int, int]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--no-feast", action="store_true", help="skip the Feast comparison")
     parser.add_argument("--phase", choices=["generate", "asof", "range_join"], help=argparse.SUPPRESS)
     parser.add_argument("--db", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
@@ -181,13 +209,30 @@ def main() -> None:
             f"(generated in {gen_s:.1f}s)"
         )
         results = {}
+        print(f"{'method':<12} {'retrieval s':>12} {'process s':>10} {'peak RSS MB':>12}")
+
+        def record(method: str, wall: float, peak: float) -> None:
+            seconds = float((work / f"{method}.seconds").read_text())
+            results[method] = {
+                "seconds": round(seconds, 3),
+                "process_seconds": round(wall, 2),
+                "peak_rss_mb": round(peak),
+            }
+            print(f"{method:<12} {seconds:>12.2f} {wall:>10.2f} {peak:>12.0f}", flush=True)
+
         for method in ("asof", "range_join"):
             out = work / f"{method}.parquet"
-            seconds, peak = measure_child(__file__, ["--phase", method, "--db", str(db), "--out", str(out)])
-            results[method] = {"seconds": round(seconds, 2), "peak_rss_mb": round(peak)}
-            print(f"{method:<12} {seconds:8.2f} s {peak:10.0f} MB", flush=True)
+            record(method, *measure_child(__file__, ["--phase", method, "--db", str(db), "--out", str(out)]))
+        if not args.no_feast:
+            python = feast_python()
+            phase = str(REPO_ROOT / "benchmarks" / "feast_phase.py")
+            record("feast", *measure_child(phase, [str(work), str(work / "feast.parquet")], python))
         rows, diff = agree(work / "asof.parquet", work / "range_join.parquet")
-        print(f"rows: {rows:,}; rows that differ between the methods: {diff}")
+        print(f"rows: {rows:,}; rows that differ from the range join: {diff}")
+        feast_diff = None
+        if "feast" in results:
+            _, feast_diff = agree(work / "asof.parquet", work / "feast.parquet")
+            print(f"rows that differ from Feast: {feast_diff}")
         print(
             json.dumps(
                 {
@@ -198,7 +243,12 @@ def main() -> None:
                     "speedup_vs_range_join": round(
                         results["range_join"]["seconds"] / results["asof"]["seconds"], 2
                     ),
-                    "speedup_vs_feast": None,
+                    "speedup_vs_feast": (
+                        round(results["feast"]["seconds"] / results["asof"]["seconds"], 2)
+                        if "feast" in results
+                        else None
+                    ),
+                    "rows_differing_from_feast": feast_diff,
                     "peak_rss_mb": results["asof"]["peak_rss_mb"],
                     "rows_differing_from_range_join": diff,
                     "methods": results,
