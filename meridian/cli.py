@@ -181,6 +181,19 @@ def summarize(outcomes: list[RegionOutcome], days: list[str]) -> list[dict[str, 
     return rows
 
 
+def initialize_instance() -> None:
+    """Create (or migrate) the instance's SQLite storages once, before any worker starts.
+
+    Workers that open a brand-new instance at the same moment both create its schedule
+    database and stamp its schema version twice; the instance then refuses to open
+    ("alembic_version has more than one head").
+    """
+    from dagster import DagsterInstance
+
+    with DagsterInstance.get() as instance:
+        instance.get_runs(limit=1)
+
+
 def _run_region_in_child(region: str, days: list[str], run_config: dict, log_dir: Path) -> RegionOutcome:
     """Entry point of a worker process: its own definitions, instance connection and dbt."""
     from dagster import DagsterInstance
@@ -196,6 +209,7 @@ def run_regions(
     """Each region as its own run; with parallel > 1, that many regions at once in worker processes."""
     if parallel <= 1 or len(regions) == 1:
         return [_run_region_in_child(region, days, run_config, log_dir) for region in regions]
+    initialize_instance()
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=min(parallel, len(regions)), mp_context=context) as pool:
         futures = {r: pool.submit(_run_region_in_child, r, days, run_config, log_dir) for r in regions}

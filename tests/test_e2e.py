@@ -251,6 +251,8 @@ def test_two_concurrent_runs_of_one_region_queue_for_its_warehouse_instead_of_fa
 
 
 def test_the_readme_main_command_runs_regions_in_parallel_and_records_them_in_the_instance(tmp_path: Path):
+    # Regression: two workers creating a brand-new instance at once stamped its schedule
+    # database twice and the instance could not be opened afterwards.
     home = tmp_path / "cli-home"
     env = {**os.environ, "MERIDIAN_HOME": str(home)}
     cmd = [
