@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import os
-from datetime import date
+from datetime import date, datetime
 from pathlib import Path
 
 import duckdb
+import polars as pl
 import pytest
 
 from meridian.generator import GeneratorConfig
@@ -135,3 +136,42 @@ def test_point_in_time_retrieval_on_the_region_warehouse_serves_each_transaction
     ).fetchall()[0][0]
     assert mismatches == 0
     assert con.sql("select count(*) from got where merchant_risk__feature_time is null").fetchall()[0][0] == 0
+
+
+def test_the_training_set_holds_only_matured_labels_split_by_time_with_point_in_time_features(
+    built: tuple[Path, Path],
+):
+    from meridian.feature_views import feature_views
+    from meridian.training_set import build_training_set
+
+    full, _ = built
+    con = duckdb.connect(str(full), read_only=True)
+    # The fixture holds 5 days; with the 10-day maturity window they have all matured by the 16th.
+    frame, plan, as_of = build_training_set(con, feature_views(), as_of=datetime(2026, 1, 16))
+    assert frame.height > 0
+    assert plan.train_days[0] == date(2026, 1, 1) and plan.test_days[1] == date(2026, 1, 5)
+    assert (frame["event_time"] <= as_of).all()
+    matured = con.execute(
+        f"select count(*) from labelled_events where label_matures_at <= timestamp '{as_of}'"
+    ).fetchall()[0][0]
+    assert frame.height == matured
+    # Splits are consecutive day ranges: every train day precedes every validation day, and so on.
+    days = {s: frame.filter(pl.col("split") == s)["event_day"] for s in ("train", "validation", "test")}
+    assert days["train"].max() < days["validation"].min() <= days["validation"].max() < days["test"].min()
+    # No feature comes from after the transaction it describes.
+    for view in feature_views():
+        times = frame[view.column("feature_time")].drop_nulls()
+        assert (times <= frame.filter(pl.col(view.column("feature_time")).is_not_null())["event_time"]).all()
+
+
+def test_a_time_split_needs_three_days_and_says_so():
+    from datetime import date as _date
+
+    from meridian.training_set import NotEnoughHistory, plan_time_split
+
+    with pytest.raises(NotEnoughHistory, match="at least 3 days"):
+        plan_time_split([_date(2026, 1, 1), _date(2026, 1, 2)])
+    plan = plan_time_split([_date(2026, 1, d) for d in range(1, 21)])
+    assert plan.train_days == (_date(2026, 1, 1), _date(2026, 1, 14))
+    assert plan.validation_days == (_date(2026, 1, 15), _date(2026, 1, 17))
+    assert plan.test_days == (_date(2026, 1, 18), _date(2026, 1, 20))

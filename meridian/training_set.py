@@ -1,0 +1,73 @@
+"""Training sets: matured labels joined point-in-time to the feature views, split by time.
+
+A transaction is a usable example once its label has matured (`label_matures_at`, the
+chargeback window): positives and negatives alike, so recent days, whose frauds show up
+before their legitimate transactions can be trusted, never inflate the positive rate. Examples are
+split by event day, never at random, so validation and test data are always later than
+what the model learned from.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+
+import duckdb
+import polars as pl
+
+from meridian.feature_store import FeatureView, retrieve
+
+SPLITS = ("train", "validation", "test")
+
+
+class NotEnoughHistory(ValueError):
+    """Too few days of matured labels to split by time."""
+
+
+@dataclass(frozen=True)
+class SplitPlan:
+    train_days: tuple[date, date]
+    validation_days: tuple[date, date]
+    test_days: tuple[date, date]
+
+
+def plan_time_split(days: list[date], validation_share: float = 0.15, test_share: float = 0.15) -> SplitPlan:
+    """Consecutive day ranges: the earliest days train, the latest test; each gets at least one day."""
+    days = sorted(set(days))
+    if len(days) < 3:
+        raise NotEnoughHistory(
+            f"need at least 3 days of matured labels to split by time, have {len(days)}: "
+            "ingest more days (labels mature after the chargeback window)"
+        )
+    n_test = max(1, round(len(days) * test_share))
+    n_valid = max(1, round(len(days) * validation_share))
+    n_train = len(days) - n_test - n_valid
+    if n_train < 1:
+        n_train, n_valid, n_test = 1, 1, len(days) - 2
+    train, valid, test = days[:n_train], days[n_train : n_train + n_valid], days[n_train + n_valid :]
+    return SplitPlan((train[0], train[-1]), (valid[0], valid[-1]), (test[0], test[-1]))
+
+
+def build_training_set(
+    con: duckdb.DuckDBPyConnection, views: tuple[FeatureView, ...], as_of: datetime | None = None
+) -> tuple[pl.DataFrame, SplitPlan, datetime]:
+    """Matured labelled events with point-in-time features and a `split` column."""
+    if as_of is None:
+        last_day = con.execute("select max(event_day) from labelled_events").fetchall()[0][0]
+        if last_day is None:
+            raise NotEnoughHistory("labelled_events is empty: nothing to train on")
+        as_of = datetime.combine(last_day + timedelta(days=1), datetime.min.time())
+    entity_sql = (
+        "select transaction_id, customer_id, merchant_id, event_time, event_day, amount_usd, "
+        f"is_fraud::int as label from labelled_events where label_matures_at <= timestamp '{as_of}'"
+    )
+    frame = retrieve(con, entity_sql, "event_time", views).pl().sort("event_time", "transaction_id")
+    plan = plan_time_split(frame["event_day"].to_list())
+    split = (
+        pl.when(pl.col("event_day") <= plan.train_days[1])
+        .then(pl.lit("train"))
+        .when(pl.col("event_day") <= plan.validation_days[1])
+        .then(pl.lit("validation"))
+        .otherwise(pl.lit("test"))
+    )
+    return frame.with_columns(split.alias("split")), plan, as_of
