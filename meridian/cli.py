@@ -27,7 +27,8 @@ from types import ModuleType
 from typing import TextIO
 
 from meridian.generator import HISTORY_START
-from meridian.paths import REPO_ROOT, meridian_home
+from meridian.paths import REPO_ROOT, RegionPaths, meridian_home, region_paths
+from meridian.topology import Topology
 
 DEFAULT_DAYS = 21
 STAGES = {
@@ -131,24 +132,18 @@ def run_region(job, instance, region: str, days: list[str], run_config: dict, lo
     return outcome
 
 
-def _lake_rows(region: str, table: str, days: list[str]) -> int:
+def _lake_rows(paths: RegionPaths, table: str, days: list[str]) -> int:
     from meridian.lake import parquet_row_count, partition_file
-    from meridian.paths import region_paths
-    from meridian.topology import load_topology
 
-    paths = region_paths(load_topology(os.environ.get("MERIDIAN_TOPOLOGY")).region(region))
     files = [partition_file(paths.table(table), d) for d in days]
     return sum(parquet_row_count(f) for f in files if f.exists())
 
 
-def _warehouse_rows(region: str, table: str, days: list[str]) -> int | str:
+def _warehouse_rows(paths: RegionPaths, table: str, days: list[str]) -> int | str:
     import duckdb
 
     from meridian.locks import file_lock
-    from meridian.paths import region_paths
-    from meridian.topology import load_topology
 
-    paths = region_paths(load_topology(os.environ.get("MERIDIAN_TOPOLOGY")).region(region))
     if not paths.warehouse.exists():
         return "-"
     try:
@@ -162,18 +157,20 @@ def _warehouse_rows(region: str, table: str, days: list[str]) -> int | str:
         return "-"
 
 
-def summarize(outcomes: list[RegionOutcome], days: list[str]) -> list[dict[str, object]]:
+def summarize(outcomes: list[RegionOutcome], days: list[str], topology: Topology) -> list[dict[str, object]]:
+    """One row per region, counted from what landed in its lake and warehouse."""
     rows = []
     for o in outcomes:
+        paths = region_paths(topology.region(o.region))
         rows.append(
             {
                 "region": o.region,
                 "status": "ok" if o.success else "FAILED",
                 "days": len(days),
-                "transactions": _lake_rows(o.region, "raw_transactions", days),
-                "quarantined": _lake_rows(o.region, "quarantined_transactions", days),
-                "chargebacks": _lake_rows(o.region, "raw_labels", days),
-                "feature_rows": _warehouse_rows(o.region, "customer_spend_features", days),
+                "transactions": _lake_rows(paths, "raw_transactions", days),
+                "quarantined": _lake_rows(paths, "quarantined_transactions", days),
+                "chargebacks": _lake_rows(paths, "raw_labels", days),
+                "feature_rows": _warehouse_rows(paths, "customer_spend_features", days),
                 "checks": f"{o.checks_passed} ok / {o.checks_failed} failed",
                 "seconds": f"{o.seconds:.1f}",
             }
@@ -194,13 +191,20 @@ def initialize_instance() -> None:
         instance.get_runs(limit=1)
 
 
-def _run_region_in_child(region: str, days: list[str], run_config: dict, log_dir: Path) -> RegionOutcome:
-    """Entry point of a worker process: its own definitions, instance connection and dbt."""
+def _run_regions_in_process(
+    regions: list[str], days: list[str], run_config: dict, log_dir: Path
+) -> list[RegionOutcome]:
+    """Regions one after another, sharing one load of the definitions and one instance."""
     from dagster import DagsterInstance
 
     job = load_definitions_module().defs.resolve_job_def("regional_pipeline")
     with DagsterInstance.get() as instance:
-        return run_region(job, instance, region, days, run_config, log_dir)
+        return [run_region(job, instance, region, days, run_config, log_dir) for region in regions]
+
+
+def _run_region_in_child(region: str, days: list[str], run_config: dict, log_dir: Path) -> RegionOutcome:
+    """Entry point of a worker process: its own definitions, instance connection and dbt."""
+    return _run_regions_in_process([region], days, run_config, log_dir)[0]
 
 
 def run_regions(
@@ -208,7 +212,7 @@ def run_regions(
 ) -> list[RegionOutcome]:
     """Each region as its own run; with parallel > 1, that many regions at once in worker processes."""
     if parallel <= 1 or len(regions) == 1:
-        return [_run_region_in_child(region, days, run_config, log_dir) for region in regions]
+        return _run_regions_in_process(regions, days, run_config, log_dir)
     initialize_instance()
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=min(parallel, len(regions)), mp_context=context) as pool:
@@ -255,7 +259,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     )
     outcomes = run_regions(regions, days, run_config, home / "logs", args.parallel)
     print("\nSummary")
-    print(text_table(summarize(outcomes, days)))
+    print(text_table(summarize(outcomes, days, topology)))
     for o in outcomes:
         if o.error:
             print(f"\n{o.region} failed: {o.error}")

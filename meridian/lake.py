@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import polars as pl
@@ -18,29 +20,31 @@ import pyarrow.parquet as pq
 PARTITION_FILE = "data.parquet"
 
 
-def write_parquet_atomic(frame: pl.DataFrame, path: Path) -> int:
-    """Write `frame` to `path` atomically; return the bytes written."""
+@contextmanager
+def _atomic_target(path: Path) -> Iterator[Path]:
+    """A hidden temporary name beside `path`; on success it is fsynced and renamed over `path`."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
     try:
-        frame.write_parquet(tmp, compression="zstd", statistics=True)
+        yield tmp
         with open(tmp, "rb") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def write_parquet_atomic(frame: pl.DataFrame, path: Path) -> int:
+    """Write `frame` to `path` atomically; return the bytes written."""
+    with _atomic_target(path) as tmp:
+        frame.write_parquet(tmp, compression="zstd", statistics=True)
     return path.stat().st_size
 
 
 def write_bytes_atomic(payload: bytes, path: Path) -> None:
     """Write a small file (a manifest, a registry entry) atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
-    try:
+    with _atomic_target(path) as tmp:
         tmp.write_bytes(payload)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def parquet_row_count(path: Path) -> int:
