@@ -46,3 +46,4 @@ def _default_topology() -> Topology:
 
 TOPOLOGY = _default_topology()
 REGION_DAY_PARTITIONS = build_region_day_partitions(TOPOLOGY, HISTORY_START.isoformat())
+REGION_PARTITIONS = dg.StaticPartitionsDefinition(TOPOLOGY.active_region_names)

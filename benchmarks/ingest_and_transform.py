@@ -57,18 +57,22 @@ def _profile_settings() -> dict[str, object]:
 # ---------------------------------------------------------------- child phases
 def phase_dagster(home: Path, rows: int, n_days: int) -> None:
     os.environ["MERIDIAN_HOME"] = str(home)
-    from meridian.cli import load_definitions_module, prepare_environment, run_region
+    from meridian.cli import RunPlan, load_definitions_module, prepare_environment, run_region
 
     prepare_environment(home)
     import dagster as dg
 
-    job = load_definitions_module().defs.resolve_job_def("regional_pipeline")
-    run_config = {
-        "resources": {"source": {"config": {"rows_per_day": rows}}},
-        "loggers": {"console": {"config": {"log_level": "WARNING"}}},
-    }
+    defs = load_definitions_module().defs
+    quiet = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+    plan = RunPlan(
+        pipeline_config={"resources": {"source": {"config": {"rows_per_day": rows}}}, **quiet},
+        training_config=quiet,
+        quiet_config=quiet,
+        train=False,
+        score_days=0,
+    )
     with dg.DagsterInstance.get() as instance:
-        outcome = run_region(job, instance, REGION, _days(n_days), run_config, home / "logs")
+        outcome = run_region(defs, instance, REGION, _days(n_days), plan, home / "logs")
     if not outcome.success:
         raise SystemExit(f"dagster run failed: {outcome.error}")
 

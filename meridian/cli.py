@@ -1,11 +1,13 @@
 """`meridian`: run the main job on the embedded default and print what it did.
 
-    meridian run [--days 21] [--regions us-east,eu-west] [--rows-per-day 5000]
+    meridian run [--days 21] [--regions us-east,eu-west] [--rows-per-day 5000] [--trials 15]
+    meridian rollback --region eu-west [--to-version 3]
 
-Each active region runs as its own Dagster run (one single-run backfill of the whole
-window) on the persistent instance under $MERIDIAN_HOME/dagster, so the UI shows every
-run and materialization afterwards. A region's failure is reported and does not stop
-the other regions.
+For each active region, `run` launches three Dagster runs on the persistent instance
+under $MERIDIAN_HOME/dagster: the pipeline over the whole window (one single-run
+backfill), `ml_training` for the region (training set, tuning, model, promotion), and
+`batch_inference` over the last days. The UI shows every run and materialization
+afterwards. A region's failure is reported and does not stop the other regions.
 """
 
 from __future__ import annotations
@@ -31,11 +33,26 @@ from meridian.paths import REPO_ROOT, RegionPaths, meridian_home, region_paths
 from meridian.topology import Topology
 
 DEFAULT_DAYS = 21
+LABEL_MATURITY_DAYS = 10  # dbt var label_maturity_days
+# Day d's labels mature by the end of d + 10; the training set is as of the window's end
+# and its time split needs 3 matured days.
+MIN_TRAINING_DAYS = LABEL_MATURITY_DAYS + 3
 STAGES = {
     "transactions_ingestion": "ingest transactions",
     "labels_ingestion": "ingest chargebacks",
     "regional_dbt_models": "dbt build",
     "feature_views": "feature views",
+    "training_set": "training set",
+    "fraud_model_hyperparameters": "tuning",
+    "fraud_model": "training",
+    "fraud_model_promotion": "promotion",
+    "fraud_predictions": "batch scoring",
+}
+# Materialization metadata the summary shows, by asset.
+CAPTURED = {
+    "fraud_model": ("model_version", "test_pr_auc", "test_roc_auc"),
+    "fraud_model_promotion": ("decision", "champion_version"),
+    "fraud_predictions": ("run_total_rows",),
 }
 
 
@@ -72,6 +89,19 @@ class RegionOutcome:
     checks_passed: int = 0
     checks_failed: int = 0
     error: str | None = None
+    started: float = 0.0
+    captured: dict[str, object] = field(default_factory=dict)
+
+
+@dataclass
+class RunPlan:
+    """What `meridian run` does for every region, and with which run config."""
+
+    pipeline_config: dict
+    training_config: dict
+    quiet_config: dict
+    train: bool = True
+    score_days: int = 7
 
 
 def _progress_listener(outcome: RegionOutcome, started: float, out: TextIO):
@@ -91,6 +121,12 @@ def _progress_listener(outcome: RegionOutcome, started: float, out: TextIO):
                 file=out,
                 flush=True,
             )
+        elif kind == "ASSET_MATERIALIZATION":
+            wanted = CAPTURED.get(event.asset_key.to_user_string(), ())
+            metadata = event.event_specific_data.materialization.metadata
+            for key in wanted:
+                if key in metadata:
+                    outcome.captured[key] = metadata[key].value
         elif kind == "ASSET_CHECK_EVALUATION":
             if event.event_specific_data.passed:
                 outcome.checks_passed += 1
@@ -100,35 +136,75 @@ def _progress_listener(outcome: RegionOutcome, started: float, out: TextIO):
     return on_event
 
 
-def run_region(job, instance, region: str, days: list[str], run_config: dict, log_dir: Path) -> RegionOutcome:
-    """One in-process run over the region's whole window; dbt's chatter goes to a log file."""
+def _execute(job, instance, outcome: RegionOutcome, log_path: Path, **kwargs) -> bool:
+    """One in-process run of `job`; dbt's and LightGBM's chatter goes to the region's log file."""
+    run_id = str(uuid.uuid4())
+    instance.add_event_listener(run_id, _progress_listener(outcome, outcome.started, sys.stdout))
+    try:
+        with open(log_path, "a") as log, contextlib.redirect_stdout(log):
+            result = job.execute_in_process(instance=instance, run_id=run_id, raise_on_error=False, **kwargs)
+    except Exception as exc:  # one region's crash must not stop the others
+        outcome.error = f"{job.name}: {type(exc).__name__}: {exc}"
+        return False
+    if not result.success:
+        failures = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+        outcome.error = (
+            f"{job.name}: " + (failures[0].message if failures else "run failed") + f" (log: {log_path})"
+        )
+    return result.success
+
+
+def run_region(defs, instance, region: str, days: list[str], plan: RunPlan, log_dir: Path) -> RegionOutcome:
+    """The region's window through the pipeline, then (unless skipped) training and batch scoring.
+
+    Each stage is its own Dagster run: the pipeline and scoring as one ranged run over the
+    region's days, training as the region's partition of `ml_training`.
+    """
     from dagster import MultiPartitionKey
     from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
-    outcome = RegionOutcome(region)
-    started = time.monotonic()
-    run_id = str(uuid.uuid4())
-    instance.add_event_listener(run_id, _progress_listener(outcome, started, sys.stdout))
+    outcome = RegionOutcome(region, started=time.monotonic())
     log_dir.mkdir(parents=True, exist_ok=True)
-    log_path = log_dir / f"{region}-{run_id[:8]}.log"
-    tags = {
-        ASSET_PARTITION_RANGE_START_TAG: str(MultiPartitionKey({"region": region, "day": days[0]})),
-        ASSET_PARTITION_RANGE_END_TAG: str(MultiPartitionKey({"region": region, "day": days[-1]})),
-        "meridian/region": region,
-        "meridian/launched_by": "meridian-cli",
-    }
-    try:
-        with open(log_path, "w") as log, contextlib.redirect_stdout(log):
-            result = job.execute_in_process(
-                instance=instance, run_id=run_id, tags=tags, run_config=run_config, raise_on_error=False
-            )
-        outcome.success = result.success
-        if not result.success:
-            failures = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
-            outcome.error = (failures[0].message if failures else "run failed") + f" (log: {log_path})"
-    except Exception as exc:  # one region's crash must not stop the others
-        outcome.error = f"{type(exc).__name__}: {exc}"
-    outcome.seconds = time.monotonic() - started
+    log_path = log_dir / f"{region}-{uuid.uuid4().hex[:8]}.log"
+    base_tags = {"meridian/region": region, "meridian/launched_by": "meridian-cli"}
+
+    def ranged(first: str, last: str) -> dict[str, str]:
+        return {
+            ASSET_PARTITION_RANGE_START_TAG: str(MultiPartitionKey({"region": region, "day": first})),
+            ASSET_PARTITION_RANGE_END_TAG: str(MultiPartitionKey({"region": region, "day": last})),
+            **base_tags,
+        }
+
+    ok = _execute(
+        defs.resolve_job_def("regional_pipeline"),
+        instance,
+        outcome,
+        log_path,
+        tags=ranged(days[0], days[-1]),
+        run_config=plan.pipeline_config,
+    )
+    if ok and plan.train:
+        ok = _execute(
+            defs.resolve_job_def("ml_training"),
+            instance,
+            outcome,
+            log_path,
+            partition_key=region,
+            tags=base_tags,
+            run_config=plan.training_config,
+        )
+    if ok and plan.score_days:
+        scored = days[-plan.score_days :]
+        ok = _execute(
+            defs.resolve_job_def("batch_inference"),
+            instance,
+            outcome,
+            log_path,
+            tags=ranged(scored[0], scored[-1]),
+            run_config=plan.quiet_config,
+        )
+    outcome.success = ok
+    outcome.seconds = time.monotonic() - outcome.started
     return outcome
 
 
@@ -171,6 +247,12 @@ def summarize(outcomes: list[RegionOutcome], days: list[str], topology: Topology
                 "quarantined": _lake_rows(paths, "quarantined_transactions", days),
                 "chargebacks": _lake_rows(paths, "raw_labels", days),
                 "feature_rows": _warehouse_rows(paths, "customer_spend_features", days),
+                "model": f"v{o.captured['model_version']}" if "model_version" in o.captured else "-",
+                "test_pr_auc": o.captured.get("test_pr_auc", "-"),
+                "test_roc_auc": o.captured.get("test_roc_auc", "-"),
+                "promotion": o.captured.get("decision", "-"),
+                "champion": f"v{o.captured['champion_version']}" if "champion_version" in o.captured else "-",
+                "scored": o.captured.get("run_total_rows", "-"),
                 "checks": f"{o.checks_passed} ok / {o.checks_failed} failed",
                 "seconds": f"{o.seconds:.1f}",
             }
@@ -191,32 +273,42 @@ def initialize_instance() -> None:
         instance.get_runs(limit=1)
 
 
+def initialize_mlflow() -> None:
+    """Create the embedded MLflow store's schema once, before regions train in parallel."""
+    from resources.mlflow import MlflowTrackingResource
+
+    MlflowTrackingResource(tracking_uri=os.environ.get("MERIDIAN_MLFLOW_TRACKING_URI")).preflight()
+
+
 def _run_regions_in_process(
-    regions: list[str], days: list[str], run_config: dict, log_dir: Path
+    regions: list[str], days: list[str], plan: RunPlan, log_dir: Path
 ) -> list[RegionOutcome]:
     """Regions one after another, sharing one load of the definitions and one instance."""
     from dagster import DagsterInstance
 
-    job = load_definitions_module().defs.resolve_job_def("regional_pipeline")
+    defs = load_definitions_module().defs
     with DagsterInstance.get() as instance:
-        return [run_region(job, instance, region, days, run_config, log_dir) for region in regions]
+        return [run_region(defs, instance, region, days, plan, log_dir) for region in regions]
 
 
-def _run_region_in_child(region: str, days: list[str], run_config: dict, log_dir: Path) -> RegionOutcome:
+def _run_region_in_child(region: str, days: list[str], plan: RunPlan, log_dir: Path) -> RegionOutcome:
     """Entry point of a worker process: its own definitions, instance connection and dbt."""
-    return _run_regions_in_process([region], days, run_config, log_dir)[0]
+    _quiet_libraries()
+    return _run_regions_in_process([region], days, plan, log_dir)[0]
 
 
 def run_regions(
-    regions: list[str], days: list[str], run_config: dict, log_dir: Path, parallel: int
+    regions: list[str], days: list[str], plan: RunPlan, log_dir: Path, parallel: int
 ) -> list[RegionOutcome]:
-    """Each region as its own run; with parallel > 1, that many regions at once in worker processes."""
+    """Each region as its own runs; with parallel > 1, that many regions at once in worker processes."""
+    if plan.train:
+        initialize_mlflow()
     if parallel <= 1 or len(regions) == 1:
-        return _run_regions_in_process(regions, days, run_config, log_dir)
+        return _run_regions_in_process(regions, days, plan, log_dir)
     initialize_instance()
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=min(parallel, len(regions)), mp_context=context) as pool:
-        futures = {r: pool.submit(_run_region_in_child, r, days, run_config, log_dir) for r in regions}
+        futures = {r: pool.submit(_run_region_in_child, r, days, plan, log_dir) for r in regions}
         outcomes = []
         for region, future in futures.items():
             try:
@@ -245,19 +337,32 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 2
     start = date.fromisoformat(args.start)
     days = [(start + timedelta(days=i)).isoformat() for i in range(args.days)]
+    train = not args.skip_ml and len(days) >= MIN_TRAINING_DAYS
     source_config = {"rows_per_day": args.rows_per_day, "malformed_rate": args.malformed_rate}
-    run_config = {
-        "resources": {"source": {"config": source_config}},
-        # Progress comes from the event listener; the console shows errors only (full logs are in the UI).
-        "loggers": {"console": {"config": {"log_level": "ERROR"}}},
-    }
+    # Progress comes from the event listener; the console shows errors only (full logs are in the UI).
+    quiet = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
+    tuning = {"n_trials": args.trials, "timeout_seconds": args.tuning_seconds}
+    plan = RunPlan(
+        pipeline_config={"resources": {"source": {"config": source_config}}, **quiet},
+        training_config={"ops": {"fraud_model_hyperparameters": {"config": tuning}}, **quiet},
+        quiet_config=quiet,
+        train=train,
+        score_days=min(args.score_days, len(days)) if train else 0,
+    )
     print(f"Meridian home: {home}")
     print(
         f"Materializing {days[0]}..{days[-1]} ({len(days)} days) for {', '.join(regions)}; "
         f"{args.rows_per_day:,} transactions per region-day, {args.parallel} region(s) at a time\n",
         flush=True,
     )
-    outcomes = run_regions(regions, days, run_config, home / "logs", args.parallel)
+    if not train and not args.skip_ml:
+        print(
+            f"Training and scoring skipped: {len(days)} days hold no trainable history (labels mature "
+            f"{LABEL_MATURITY_DAYS} days after the transaction and the time split needs 3 matured days, "
+            f"so at least {MIN_TRAINING_DAYS} days)\n",
+            flush=True,
+        )
+    outcomes = run_regions(regions, days, plan, home / "logs", args.parallel)
     print("\nSummary")
     print(text_table(summarize(outcomes, days, topology)))
     for o in outcomes:
@@ -268,10 +373,75 @@ def cmd_run(args: argparse.Namespace) -> int:
         f"  DAGSTER_HOME={os.environ['DAGSTER_HOME']} MERIDIAN_HOME={home} "
         ".venv/bin/dagster dev -w workspace.yaml   # then open http://127.0.0.1:3000"
     )
+    if plan.train:
+        print(
+            "Experiments and registered models (fraud-<region>, aliases champion/challenger) in the MLflow UI:\n"
+            f"  .venv/bin/mlflow ui --backend-store-uri sqlite:///{home / 'mlflow' / 'mlflow.db'}"
+            "   # then open http://127.0.0.1:5000"
+        )
     return 0 if all(o.success for o in outcomes) else 1
 
 
+def cmd_rollback(args: argparse.Namespace) -> int:
+    """Launch the `rollback_champion` job on the persistent instance (it shows in the UI)."""
+    prepare_environment(Path(args.home) if args.home else None)
+    from dagster import DagsterInstance
+
+    from meridian.topology import load_topology
+
+    active = load_topology(os.environ.get("MERIDIAN_TOPOLOGY")).active_region_names
+    if args.region not in active:
+        print(
+            f"meridian: error: unknown or standby region {args.region!r}; active regions: {', '.join(active)}",
+            file=sys.stderr,
+        )
+        return 2
+    config = {"region": args.region, **({"to_version": args.to_version} if args.to_version else {})}
+    module = load_definitions_module()
+    job = module.defs.resolve_job_def("rollback_champion")
+    with DagsterInstance.get() as instance:
+        result = job.execute_in_process(
+            instance=instance,
+            run_config={
+                "ops": {"rollback_champion_op": {"config": config}},
+                "loggers": {"console": {"config": {"log_level": "CRITICAL"}}},
+            },
+            tags={"meridian/region": args.region, "meridian/launched_by": "meridian-cli"},
+            raise_on_error=False,
+        )
+    if not result.success:
+        failures = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+        message = failures[0].event_specific_data.error.message if failures else "run failed"
+        message = message.strip().removeprefix("dagster._core.definitions.events.Failure: ")
+        print(f"meridian: rollback failed: {message} (Dagster run {result.run_id})", file=sys.stderr)
+        return 1
+    from meridian import registry
+
+    client = module.build_resources(os.environ.get("MERIDIAN_PROFILE", "local"))["mlflow_tracking"].client()
+    champion = registry.alias_version(client, registry.model_name(args.region), registry.CHAMPION)
+    print(
+        f"{registry.model_name(args.region)}: champion is now version {champion} (Dagster run {result.run_id})"
+    )
+    return 0
+
+
+def _quiet_libraries() -> None:
+    """Keep library chatter out of the progress lines (it is in the UI and the region logs).
+
+    A root handler stops `logging.warning(...)` calls from libraries from installing a
+    stderr handler on the root logger (logging.basicConfig), through which every
+    propagating logger would then print; MLflow's own INFO lines go to its logger only.
+    """
+    import logging
+    import warnings
+
+    warnings.filterwarnings("ignore", message=".*is currently in beta")
+    logging.getLogger().addHandler(logging.NullHandler())
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+
+
 def main(argv: list[str] | None = None) -> int:
+    _quiet_libraries()
     parser = argparse.ArgumentParser(prog="meridian", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="materialize the regional graph for a window of days")
@@ -287,7 +457,20 @@ def main(argv: list[str] | None = None) -> int:
         default=min(2, os.cpu_count() or 1),
         help="regions run at once (default: up to 2)",
     )
+    run.add_argument("--trials", type=int, default=15, help="hyperparameter trials per region")
+    run.add_argument(
+        "--tuning-seconds", type=float, default=90.0, help="time budget of the search per region"
+    )
+    run.add_argument("--score-days", type=int, default=7, help="last days of the window to score")
+    run.add_argument("--skip-ml", action="store_true", help="ingest and transform only")
     run.set_defaults(func=cmd_run)
+    back = sub.add_parser("rollback", help="return a region's champion model to the previous champion")
+    back.add_argument("--region", required=True, help="active region whose champion to roll back")
+    back.add_argument(
+        "--to-version", type=int, help="an earlier champion version (default: the previous one)"
+    )
+    back.add_argument("--home", help="data root (default $MERIDIAN_HOME or .meridian/)")
+    back.set_defaults(func=cmd_rollback)
     args = parser.parse_args(argv)
     return args.func(args)
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import duckdb
 
@@ -90,11 +90,22 @@ def _literal(value: object) -> str:
     return repr(value)
 
 
-def point_in_time_sql(entity_sql: str, event_time: str, views: tuple[FeatureView, ...]) -> str:
+def point_in_time_sql(
+    entity_sql: str,
+    event_time: str,
+    views: tuple[FeatureView, ...],
+    event_time_range: tuple[datetime, datetime] | None = None,
+) -> str:
     """SQL that adds every view's point-in-time values to the rows of `entity_sql`.
 
     `entity_sql` is any query with the views' entity keys and the `event_time` column;
     its rows come back once each, with their columns, in no particular order.
+
+    `event_time_range` (earliest, latest), when every entity row's event time is known to
+    lie in it (one day of transactions to score, say), restricts each view to the rows
+    that can be served: feature times in [earliest − TTL, latest]. Older rows are past
+    their TTL for every entity row and newer ones are in their future, so the result is
+    the same (tested); the view is scanned for a few days instead of its whole history.
     """
     ctes = [f"__entities as ({entity_sql})"]
     selects = ["__e.*"]
@@ -102,10 +113,18 @@ def point_in_time_sql(entity_sql: str, event_time: str, views: tuple[FeatureView
     for i, view in enumerate(views):
         alias = f"__v{i}"
         feats = ", ".join(f"{_quote(f.name)}" for f in view.features)
+        bound = ""
+        if event_time_range is not None:
+            earliest, latest = event_time_range[0] - view.ttl, event_time_range[1]
+            bound = (
+                f"  where {view.event_timestamp} >= timestamp '{earliest.isoformat(sep=' ')}'"
+                f" and {view.event_timestamp} <= timestamp '{latest.isoformat(sep=' ')}'\n"
+            )
         ctes.append(
             f"{alias} as (\n"
             f"  select {_quote(view.entity_key)} as __key, {view.event_timestamp} as __ts, {feats}\n"
             f"  from {view.source}\n"
+            f"{bound}"
             f"  qualify row_number() over (\n"
             f"    partition by {_quote(view.entity_key)}, {view.event_timestamp}\n"
             f"    order by {view.created_timestamp} desc) = 1\n"
@@ -133,7 +152,11 @@ def point_in_time_sql(entity_sql: str, event_time: str, views: tuple[FeatureView
 
 
 def retrieve(
-    con: duckdb.DuckDBPyConnection, entity_sql: str, event_time: str, views: tuple[FeatureView, ...]
+    con: duckdb.DuckDBPyConnection,
+    entity_sql: str,
+    event_time: str,
+    views: tuple[FeatureView, ...],
+    event_time_range: tuple[datetime, datetime] | None = None,
 ) -> duckdb.DuckDBPyRelation:
     """Point-in-time feature retrieval as a lazy DuckDB relation."""
-    return con.sql(point_in_time_sql(entity_sql, event_time, views))
+    return con.sql(point_in_time_sql(entity_sql, event_time, views, event_time_range))

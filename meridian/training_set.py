@@ -16,6 +16,8 @@ import duckdb
 import polars as pl
 
 from meridian.feature_store import FeatureView, retrieve
+from meridian.modeling import transaction_entities_sql
+from meridian.topology import Region
 
 SPLITS = ("train", "validation", "test")
 
@@ -49,20 +51,33 @@ def plan_time_split(days: list[date], validation_share: float = 0.15, test_share
 
 
 def build_training_set(
-    con: duckdb.DuckDBPyConnection, views: tuple[FeatureView, ...], as_of: datetime | None = None
+    con: duckdb.DuckDBPyConnection,
+    views: tuple[FeatureView, ...],
+    region: Region,
+    as_of: datetime | None = None,
+    validation_share: float = 0.15,
+    test_share: float = 0.15,
 ) -> tuple[pl.DataFrame, SplitPlan, datetime]:
-    """Matured labelled events with point-in-time features and a `split` column."""
+    """Matured labelled events with request features, point-in-time view features and a `split` column."""
     if as_of is None:
         last_day = con.execute("select max(event_day) from labelled_events").fetchall()[0][0]
         if last_day is None:
             raise NotEnoughHistory("labelled_events is empty: nothing to train on")
         as_of = datetime.combine(last_day + timedelta(days=1), datetime.min.time())
-    entity_sql = (
-        "select transaction_id, customer_id, merchant_id, event_time, event_day, amount_usd, "
-        f"is_fraud::int as label from labelled_events where label_matures_at <= timestamp '{as_of}'"
+    source = (
+        "(select s.*, l.is_fraud, l.label_matures_at from labelled_events as l "
+        "join stg_transactions as s using (transaction_id))"
+    )
+    entity_sql = transaction_entities_sql(
+        region, source, f"t.label_matures_at <= timestamp '{as_of}'", extra="t.is_fraud::int as label"
     )
     frame = retrieve(con, entity_sql, "event_time", views).pl().sort("event_time", "transaction_id")
-    plan = plan_time_split(frame["event_day"].to_list())
+    if frame.is_empty():
+        raise NotEnoughHistory(
+            f"no label has matured by {as_of:%Y-%m-%d %H:%M}: labels mature after the chargeback window; "
+            "ingest more days"
+        )
+    plan = plan_time_split(frame["event_day"].to_list(), validation_share, test_share)
     split = (
         pl.when(pl.col("event_day") <= plan.train_days[1])
         .then(pl.lit("train"))
@@ -71,3 +86,8 @@ def build_training_set(
         .otherwise(pl.lit("test"))
     )
     return frame.with_columns(split.alias("split")), plan, as_of
+
+
+def rows_without_features(frame: pl.DataFrame, views: tuple[FeatureView, ...]) -> dict[str, int]:
+    """Per view, the rows that got the view's documented defaults (entity unseen or outside the TTL)."""
+    return {view.name: int(frame[view.column("feature_time")].null_count()) for view in views}

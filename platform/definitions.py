@@ -13,9 +13,25 @@ import dagster as dg
 
 from assets.features import feature_view_assets
 from assets.ingestion import labels_ingestion, transactions_ingestion
-from assets.jobs import daily_regional_schedule, regional_pipeline
+from assets.jobs import (
+    batch_inference,
+    daily_inference_schedule,
+    daily_regional_schedule,
+    ml_training,
+    regional_pipeline,
+    weekly_retraining_schedule,
+)
+from assets.ml import (
+    fraud_model,
+    fraud_model_hyperparameters,
+    fraud_model_promotion,
+    fraud_predictions,
+    rollback_champion,
+    training_set,
+)
 from assets.transforms import dbt_project, regional_dbt_models
 from resources.lake import RegionalLakeResource
+from resources.mlflow import MlflowTrackingResource
 from resources.source import TransactionSourceResource
 from resources.topology import RegionTopologyResource
 from resources.warehouse import WarehouseDbtResource, dbt_executable
@@ -36,13 +52,28 @@ def build_resources(profile: str) -> dict[str, object]:
             profiles_dir=str(dbt_project.profiles_dir),
             dbt_executable=dbt_executable(),
         ),
+        "mlflow_tracking": MlflowTrackingResource(
+            tracking_uri=os.environ.get("MERIDIAN_MLFLOW_TRACKING_URI"),
+            ui_url=os.environ.get("MERIDIAN_MLFLOW_UI_URL", "http://127.0.0.1:5000"),
+            home=os.environ.get("MERIDIAN_HOME"),
+        ),
     }
 
 
 defs = dg.Definitions(
-    assets=[transactions_ingestion, labels_ingestion, regional_dbt_models, feature_view_assets],
-    jobs=[regional_pipeline],
-    schedules=[daily_regional_schedule],
+    assets=[
+        transactions_ingestion,
+        labels_ingestion,
+        regional_dbt_models,
+        feature_view_assets,
+        training_set,
+        fraud_model_hyperparameters,
+        fraud_model,
+        fraud_model_promotion,
+        fraud_predictions,
+    ],
+    jobs=[regional_pipeline, ml_training, batch_inference, rollback_champion],
+    schedules=[daily_regional_schedule, daily_inference_schedule, weekly_retraining_schedule],
     resources=build_resources(os.environ.get("MERIDIAN_PROFILE", "local")),
     executor=dg.in_process_executor,
 )

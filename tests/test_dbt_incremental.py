@@ -139,15 +139,18 @@ def test_point_in_time_retrieval_on_the_region_warehouse_serves_each_transaction
 
 
 def test_the_training_set_holds_only_matured_labels_split_by_time_with_point_in_time_features(
-    built: tuple[Path, Path],
+    built: tuple[Path, Path], topology
 ):
     from meridian.feature_views import feature_views
+    from meridian.modeling import TRANSACTION_FEATURES
     from meridian.training_set import build_training_set
 
     full, _ = built
     con = duckdb.connect(str(full), read_only=True)
     # The fixture holds 5 days; with the 10-day maturity window they have all matured by the 16th.
-    frame, plan, as_of = build_training_set(con, feature_views(), as_of=datetime(2026, 1, 16))
+    frame, plan, as_of = build_training_set(
+        con, feature_views(), topology.region("eu-west"), as_of=datetime(2026, 1, 16)
+    )
     assert frame.height > 0
     assert plan.train_days[0] == date(2026, 1, 1) and plan.test_days[1] == date(2026, 1, 5)
     assert (frame["event_time"] <= as_of).all()
@@ -155,6 +158,9 @@ def test_the_training_set_holds_only_matured_labels_split_by_time_with_point_in_
         f"select count(*) from labelled_events where label_matures_at <= timestamp '{as_of}'"
     ).fetchall()[0][0]
     assert frame.height == matured
+    # Request features come from the transaction itself; eu-west's home countries are not foreign.
+    assert frame.select(TRANSACTION_FEATURES).null_count().sum_horizontal().item() == 0
+    assert 0 < frame["is_foreign"].mean() < 0.2 and frame["local_hour"].is_between(0, 23).all()
     # Splits are consecutive day ranges: every train day precedes every validation day, and so on.
     days = {s: frame.filter(pl.col("split") == s)["event_day"] for s in ("train", "validation", "test")}
     assert days["train"].max() < days["validation"].min() <= days["validation"].max() < days["test"].min()

@@ -16,15 +16,47 @@ def defs() -> dg.Definitions:
     return load_definitions_module().defs
 
 
-def test_every_regional_asset_is_partitioned_by_active_region_and_day(defs, topology):
+ML_ASSETS = ("training_set", "fraud_model_hyperparameters", "fraud_model", "fraud_model_promotion")
+
+
+def test_every_regional_asset_is_partitioned_by_active_region(defs, topology):
+    """Region × day for data; by region alone for what is trained on a region's whole history."""
     graph = defs.resolve_asset_graph()
     keys = {k.to_user_string() for k in graph.materializable_asset_keys}
-    assert set(REGIONAL_ASSETS) <= keys
+    assert set(REGIONAL_ASSETS) | set(ML_ASSETS) | {"fraud_predictions"} <= keys
     for key in graph.materializable_asset_keys:
         partitions = graph.get(key).partitions_def
+        if key.to_user_string() in ML_ASSETS:
+            assert isinstance(partitions, dg.StaticPartitionsDefinition), key
+            assert partitions.get_partition_keys() == topology.active_region_names
+            continue
         assert isinstance(partitions, dg.MultiPartitionsDefinition), key
         regions = partitions.get_partitions_def_for_dimension("region").get_partition_keys()
         assert regions == topology.active_region_names
+
+
+def test_lineage_runs_from_features_through_training_set_and_model_to_predictions(defs):
+    graph = defs.resolve_asset_graph()
+
+    def parents(name: str) -> set[str]:
+        return {k.to_user_string() for k in graph.get(dg.AssetKey(name)).parent_keys}
+
+    assert {"labelled_events", "customer_spend_view", "merchant_risk_view"} <= parents("training_set")
+    assert {"training_set", "fraud_model_hyperparameters"} <= parents("fraud_model")
+    assert parents("fraud_model_promotion") == {"fraud_model"}
+    assert {"fraud_model_promotion", "customer_spend_view", "merchant_risk_view"} <= parents(
+        "fraud_predictions"
+    )
+    # A region's training set reads every day of its region (and only its region); predictions
+    # of a region-day use that region's promoted model.
+    for child, parent in (
+        ("training_set", "customer_spend_view"),
+        ("training_set", "labelled_events"),
+        ("fraud_predictions", "fraud_model_promotion"),
+    ):
+        mapping = defs.resolve_assets_def(child).get_partition_mapping(dg.AssetKey(parent))
+        assert isinstance(mapping, dg.MultiToSingleDimensionPartitionMapping), (child, parent)
+        assert mapping.partition_dimension_name == "region"
 
 
 def test_lineage_runs_from_ingestion_through_staging_to_features(defs):

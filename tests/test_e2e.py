@@ -251,8 +251,12 @@ def test_two_concurrent_runs_of_one_region_queue_for_its_warehouse_instead_of_fa
 
 
 def test_the_readme_main_command_runs_regions_in_parallel_and_records_them_in_the_instance(tmp_path: Path):
-    # Regression: two workers creating a brand-new instance at once stamped its schedule
-    # database twice and the instance could not be opened afterwards.
+    """Pipeline, training (with promotion) and scoring for two regions at once.
+
+    Regressions: two workers creating a brand-new instance (or MLflow store) at once
+    stamped its schema twice and it could not be opened afterwards; two regions training
+    at once with busy-waiting OpenMP threads took minutes instead of seconds.
+    """
     home = tmp_path / "cli-home"
     env = {**os.environ, "MERIDIAN_HOME": str(home)}
     cmd = [
@@ -261,12 +265,16 @@ def test_the_readme_main_command_runs_regions_in_parallel_and_records_them_in_th
         "meridian.cli",
         "run",
         "--days",
-        "2",
+        "15",
         "--regions",
         "ap-southeast,eu-west",
         "--rows-per-day",
-        "300",
+        "1500",
         "--parallel",
+        "2",
+        "--trials",
+        "3",
+        "--score-days",
         "2",
     ]
     run = subprocess.run(
@@ -276,12 +284,25 @@ def test_the_readme_main_command_runs_regions_in_parallel_and_records_them_in_th
     for region in ("ap-southeast", "eu-west"):
         assert f"[{region:<13}] dbt build            ok" in run.stdout
     summary = run.stdout.split("Summary")[1]
-    assert "ap-southeast  ok" in summary and "eu-west       ok" in summary
+    lines = {
+        line.split()[0]: line.split() for line in summary.splitlines() if line.startswith(("ap-", "eu-"))
+    }
+    for region in ("ap-southeast", "eu-west"):
+        row = lines[region]
+        assert row[1] == "ok" and "v1" in row and "promoted" in row, summary
+        assert f"[{region:<13}] promotion            ok" in run.stdout
+    assert "mlflow ui --backend-store-uri sqlite:///" in run.stdout
     with dg.DagsterInstance.from_config(str(home / "dagster")) as instance:
         runs = instance.get_runs()
-        assert sorted(r.tags["meridian/region"] for r in runs) == ["ap-southeast", "eu-west"]
+        assert sorted((r.job_name, r.tags["meridian/region"]) for r in runs) == sorted(
+            (job, region)
+            for job in ("regional_pipeline", "ml_training", "batch_inference")
+            for region in ("ap-southeast", "eu-west")
+        )
         assert {r.status for r in runs} == {dg.DagsterRunStatus.SUCCESS}
-        assert len(instance.get_materialized_partitions(dg.AssetKey("customer_spend_features"))) == 4
+        assert len(instance.get_materialized_partitions(dg.AssetKey("customer_spend_features"))) == 30
+        assert len(instance.get_materialized_partitions(dg.AssetKey("fraud_predictions"))) == 4
+        assert instance.get_materialized_partitions(dg.AssetKey("fraud_model")) == {"ap-southeast", "eu-west"}
 
 
 def test_the_main_command_refuses_an_unknown_region_before_any_work(tmp_path: Path):

@@ -133,6 +133,12 @@ def test_point_in_time_retrieval_matches_brute_force(data):
             )
         )
     assert got_rows == sorted(expected, key=lambda r: tuple((v is None, v) for v in r))
+    # Bounding the views to the entities' time range (as batch scoring of one day does)
+    # changes nothing.
+    times = [_minutes(t) for _, _, t in entities]
+    bounded = retrieve(con, "select * from entities", "t", VIEWS, (min(times), max(times))).pl()
+    key = ["customer", "merchant", "t"]
+    assert bounded.sort(key, nulls_last=True).equals(got.sort(key, nulls_last=True))
 
 
 def test_a_value_from_the_future_is_never_served():

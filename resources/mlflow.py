@@ -1,0 +1,204 @@
+"""MLflow experiment tracking and model registry for the regional ML assets.
+
+Tracking goes through dagster-mlflow's `MlFlow` (the object its `mlflow_tracking`
+resource yields): it tags each MLflow run with the Dagster run id, resumes that MLflow
+run when the same Dagster run retries, and forwards every `mlflow` function. This
+resource wraps it because, used as is, it does not fit partitioned assets:
+
+- `mlflow_tracking` opens one MLflow run per Dagster run, in one experiment fixed in
+  config, when the resource is initialised. Meridian needs one experiment per region
+  (`fraud-<region>`) and one MLflow run per (region, stage): tuning and training of a
+  region in the same Dagster run must not share a run, since MLflow parameters are
+  immutable and both stages log `learning_rate`.
+- Its run is ended by the `end_mlflow_on_run_finished` hook, which exists for op jobs
+  only; assets materialized from the UI would leave MLflow runs open forever. Here each
+  run is ended when its stage ends, FAILED if the stage raised.
+- It creates experiments with MLflow's default artifact location; here each region's
+  artifacts (models, curves, trial histories) live under that region's own storage root,
+  so nothing a model was trained on leaves its residency zone through MLflow.
+- It does not check that the tracking server is reachable; an unreachable server would
+  otherwise surface as a retry storm deep inside a training run. `preflight()` fails
+  fast with the URI and the cause, before any work.
+
+The embedded default tracks to SQLite under `MERIDIAN_HOME/mlflow/`; any tracking URI
+(an MLflow server in production) comes from config.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from urllib.parse import urlparse
+
+import dagster as dg
+from pydantic import Field
+
+from meridian.paths import meridian_home
+
+# An unreachable server must fail in seconds, not after MLflow's default ~2 minutes of retries.
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+
+
+class MlflowUnavailable(RuntimeError):
+    """The tracking server or backend store cannot be reached; nothing was written."""
+
+
+def default_tracking_uri(home: Path | None = None) -> str:
+    # timeout: regions train in parallel processes against one SQLite file; a writer waits
+    # for another's transaction instead of failing with "database is locked".
+    return f"sqlite:///{(home or meridian_home()) / 'mlflow' / 'mlflow.db'}?timeout=60"
+
+
+@cache
+def _stage_run_class() -> type:
+    import mlflow
+    from dagster_mlflow.resources import MlFlow
+
+    class StageRun(MlFlow):
+        """dagster-mlflow's run, found by Dagster run id *and* stage when a run retries."""
+
+        def _get_current_run_id(self, experiment=None, dagster_run_id=None):
+            found = mlflow.search_runs(
+                experiment_ids=[self.experiment.experiment_id],
+                filter_string=(
+                    f"tags.dagster_run_id = '{self.dagster_run_id}' "
+                    f"and tags.stage = '{self.extra_tags['stage']}'"
+                ),
+            )
+            return None if found.empty else found.run_id.values[0]
+
+    return StageRun
+
+
+@dataclass
+class _InitContextShim:
+    """What dagster_mlflow.MlFlow reads from its resource-init context."""
+
+    log: object
+    run_id: str
+    dagster_run: object
+    resource_config: dict
+
+
+class MlflowTrackingResource(dg.ConfigurableResource):
+    """Per-region MLflow experiments and registered models, through dagster-mlflow."""
+
+    tracking_uri: str | None = Field(
+        default=None, description="MLflow tracking URI; default SQLite under MERIDIAN_HOME/mlflow/"
+    )
+    ui_url: str = Field(
+        default="http://127.0.0.1:5000",
+        description="Base URL of the MLflow UI, for links in asset metadata",
+    )
+    home: str | None = Field(default=None, description="Data root; default $MERIDIAN_HOME or .meridian/")
+
+    def uri(self) -> str:
+        home = Path(self.home).resolve() if self.home else None
+        return self.tracking_uri or default_tracking_uri(home)
+
+    def client(self):
+        import mlflow
+
+        mlflow.set_tracking_uri(self.uri())
+        mlflow.set_registry_uri(self.uri())
+        return mlflow.MlflowClient(tracking_uri=self.uri(), registry_uri=self.uri())
+
+    def preflight(self) -> None:
+        """Fail fast, with the URI and the cause, when the backend cannot be reached."""
+        uri = self.uri()
+        parsed = urlparse(uri)
+        if parsed.scheme in ("http", "https"):
+            port = parsed.port or (443 if parsed.scheme == "https" else 80)
+            try:
+                socket.create_connection((parsed.hostname, port), timeout=5).close()
+            except OSError as error:
+                raise MlflowUnavailable(
+                    f"MLflow tracking server {uri} is unreachable ({error}); nothing was trained or "
+                    "registered. Start the server or set the tracking URI in the mlflow resource config."
+                ) from error
+            return
+        if parsed.scheme == "sqlite":
+            path = Path(parsed.path)
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                if not os.access(path.parent, os.W_OK):
+                    raise PermissionError(f"{path.parent} is not writable")
+            except OSError as error:
+                raise MlflowUnavailable(
+                    f"MLflow backend store {uri} is unusable ({error}); nothing was trained or registered"
+                ) from error
+        # Fail here rather than mid-run if the store answers but is broken.
+        try:
+            self.client().search_experiments(max_results=1)
+        except Exception as error:
+            raise MlflowUnavailable(
+                f"MLflow backend {uri} did not answer ({type(error).__name__}: {error}); nothing was "
+                "trained or registered"
+            ) from error
+
+    def experiment_name(self, region: str) -> str:
+        return f"fraud-{region}"
+
+    def ensure_experiment(self, region: str, artifact_root: Path | None) -> str:
+        """The region's experiment id; created with its artifacts under `artifact_root` (local stores)."""
+        client = self.client()
+        name = self.experiment_name(region)
+        found = client.get_experiment_by_name(name)
+        if found is not None:
+            return found.experiment_id
+        location = artifact_root.as_uri() if artifact_root is not None else None
+        try:
+            return client.create_experiment(name, artifact_location=location, tags={"region": region})
+        except Exception:
+            found = client.get_experiment_by_name(name)  # created concurrently
+            if found is None:
+                raise
+            return found.experiment_id
+
+    @contextmanager
+    def start_run(
+        self,
+        context: dg.AssetExecutionContext | dg.OpExecutionContext,
+        region: str,
+        stage: str,
+        artifact_root: Path | None = None,
+        tags: dict[str, str] | None = None,
+    ) -> Iterator[object]:
+        """An active MLflow run for (Dagster run, region, stage), ended when the block ends."""
+        import mlflow
+        from mlflow.entities import RunStatus
+
+        self.preflight()
+        local = urlparse(self.uri()).scheme in ("sqlite", "file", "")
+        self.ensure_experiment(region, artifact_root if local else None)
+        if mlflow.active_run() is not None:
+            mlflow.end_run()
+        shim = _InitContextShim(
+            log=context.log,
+            run_id=context.run_id,
+            dagster_run=context.run,
+            resource_config={
+                "experiment_name": self.experiment_name(region),
+                "mlflow_tracking_uri": self.uri(),
+                "extra_tags": {"region": region, "stage": stage, **(tags or {})},
+            },
+        )
+        run = _stage_run_class()(shim)
+        try:
+            yield run
+        except BaseException:
+            mlflow.end_run(status=RunStatus.to_string(RunStatus.FAILED))
+            raise
+        mlflow.end_run()
+
+    def run_url(self, experiment_id: str, run_id: str) -> str:
+        return f"{self.ui_url.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+
+    def model_url(self, name: str, version: str | int) -> str:
+        return f"{self.ui_url.rstrip('/')}/#/models/{name}/versions/{version}"
