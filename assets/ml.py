@@ -360,7 +360,7 @@ def fraud_model(
         metadata={
             "registered_model": name,
             "model_version": version,
-            "alias": registry.CHALLENGER,
+            "registered_as": registry.CHALLENGER,
             "test_roc_auc": round(test["roc_auc"], 5),
             "test_pr_auc": round(test["pr_auc"], 5),
             "test_brier": round(test["brier"], 6),
@@ -515,6 +515,10 @@ def fraud_model_promotion(
             "dataset_version": manifest["dataset_version"],
             "split": "test",
             "rows": test.height,
+            # The challenger normally trained on this very dataset, so its test split is unseen.
+            "challenger_trained_on": client.get_model_version(name, str(challenger_v)).tags.get(
+                "dataset_version", "unknown"
+            ),
         },
         "config": config.model_dump(),
         "evidence": evidence,

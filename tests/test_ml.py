@@ -238,7 +238,7 @@ def test_train_promote_predict_then_reject_promote_and_roll_back(home: Path):
     first = _train(home)
     assert first.success
     trained = _metadata(first, "fraud_model")
-    assert trained["model_version"] == 1 and trained["alias"] == "challenger"
+    assert trained["model_version"] == 1 and trained["registered_as"] == "challenger"
     assert 0.5 < trained["test_roc_auc"] <= 1 and 0 < trained["test_pr_auc"] <= 1
     assert (
         trained["curves"].startswith("![ROC and PR curves") and "data:image/png;base64," in trained["curves"]
