@@ -141,7 +141,7 @@ def _execute(job, instance, outcome: RegionOutcome, log_path: Path, **kwargs) ->
     run_id = str(uuid.uuid4())
     instance.add_event_listener(run_id, _progress_listener(outcome, outcome.started, sys.stdout))
     try:
-        with open(log_path, "a") as log, contextlib.redirect_stdout(log):
+        with open(log_path, "a") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
             result = job.execute_in_process(instance=instance, run_id=run_id, raise_on_error=False, **kwargs)
     except Exception as exc:  # one region's crash must not stop the others
         outcome.error = f"{job.name}: {type(exc).__name__}: {exc}"
@@ -430,14 +430,16 @@ def _quiet_libraries() -> None:
 
     A root handler stops `logging.warning(...)` calls from libraries from installing a
     stderr handler on the root logger (logging.basicConfig), through which every
-    propagating logger would then print; MLflow's own INFO lines go to its logger only.
+    propagating logger would then print. What runs print to stdout or stderr goes to the
+    region's log file (see `_execute`).
     """
     import logging
     import warnings
 
     warnings.filterwarnings("ignore", message=".*is currently in beta")
     logging.getLogger().addHandler(logging.NullHandler())
-    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    # MLflow configures its own logger when first imported; this is read then.
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
 
 
 def main(argv: list[str] | None = None) -> int:
