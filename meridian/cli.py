@@ -42,6 +42,7 @@ STAGES = {
     "labels_ingestion": "ingest chargebacks",
     "regional_dbt_models": "dbt build",
     "feature_views": "feature views",
+    "online_features": "online store",
     "training_set": "training set",
     "fraud_model_hyperparameters": "tuning",
     "fraud_model": "training",

@@ -29,9 +29,11 @@ from assets.ml import (
     rollback_champion,
     training_set,
 )
+from assets.online import online_features
 from assets.transforms import dbt_project, regional_dbt_models
 from resources.lake import RegionalLakeResource
 from resources.mlflow import MlflowTrackingResource
+from resources.online_store import OnlineStoreResource
 from resources.source import TransactionSourceResource
 from resources.topology import RegionTopologyResource
 from resources.warehouse import WarehouseDbtResource, dbt_executable
@@ -52,6 +54,10 @@ def build_resources(profile: str) -> dict[str, object]:
             profiles_dir=str(dbt_project.profiles_dir),
             dbt_executable=dbt_executable(),
         ),
+        "online_store": OnlineStoreResource(
+            backend=os.environ.get("MERIDIAN_ONLINE_STORE", "sqlite"),
+            redis_url=os.environ.get("MERIDIAN_REDIS_URL"),
+        ),
         "mlflow_tracking": MlflowTrackingResource(
             tracking_uri=os.environ.get("MERIDIAN_MLFLOW_TRACKING_URI"),
             ui_url=os.environ.get("MERIDIAN_MLFLOW_UI_URL", "http://127.0.0.1:5000"),
@@ -66,6 +72,7 @@ defs = dg.Definitions(
         labels_ingestion,
         regional_dbt_models,
         feature_view_assets,
+        online_features,
         training_set,
         fraud_model_hyperparameters,
         fraud_model,

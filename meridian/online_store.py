@@ -1,0 +1,282 @@
+"""Online feature store: the latest values of every feature view per entity, per region.
+
+Two backends behind one interface: SQLite (the embedded default, one file per region
+under the region's root) and Redis (production; one key space per region). Each row
+carries its view, entity, feature-view version, event time and values.
+
+Writes never move a value back in time: a row replaces the stored one only if its event
+time is at least the stored event time. The batch materialization (from the offline
+store) and the push path (fresh values while transactions are scored) can therefore
+arrive in any order, re-run, or overlap, and every entity ends at its latest event —
+in SQLite with a conditional upsert, in Redis with a compare-and-set Lua script, both
+atomic per row. On equal event times the later write wins (a re-run is idempotent).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Protocol
+
+from meridian.feature_store import FeatureView
+
+
+class OnlineStoreUnavailable(RuntimeError):
+    """The backend cannot be reached; callers answer 503 or fall back, never guess."""
+
+
+@dataclass(frozen=True)
+class OnlineRow:
+    view: str
+    entity: str
+    event_time_us: int  # microseconds since the epoch, UTC
+    version: str  # feature-view version that computed the values
+    values: dict[str, object]
+
+
+@dataclass(frozen=True)
+class WriteResult:
+    applied: int  # rows that became the entity's current value
+    stale: int  # rows older than what the store already held (kept out, by design)
+
+
+class OnlineStore(Protocol):
+    def write(self, rows: Iterable[OnlineRow]) -> WriteResult: ...
+    def read(self, view: str, entity: str) -> OnlineRow | None: ...
+    def read_many(self, view: str, entities: Sequence[str]) -> dict[str, OnlineRow]: ...
+    def count(self, view: str) -> int: ...
+    def ping(self) -> None: ...
+    def close(self) -> None: ...
+
+
+def to_micros(ts: datetime) -> int:
+    """UTC microseconds of a naive-UTC or aware datetime."""
+    if ts.tzinfo is not None:
+        ts = ts.replace(tzinfo=None) - ts.utcoffset()
+    return (ts - datetime(1970, 1, 1)) // timedelta(microseconds=1)
+
+
+def serve(view: FeatureView, row: OnlineRow | None, now_us: int) -> dict[str, object]:
+    """The view's feature values for serving: stored values if live (within the TTL), else defaults.
+
+    The same rule as point-in-time retrieval offline: a value older than the TTL, or an
+    entity never seen, gets the feature's documented default.
+    """
+    ttl_us = int(view.ttl.total_seconds() * 1e6)
+    if row is None or row.event_time_us > now_us or now_us - row.event_time_us > ttl_us:
+        return {f.name: f.default for f in view.features}
+    return {f.name: row.values.get(f.name, f.default) for f in view.features}
+
+
+# ---------------------------------------------------------------- SQLite
+
+
+class SqliteOnlineStore:
+    """One SQLite file per region; WAL so that readers never wait for the writer."""
+
+    SCHEMA = """
+        create table if not exists online_features (
+            view text not null,
+            entity text not null,
+            event_time_us integer not null,
+            version text not null,
+            payload text not null,
+            primary key (view, entity)
+        ) without rowid
+    """
+    UPSERT = """
+        insert into online_features (view, entity, event_time_us, version, payload)
+        values (?, ?, ?, ?, ?)
+        on conflict (view, entity) do update set
+            event_time_us = excluded.event_time_us,
+            version = excluded.version,
+            payload = excluded.payload
+        where excluded.event_time_us >= online_features.event_time_us
+    """
+
+    def __init__(self, path: Path, timeout_seconds: float = 30.0):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._timeout = timeout_seconds
+        self._local = threading.local()
+        con = self._con()
+        con.execute("pragma journal_mode=wal")
+        con.execute(self.SCHEMA)
+        con.commit()
+
+    def _con(self) -> sqlite3.Connection:
+        con = getattr(self._local, "con", None)
+        if con is None:
+            try:
+                con = sqlite3.connect(self.path, timeout=self._timeout, isolation_level="DEFERRED")
+            except sqlite3.Error as error:
+                raise OnlineStoreUnavailable(f"online store {self.path} cannot be opened: {error}") from error
+            con.execute("pragma synchronous=normal")
+            self._local.con = con
+        return con
+
+    def write(self, rows: Iterable[OnlineRow]) -> WriteResult:
+        con = self._con()
+        total = 0
+        before = con.total_changes
+        with con:  # one transaction: a batch lands whole or not at all
+            for chunk in _chunks(rows, 10_000):
+                total += len(chunk)
+                con.executemany(
+                    self.UPSERT,
+                    [(r.view, r.entity, r.event_time_us, r.version, json.dumps(r.values)) for r in chunk],
+                )
+        applied = con.total_changes - before
+        return WriteResult(applied=applied, stale=total - applied)
+
+    def read(self, view: str, entity: str) -> OnlineRow | None:
+        found = (
+            self._con()
+            .execute(
+                "select event_time_us, version, payload from online_features where view = ? and entity = ?",
+                (view, entity),
+            )
+            .fetchone()
+        )
+        return None if found is None else OnlineRow(view, entity, found[0], found[1], json.loads(found[2]))
+
+    def read_many(self, view: str, entities: Sequence[str]) -> dict[str, OnlineRow]:
+        out: dict[str, OnlineRow] = {}
+        con = self._con()
+        for chunk in _chunks(entities, 500):
+            marks = ",".join("?" * len(chunk))
+            for entity, t, version, payload in con.execute(
+                f"select entity, event_time_us, version, payload from online_features "
+                f"where view = ? and entity in ({marks})",
+                (view, *chunk),
+            ):
+                out[entity] = OnlineRow(view, entity, t, version, json.loads(payload))
+        return out
+
+    def count(self, view: str) -> int:
+        return (
+            self._con().execute("select count(*) from online_features where view = ?", (view,)).fetchone()[0]
+        )
+
+    def ping(self) -> None:
+        try:
+            self._con().execute("select 1").fetchone()
+        except sqlite3.Error as error:
+            raise OnlineStoreUnavailable(f"online store {self.path}: {error}") from error
+
+    def close(self) -> None:
+        con = getattr(self._local, "con", None)
+        if con is not None:
+            con.close()
+            self._local.con = None
+
+
+# ---------------------------------------------------------------- Redis
+
+# KEYS[1] = entity key; ARGV = event_time_us, version, payload. Applies only if not older.
+_CAS = """
+local current = redis.call('HGET', KEYS[1], 't')
+if (not current) or tonumber(ARGV[1]) >= tonumber(current) then
+  redis.call('HSET', KEYS[1], 't', ARGV[1], 'v', ARGV[2], 'p', ARGV[3])
+  redis.call('SADD', KEYS[2], KEYS[1])
+  return 1
+end
+return 0
+"""
+
+
+class RedisOnlineStore:
+    """One hash per (region, view, entity): `meridian:<region>:<view>:<entity>` → t, v, p.
+
+    A set per view indexes its keys (`count`); in production each region has its own
+    Redis, and the key prefix keeps regions apart even on a shared test server.
+    """
+
+    def __init__(self, url: str, region: str, timeout_seconds: float = 2.0):
+        import redis
+
+        self.region = region
+        self._client = redis.Redis.from_url(
+            url, socket_timeout=timeout_seconds, socket_connect_timeout=timeout_seconds
+        )
+        self._url = url
+        self._cas = self._client.register_script(_CAS)
+
+    def _key(self, view: str, entity: str) -> str:
+        return f"meridian:{self.region}:{view}:{entity}"
+
+    def _index(self, view: str) -> str:
+        return f"meridian:{self.region}:{view}:__keys__"
+
+    def _guard(self, fn):
+        import redis
+
+        try:
+            return fn()
+        except redis.exceptions.ConnectionError as error:
+            raise OnlineStoreUnavailable(f"online store {self._url} is unreachable: {error}") from error
+        except redis.exceptions.TimeoutError as error:
+            raise OnlineStoreUnavailable(f"online store {self._url} timed out: {error}") from error
+
+    def write(self, rows: Iterable[OnlineRow]) -> WriteResult:
+        applied = total = 0
+        for chunk in _chunks(rows, 5_000):
+
+            def run(chunk=chunk):
+                pipe = self._client.pipeline(transaction=False)
+                for r in chunk:
+                    self._cas(
+                        keys=[self._key(r.view, r.entity), self._index(r.view)],
+                        args=[r.event_time_us, r.version, json.dumps(r.values)],
+                        client=pipe,
+                    )
+                return pipe.execute()
+
+            results = self._guard(run)
+            applied += sum(int(x) for x in results)
+            total += len(chunk)
+        return WriteResult(applied=applied, stale=total - applied)
+
+    def read(self, view: str, entity: str) -> OnlineRow | None:
+        found = self._guard(lambda: self._client.hmget(self._key(view, entity), "t", "v", "p"))
+        if found[0] is None:
+            return None
+        return OnlineRow(view, entity, int(found[0]), found[1].decode(), json.loads(found[2]))
+
+    def read_many(self, view: str, entities: Sequence[str]) -> dict[str, OnlineRow]:
+        def run():
+            pipe = self._client.pipeline(transaction=False)
+            for entity in entities:
+                pipe.hmget(self._key(view, entity), "t", "v", "p")
+            return pipe.execute()
+
+        out = {}
+        for entity, (t, v, p) in zip(entities, self._guard(run), strict=True):
+            if t is not None:
+                out[entity] = OnlineRow(view, entity, int(t), v.decode(), json.loads(p))
+        return out
+
+    def count(self, view: str) -> int:
+        return int(self._guard(lambda: self._client.scard(self._index(view))))
+
+    def ping(self) -> None:
+        self._guard(self._client.ping)
+
+    def close(self) -> None:
+        self._client.close()
+
+
+def _chunks(items: Iterable, size: int) -> Iterable[list]:
+    chunk: list = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk

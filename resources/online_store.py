@@ -1,0 +1,25 @@
+"""The online feature store of each region: SQLite by default, Redis in production."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import dagster as dg
+from pydantic import Field
+
+from meridian.online_store import OnlineStore, RedisOnlineStore, SqliteOnlineStore
+from meridian.paths import RegionPaths
+
+
+class OnlineStoreResource(dg.ConfigurableResource):
+    """Opens a region's online store; asset code is the same for both backends."""
+
+    backend: Literal["sqlite", "redis"] = Field(default="sqlite", description="sqlite (embedded) or redis")
+    redis_url: str | None = Field(default=None, description="redis://host:port/db when backend is redis")
+
+    def open(self, paths: RegionPaths) -> OnlineStore:
+        if self.backend == "redis":
+            if not self.redis_url:
+                raise ValueError("online store backend is redis but no redis_url is configured")
+            return RedisOnlineStore(self.redis_url, paths.region)
+        return SqliteOnlineStore(paths.root / "online" / "online_store.db")

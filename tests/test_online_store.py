@@ -1,0 +1,222 @@
+"""The online store, on SQLite and on a real Redis server started here on loopback."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+from datetime import datetime
+from pathlib import Path
+
+import dagster as dg
+import pytest
+from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from assets.features import VIEWS, feature_view_assets
+from assets.ingestion import labels_ingestion, transactions_ingestion
+from assets.online import online_features
+from assets.transforms import regional_dbt_models
+from meridian.cli import load_definitions_module
+from meridian.online_store import (
+    OnlineRow,
+    OnlineStoreUnavailable,
+    RedisOnlineStore,
+    SqliteOnlineStore,
+    serve,
+    to_micros,
+)
+from resources.lake import RegionalLakeResource
+from resources.online_store import OnlineStoreResource
+from resources.source import TransactionSourceResource
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def redis_url(tmp_path_factory) -> str:
+    """A throw-away redis-server (Debian's package; .ci/run installs it) on a free loopback port."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.fail("redis-server is not installed: `apt-get install redis-server` (.ci/run does this)")
+    port = _free_port()
+    workdir = tmp_path_factory.mktemp("redis")
+    proc = subprocess.Popen(
+        [
+            binary,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(workdir),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"redis://127.0.0.1:{port}/0"
+    import redis
+
+    client = redis.Redis.from_url(url)
+    for _ in range(100):
+        try:
+            client.ping()
+            break
+        except redis.exceptions.ConnectionError:
+            time.sleep(0.05)
+    else:
+        proc.kill()
+        pytest.fail("redis-server did not start")
+    yield url
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+_REGION_COUNTER = iter(range(1_000_000))
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def store(request, tmp_path: Path):
+    if request.param == "sqlite":
+        s = SqliteOnlineStore(tmp_path / "online.db")
+    else:
+        # A fresh key space per test on the shared server.
+        s = RedisOnlineStore(request.getfixturevalue("redis_url"), f"test-{next(_REGION_COUNTER)}")
+    yield s
+    s.close()
+
+
+def _row(entity: str, t: int, value: float, view: str = "customer_spend", version: str = "v1") -> OnlineRow:
+    return OnlineRow(view, entity, t, version, {"txn_count_1h": value})
+
+
+def test_reads_and_writes_round_trip_with_version_and_event_time(store):
+    result = store.write(
+        [_row("c1", 100, 1.0), _row("c2", 200, 2.0), _row("m1", 50, 3.0, view="merchant_risk")]
+    )
+    assert (result.applied, result.stale) == (3, 0)
+    assert store.read("customer_spend", "c1") == _row("c1", 100, 1.0)
+    assert store.read("customer_spend", "nobody") is None
+    assert set(store.read_many("customer_spend", ["c1", "c2", "c3"])) == {"c1", "c2"}
+    assert store.count("customer_spend") == 2 and store.count("merchant_risk") == 1
+
+
+def test_an_older_write_never_replaces_a_newer_value_and_a_rerun_is_idempotent(store):
+    store.write([_row("c1", 200, 2.0)])
+    assert store.write([_row("c1", 100, 1.0)]).stale == 1
+    assert store.read("customer_spend", "c1").values == {"txn_count_1h": 2.0}
+    assert store.write([_row("c1", 200, 2.0)]).applied == 1  # same event again: idempotent
+    assert store.read("customer_spend", "c1").event_time_us == 200
+
+
+# One entity's writes from two sources (batch, push) in an arbitrary interleaving.
+writes = st.lists(
+    st.tuples(st.sampled_from(["batch", "push"]), st.sampled_from(["c1", "c2", "c3"]), st.integers(0, 50)),
+    min_size=1,
+    max_size=40,
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(sequence=writes)
+def test_batch_and_push_in_any_order_never_move_a_value_back_in_time(store, sequence):
+    entities = {e for _, e, _ in sequence}
+    prefix = f"example-{next(_REGION_COUNTER)}-"  # fresh entities per example (the store is shared)
+    seen: dict[str, int] = {}
+    for source, entity, t in sequence:
+        key = prefix + entity
+        store.write([_row(key, t, float(t), version=source)])
+        current = store.read("customer_spend", key)
+        assert current.event_time_us == max(seen.get(key, t), t)  # monotone after every write
+        seen[key] = current.event_time_us
+    for entity in entities:
+        expected = max(t for _, e, t in sequence if e == entity)
+        assert store.read("customer_spend", prefix + entity).values == {"txn_count_1h": float(expected)}
+
+
+def test_serving_applies_the_ttl_and_the_documented_defaults():
+    view = VIEWS["customer_spend"]
+    now = to_micros(datetime(2026, 1, 31))
+    fresh = OnlineRow(view.name, "c1", now - 10, view.version, {"txn_count_1h": 3, "amount_usd_1h": 9.5})
+    assert serve(view, fresh, now)["txn_count_1h"] == 3
+    assert serve(view, fresh, now)["txn_count_30d"] == 0  # a feature the row lacks: its default
+    too_old = now - int(view.ttl.total_seconds() * 1e6) - 1
+    expired = OnlineRow(view.name, "c1", too_old, view.version, {"txn_count_1h": 3})
+    assert serve(view, expired, now) == {f.name: f.default for f in view.features}
+    assert serve(view, None, now)["is_new_device_30d"] is True
+
+
+def test_an_unreachable_redis_is_a_clear_error():
+    down = RedisOnlineStore(f"redis://127.0.0.1:{_free_port()}/0", "us-east", timeout_seconds=1)
+    started = time.monotonic()
+    with pytest.raises(OnlineStoreUnavailable, match="unreachable"):
+        down.read("customer_spend", "c1")
+    assert time.monotonic() - started < 5
+
+
+# ---------------------------------------------------------------- the asset
+
+REGION = "eu-west"
+DAYS = ("2026-01-01", "2026-01-02", "2026-01-03")
+
+
+def _materialize(home: Path, backend: OnlineStoreResource, first: str, last: str, assets) -> None:
+    tags = {
+        ASSET_PARTITION_RANGE_START_TAG: str(dg.MultiPartitionKey({"region": REGION, "day": first})),
+        ASSET_PARTITION_RANGE_END_TAG: str(dg.MultiPartitionKey({"region": REGION, "day": last})),
+    }
+    resources = {
+        **load_definitions_module().build_resources("local"),
+        "lake": RegionalLakeResource(home=str(home)),
+        "source": TransactionSourceResource(rows_per_day=800, malformed_rate=0.0),
+        "online_store": backend,
+    }
+    assert dg.materialize(assets, resources=resources, tags=tags).success
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("backend", ["sqlite", "redis"])
+def test_the_asset_holds_each_entitys_latest_values_and_a_backfill_never_regresses(
+    backend, tmp_path: Path, request, monkeypatch
+):
+    import duckdb
+
+    home = tmp_path / "home"
+    monkeypatch.setenv("MERIDIAN_HOME", str(home))
+    resource = (
+        OnlineStoreResource()
+        if backend == "sqlite"
+        else OnlineStoreResource(backend="redis", redis_url=request.getfixturevalue("redis_url"))
+    )
+    pipeline = [transactions_ingestion, labels_ingestion, regional_dbt_models, feature_view_assets]
+    _materialize(home, resource, DAYS[0], DAYS[-1], pipeline)
+    _materialize(home, resource, DAYS[0], DAYS[-1], [online_features])
+    _materialize(home, resource, DAYS[0], DAYS[0], [online_features])  # an old day again: no regression
+
+    from meridian.paths import region_paths
+    from meridian.topology import load_topology
+
+    paths = region_paths(load_topology().region(REGION), home)
+    store = resource.open(paths)
+    con = duckdb.connect(str(paths.warehouse), read_only=True)
+    view = VIEWS["customer_spend"]
+    latest = dict(
+        con.sql("select customer_id, max(event_time) from customer_spend_features group by 1").fetchall()
+    )
+    assert store.count("customer_spend") == len(latest)
+    for customer, t in list(latest.items())[:200]:
+        row = store.read("customer_spend", customer)
+        assert row.event_time_us == to_micros(t) and row.version == view.version
+    merchants = con.sql("select count(distinct merchant_id) from merchant_risk_features").fetchall()[0][0]
+    assert store.count("merchant_risk") == merchants
+    store.close()
