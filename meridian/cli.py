@@ -426,6 +426,25 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    """The scoring service (serving/) on the embedded default, after `meridian run`."""
+    prepare_environment(Path(args.home) if args.home else None)
+    if str(REPO_ROOT) not in sys.path:
+        sys.path.insert(0, str(REPO_ROOT))
+    import uvicorn
+
+    from serving.main import build_app
+
+    regions = args.regions.split(",") if args.regions else None
+    app = build_app(poll_seconds=args.poll_seconds, regions=regions)
+    print(
+        f"Meridian scoring service on http://{args.host}:{args.port} (OpenAPI: /docs, /openapi.json)",
+        flush=True,
+    )
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    return 0
+
+
 def _quiet_libraries() -> None:
     """Keep library chatter out of the progress lines (it is in the UI and the region logs).
 
@@ -474,6 +493,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     back.add_argument("--home", help="data root (default $MERIDIAN_HOME or .meridian/)")
     back.set_defaults(func=cmd_rollback)
+    srv = sub.add_parser("serve", help="start the scoring service (after `meridian run`)")
+    srv.add_argument("--host", default="127.0.0.1")
+    srv.add_argument("--port", type=int, default=8000)
+    srv.add_argument("--regions", help="comma-separated regions to serve (default: every active region)")
+    srv.add_argument("--poll-seconds", type=float, default=2.0, help="how often model aliases are checked")
+    srv.add_argument("--home", help="data root (default $MERIDIAN_HOME or .meridian/)")
+    srv.set_defaults(func=cmd_serve)
     args = parser.parse_args(argv)
     return args.func(args)
 

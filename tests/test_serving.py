@@ -1,0 +1,238 @@
+"""The scoring service over real HTTP (uvicorn on loopback), on a region that ran the main job."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+import urllib.error
+import urllib.request
+from datetime import datetime
+from pathlib import Path
+
+import dagster as dg
+import duckdb
+import pytest
+from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
+
+from assets.features import VIEWS, feature_view_assets
+from assets.ingestion import labels_ingestion, transactions_ingestion
+from assets.ml import fraud_model, fraud_model_hyperparameters, fraud_model_promotion, training_set
+from assets.online import online_features
+from assets.transforms import regional_dbt_models
+from meridian import modeling, registry
+from meridian.cli import load_definitions_module
+from meridian.paths import region_paths
+from meridian.topology import load_topology
+from resources.lake import RegionalLakeResource
+from resources.mlflow import MlflowTrackingResource
+from resources.source import TransactionSourceResource
+
+pytestmark = pytest.mark.e2e
+REGION = "eu-west"
+DAYS = [f"2026-01-{d:02d}" for d in range(1, 15)]
+TUNING = {
+    "fraud_model_hyperparameters": {"config": {"n_trials": 3, "timeout_seconds": 60, "max_rounds": 100}}
+}
+
+
+def _resources(home: Path) -> dict[str, object]:
+    return {
+        **load_definitions_module().build_resources("local"),
+        "lake": RegionalLakeResource(home=str(home)),
+        "source": TransactionSourceResource(rows_per_day=2000, malformed_rate=0.0, fraud_rate=0.02),
+        "mlflow_tracking": MlflowTrackingResource(home=str(home)),
+    }
+
+
+def _train(home: Path, promotion: dict | None = None) -> None:
+    ops = {**TUNING, **({"fraud_model_promotion": {"config": promotion}} if promotion else {})}
+    result = dg.materialize(
+        [training_set, fraud_model_hyperparameters, fraud_model, fraud_model_promotion],
+        resources=_resources(home),
+        partition_key=REGION,
+        run_config={"ops": ops},
+    )
+    assert result.success
+
+
+@pytest.fixture(scope="module")
+def service(tmp_path_factory):
+    """Main job for one region (pipeline with the online store, then training), then the service."""
+    import uvicorn
+
+    home = tmp_path_factory.mktemp("serving") / "home"
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("MERIDIAN_HOME", str(home))
+        key = lambda day: str(dg.MultiPartitionKey({"region": REGION, "day": day}))  # noqa: E731
+        result = dg.materialize(
+            [
+                transactions_ingestion,
+                labels_ingestion,
+                regional_dbt_models,
+                feature_view_assets,
+                online_features,
+            ],
+            resources=_resources(home),
+            tags={
+                ASSET_PARTITION_RANGE_START_TAG: key(DAYS[0]),
+                ASSET_PARTITION_RANGE_END_TAG: key(DAYS[-1]),
+            },
+        )
+        assert result.success
+        _train(home)
+        from serving.main import build_app
+
+        app = build_app(poll_seconds=0.2, regions=[REGION])
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+        thread = threading.Thread(target=server.run, daemon=True)
+        thread.start()
+        for _ in range(200):
+            if server.started:
+                break
+            time.sleep(0.05)
+        yield {"url": f"http://127.0.0.1:{port}", "home": home, "app": app}
+        server.should_exit = True
+        app.state.stop_polling.set()
+        thread.join(timeout=10)
+
+
+def _call(url: str, body: object | None = None, raw: bytes | None = None) -> tuple[int, dict]:
+    data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def _known_transaction(home: Path) -> dict:
+    paths = region_paths(load_topology().region(REGION), home)
+    with duckdb.connect(str(paths.warehouse), read_only=True) as con:
+        customer, merchant = con.sql(
+            f"select customer_id, merchant_id from stg_transactions where event_day = '{DAYS[-1]}' limit 1"
+        ).fetchall()[0]
+    return {
+        "transaction_id": "t-1",
+        "customer_id": customer,
+        "merchant_id": merchant,
+        "amount": 42.5,
+        "currency": "EUR",
+        "channel": "ecom",
+        "country": "IE",
+        "event_time": f"{DAYS[-1]}T23:59:00Z",
+    }
+
+
+def test_health_readiness_and_a_score_with_versions(service):
+    assert _call(service["url"] + "/healthz") == (200, {"status": "ok"})
+    status, ready = _call(service["url"] + "/readyz")
+    assert status == 200 and ready[REGION]["model_version"] == 1
+    status, body = _call(f"{service['url']}/v1/{REGION}/score", _known_transaction(service["home"]))
+    assert status == 200, body
+    assert 0 <= body["score"] <= 1 and body["model_version"] == 1 and body["variant"] == "champion"
+    assert body["feature_versions"]["customer_spend"] == VIEWS["customer_spend"].version
+    assert body["latency_ms"] > 0 and body["region"] == REGION
+
+
+def test_bad_requests_are_4xx_naming_the_problem(service):
+    url = f"{service['url']}/v1/{REGION}/score"
+    good = _known_transaction(service["home"])
+    status, body = _call(url, {**good, "amount": -5})
+    assert status == 422 and body["detail"][0]["loc"][-1] == "amount"
+    status, body = _call(url, {k: v for k, v in good.items() if k != "merchant_id"})
+    assert status == 422 and body["detail"][0]["loc"][-1] == "merchant_id"
+    status, body = _call(url, {**good, "amount": "lots"})
+    assert status == 422 and body["detail"][0]["loc"][-1] == "amount"
+    status, body = _call(url, raw=b"{not json")
+    assert status == 422
+    status, body = _call(url, {**good, "currency": "XYZ"})
+    assert status == 422 and "currency" in body["detail"]
+    status, body = _call(f"{service['url']}/v1/mars-north/score", good)
+    assert status == 404 and "mars-north" in body["detail"]
+
+
+def test_a_customer_unknown_to_the_region_is_a_404_never_a_lookup_elsewhere(service):
+    status, body = _call(
+        f"{service['url']}/v1/{REGION}/score",
+        {**_known_transaction(service["home"]), "customer_id": "c-nobody"},
+    )
+    assert status == 404 and "unknown in eu-west" in body["detail"]
+    # A region this service does not serve answers 404; it is never looked up elsewhere.
+    known = _known_transaction(service["home"])["customer_id"]
+    status, body = _call(f"{service['url']}/v1/us-east/features/{known}")
+    assert status == 404 and "not served here" in body["detail"]
+    status, body = _call(f"{service['url']}/v1/{REGION}/features/{known}")
+    assert status == 200 and body["version"] == VIEWS["customer_spend"].version
+
+
+def test_request_features_match_the_offline_sql(service):
+    from serving.app import Transaction
+
+    home = service["home"]
+    region = load_topology().region(REGION)
+    paths = region_paths(region, home)
+    with duckdb.connect(str(paths.warehouse), read_only=True) as con:
+        rows = con.sql(
+            modeling.transaction_entities_sql(region, "stg_transactions", f"t.event_day = '{DAYS[-1]}'")
+            + " limit 300"
+        ).pl()
+        raw = con.sql(
+            f"select transaction_id, amount, currency, channel, country from stg_transactions where event_day = '{DAYS[-1]}'"
+        ).pl()
+    joined = rows.join(raw, on="transaction_id")
+    live = service["app"].state.services[REGION]
+    for r in joined.to_dicts():
+        txn = Transaction(
+            transaction_id=r["transaction_id"],
+            customer_id=r["customer_id"],
+            merchant_id=r["merchant_id"],
+            amount=r["amount"],
+            currency=r["currency"],
+            channel=r["channel"],
+            country=r["country"],
+            event_time=r["event_time"],
+        )
+        at = (
+            r["event_time"]
+            if r["event_time"].tzinfo
+            else r["event_time"].replace(tzinfo=datetime.now().astimezone().tzinfo)
+        )
+        got = live.request_features(txn, at)
+        for name in modeling.TRANSACTION_FEATURES:
+            assert got[name] == pytest.approx(float(r[name]), abs=1e-9), (name, r)
+
+
+def test_an_alias_move_is_picked_up_live_without_a_failed_request(service):
+    url = f"{service['url']}/v1/{REGION}/score"
+    txn = _known_transaction(service["home"])
+    statuses: list[int] = []
+    versions: set[int] = set()
+    stop = threading.Event()
+
+    def hammer() -> None:
+        while not stop.is_set():
+            status, body = _call(url, txn)
+            statuses.append(status)
+            if status == 200:
+                versions.add(body["model_version"])
+
+    load = threading.Thread(target=hammer)
+    load.start()
+    try:
+        _train(service["home"], {"min_pr_auc_gain": -1.0})  # v2 becomes champion
+        client = MlflowTrackingResource(home=str(service["home"])).client()
+        assert registry.alias_version(client, registry.model_name(REGION), registry.CHAMPION) == 2
+        deadline = time.monotonic() + 15
+        while 2 not in versions and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        stop.set()
+        load.join()
+    assert versions == {1, 2}
+    assert statuses and set(statuses) == {200}, f"{len(statuses)} requests, statuses {set(statuses)}"
