@@ -191,7 +191,7 @@ def create_app(
     def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/readyz")
+    @app.get("/readyz", responses={503: {"description": "a served region has no model or no online store"}})
     def readyz() -> dict[str, object]:
         status = {}
         for name, service in services.items():
@@ -206,7 +206,13 @@ def create_app(
             raise HTTPException(503, detail=status)
         return status
 
-    @app.post("/v1/{region}/score", response_model=Score)
+    errors = {
+        404: {"description": "region not served here, or customer unknown to the region"},
+        422: {"description": "invalid request: the body names the field"},
+        503: {"description": "no model loaded for the region, or its online store is unavailable"},
+    }
+
+    @app.post("/v1/{region}/score", response_model=Score, responses=errors)
     def score(txn: Transaction, region: str = Path(pattern=r"^[a-z]+-[a-z]+$")) -> Score:
         started = time.perf_counter()
         service = service_for(region)
@@ -237,7 +243,7 @@ def create_app(
             latency_ms=round((time.perf_counter() - started) * 1000, 3),
         )
 
-    @app.get("/v1/{region}/features/{customer_id}")
+    @app.get("/v1/{region}/features/{customer_id}", responses=errors)
     def features(region: str, customer_id: str) -> dict[str, object]:
         service = service_for(region)
         try:
