@@ -16,7 +16,7 @@ import duckdb
 
 from assets.features import VIEWS, view_asset_key
 from assets.partitions import REGION_DAY_PARTITIONS, days_by_region
-from meridian.feature_store import FeatureView
+from meridian.feature_store import FeatureView, feature_tie_break
 from meridian.locks import file_lock
 from meridian.online_store import OnlineRow, to_micros
 from meridian.report import markdown_table
@@ -37,7 +37,7 @@ def latest_rows_sql(view: FeatureView, day: str) -> str:
         f"from {view.source} "
         f"where {view.event_timestamp} >= timestamp '{start}' and {view.event_timestamp} < timestamp '{end}' "
         f'qualify row_number() over (partition by "{view.entity_key}" '
-        f"order by {view.event_timestamp} desc, {view.created_timestamp} desc) = 1"
+        f"order by {view.event_timestamp} desc, {view.created_timestamp} desc, {feature_tie_break(view)}) = 1"
     )
 
 

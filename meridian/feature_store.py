@@ -90,6 +90,11 @@ def _literal(value: object) -> str:
     return repr(value)
 
 
+def feature_tie_break(view: FeatureView) -> str:
+    """ORDER BY terms that make the choice among fully tied rows deterministic."""
+    return ", ".join(f"{_quote(f.name)} desc nulls last" for f in view.features)
+
+
 def point_in_time_sql(
     entity_sql: str,
     event_time: str,
@@ -113,6 +118,9 @@ def point_in_time_sql(
     for i, view in enumerate(views):
         alias = f"__v{i}"
         feats = ", ".join(f"{_quote(f.name)}" for f in view.features)
+        # Rows equal on entity, event and created time (two transactions of one customer in
+        # the same microsecond): pick by the feature values, so that every run picks the same.
+        tie_break = feature_tie_break(view)
         bound = ""
         if event_time_range is not None:
             earliest, latest = event_time_range[0] - view.ttl, event_time_range[1]
@@ -127,7 +135,7 @@ def point_in_time_sql(
             f"{bound}"
             f"  qualify row_number() over (\n"
             f"    partition by {_quote(view.entity_key)}, {view.event_timestamp}\n"
-            f"    order by {view.created_timestamp} desc) = 1\n"
+            f"    order by {view.created_timestamp} desc, {tie_break}) = 1\n"
             f")"
         )
         joins.append(

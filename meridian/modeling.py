@@ -151,7 +151,10 @@ BASE_PARAMS: dict[str, object] = {
     "num_threads": 2,
     "feature_pre_filter": False,
     "seed": 7,
+    # Same data, same model: `deterministic` alone is not enough, because LightGBM picks
+    # row- or column-wise histograms by timing them, and the pick changes under load.
     "deterministic": True,
+    "force_col_wise": True,
 }
 
 
