@@ -47,8 +47,8 @@ def _region(context: dg.AssetExecutionContext) -> str:
     return context.partition_key
 
 
-def _view_versions() -> dict[str, str]:
-    return {view.name: view.version for view in VIEW_TUPLE}
+# Each version hashes its definition and dbt SQL; the views are fixed at import.
+VIEW_VERSIONS = {view.name: view.version for view in VIEW_TUPLE}
 
 
 def _read_json(path: Path, what: str, fix: str) -> dict:
@@ -117,7 +117,7 @@ def training_set(
         )
     content = frame.select("transaction_id", "label", "split").hash_rows(seed=0).to_numpy().tobytes()
     dataset_version = hashlib.sha256(
-        json.dumps({"views": _view_versions(), "as_of": as_of.isoformat()}).encode() + content
+        json.dumps({"views": VIEW_VERSIONS, "as_of": as_of.isoformat()}).encode() + content
     ).hexdigest()[:16]
     path = paths.table("training_set") / f"as_of={as_of:%Y-%m-%d}" / "data.parquet"
     write_parquet_atomic(frame, path)
@@ -140,7 +140,7 @@ def training_set(
         "path": str(path),
         "rows": frame.height,
         "positives": int(frame["label"].sum()),
-        "feature_view_versions": _view_versions(),
+        "feature_view_versions": VIEW_VERSIONS,
         "feature_columns": modeling.feature_columns(VIEW_TUPLE),
         "splits": {row["split"]: {k: str(v) for k, v in row.items()} for row in by_split.to_dicts()},
         "rows_with_default_features": defaults,
@@ -155,7 +155,7 @@ def training_set(
             "positive_rate": round(float(frame["label"].mean()), 5),
             "splits": dg.MetadataValue.md(markdown_table(by_split.to_dicts())),
             "time_range": f"{frame['event_time'].min()} → {frame['event_time'].max()}",
-            "feature_view_versions": dg.MetadataValue.json(_view_versions()),
+            "feature_view_versions": dg.MetadataValue.json(VIEW_VERSIONS),
             "rows_with_default_features": dg.MetadataValue.json(defaults),
             "path": dg.MetadataValue.path(str(path)),
         },
@@ -415,7 +415,7 @@ def load_booster(mlflow_tracking: MlflowTrackingResource, region: str, version: 
 
     key = (mlflow_tracking.uri(), region, version)
     if key not in _BOOSTERS:
-        mlflow_tracking.client()
+        mlflow_tracking.client()  # points mlflow's global registry URI at this resource's store
         _BOOSTERS[key] = mlflow.lightgbm.load_model(f"models:/{registry.model_name(region)}/{version}")
     return _BOOSTERS[key]
 
@@ -575,7 +575,7 @@ def score_frame(booster, frame: pl.DataFrame, model: str, version: int) -> pl.Da
         pl.Series("score", scores, dtype=pl.Float64),
         pl.lit(model).alias("model_name"),
         pl.lit(version, dtype=pl.Int32).alias("model_version"),
-        *(pl.lit(v).alias(f"{name}_view_version") for name, v in _view_versions().items()),
+        *(pl.lit(v).alias(f"{name}_view_version") for name, v in VIEW_VERSIONS.items()),
     )
 
 
@@ -650,7 +650,7 @@ def fraud_predictions(
             "model_versions": dg.MetadataValue.json(
                 sorted({f"{r['region']}:v{r['model_version']}" for r in per_day})
             ),
-            "feature_view_versions": dg.MetadataValue.json(_view_versions()),
+            "feature_view_versions": dg.MetadataValue.json(VIEW_VERSIONS),
             "per_day": dg.MetadataValue.md(markdown_table(per_day)),
         }
     )

@@ -62,14 +62,7 @@ def prepare(home: Path, rows: int) -> None:
 
     prepare_environment(home)
     defs = load_definitions_module().defs
-    quiet = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
-    plan = RunPlan(
-        pipeline_config={"resources": {"source": {"config": {"rows_per_day": rows}}}, **quiet},
-        training_config=quiet,
-        quiet_config=quiet,
-        train=False,
-        score_days=0,
-    )
+    plan = RunPlan.pipeline_only(rows)
     with dg.DagsterInstance.get() as instance:
         outcome = run_region(defs, instance, REGION, list(DAYS), plan, home / "logs")
     if not outcome.success:

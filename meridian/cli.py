@@ -104,6 +104,18 @@ class RunPlan:
     train: bool = True
     score_days: int = 7
 
+    @classmethod
+    def pipeline_only(cls, rows_per_day: int, log_level: str = "WARNING") -> RunPlan:
+        """Ingest and transform only (the benchmarks)."""
+        quiet = {"loggers": {"console": {"config": {"log_level": log_level}}}}
+        return cls(
+            pipeline_config={"resources": {"source": {"config": {"rows_per_day": rows_per_day}}}, **quiet},
+            training_config=quiet,
+            quiet_config=quiet,
+            train=False,
+            score_days=0,
+        )
+
 
 def _progress_listener(outcome: RegionOutcome, started: float, out: TextIO):
     def on_event(entry) -> None:  # EventLogEntry

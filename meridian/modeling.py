@@ -42,7 +42,9 @@ def transaction_entities_sql(region: Region, source: str, where: str, extra: str
         "t.amount_usd::double as amount_usd, "
         "(t.channel = 'ecom')::int as is_ecom, (t.channel = 'contactless')::int as is_contactless, "
         f"(t.country not in ({countries}))::int as is_foreign, "
-        f"hour(timezone('{region.timezone}', t.event_time::timestamptz))::int as local_hour"
+        # event_time is naive UTC; reading it as UTC explicitly keeps the hour independent of
+        # the connection's TimeZone setting (DuckDB defaults it to the host's zone).
+        f"hour(timezone('{region.timezone}', timezone('UTC', t.event_time)))::int as local_hour"
         f"{', ' + extra if extra else ''} "
         f"from {source} as t where {where}"
     )
@@ -186,6 +188,10 @@ class Splits:
         )
 
 
+# Parameters the search pins rather than samples (bagging every iteration).
+FIXED_SEARCH_PARAMS: dict[str, object] = {"bagging_freq": 1}
+
+
 def _search_space(trial: optuna.Trial) -> dict[str, object]:
     return {
         "learning_rate": trial.suggest_float("learning_rate", 0.02, 0.3, log=True),
@@ -193,7 +199,7 @@ def _search_space(trial: optuna.Trial) -> dict[str, object]:
         "min_child_samples": trial.suggest_int("min_child_samples", 10, 200, log=True),
         "feature_fraction": trial.suggest_float("feature_fraction", 0.5, 1.0),
         "bagging_fraction": trial.suggest_float("bagging_fraction", 0.5, 1.0),
-        "bagging_freq": 1,
+        **FIXED_SEARCH_PARAMS,
         "lambda_l2": trial.suggest_float("lambda_l2", 1e-3, 10.0, log=True),
         "scale_pos_weight": trial.suggest_float("scale_pos_weight", 1.0, 10.0, log=True),
     }
@@ -279,18 +285,13 @@ def tune(
         for t in study.trials
     ]
     return TuningResult(
-        best_params={**_search_space_fixed(), **study.best_params},
+        best_params={**FIXED_SEARCH_PARAMS, **study.best_params},
         best_value=float(study.best_value),
         best_iteration=best_rounds[study.best_trial.number],
         trials=trials,
         seconds=seconds,
         stopped_by="trials" if len(study.trials) >= n_trials else "timeout",
     )
-
-
-def _search_space_fixed() -> dict[str, object]:
-    """Parameters the search space pins rather than samples."""
-    return {"bagging_freq": 1}
 
 
 @dataclass
@@ -321,7 +322,8 @@ def train(splits: Splits, params: dict[str, object], max_rounds: int = 1000) -> 
     )
     rounds = booster.best_iteration or booster.current_iteration()
     booster = lgb.Booster(model_str=booster.model_to_string(num_iteration=rounds))
-    metrics = {name: evaluate(splits.y[name], booster.predict(splits.x[name])) for name in splits.x}
+    scores = {name: booster.predict(splits.x[name]) for name in splits.x}
+    metrics = {name: evaluate(splits.y[name], scores[name]) for name in splits.x}
     flat_history = {
         f"{split}_{metric}": values for split, by in history.items() for metric, values in by.items()
     }
@@ -330,7 +332,7 @@ def train(splits: Splits, params: dict[str, object], max_rounds: int = 1000) -> 
         params={**full_params, "num_boost_round": rounds},
         history=flat_history,
         metrics=metrics,
-        test_scores=booster.predict(splits.x["test"]),
+        test_scores=scores["test"],
     )
 
 

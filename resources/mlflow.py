@@ -170,11 +170,13 @@ class MlflowTrackingResource(dg.ConfigurableResource):
         artifact_root: Path | None = None,
         tags: dict[str, str] | None = None,
     ) -> Iterator[object]:
-        """An active MLflow run for (Dagster run, region, stage), ended when the block ends."""
+        """An active MLflow run for (Dagster run, region, stage), ended when the block ends.
+
+        Callers run `preflight()` first, before the work whose results they will log.
+        """
         import mlflow
         from mlflow.entities import RunStatus
 
-        self.preflight()
         local = urlparse(self.uri()).scheme in ("sqlite", "file", "")
         self.ensure_experiment(region, artifact_root if local else None)
         if mlflow.active_run() is not None:

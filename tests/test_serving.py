@@ -8,7 +8,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from datetime import datetime
+from datetime import UTC
 from pathlib import Path
 
 import dagster as dg
@@ -198,11 +198,7 @@ def test_request_features_match_the_offline_sql(service):
             country=r["country"],
             event_time=r["event_time"],
         )
-        at = (
-            r["event_time"]
-            if r["event_time"].tzinfo
-            else r["event_time"].replace(tzinfo=datetime.now().astimezone().tzinfo)
-        )
+        at = r["event_time"] if r["event_time"].tzinfo else r["event_time"].replace(tzinfo=UTC)  # naive = UTC
         got = live.request_features(txn, at)
         for name in modeling.TRANSACTION_FEATURES:
             assert got[name] == pytest.approx(float(r[name]), abs=1e-9), (name, r)
