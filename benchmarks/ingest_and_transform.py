@@ -2,7 +2,8 @@
 
 The floor is the same work without Dagster and without the dbt CLI: the same Python
 generator, validation and atomic Parquet writes, then the SQL that dbt compiles for
-the same models and tests, executed directly in DuckDB in dependency order.
+the same models and tests, executed directly in DuckDB in dependency order, and the same
+online-store writes the pipeline's `online_features` asset makes.
 
 Each measurement runs in a child process of this script (so imports and caches of one
 path never help the other); its wall time and the peak RSS of its whole process tree
@@ -63,14 +64,7 @@ def phase_dagster(home: Path, rows: int, n_days: int) -> None:
     import dagster as dg
 
     defs = load_definitions_module().defs
-    quiet = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
-    plan = RunPlan(
-        pipeline_config={"resources": {"source": {"config": {"rows_per_day": rows}}}, **quiet},
-        training_config=quiet,
-        quiet_config=quiet,
-        train=False,
-        score_days=0,
-    )
+    plan = RunPlan.pipeline_only(rows)
     with dg.DagsterInstance.get() as instance:
         outcome = run_region(defs, instance, REGION, _days(n_days), plan, home / "logs")
     if not outcome.success:
@@ -113,6 +107,16 @@ def phase_direct(home: Path, rows: int, n_days: int, compiled: Path) -> None:
     failures = 0
     for test in sorted((compiled / "tests").rglob("*.sql")) + sorted(models.rglob("*/*.yml/*.sql")):
         failures += con.execute(f"select count(*) from ({test.read_text()})").fetchall()[0][0]
+    # The pipeline also keeps the online store current (assets/online.py): the same writes here.
+    from assets.features import VIEWS
+    from assets.online import online_rows
+    from meridian.online_store import SqliteOnlineStore
+
+    store = SqliteOnlineStore(paths.root / "online" / "online_store.db")
+    for d in _days(n_days):
+        for view in VIEWS.values():
+            store.write(online_rows(con, view, d))
+    store.close()
     con.close()
     if failures:
         raise SystemExit(f"direct path: {failures} failing test rows")
