@@ -4,6 +4,7 @@ import dagster as dg
 
 from assets.ml import INFERENCE_GROUP, ML_GROUP
 from assets.partitions import REGION_DAY_PARTITIONS, REGION_PARTITIONS, TOPOLOGY
+from assets.serving import SERVING_GROUP
 
 REGIONAL_PIPELINE_JOB = "regional_pipeline"
 ML_TRAINING_JOB = "ml_training"
@@ -11,7 +12,7 @@ BATCH_INFERENCE_JOB = "batch_inference"
 
 regional_pipeline = dg.define_asset_job(
     REGIONAL_PIPELINE_JOB,
-    selection=dg.AssetSelection.all() - dg.AssetSelection.groups(ML_GROUP, INFERENCE_GROUP),
+    selection=dg.AssetSelection.all() - dg.AssetSelection.groups(ML_GROUP, INFERENCE_GROUP, SERVING_GROUP),
     partitions_def=REGION_DAY_PARTITIONS,
     description="Ingest and transform region-days: lake, quarantine, dbt staging, labels and features.",
 )

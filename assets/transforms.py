@@ -48,6 +48,16 @@ class MeridianDbtTranslator(DagsterDbtTranslator):
             return spec
         folder = props["fqn"][1] if len(props["fqn"]) > 2 else ""
         group = "reference" if props["resource_type"] == "seed" else GROUP_BY_FOLDER.get(folder, "transforms")
+        if props["name"] == "stg_transactions":
+            # The scoring service's transactions land in the same lake table (assets/serving.py).
+            spec = spec.merge_attributes(
+                deps=[
+                    dg.AssetDep(
+                        "served_transactions",
+                        partition_mapping=dg.MultiToSingleDimensionPartitionMapping("region"),
+                    )
+                ]
+            )
         return spec.replace_attributes(
             group_name=group,
             owners=["team:fraud-data"],

@@ -30,6 +30,7 @@ from assets.ml import (
     training_set,
 )
 from assets.online import online_features
+from assets.serving import deployment_config, serving_stream, serving_stream_job, serving_stream_sensor
 from assets.transforms import dbt_project, regional_dbt_models
 from resources.lake import RegionalLakeResource
 from resources.mlflow import MlflowTrackingResource
@@ -78,8 +79,11 @@ defs = dg.Definitions(
         fraud_model,
         fraud_model_promotion,
         fraud_predictions,
+        deployment_config,
+        serving_stream,
     ],
-    jobs=[regional_pipeline, ml_training, batch_inference, rollback_champion],
+    jobs=[regional_pipeline, ml_training, batch_inference, rollback_champion, serving_stream_job],
+    sensors=[serving_stream_sensor],
     schedules=[daily_regional_schedule, daily_inference_schedule, weekly_retraining_schedule],
     resources=build_resources(os.environ.get("MERIDIAN_PROFILE", "local")),
     executor=dg.in_process_executor,

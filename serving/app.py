@@ -1,25 +1,38 @@
-"""Real-time scoring: online features + the region's champion model over HTTP.
+"""Real-time scoring: online features + the region's models over HTTP.
 
     POST /v1/{region}/score               a transaction → features → model → score
     GET  /v1/{region}/features/{customer} the customer's served features
     GET  /healthz                         the process is up
     GET  /readyz                          every region has a model and a reachable online store
 
-A request for region R is answered with R's online store and R's model only; a customer
+A request for region R is answered with R's online store and R's models only; a customer
 R has never seen is a 404, never a lookup elsewhere. Request features are computed
 exactly as the offline SQL computes them (meridian.modeling.transaction_entities_sql):
 amount in USD from the same currency seed, e-commerce / contactless channel, card used
-outside the region's countries, local hour in the region's time zone.
+outside the region's countries, local hour in the region's time zone. The customer's
+online row is folded with the transaction (meridian.push), as offline, and the folded row
+is pushed back to the online store in the background.
 
-Models come from the MLflow registry by alias (`champion`). A background thread polls
-the alias; when it moves, the new version is loaded beside the old one and swapped in
-with one reference assignment, so requests in flight finish on the model they started
-with and none fails during the swap.
+Models come from the MLflow registry by alias (`champion`, `challenger`). A background
+thread polls the aliases and the region's deployment config (meridian.deployment); when
+an alias moves, the new version is loaded beside the old one and swapped in with one
+reference assignment, so requests in flight finish on the model they started with and
+none fails during the swap. The deployment config picks who answers: the champion, an
+A/B split, a canary share, or the champion with the challenger scored in shadow.
+
+Every response is appended to the region's stream log (meridian.stream_log) without
+waiting for the disk; Dagster assets micro-batch it into the lake.
+
+Online store unavailable: 503 with the store's error, no fallback. A score from default
+features would be a silently different model; callers (the card authoriser) own the
+fallback rule for an unscored transaction.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import logging
 import threading
 import time
 import uuid
@@ -32,11 +45,15 @@ import numpy as np
 from fastapi import FastAPI, HTTPException, Path
 from pydantic import BaseModel, Field
 
-from meridian import registry
+from meridian import deployment, registry
 from meridian.feature_views import feature_views
-from meridian.online_store import OnlineStore, OnlineStoreUnavailable, serve, to_micros
+from meridian.online_store import OnlineRow, OnlineStore, OnlineStoreUnavailable, serve, to_micros
 from meridian.paths import REPO_ROOT, region_paths
+from meridian.push import PushQueue, fold
+from meridian.stream_log import StreamLogWriter, stream_dir
 from meridian.topology import Region, Topology
+
+log = logging.getLogger("meridian.serving")
 
 VIEWS = {view.name: view for view in feature_views()}
 CURRENCY_SEED = REPO_ROOT / "dbt_project" / "seeds" / "currency_rates.csv"
@@ -51,6 +68,8 @@ class Transaction(BaseModel):
     channel: Literal["pos", "contactless", "ecom"]
     country: str = Field(pattern=r"^[A-Z]{2}$")
     event_time: datetime | None = Field(default=None, description="default: now (UTC)")
+    device_id: str | None = Field(default=None, max_length=64, description="when known")
+    merchant_category: str | None = Field(default=None, max_length=64, description="when known")
 
 
 class Score(BaseModel):
@@ -71,34 +90,88 @@ class LoadedModel:
     booster: object
     columns: list[str]
 
+    def predict(self, values: dict[str, object]) -> float:
+        row = np.array([[_number(values[c]) for c in self.columns]], dtype=np.float64)
+        return float(self.booster.predict(row, num_threads=1)[0])
+
 
 class ModelHolder:
-    """The region's current champion; `current` is swapped atomically when the alias moves."""
+    """The region's models by alias; each is swapped atomically when its alias moves.
+
+    `models` is replaced as a whole (one reference assignment), so a request reads one
+    consistent {alias: model} snapshot even while a swap happens. A version already loaded
+    under either alias is reused, not loaded again.
+    """
+
+    ALIASES = (registry.CHAMPION, registry.CHALLENGER)
 
     def __init__(self, region: str, client, load):
         self.region = region
         self._client = client
-        self._load = load  # version -> booster
-        self.current: LoadedModel | None = None
+        self._load = load  # (region, version) -> booster
+        self.models: dict[str, LoadedModel] = {}
         self.last_error: str | None = None
 
+    @property
+    def current(self) -> LoadedModel | None:
+        return self.models.get(registry.CHAMPION)
+
     def refresh(self) -> bool:
-        """Load the alias's version if it moved; True when a new model was swapped in."""
-        version = registry.alias_version(self._client, registry.model_name(self.region), registry.CHAMPION)
-        if version is None or (self.current is not None and self.current.version == version):
+        """Load every alias whose version moved; True when anything was swapped in."""
+        name = registry.model_name(self.region)
+        held = self.models
+        by_version = {m.version: m for m in held.values()}
+        fresh: dict[str, LoadedModel] = {}
+        for alias in self.ALIASES:
+            version = registry.alias_version(self._client, name, alias)
+            if version is None:
+                continue
+            model = by_version.get(version)
+            if model is None:
+                booster = self._load(self.region, version)
+                model = LoadedModel(version, booster, booster.feature_name())
+                by_version[version] = model
+            fresh[alias] = model
+        if {a: m.version for a, m in fresh.items()} == {a: m.version for a, m in held.items()}:
             return False
-        booster = self._load(self.region, version)
-        self.current = LoadedModel(version, booster, booster.feature_name())
+        self.models = fresh
         return True
 
 
 class RegionService:
-    def __init__(self, region: Region, store: OnlineStore, models: ModelHolder, rates: dict[str, float]):
+    def __init__(
+        self,
+        region: Region,
+        store: OnlineStore,
+        models: ModelHolder,
+        rates: dict[str, float],
+        region_root,
+        stream: StreamLogWriter | None,
+        push: PushQueue | None,
+    ):
         self.region = region
         self.store = store
         self.models = models
         self.rates = rates
         self.zone = ZoneInfo(region.timezone)
+        self.region_root = region_root
+        self.stream = stream
+        self.push = push
+        self.deployment = deployment.load(region_root, region.name)
+        self._deployment_mtime = self._config_mtime()
+
+    def _config_mtime(self) -> float | None:
+        path = deployment.config_path(self.region_root)
+        return path.stat().st_mtime_ns if path.exists() else None
+
+    def refresh_deployment(self) -> bool:
+        """Re-read the deployment config when its file changed (written atomically by the asset)."""
+        mtime = self._config_mtime()
+        if mtime == self._deployment_mtime:
+            return False
+        self.deployment = deployment.load(self.region_root, self.region.name)
+        self._deployment_mtime = mtime
+        return True
 
     def request_features(self, txn: Transaction, at: datetime) -> dict[str, float]:
         """TRANSACTION_FEATURES, computed as meridian.modeling.transaction_entities_sql does (tested)."""
@@ -112,20 +185,53 @@ class RegionService:
             "local_hour": float(at.astimezone(self.zone).hour),
         }
 
-    def view_features(self, txn: Transaction, now_us: int) -> tuple[dict[str, object], dict[str, str]]:
-        spend = self.store.read("customer_spend", txn.customer_id)
-        if spend is None:
+    def customer_row(self, customer_id: str) -> OnlineRow | None:
+        """The customer's latest row: a push not yet written, else the store's."""
+        view = VIEWS["customer_spend"].name
+        pending = self.push.latest(view, customer_id) if self.push else None
+        stored = self.store.read(view, customer_id)
+        if pending is None or (stored is not None and stored.event_time_us > pending.event_time_us):
+            return stored
+        return pending
+
+    def view_features(
+        self, txn: Transaction, amount_usd: float, at_us: int
+    ) -> tuple[dict[str, object], dict[str, str], OnlineRow | None]:
+        """Every view's features for this transaction, and the folded customer row to push.
+
+        The customer's row is folded with this transaction (meridian.push.fold), as the
+        offline row of a transaction includes it. A transaction older than the stored row
+        (out of order) is scored on the stored row and pushes nothing.
+        """
+        spend_view, risk_view = VIEWS["customer_spend"], VIEWS["merchant_risk"]
+        base = self.customer_row(txn.customer_id)
+        if base is None:
             raise HTTPException(404, detail=f"customer {txn.customer_id!r} is unknown in {self.region.name}")
-        risk = self.store.read("merchant_risk", txn.merchant_id)
-        values: dict[str, object] = {}
-        for view, row in ((VIEWS["customer_spend"], spend), (VIEWS["merchant_risk"], risk)):
-            for name, value in serve(view, row, now_us).items():
-                values[view.column(name)] = value
+        folded = None
+        if base.event_time_us <= at_us:
+            folded = fold(
+                base,
+                spend_view.name,
+                spend_view.version,
+                txn.customer_id,
+                at_us,
+                amount_usd,
+                txn.merchant_id,
+                txn.device_id,
+            )
+            spend = serve(spend_view, folded, at_us)
+        else:
+            spend = serve(spend_view, base, base.event_time_us)
+        risk_row = self.store.read(risk_view.name, txn.merchant_id)
+        values: dict[str, object] = {spend_view.column(n): v for n, v in spend.items()}
+        for name, value in serve(risk_view, risk_row, at_us).items():
+            values[risk_view.column(name)] = value
         # A merchant the store has not seen is served the view's defaults, of the current version.
-        return values, {
-            "customer_spend": spend.version,
-            "merchant_risk": risk.version if risk else VIEWS["merchant_risk"].version,
+        versions = {
+            spend_view.name: folded.version if folded else base.version,
+            risk_view.name: risk_row.version if risk_row else risk_view.version,
         }
+        return values, versions, folded
 
 
 def _rates() -> dict[str, float]:
@@ -141,12 +247,15 @@ def create_app(
     home=None,
     poll_seconds: float = 2.0,
     regions: list[str] | None = None,
+    stream_log: bool = True,
+    push: bool = True,
 ) -> FastAPI:
     """The service for `regions` (default: every active region).
 
     `open_store(region_paths)` opens a region's online store; `load_model(region, version)`
     loads a registered version's booster. /readyz is 200 when every served region has a
-    model and a reachable store.
+    model and a reachable store. `stream_log` appends every decision to the region's
+    stream log; `push` folds each scored transaction into the online store.
     """
     rates = _rates()
     served = regions or topology.active_region_names
@@ -162,7 +271,17 @@ def create_app(
             holder.refresh()
         except Exception as error:  # not ready until a model loads; /readyz says why
             holder.last_error = f"{type(error).__name__}: {error}"
-        services[region.name] = RegionService(region, open_store(region_paths(region, home)), holder, rates)
+        paths = region_paths(region, home)
+        store = open_store(paths)
+        services[region.name] = RegionService(
+            region,
+            store,
+            holder,
+            rates,
+            paths.root,
+            StreamLogWriter(stream_dir(paths.root)) if stream_log else None,
+            PushQueue(store) if push else None,
+        )
 
     stop = threading.Event()
 
@@ -172,12 +291,34 @@ def create_app(
                 try:
                     service.models.refresh()
                     service.models.last_error = None
-                except Exception as error:  # keep serving the model we have
+                except Exception as error:  # keep serving the models we have
                     service.models.last_error = f"{type(error).__name__}: {error}"
+                try:
+                    service.refresh_deployment()
+                except Exception as error:  # keep the config we have
+                    log.error(
+                        "deployment config of %s unreadable, keeping the last one: %s",
+                        service.region.name,
+                        error,
+                    )
 
-    app = FastAPI(title="Meridian scoring", version="1")
+    def shutdown() -> None:
+        stop.set()
+        for service in services.values():
+            if service.push:
+                service.push.close()
+            if service.stream:
+                service.stream.close()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI):
+        yield
+        shutdown()  # queued log entries and pushes are written before the process exits
+
+    app = FastAPI(title="Meridian scoring", version="1", lifespan=lifespan)
     app.state.services = services
     app.state.stop_polling = stop
+    app.state.shutdown = shutdown
     threading.Thread(target=poll, name="alias-poller", daemon=True).start()
 
     def service_for(region: str) -> RegionService:
@@ -195,13 +336,25 @@ def create_app(
     def readyz() -> dict[str, object]:
         status = {}
         for name, service in services.items():
-            model = service.models.current
+            models = service.models.models
             try:
                 service.store.ping()
                 store = "ok"
             except OnlineStoreUnavailable as error:
                 store = str(error)
-            status[name] = {"model_version": model.version if model else None, "online_store": store}
+            config = service.deployment
+            status[name] = {
+                "model_version": models[registry.CHAMPION].version if registry.CHAMPION in models else None,
+                "challenger_version": models[registry.CHALLENGER].version
+                if registry.CHALLENGER in models
+                else None,
+                "strategy": config.strategy,
+                "experiment_id": config.experiment_id,
+                "challenger_share": config.challenger_share,
+                "online_store": store,
+                "stream_log_dropped": service.stream.dropped if service.stream else 0,
+                "pending_pushes": len(service.push._pending) if service.push else 0,
+            }
         if any(s["model_version"] is None or s["online_store"] != "ok" for s in status.values()):
             raise HTTPException(503, detail=status)
         return status
@@ -216,38 +369,67 @@ def create_app(
     def score(txn: Transaction, region: str = Path(pattern=r"^[a-z]+-[a-z]+$")) -> Score:
         started = time.perf_counter()
         service = service_for(region)
-        model = service.models.current
-        if model is None:
+        models = service.models.models  # one snapshot for the whole request
+        champion = models.get(registry.CHAMPION)
+        if champion is None:
             raise HTTPException(
                 503, detail=f"no champion model is loaded for {region}: {service.models.last_error}"
             )
+        config = service.deployment
         at = txn.event_time or datetime.now(UTC)
         if at.tzinfo is None:
             at = at.replace(tzinfo=UTC)
+        at_us = to_micros(at)
+        request = service.request_features(txn, at)
         try:
-            values, versions = service.view_features(txn, to_micros(at))
+            values, versions, folded = service.view_features(txn, request["amount_usd"], at_us)
         except OnlineStoreUnavailable as error:
             raise HTTPException(503, detail=f"online store unavailable: {error}") from error
-        values.update(service.request_features(txn, at))
-        row = np.array([[_number(values[c]) for c in model.columns]], dtype=np.float64)
-        probability = float(model.booster.predict(row, num_threads=1)[0])
-        return Score(
+        values.update(request)
+        challenger = models.get(registry.CHALLENGER) if config.scores_challenger else None
+        variant = config.variant(txn.customer_id)
+        fallback = None
+        if variant == registry.CHALLENGER and challenger is None:
+            variant, fallback = registry.CHAMPION, "challenger alias not loaded: answered by the champion"
+        answering = challenger if variant == registry.CHALLENGER else champion
+        probability = answering.predict(values)
+        shadow = None
+        if config.strategy == "shadow" and challenger is not None:
+            shadow = {"variant": registry.CHALLENGER, "model_version": challenger.version}
+            shadow["score"] = challenger.predict(values)
+        if folded is not None and service.push is not None:
+            service.push.push(folded)
+        result = Score(
             request_id=str(uuid.uuid4()),
             region=region,
             transaction_id=txn.transaction_id,
             score=probability,
             model_name=registry.model_name(region),
-            model_version=model.version,
-            variant="champion",
+            model_version=answering.version,
+            variant=variant,
             feature_versions=versions,
             latency_ms=round((time.perf_counter() - started) * 1000, 3),
         )
+        if service.stream is not None:
+            service.stream.append(
+                {
+                    **result.model_dump(),
+                    "served_at": datetime.now(UTC).isoformat(),
+                    "strategy": config.strategy,
+                    "experiment_id": config.experiment_id,
+                    "challenger_share": config.challenger_share,
+                    "shadow": shadow,
+                    "fallback": fallback,
+                    "transaction": txn.model_dump(mode="json") | {"event_time": at.isoformat()},
+                }
+            )
+        return result
 
     @app.get("/v1/{region}/features/{customer_id}", responses=errors)
     def features(region: str, customer_id: str) -> dict[str, object]:
         service = service_for(region)
         try:
-            row = service.store.read("customer_spend", customer_id)
+            row = service.customer_row(customer_id)
         except OnlineStoreUnavailable as error:
             raise HTTPException(503, detail=f"online store unavailable: {error}") from error
         if row is None:

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import shutil
+import socket
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import hypothesis  # noqa: F401
@@ -32,3 +36,65 @@ def topology():
     from meridian.topology import load_topology
 
     return load_topology()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory) -> str:
+    """A throw-away redis-server (Debian's package; .ci/run installs it) on a free loopback port."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.fail("redis-server is not installed: `apt-get install redis-server` (.ci/run does this)")
+    port = free_port()
+    workdir = tmp_path_factory.mktemp("redis")
+    proc = subprocess.Popen(
+        [
+            binary,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(workdir),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"redis://127.0.0.1:{port}/0"
+    import redis
+
+    client = redis.Redis.from_url(url)
+    for _ in range(100):
+        try:
+            client.ping()
+            break
+        except redis.exceptions.ConnectionError:
+            time.sleep(0.05)
+    else:
+        proc.kill()
+        pytest.fail("redis-server did not start")
+    yield url
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+_KEY_SPACES = iter(range(1_000_000))
+
+
+def open_test_store(request, tmp_path: Path):
+    """A fresh online store on the backend the test is parametrized with (`sqlite` or `redis`)."""
+    from meridian.online_store import RedisOnlineStore, SqliteOnlineStore
+
+    if request.param == "sqlite":
+        return SqliteOnlineStore(tmp_path / "online.db")
+    # A fresh key space per test on the shared server.
+    return RedisOnlineStore(request.getfixturevalue("redis_url"), f"test-{next(_KEY_SPACES)}")

@@ -17,16 +17,19 @@ def defs() -> dg.Definitions:
 
 
 ML_ASSETS = ("training_set", "fraud_model_hyperparameters", "fraud_model", "fraud_model_promotion")
+# Per region: the deployment config and the serving stream's micro-batches (they follow the
+# service's clock, not the lake's days).
+SERVING_ASSETS = ("deployment_config", "served_transactions", "scoring_decisions")
 
 
 def test_every_regional_asset_is_partitioned_by_active_region(defs, topology):
     """Region × day for data; by region alone for what is trained on a region's whole history."""
     graph = defs.resolve_asset_graph()
     keys = {k.to_user_string() for k in graph.materializable_asset_keys}
-    assert set(REGIONAL_ASSETS) | set(ML_ASSETS) | {"fraud_predictions"} <= keys
+    assert set(REGIONAL_ASSETS) | set(ML_ASSETS) | set(SERVING_ASSETS) | {"fraud_predictions"} <= keys
     for key in graph.materializable_asset_keys:
         partitions = graph.get(key).partitions_def
-        if key.to_user_string() in ML_ASSETS:
+        if key.to_user_string() in ML_ASSETS + SERVING_ASSETS:
             assert isinstance(partitions, dg.StaticPartitionsDefinition), key
             assert partitions.get_partition_keys() == topology.active_region_names
             continue
@@ -65,7 +68,8 @@ def test_lineage_runs_from_ingestion_through_staging_to_features(defs):
     def parents(name: str) -> set[str]:
         return {k.to_user_string() for k in graph.get(dg.AssetKey(name)).parent_keys}
 
-    assert "raw_transactions" in parents("stg_transactions")
+    assert {"raw_transactions", "served_transactions"} <= parents("stg_transactions")
+    assert parents("deployment_config") == {"fraud_model_promotion"}
     assert "raw_labels" in parents("stg_labels")
     assert {"stg_transactions", "stg_labels"} <= parents("merchant_risk_features")
     assert {"stg_transactions", "stg_labels"} <= parents("labelled_events")
@@ -85,3 +89,21 @@ def test_an_unknown_profile_is_refused_by_name():
     module = load_definitions_module()
     with pytest.raises(ValueError, match="MERIDIAN_PROFILE='staging' is not a known profile"):
         module.build_resources("staging")
+
+
+def test_the_stream_sensor_requests_a_microbatch_only_for_regions_whose_log_grew(defs, meridian_home):
+    from meridian.paths import region_paths
+    from meridian.stream_log import StreamLogWriter, stream_dir
+    from meridian.topology import load_topology
+
+    sensor = defs.resolve_sensor_def("serving_stream_sensor")
+    with dg.instance_for_test() as instance:
+        context = dg.build_sensor_context(instance=instance, resources=defs.resources)
+        assert list(sensor(context) or []) == []  # no log anywhere
+        region = load_topology().region("eu-west")
+        writer = StreamLogWriter(stream_dir(region_paths(region, meridian_home).root), flush_seconds=0.01)
+        writer.append({"request_id": "r-1"})
+        writer.close()
+        requests = list(sensor(dg.build_sensor_context(instance=instance, resources=defs.resources)))
+        assert [r.partition_key for r in requests] == ["eu-west"]
+        assert requests[0].run_key.startswith("eu-west-")

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
-import socket
-import subprocess
 import time
 from datetime import datetime
 from pathlib import Path
@@ -24,74 +21,20 @@ from meridian.online_store import (
     OnlineRow,
     OnlineStoreUnavailable,
     RedisOnlineStore,
-    SqliteOnlineStore,
     serve,
     to_micros,
 )
 from resources.lake import RegionalLakeResource
 from resources.online_store import OnlineStoreResource
 from resources.source import TransactionSourceResource
+from tests.conftest import free_port, open_test_store
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def redis_url(tmp_path_factory) -> str:
-    """A throw-away redis-server (Debian's package; .ci/run installs it) on a free loopback port."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        pytest.fail("redis-server is not installed: `apt-get install redis-server` (.ci/run does this)")
-    port = _free_port()
-    workdir = tmp_path_factory.mktemp("redis")
-    proc = subprocess.Popen(
-        [
-            binary,
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(workdir),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"redis://127.0.0.1:{port}/0"
-    import redis
-
-    client = redis.Redis.from_url(url)
-    for _ in range(100):
-        try:
-            client.ping()
-            break
-        except redis.exceptions.ConnectionError:
-            time.sleep(0.05)
-    else:
-        proc.kill()
-        pytest.fail("redis-server did not start")
-    yield url
-    proc.terminate()
-    proc.wait(timeout=10)
-
-
-_REGION_COUNTER = iter(range(1_000_000))
+_EXAMPLES = iter(range(1_000_000))
 
 
 @pytest.fixture(params=["sqlite", "redis"])
 def store(request, tmp_path: Path):
-    if request.param == "sqlite":
-        s = SqliteOnlineStore(tmp_path / "online.db")
-    else:
-        # A fresh key space per test on the shared server.
-        s = RedisOnlineStore(request.getfixturevalue("redis_url"), f"test-{next(_REGION_COUNTER)}")
+    s = open_test_store(request, tmp_path)
     yield s
     s.close()
 
@@ -131,7 +74,7 @@ writes = st.lists(
 @given(sequence=writes)
 def test_batch_and_push_in_any_order_never_move_a_value_back_in_time(store, sequence):
     entities = {e for _, e, _ in sequence}
-    prefix = f"example-{next(_REGION_COUNTER)}-"  # fresh entities per example (the store is shared)
+    prefix = f"example-{next(_EXAMPLES)}-"  # fresh entities per example (the store is shared)
     seen: dict[str, int] = {}
     for source, entity, t in sequence:
         key = prefix + entity
@@ -157,7 +100,7 @@ def test_serving_applies_the_ttl_and_the_documented_defaults():
 
 
 def test_an_unreachable_redis_is_a_clear_error():
-    down = RedisOnlineStore(f"redis://127.0.0.1:{_free_port()}/0", "us-east", timeout_seconds=1)
+    down = RedisOnlineStore(f"redis://127.0.0.1:{free_port()}/0", "us-east", timeout_seconds=1)
     started = time.monotonic()
     with pytest.raises(OnlineStoreUnavailable, match="unreachable"):
         down.read("customer_spend", "c1")

@@ -97,8 +97,8 @@ def service(tmp_path_factory):
             time.sleep(0.05)
         yield {"url": f"http://127.0.0.1:{port}", "home": home, "app": app}
         server.should_exit = True
-        app.state.stop_polling.set()
         thread.join(timeout=10)
+        app.state.shutdown()
 
 
 def _call(url: str, body: object | None = None, raw: bytes | None = None) -> tuple[int, dict]:
@@ -232,6 +232,134 @@ def test_an_alias_move_is_picked_up_live_without_a_failed_request(service):
         load.join()
     assert versions == {1, 2}
     assert statuses and set(statuses) == {200}, f"{len(statuses)} requests, statuses {set(statuses)}"
+
+
+# ---------------------------------------------------------------- deployments
+
+
+def _deploy(service, **settings) -> dict:
+    """Materialize the region's deployment_config and wait until the service follows it."""
+    from assets.serving import deployment_config
+
+    result = dg.materialize(
+        [deployment_config],
+        resources=_resources(service["home"]),
+        partition_key=REGION,
+        run_config={"ops": {"deployment_config": {"config": settings}}},
+    )
+    assert result.success
+    written = result.asset_materializations_for_node("deployment_config")[0].metadata
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        status, ready = _call(service["url"] + "/readyz")
+        if (
+            status == 200
+            and ready[REGION]["experiment_id"] == written["experiment_id"].value
+            and (settings["strategy"] == "champion" or ready[REGION]["challenger_version"] is not None)
+        ):
+            return ready[REGION]
+        time.sleep(0.1)
+    raise AssertionError(f"the service did not pick up {settings}: {ready}")
+
+
+def _customers(home: Path, n: int) -> list[tuple[str, str]]:
+    paths = region_paths(load_topology().region(REGION), home)
+    with duckdb.connect(str(paths.warehouse), read_only=True) as con:
+        return con.sql(
+            "select customer_id, any_value(merchant_id order by event_time) from stg_transactions "
+            f"group by customer_id order by customer_id limit {n}"
+        ).fetchall()
+
+
+def _score_all(service, customers, tag: str) -> dict[str, dict]:
+    out = {}
+    for i, (customer, merchant) in enumerate(customers):
+        txn = {
+            "transaction_id": f"{tag}-{i}",
+            "customer_id": customer,
+            "merchant_id": merchant,
+            "amount": 20.0 + i % 50,
+            "currency": "EUR",
+            "channel": ["pos", "contactless", "ecom"][i % 3],
+            "country": "IE",
+            "event_time": f"{DAYS[-1]}T23:{i % 60:02d}:00Z",
+        }
+        status, body = _call(f"{service['url']}/v1/{REGION}/score", txn)
+        assert status == 200, body
+        out[customer] = body
+    return out
+
+
+def _z_ok(observed: float, expected: float, n: int) -> bool:
+    return abs(observed - expected) <= 3.89 * (expected * (1 - expected) / n) ** 0.5
+
+
+def test_ab_canary_and_shadow_route_as_configured_over_http(service):
+    from meridian.deployment import DeploymentConfig
+
+    home = service["home"]
+    _train(home, {"min_pr_auc_gain": 1.0})  # a new model that is not promoted: the challenger
+    client = MlflowTrackingResource(home=str(home)).client()
+    name = registry.model_name(REGION)
+    champion = registry.alias_version(client, name, registry.CHAMPION)
+    challenger = registry.alias_version(client, name, registry.CHALLENGER)
+    assert challenger is not None and challenger != champion
+    customers = _customers(home, 400)
+    assert len(customers) == 400
+
+    ready = _deploy(service, strategy="ab", challenger_weight=0.3)
+    assert ready["strategy"] == "ab" and ready["challenger_version"] == challenger
+    config = DeploymentConfig(
+        region=REGION, strategy="ab", experiment_id=ready["experiment_id"], challenger_weight=0.3
+    )
+    ab = _score_all(service, customers, "ab")
+    for customer, body in ab.items():
+        assert body["variant"] == config.variant(customer)  # exactly the documented assignment
+        assert body["model_version"] == (challenger if body["variant"] == "challenger" else champion)
+    share = sum(b["variant"] == "challenger" for b in ab.values()) / len(ab)
+    assert _z_ok(share, 0.3, len(ab)), share
+    again = _score_all(service, customers[:60], "ab-again")  # sticky
+    assert all(again[c]["variant"] == ab[c]["variant"] for c in again)
+
+    step0 = _deploy(service, strategy="canary", canary_step=0)
+    first = _score_all(service, customers, "canary-0")
+    _deploy(service, strategy="canary", canary_step=2)
+    third = _score_all(service, customers, "canary-2")
+    in0 = {c for c, b in first.items() if b["variant"] == "challenger"}
+    in2 = {c for c, b in third.items() if b["variant"] == "challenger"}
+    assert step0["challenger_share"] == 0.05 and _z_ok(len(in0) / 400, 0.05, 400)
+    assert _z_ok(len(in2) / 400, 0.5, 400) and in0 <= in2
+
+    _deploy(service, strategy="shadow")
+    shadowed = _score_all(service, customers[:50], "shadow")
+    assert {(b["variant"], b["model_version"]) for b in shadowed.values()} == {("champion", champion)}
+
+    # The stream log holds every decision; the micro-batch brings them and the served
+    # transactions into the lake, where the batch graph (the dbt staging view) reads them.
+    from assets.serving import serving_stream
+
+    time.sleep(0.5)  # two flush intervals of the stream log
+    result = dg.materialize([serving_stream], resources=_resources(home), partition_key=REGION)
+    assert result.success
+    paths = region_paths(load_topology().region(REGION), home)
+    import polars as pl
+
+    decisions = pl.read_parquet(paths.table("scoring_decisions") / "day=*" / "*.parquet")
+    answered = {b["request_id"] for batch in (ab, again, first, third, shadowed) for b in batch.values()}
+    assert answered <= set(decisions["request_id"])
+    shadow_rows = decisions.filter(pl.col("strategy") == "shadow")
+    assert shadow_rows.height >= 50 and shadow_rows["shadow_model_version"].unique().to_list() == [challenger]
+    assert shadow_rows["shadow_score"].is_not_null().all()
+    with duckdb.connect(str(paths.warehouse), read_only=True) as con:
+        served = {r[0] for r in con.sql("select transaction_id from stg_transactions").fetchall()}
+    sent = {f"{tag}-{i}" for tag, n in (("ab", 400), ("ab-again", 60), ("shadow", 50)) for i in range(n)}
+    assert sent <= served
+    again_result = dg.materialize([serving_stream], resources=_resources(home), partition_key=REGION)
+    assert again_result.success  # nothing new: idempotent, no duplicates
+    assert (
+        pl.read_parquet(paths.table("scoring_decisions") / "day=*" / "*.parquet").height == decisions.height
+    )
+    _deploy(service, strategy="champion")
 
 
 # ---------------------------------------------------------------- schemathesis

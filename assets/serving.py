@@ -1,0 +1,358 @@
+"""Serving in the graph: the deployment config the scoring service follows, and the
+micro-batches that bring what it served back into the lake.
+
+`deployment_config` (per region) writes `regions/<r>/deployment/config.json`, which the
+service re-reads within its poll interval: champion only, an A/B split, a canary step of
+a ramp, or shadow (meridian.deployment). Launch it from the UI with a config, e.g.
+{"strategy": "canary", "canary_step": 1} for the ramp's second step.
+
+`served_transactions` and `scoring_decisions` (per region) read the part of the region's
+stream log (meridian.stream_log) not yet consumed and merge it into the lake:
+transactions into `raw_transactions/day=D/served.parquet` (by event day, validated like
+the source's; rejected rows into `quarantined_transactions/day=D/served.parquet`), so the
+next dbt run of day D computes features with them; decisions into
+`scoring_decisions/day=D/data.parquet` (by the day they were served). The sensor
+`serving_stream_sensor` launches them when the log has grown. Each file is merged (dedup
+by id) and replaced atomically, and the consumed offsets are written last: a run that
+dies midway is re-done by the next one with the same result.
+"""
+
+import json
+from datetime import UTC, date, datetime
+
+import dagster as dg
+import polars as pl
+from pydantic import Field
+
+from assets.ml import REGION_PARTITIONS, fraud_model_promotion
+from meridian import deployment, registry
+from meridian.lake import partition_file, write_bytes_atomic, write_parquet_atomic
+from meridian.locks import file_lock
+from meridian.paths import RegionPaths
+from meridian.report import markdown_table
+from meridian.stream_log import read_new, stream_dir
+from meridian.validation import TRANSACTION_COLUMNS, validate_transactions
+from resources.lake import RegionalLakeResource
+from resources.mlflow import MlflowTrackingResource
+from resources.topology import RegionTopologyResource
+
+SERVING_GROUP = "serving"
+SERVED_FILE = "served.parquet"
+DECISIONS_TABLE = "scoring_decisions"
+
+
+class DeploymentSettings(dg.Config):
+    strategy: str = Field(default="champion", description="champion | ab | canary | shadow")
+    challenger_weight: float = Field(default=0.1, description="ab: the challenger's share of customers")
+    canary_ramp: list[int] = Field(
+        default_factory=lambda: list(deployment.DEFAULT_RAMP), description="canary: percent per step"
+    )
+    canary_step: int = Field(default=0, description="canary: index into the ramp")
+    experiment_id: str | None = Field(
+        default=None, description="default: region-strategy-versions; a new id reshuffles assignment"
+    )
+
+
+@dg.asset(
+    partitions_def=REGION_PARTITIONS,
+    deps=[fraud_model_promotion],
+    group_name=SERVING_GROUP,
+    owners=["team:fraud-ml"],
+    kinds={"json"},
+    description="Which registered model answers the region's requests: champion, A/B, canary step or "
+    "shadow. The scoring service follows it within its poll interval.",
+)
+def deployment_config(
+    context: dg.AssetExecutionContext,
+    config: DeploymentSettings,
+    topology: RegionTopologyResource,
+    lake: RegionalLakeResource,
+    mlflow_tracking: MlflowTrackingResource,
+) -> dg.MaterializeResult:
+    region = context.partition_key
+    paths = lake.paths(topology.load(), region)
+    mlflow_tracking.preflight()
+    client = mlflow_tracking.client()
+    name = registry.model_name(region)
+    champion = registry.alias_version(client, name, registry.CHAMPION)
+    challenger = registry.alias_version(client, name, registry.CHALLENGER)
+    if champion is None:
+        raise dg.Failure(f"{name} has no champion: train and promote a model before deploying")
+    if config.strategy != "champion" and challenger is None:
+        raise dg.Failure(
+            f"strategy {config.strategy!r} needs a challenger, and {name} has none "
+            "(a promoted challenger becomes the champion; train a new one)"
+        )
+    experiment = config.experiment_id or (
+        f"{region}-{config.strategy}-v{champion}"
+        + (f"-v{challenger}" if config.strategy != "champion" else "")
+    )
+    try:
+        settings = deployment.DeploymentConfig(
+            region=region,
+            strategy=config.strategy,
+            experiment_id=experiment,
+            challenger_weight=config.challenger_weight if config.strategy == "ab" else 0.0,
+            canary_ramp=tuple(config.canary_ramp),
+            canary_step=config.canary_step,
+            champion_version=champion,
+            challenger_version=challenger if config.strategy != "champion" else None,
+        )
+    except ValueError as error:
+        raise dg.Failure(f"invalid deployment config for {region}: {error}") from error
+    path = deployment.save(settings, paths.root)
+    previous = context.instance.get_latest_materialization_event(context.asset_key)
+    context.log.info(f"{region}: {settings.strategy}, challenger share {settings.challenger_share:.0%}")
+    ramp = [
+        {"step": i, "challenger_percent": p, "current": "◀" if i == settings.canary_step else ""}
+        for i, p in enumerate(settings.canary_ramp)
+    ]
+    return dg.MaterializeResult(
+        metadata={
+            "strategy": settings.strategy,
+            "experiment_id": settings.experiment_id,
+            "challenger_share": settings.challenger_share,
+            "champion_version": champion,
+            "challenger_version": dg.MetadataValue.int(challenger) if challenger else "none",
+            "canary_ramp": dg.MetadataValue.md(markdown_table(ramp))
+            if settings.strategy == "canary"
+            else "not a canary",
+            "config_path": dg.MetadataValue.path(str(path)),
+            "config": dg.MetadataValue.json(json.loads(settings.model_dump_json())),
+            "replaces_materialization": previous.run_id if previous else "none",
+        }
+    )
+
+
+# ---------------------------------------------------------------- stream → lake
+
+
+def _offsets_path(paths: RegionPaths):
+    return paths.root / "stream" / "offsets.json"
+
+
+def _decisions_frame(entries: list[dict]) -> pl.DataFrame:
+    rows = []
+    for e in entries:
+        shadow = e.get("shadow") or {}
+        served_at = datetime.fromisoformat(e["served_at"]).astimezone(UTC)
+        rows.append(
+            {
+                "request_id": e["request_id"],
+                "served_at": served_at,
+                "transaction_id": e["transaction_id"],
+                "customer_id": e["transaction"]["customer_id"],
+                "strategy": e["strategy"],
+                "experiment_id": e["experiment_id"],
+                "challenger_share": float(e["challenger_share"]),
+                "variant": e["variant"],
+                "model_version": int(e["model_version"]),
+                "score": float(e["score"]),
+                "shadow_model_version": shadow.get("model_version"),
+                "shadow_score": shadow.get("score"),
+                "fallback": e.get("fallback"),
+                "latency_ms": float(e["latency_ms"]),
+                "feature_versions": json.dumps(e["feature_versions"], sort_keys=True),
+                "day": served_at.date().isoformat(),
+            }
+        )
+    schema = {
+        "request_id": pl.String,
+        "served_at": pl.Datetime("us", "UTC"),
+        "transaction_id": pl.String,
+        "customer_id": pl.String,
+        "strategy": pl.String,
+        "experiment_id": pl.String,
+        "challenger_share": pl.Float64,
+        "variant": pl.String,
+        "model_version": pl.Int64,
+        "score": pl.Float64,
+        "shadow_model_version": pl.Int64,
+        "shadow_score": pl.Float64,
+        "fallback": pl.String,
+        "latency_ms": pl.Float64,
+        "feature_versions": pl.String,
+        "day": pl.String,
+    }
+    return pl.DataFrame(rows, schema=schema)
+
+
+def _transactions_frame(entries: list[dict]) -> pl.DataFrame:
+    """The served transactions as the source delivers them (strings), for the same validation."""
+    rows = []
+    for e in entries:
+        t = e["transaction"]
+        at = datetime.fromisoformat(t["event_time"]).astimezone(UTC)
+        rows.append(
+            {
+                "transaction_id": t["transaction_id"],
+                "customer_id": t["customer_id"],
+                "merchant_id": t["merchant_id"],
+                "merchant_category": t.get("merchant_category"),
+                "amount": str(t["amount"]),
+                "currency": t["currency"],
+                "event_time": at.strftime("%Y-%m-%dT%H:%M:%S.%f") + "Z",
+                "channel": t["channel"],
+                "device_id": t.get("device_id"),
+                "country": t["country"],
+                "email": None,
+                "card_fingerprint": None,
+                "day": at.date().isoformat(),
+            }
+        )
+    return pl.DataFrame(rows, schema={c: pl.String for c in (*TRANSACTION_COLUMNS, "day")})
+
+
+def _merge(path, new: pl.DataFrame, key: list[str], sort: str) -> int:
+    """Existing file ∪ new rows, first occurrence of each key kept, replaced atomically."""
+    frame = pl.concat([pl.read_parquet(path), new], how="vertical_relaxed") if path.exists() else new
+    frame = frame.unique(subset=key, keep="first", maintain_order=True).sort(sort)
+    write_parquet_atomic(frame, path)
+    return frame.height
+
+
+@dg.multi_asset(
+    specs=[
+        dg.AssetSpec(
+            "served_transactions",
+            group_name=SERVING_GROUP,
+            owners=["team:fraud-data"],
+            kinds={"parquet"},
+            description="Transactions the scoring service served, merged into the region's "
+            "raw_transactions lake table (served.parquet per event day) for the next dbt run.",
+        ),
+        dg.AssetSpec(
+            DECISIONS_TABLE,
+            group_name=SERVING_GROUP,
+            owners=["team:fraud-ml"],
+            kinds={"parquet"},
+            description="Every scoring response (variant, model version, score, shadow score, "
+            "latency, feature versions) by day served, for A/B analysis and monitoring.",
+        ),
+    ],
+    partitions_def=REGION_PARTITIONS,
+    can_subset=False,
+)
+def serving_stream(
+    context: dg.AssetExecutionContext, topology: RegionTopologyResource, lake: RegionalLakeResource
+):
+    topo = topology.load()
+    region = topo.region(context.partition_key)
+    paths = lake.paths(topo, region.name)
+    offsets_file = _offsets_path(paths)
+    with file_lock(paths.root / "stream" / ".microbatch.lock"):
+        offsets = json.loads(offsets_file.read_text()) if offsets_file.exists() else {}
+        entries, new_offsets, bad = read_new(stream_dir(paths.root), offsets)
+        decisions = _decisions_frame(entries)
+        transactions = _transactions_frame(entries)
+        per_day: list[dict[str, object]] = []
+        quarantined_total = 0
+        for (day,), group in transactions.group_by("day", maintain_order=True):
+            checked = validate_transactions(group.drop("day"), date.fromisoformat(day), region.currencies)
+            accepted = checked.accepted
+            source_file = partition_file(paths.table("raw_transactions"), day)
+            quarantined = checked.quarantined
+            if source_file.exists():  # an id the source already delivered is not a second transaction
+                known = pl.read_parquet(source_file, columns=["transaction_id"])["transaction_id"]
+                clash = accepted.filter(pl.col("transaction_id").is_in(known.implode()))
+                if clash.height:
+                    accepted = accepted.filter(~pl.col("transaction_id").is_in(known.implode()))
+                    quarantined = pl.concat(
+                        [
+                            quarantined,
+                            clash.select(
+                                *[pl.col(c).cast(pl.String) for c in TRANSACTION_COLUMNS],
+                                reason=pl.lit("duplicate transaction_id (already delivered by the source)"),
+                            ),
+                        ],
+                        how="vertical_relaxed",
+                    )
+            day_dir = source_file.parent
+            held = _merge(day_dir / SERVED_FILE, accepted, ["transaction_id"], "event_time")
+            if quarantined.height:
+                qfile = paths.table("quarantined_transactions") / f"day={day}" / SERVED_FILE
+                _merge(qfile, quarantined, ["transaction_id", "reason"], "transaction_id")
+            quarantined_total += quarantined.height
+            per_day.append(
+                {
+                    "event_day": day,
+                    "new_rows": group.height,
+                    "accepted": accepted.height,
+                    "quarantined": quarantined.height,
+                    "served_rows_in_lake": held,
+                }
+            )
+        decision_days = []
+        for (day,), group in decisions.group_by("day", maintain_order=True):
+            held = _merge(
+                partition_file(paths.table(DECISIONS_TABLE), day),
+                group.drop("day"),
+                ["request_id"],
+                "served_at",
+            )
+            decision_days.append(
+                {"served_day": day, "new_decisions": group.height, "decisions_in_lake": held}
+            )
+        # Last: once this lands, the entries above count as consumed.
+        write_bytes_atomic(json.dumps(new_offsets, indent=1, sort_keys=True).encode(), offsets_file)
+    variants = (
+        decisions.group_by("variant", "model_version").len().sort("variant").to_dicts()
+        if decisions.height
+        else []
+    )
+    yield dg.MaterializeResult(
+        asset_key="served_transactions",
+        metadata={
+            "new_entries": len(entries),
+            "unparseable_lines": bad,
+            "quarantined": quarantined_total,
+            "per_event_day": dg.MetadataValue.md(markdown_table(per_day) if per_day else "nothing new"),
+            "stream_offsets": dg.MetadataValue.json(new_offsets),
+        },
+    )
+    yield dg.MaterializeResult(
+        asset_key=DECISIONS_TABLE,
+        metadata={
+            "new_decisions": decisions.height,
+            "per_served_day": dg.MetadataValue.md(
+                markdown_table(decision_days) if decision_days else "nothing new"
+            ),
+            "by_variant": dg.MetadataValue.md(markdown_table(variants) if variants else "nothing new"),
+        },
+    )
+
+
+serving_stream_job = dg.define_asset_job(
+    "serving_stream_microbatch",
+    selection=dg.AssetSelection.assets(serving_stream),
+    partitions_def=REGION_PARTITIONS,
+    description="Merge what the scoring service logged into the region's lake.",
+)
+
+
+def _stream_bytes(paths: RegionPaths) -> tuple[int, int]:
+    """(bytes in the region's stream log, bytes already consumed)."""
+    directory = stream_dir(paths.root)
+    total = sum(p.stat().st_size for p in directory.glob("*.jsonl")) if directory.exists() else 0
+    offsets_file = _offsets_path(paths)
+    consumed = sum(json.loads(offsets_file.read_text()).values()) if offsets_file.exists() else 0
+    return total, consumed
+
+
+@dg.sensor(
+    job=serving_stream_job,
+    minimum_interval_seconds=30,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="Micro-batches each region's serving stream log into its lake when it has grown.",
+)
+def serving_stream_sensor(
+    context: dg.SensorEvaluationContext, topology: RegionTopologyResource, lake: RegionalLakeResource
+):
+    topo = topology.load()
+    for name in topo.active_region_names:
+        total, consumed = _stream_bytes(lake.paths(topo, name))
+        if total > consumed:
+            # One request per log size: a tick that sees the same backlog does not launch twice.
+            yield dg.RunRequest(run_key=f"{name}-{total}", partition_key=name, tags={"meridian/region": name})
+        else:
+            context.log.debug(f"{name}: stream log fully consumed ({consumed} bytes)")

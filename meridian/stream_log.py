@@ -1,0 +1,155 @@
+"""The serving stream log: every scoring decision, with its transaction, as JSON lines.
+
+The scoring service appends one entry per response to `regions/<r>/stream/decisions/`.
+Two Dagster assets micro-batch it into the lake: the decisions (for A/B analysis and
+monitoring) and the served transactions (into `raw_transactions`, so the batch graph
+sees what was served). One log serves both, so a transaction and its decision can never
+disagree about having happened.
+
+Writing never blocks a response: `append` puts the entry on an in-memory queue and
+returns; a background thread writes whatever is queued every `flush_seconds` (or as soon
+as `max_batch` entries wait) with one `write` + `flush` to the operating system.
+
+Crash window (tested in tests/test_stream_log.py): a process that dies (SIGKILL, OOM)
+loses only entries still on the queue, i.e. those appended during the last
+`flush_seconds` (default 0.2 s), plus at most one partial last line, which readers skip.
+Entries flushed to the OS survive the process; surviving a power loss as well needs the
+fsync that follows every `fsync_seconds` (default 1 s). If the queue is full
+(`max_queue`, a writer that cannot keep up), the entry is dropped, never waited for, and
+counted in `dropped`, which the service reports on /readyz and in its logs.
+
+Files: one segment per writer (`<utc start>-<pid>-<n>.jsonl`), rotated at
+`segment_bytes`. Readers consume segments by byte offset, complete lines only.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import threading
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+log = logging.getLogger("meridian.stream_log")
+
+
+def stream_dir(region_root: Path) -> Path:
+    return region_root / "stream" / "decisions"
+
+
+class StreamLogWriter:
+    def __init__(
+        self,
+        directory: Path,
+        flush_seconds: float = 0.2,
+        fsync_seconds: float = 1.0,
+        max_batch: int = 2_000,
+        max_queue: int = 200_000,
+        segment_bytes: int = 64 * 2**20,
+    ):
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.flush_seconds = flush_seconds
+        self.fsync_seconds = fsync_seconds
+        self.max_batch = max_batch
+        self.segment_bytes = segment_bytes
+        self.dropped = 0
+        self.written = 0
+        self._queue: queue.Queue[str | None] = queue.Queue(maxsize=max_queue)
+        self._segment = 0
+        self._start = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+        self._handle = self._open()
+        self._last_fsync = time.monotonic()
+        self._thread = threading.Thread(target=self._run, name=f"stream-log-{self.directory}", daemon=True)
+        self._thread.start()
+
+    def _open(self):
+        self._segment += 1
+        name = f"{self._start}-{os.getpid()}-{self._segment:05d}.jsonl"
+        return open(self.directory / name, "a", encoding="utf-8")
+
+    @property
+    def current_segment(self) -> Path:
+        return Path(self._handle.name)
+
+    def append(self, entry: dict[str, object]) -> bool:
+        """Queue one entry; never blocks. False (and counted) when the queue is full."""
+        try:
+            self._queue.put_nowait(json.dumps(entry, separators=(",", ":"), default=str))
+            return True
+        except queue.Full:
+            self.dropped += 1
+            if self.dropped == 1 or self.dropped % 10_000 == 0:
+                log.error("stream log %s is not keeping up: %d entries dropped", self.directory, self.dropped)
+            return False
+
+    def _run(self) -> None:
+        done = False
+        while not done:
+            lines: list[str] = []
+            deadline = time.monotonic() + self.flush_seconds
+            while len(lines) < self.max_batch:
+                try:
+                    item = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
+                except queue.Empty:
+                    break
+                if item is None:
+                    done = True
+                    break
+                lines.append(item)
+            if lines:
+                self._write(lines)
+            if time.monotonic() - self._last_fsync >= self.fsync_seconds or done:
+                os.fsync(self._handle.fileno())
+                self._last_fsync = time.monotonic()
+        self._handle.close()
+
+    def _write(self, lines: list[str]) -> None:
+        self._handle.write("\n".join(lines) + "\n")
+        self._handle.flush()
+        self.written += len(lines)
+        if self._handle.tell() >= self.segment_bytes:
+            os.fsync(self._handle.fileno())
+            self._handle.close()
+            self._handle = self._open()
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Write everything queued, fsync, stop the thread."""
+        self._queue.put(None)
+        self._thread.join(timeout)
+
+
+def read_new(directory: Path, offsets: dict[str, int]) -> tuple[list[dict], dict[str, int], int]:
+    """Complete entries past `offsets` in every segment; the new offsets; lines that failed to parse.
+
+    A partial last line (a writer killed mid-write, or one still writing) is left for
+    the next read: the offset stops at the last newline. A complete line that is not
+    valid JSON cannot be fixed by waiting; it is counted and skipped.
+    """
+    entries: list[dict] = []
+    new_offsets = dict(offsets)
+    bad = 0
+    for path in sorted(Path(directory).glob("*.jsonl")) if Path(directory).exists() else []:
+        start = offsets.get(path.name, 0)
+        if path.stat().st_size <= start:
+            continue
+        with open(path, "rb") as handle:
+            handle.seek(start)
+            chunk = handle.read()
+        end = chunk.rfind(b"\n") + 1
+        for line in chunk[:end].splitlines():
+            try:
+                entries.append(json.loads(line))
+            except ValueError:
+                bad += 1
+        new_offsets[path.name] = start + end
+    return entries, new_offsets, bad
+
+
+def iter_all(directory: Path) -> Iterator[dict]:
+    entries, _, _ = read_new(directory, {})
+    yield from entries
