@@ -14,7 +14,6 @@ atomic per row. On equal event times the later write wins (a re-run is idempoten
 
 from __future__ import annotations
 
-import json
 import sqlite3
 import threading
 from collections.abc import Iterable, Sequence
@@ -22,6 +21,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Protocol
+
+import orjson
 
 from meridian.feature_store import FeatureView
 
@@ -52,6 +53,10 @@ class OnlineStore(Protocol):
     def count(self, view: str) -> int: ...
     def ping(self) -> None: ...
     def close(self) -> None: ...
+
+
+def _dumps(values: dict[str, object]) -> str:
+    return orjson.dumps(values).decode()
 
 
 def to_micros(ts: datetime) -> int:
@@ -129,7 +134,7 @@ class SqliteOnlineStore:
                 total += len(chunk)
                 con.executemany(
                     self.UPSERT,
-                    [(r.view, r.entity, r.event_time_us, r.version, json.dumps(r.values)) for r in chunk],
+                    [(r.view, r.entity, r.event_time_us, r.version, _dumps(r.values)) for r in chunk],
                 )
         applied = con.total_changes - before
         return WriteResult(applied=applied, stale=total - applied)
@@ -143,7 +148,7 @@ class SqliteOnlineStore:
             )
             .fetchone()
         )
-        return None if found is None else OnlineRow(view, entity, found[0], found[1], json.loads(found[2]))
+        return None if found is None else OnlineRow(view, entity, found[0], found[1], orjson.loads(found[2]))
 
     def read_many(self, view: str, entities: Sequence[str]) -> dict[str, OnlineRow]:
         out: dict[str, OnlineRow] = {}
@@ -155,7 +160,7 @@ class SqliteOnlineStore:
                 f"where view = ? and entity in ({marks})",
                 (view, *chunk),
             ):
-                out[entity] = OnlineRow(view, entity, t, version, json.loads(payload))
+                out[entity] = OnlineRow(view, entity, t, version, orjson.loads(payload))
         return out
 
     def count(self, view: str) -> int:
@@ -232,7 +237,7 @@ class RedisOnlineStore:
                 for r in chunk:
                     self._cas(
                         keys=[self._key(r.view, r.entity), self._index(r.view)],
-                        args=[r.event_time_us, r.version, json.dumps(r.values)],
+                        args=[r.event_time_us, r.version, _dumps(r.values)],
                         client=pipe,
                     )
                 return pipe.execute()
@@ -246,7 +251,7 @@ class RedisOnlineStore:
         found = self._guard(lambda: self._client.hmget(self._key(view, entity), "t", "v", "p"))
         if found[0] is None:
             return None
-        return OnlineRow(view, entity, int(found[0]), found[1].decode(), json.loads(found[2]))
+        return OnlineRow(view, entity, int(found[0]), found[1].decode(), orjson.loads(found[2]))
 
     def read_many(self, view: str, entities: Sequence[str]) -> dict[str, OnlineRow]:
         def run():
@@ -258,7 +263,7 @@ class RedisOnlineStore:
         out = {}
         for entity, (t, v, p) in zip(entities, self._guard(run), strict=True):
             if t is not None:
-                out[entity] = OnlineRow(view, entity, int(t), v.decode(), json.loads(p))
+                out[entity] = OnlineRow(view, entity, int(t), v.decode(), orjson.loads(p))
         return out
 
     def count(self, view: str) -> int:

@@ -10,7 +10,9 @@ import os
 from fastapi import FastAPI
 
 
-def build_app(poll_seconds: float = 2.0, regions: list[str] | None = None) -> FastAPI:
+def build_app(
+    poll_seconds: float = 2.0, regions: list[str] | None = None, stream_log: bool = True, push: bool = True
+) -> FastAPI:
     import mlflow
 
     from meridian.paths import meridian_home
@@ -37,4 +39,6 @@ def build_app(poll_seconds: float = 2.0, regions: list[str] | None = None) -> Fa
         home=meridian_home(),
         poll_seconds=poll_seconds,
         regions=regions,
+        stream_log=stream_log,
+        push=push,
     )
