@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from datetime import date
 from pathlib import Path
 
@@ -303,6 +304,81 @@ def test_the_readme_main_command_runs_regions_in_parallel_and_records_them_in_th
         assert len(instance.get_materialized_partitions(dg.AssetKey("customer_spend_features"))) == 30
         assert len(instance.get_materialized_partitions(dg.AssetKey("fraud_predictions"))) == 4
         assert instance.get_materialized_partitions(dg.AssetKey("fraud_model")) == {"ap-southeast", "eu-west"}
+    _the_readme_serve_command_answers_after_the_main_job(home, env)
+
+
+def _the_readme_serve_command_answers_after_the_main_job(home: Path, env: dict[str, str]) -> None:
+    """`meridian serve` on what `meridian run` left: scores eu-west's customers with eu-west's
+    champion, answers 404 for an ap-southeast customer asked at eu-west, and on SIGTERM
+    writes its stream log before it exits."""
+    import signal
+    import socket
+    import urllib.error
+    import urllib.request
+
+    from meridian.paths import region_paths
+    from meridian.stream_log import iter_all, stream_dir
+    from meridian.topology import load_topology
+
+    def known(region: str) -> tuple[str, str]:
+        paths = region_paths(load_topology().region(region), home)
+        with duckdb.connect(str(paths.warehouse), read_only=True) as con:
+            return con.sql("select customer_id, merchant_id from stg_transactions limit 1").fetchall()[0]
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen(
+        [sys.executable, "-m", "meridian.cli", "serve", "--port", str(port)],
+        cwd=REPO_ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+
+    def post(region: str, customer: str, merchant: str) -> tuple[int, dict]:
+        body = {
+            "transaction_id": f"readme-{region}",
+            "customer_id": customer,
+            "merchant_id": merchant,
+            "amount": 120,
+            "currency": "EUR",
+            "channel": "ecom",
+            "country": "BR",
+        }
+        request = urllib.request.Request(
+            f"{base}/v1/{region}/score", json.dumps(body).encode(), {"Content-Type": "application/json"}
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                return response.status, json.loads(response.read())
+        except urllib.error.HTTPError as error:
+            return error.code, json.loads(error.read())
+
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            assert server.poll() is None, server.stdout.read()
+            try:
+                with urllib.request.urlopen(f"{base}/readyz", timeout=2) as response:
+                    ready = json.loads(response.read())
+                    break
+            except OSError:
+                time.sleep(0.3)
+        else:
+            raise AssertionError("meridian serve was not ready within 90 s")
+        assert {r: v["model_version"] for r, v in ready.items()} == {"ap-southeast": 1, "eu-west": 1}
+        status, body = post("eu-west", *known("eu-west"))
+        assert status == 200 and body["model_name"] == "fraud-eu-west" and body["variant"] == "champion"
+        status, body = post("eu-west", *known("ap-southeast"))
+        assert status == 404 and "unknown in eu-west" in body["detail"]
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=30)
+    logged = list(iter_all(stream_dir(region_paths(load_topology().region("eu-west"), home).root)))
+    assert [e["transaction_id"] for e in logged] == ["readme-eu-west"]
 
 
 def test_the_main_command_refuses_an_unknown_region_before_any_work(tmp_path: Path):
