@@ -13,12 +13,13 @@ from datetime import datetime, timedelta
 
 import dagster as dg
 import duckdb
+import polars as pl
 
 from assets.features import VIEWS, view_asset_key
 from assets.partitions import REGION_DAY_PARTITIONS, days_by_region
 from meridian.feature_store import FeatureView, feature_tie_break
 from meridian.locks import file_lock
-from meridian.online_store import OnlineRow, to_micros
+from meridian.online_store import OnlineRow, encode_frame, to_micros
 from meridian.report import markdown_table
 from resources.lake import RegionalLakeResource
 from resources.online_store import OnlineStoreResource
@@ -41,7 +42,14 @@ def latest_rows_sql(view: FeatureView, day: str) -> str:
     )
 
 
+def latest_frame(con: duckdb.DuckDBPyConnection, view: FeatureView, day: str) -> pl.DataFrame:
+    """The view's latest rows of `day`, encoded for the online store (entity, event time, JSON)."""
+    frame = con.sql(latest_rows_sql(view, day)).pl()
+    return encode_frame(frame, "entity", "feature_time", [f.name for f in view.features])
+
+
 def online_rows(con: duckdb.DuckDBPyConnection, view: FeatureView, day: str) -> Iterator[OnlineRow]:
+    """The same rows as OnlineRow objects (tests compare the bulk path with it)."""
     cursor = con.cursor()
     cursor.execute(latest_rows_sql(view, day))
     names = [f.name for f in view.features]
@@ -86,7 +94,7 @@ def online_features(
             ):
                 for day in days:
                     for view in VIEWS.values():
-                        result = store.write(online_rows(con, view, day))
+                        result = store.write_frame(view.name, view.version, latest_frame(con, view, day))
                         per_day.append(
                             {
                                 "region": region,

@@ -109,13 +109,13 @@ def phase_direct(home: Path, rows: int, n_days: int, compiled: Path) -> None:
         failures += con.execute(f"select count(*) from ({test.read_text()})").fetchall()[0][0]
     # The pipeline also keeps the online store current (assets/online.py): the same writes here.
     from assets.features import VIEWS
-    from assets.online import online_rows
+    from assets.online import latest_frame
     from meridian.online_store import SqliteOnlineStore
 
     store = SqliteOnlineStore(paths.root / "online" / "online_store.db")
     for d in _days(n_days):
         for view in VIEWS.values():
-            store.write(online_rows(con, view, d))
+            store.write_frame(view.name, view.version, latest_frame(con, view, d))
     store.close()
     con.close()
     if failures:

@@ -234,6 +234,27 @@ def test_an_alias_move_is_picked_up_live_without_a_failed_request(service):
     assert statuses and set(statuses) == {200}, f"{len(statuses)} requests, statuses {set(statuses)}"
 
 
+def test_an_unreachable_online_store_is_a_503_naming_it_not_a_guess(service):
+    from meridian.online_store import RedisOnlineStore
+    from tests.conftest import free_port
+
+    live = service["app"].state.services[REGION]
+    healthy, pushes = live.store, live.push
+    live.store = RedisOnlineStore(f"redis://127.0.0.1:{free_port()}/0", REGION, timeout_seconds=0.5)
+    live.push = None
+    try:
+        status, body = _call(f"{service['url']}/v1/{REGION}/score", _known_transaction(service["home"]))
+        assert (
+            status == 503 and "online store unavailable" in body["detail"] and "unreachable" in body["detail"]
+        )
+        status, body = _call(f"{service['url']}/readyz")
+        assert status == 503 and "unreachable" in body["detail"][REGION]["online_store"]
+        assert _call(service["url"] + "/healthz")[0] == 200  # the process is alive, just not ready
+    finally:
+        live.store, live.push = healthy, pushes
+    assert _call(f"{service['url']}/v1/{REGION}/score", _known_transaction(service["home"]))[0] == 200
+
+
 # ---------------------------------------------------------------- deployments
 
 
