@@ -329,7 +329,16 @@ def _the_readme_serve_command_answers_after_the_main_job(home: Path, env: dict[s
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     server = subprocess.Popen(
-        [sys.executable, "-m", "meridian.cli", "serve", "--port", str(port)],
+        [
+            sys.executable,
+            "-m",
+            "meridian.cli",
+            "serve",
+            "--regions",
+            "ap-southeast,eu-west",
+            "--port",
+            str(port),
+        ],
         cwd=REPO_ROOT,
         env=env,
         stdout=subprocess.PIPE,
