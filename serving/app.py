@@ -162,9 +162,13 @@ class RegionService:
         self.deployment = deployment.load(region_root, region.name)
         self._deployment_mtime = self._config_mtime()
 
-    def _config_mtime(self) -> float | None:
-        path = deployment.config_path(self.region_root)
-        return path.stat().st_mtime_ns if path.exists() else None
+    def _config_mtime(self) -> tuple[int, int] | None:
+        """(inode, mtime): every atomic rewrite is a new inode, even within one clock tick."""
+        try:
+            stat = deployment.config_path(self.region_root).stat()
+        except FileNotFoundError:
+            return None
+        return stat.st_ino, stat.st_mtime_ns
 
     def refresh_deployment(self) -> bool:
         """Re-read the deployment config when its file changed (written atomically by the asset)."""

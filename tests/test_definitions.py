@@ -95,15 +95,17 @@ def test_the_stream_sensor_requests_a_microbatch_only_for_regions_whose_log_grew
     from meridian.paths import region_paths
     from meridian.stream_log import StreamLogWriter, stream_dir
     from meridian.topology import load_topology
+    from resources.lake import RegionalLakeResource
 
     sensor = defs.resolve_sensor_def("serving_stream_sensor")
+    resources = {**defs.resources, "lake": RegionalLakeResource(home=str(meridian_home))}
     with dg.instance_for_test() as instance:
-        context = dg.build_sensor_context(instance=instance, resources=defs.resources)
+        context = dg.build_sensor_context(instance=instance, resources=resources)
         assert list(sensor(context) or []) == []  # no log anywhere
         region = load_topology().region("eu-west")
         writer = StreamLogWriter(stream_dir(region_paths(region, meridian_home).root), flush_seconds=0.01)
         writer.append({"request_id": "r-1"})
         writer.close()
-        requests = list(sensor(dg.build_sensor_context(instance=instance, resources=defs.resources)))
+        requests = list(sensor(dg.build_sensor_context(instance=instance, resources=resources)))
         assert [r.partition_key for r in requests] == ["eu-west"]
         assert requests[0].run_key.startswith("eu-west-")

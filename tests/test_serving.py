@@ -276,6 +276,7 @@ def _deploy(service, **settings) -> dict:
         if (
             status == 200
             and ready[REGION]["experiment_id"] == written["experiment_id"].value
+            and ready[REGION]["challenger_share"] == written["challenger_share"].value
             and (settings["strategy"] == "champion" or ready[REGION]["challenger_version"] is not None)
         ):
             return ready[REGION]
