@@ -3,6 +3,7 @@
 import dagster as dg
 
 from assets.ml import INFERENCE_GROUP, ML_GROUP
+from assets.monitoring import MONITORING_GROUP
 from assets.partitions import REGION_DAY_PARTITIONS, REGION_PARTITIONS, TOPOLOGY
 from assets.serving import SERVING_GROUP
 
@@ -12,7 +13,8 @@ BATCH_INFERENCE_JOB = "batch_inference"
 
 regional_pipeline = dg.define_asset_job(
     REGIONAL_PIPELINE_JOB,
-    selection=dg.AssetSelection.all() - dg.AssetSelection.groups(ML_GROUP, INFERENCE_GROUP, SERVING_GROUP),
+    selection=dg.AssetSelection.all()
+    - dg.AssetSelection.groups(ML_GROUP, INFERENCE_GROUP, SERVING_GROUP, MONITORING_GROUP),
     partitions_def=REGION_DAY_PARTITIONS,
     description="Ingest and transform region-days: lake, quarantine, dbt staging, labels and features.",
 )

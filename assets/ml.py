@@ -61,7 +61,7 @@ def _write_json(payload: dict, path: Path) -> None:
     write_bytes_atomic(json.dumps(payload, indent=2, sort_keys=True, default=str).encode(), path)
 
 
-def _png_markdown(png: bytes, alt: str) -> dg.MarkdownMetadataValue:
+def png_markdown(png: bytes, alt: str) -> dg.MarkdownMetadataValue:
     return dg.MetadataValue.md(f"![{alt}](data:image/png;base64,{base64.b64encode(png).decode()})")
 
 
@@ -342,7 +342,7 @@ def fraud_model(
             )
         mlf.log_input(dataset, context="training")
         mlf.log_text(importance.write_csv(), "feature_importance.csv")
-        mlf.log_image(_png_image(png), "curves/roc_pr_test.png")
+        mlf.log_image(png_image(png), "curves/roc_pr_test.png")
         mlf.log_dict(manifest, "training_set_manifest.json")
         signature = infer_signature(example, trained.booster.predict(example.to_numpy()))
         logged = mlflow.lightgbm.log_model(
@@ -375,7 +375,7 @@ def fraud_model(
                     ]
                 )
             ),
-            "curves": _png_markdown(png, f"ROC and PR curves of fraud-{region} v{version}"),
+            "curves": png_markdown(png, f"ROC and PR curves of fraud-{region} v{version}"),
             "top_features": dg.MetadataValue.md(
                 markdown_table(importance.head(10).with_columns(pl.col("gain").round(1)).to_dicts())
             ),
@@ -390,7 +390,7 @@ def fraud_model(
     )
 
 
-def _png_image(png: bytes):
+def png_image(png: bytes):
     import io
 
     from PIL import Image

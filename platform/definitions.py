@@ -29,9 +29,17 @@ from assets.ml import (
     rollback_champion,
     training_set,
 )
+from assets.monitoring import (
+    drift_retraining_sensor,
+    feature_drift,
+    monitoring_job,
+    predictions_drift_sensor,
+    run_failure_alert_sensor,
+)
 from assets.online import online_features
 from assets.serving import deployment_config, serving_stream, serving_stream_job, serving_stream_sensor
 from assets.transforms import dbt_project, regional_dbt_models
+from resources.alerting import AlertingResource
 from resources.lake import RegionalLakeResource
 from resources.mlflow import MlflowTrackingResource
 from resources.online_store import OnlineStoreResource
@@ -59,6 +67,7 @@ def build_resources(profile: str) -> dict[str, object]:
             backend=os.environ.get("MERIDIAN_ONLINE_STORE", "sqlite"),
             redis_url=os.environ.get("MERIDIAN_REDIS_URL"),
         ),
+        "alerting": AlertingResource(webhook_url=os.environ.get("MERIDIAN_ALERT_WEBHOOK_URL")),
         "mlflow_tracking": MlflowTrackingResource(
             tracking_uri=os.environ.get("MERIDIAN_MLFLOW_TRACKING_URI"),
             ui_url=os.environ.get("MERIDIAN_MLFLOW_UI_URL", "http://127.0.0.1:5000"),
@@ -81,9 +90,22 @@ defs = dg.Definitions(
         fraud_predictions,
         deployment_config,
         serving_stream,
+        feature_drift,
     ],
-    jobs=[regional_pipeline, ml_training, batch_inference, rollback_champion, serving_stream_job],
-    sensors=[serving_stream_sensor],
+    jobs=[
+        regional_pipeline,
+        ml_training,
+        batch_inference,
+        rollback_champion,
+        serving_stream_job,
+        monitoring_job,
+    ],
+    sensors=[
+        serving_stream_sensor,
+        predictions_drift_sensor,
+        drift_retraining_sensor,
+        run_failure_alert_sensor,
+    ],
     schedules=[daily_regional_schedule, daily_inference_schedule, weekly_retraining_schedule],
     resources=build_resources(os.environ.get("MERIDIAN_PROFILE", "local")),
     executor=dg.in_process_executor,

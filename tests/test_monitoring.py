@@ -1,0 +1,157 @@
+"""Drift injected into one region raises its alert and launches its retraining; the other stays quiet."""
+
+from __future__ import annotations
+
+from datetime import date, timedelta
+from pathlib import Path
+
+import dagster as dg
+import polars as pl
+import pytest
+from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
+
+from assets.features import feature_view_assets
+from assets.ingestion import labels_ingestion, transactions_ingestion
+from assets.ml import (
+    fraud_model,
+    fraud_model_hyperparameters,
+    fraud_model_promotion,
+    fraud_predictions,
+    training_set,
+)
+from assets.monitoring import (
+    drift_retraining_sensor,
+    feature_drift,
+    predictions_drift_sensor,
+)
+from assets.transforms import regional_dbt_models
+from meridian.cli import load_definitions_module
+from resources.alerting import AlertingResource
+from resources.lake import RegionalLakeResource
+from resources.mlflow import MlflowTrackingResource
+from resources.source import TransactionSourceResource
+
+pytestmark = pytest.mark.e2e
+REGIONS = ("eu-west", "us-east")
+DRIFTED = "eu-west"
+START = date(2026, 1, 1)
+DAYS = [(START + timedelta(days=i)).isoformat() for i in range(50)]
+DRIFT_FROM = DAYS[48]
+
+
+def _resources(home: Path) -> dict[str, object]:
+    return {
+        **load_definitions_module().build_resources("local"),
+        "lake": RegionalLakeResource(home=str(home)),
+        "source": TransactionSourceResource(
+            rows_per_day=600,
+            malformed_rate=0.0,
+            fraud_rate=0.03,
+            drift_regions=[DRIFTED],
+            drift_start_day=DRIFT_FROM,
+            drift_magnitude=1.0,
+        ),
+        "mlflow_tracking": MlflowTrackingResource(home=str(home)),
+        "alerting": AlertingResource(path=str(home / "alerts" / "alerts.jsonl")),
+    }
+
+
+def _key(region: str, day: str) -> str:
+    return str(dg.MultiPartitionKey({"region": region, "day": day}))
+
+
+def test_drift_in_one_region_alerts_and_retrains_that_region_only(tmp_path: Path, monkeypatch):
+    home = tmp_path / "home"
+    monkeypatch.setenv("MERIDIAN_HOME", str(home))
+    resources = _resources(home)
+    with dg.instance_for_test() as instance:
+        for region in REGIONS:
+            pipeline = [transactions_ingestion, labels_ingestion, regional_dbt_models, feature_view_assets]
+            tags = {
+                ASSET_PARTITION_RANGE_START_TAG: _key(region, DAYS[0]),
+                ASSET_PARTITION_RANGE_END_TAG: _key(region, DAYS[-1]),
+            }
+            assert dg.materialize(pipeline, resources=resources, tags=tags, instance=instance).success
+            ml = [training_set, fraud_model_hyperparameters, fraud_model, fraud_model_promotion]
+            hp = {
+                "fraud_model_hyperparameters": {
+                    "config": {"n_trials": 2, "timeout_seconds": 60, "max_rounds": 80}
+                }
+            }
+            assert dg.materialize(
+                ml, resources=resources, partition_key=region, run_config={"ops": hp}, instance=instance
+            ).success
+            for day in DAYS[-2:]:
+                assert dg.materialize(
+                    [fraud_predictions],
+                    resources=resources,
+                    partition_key=_key(region, day),
+                    instance=instance,
+                ).success
+
+        # New predictions → the asset sensor asks for drift of exactly those region-days.
+        context = dg.build_sensor_context(instance=instance, resources=resources)
+        requests = list(predictions_drift_sensor(context))
+        assert sorted(r.partition_key for r in requests) == sorted(
+            _key(region, day) for region in REGIONS for day in DAYS[-2:]
+        )
+        assert (
+            list(predictions_drift_sensor(dg.build_sensor_context(instance=instance, cursor=context.cursor)))
+            == []
+        )
+        for request in requests:
+            result = dg.materialize(
+                [feature_drift],
+                resources=resources,
+                partition_key=request.partition_key,
+                instance=instance,
+                raise_on_error=False,
+            )
+            assert result.success
+            check = result.get_asset_check_evaluations()[0]
+            region = request.partition_key.split("|")[1]
+            if region == DRIFTED:
+                assert not check.passed and check.severity == dg.AssetCheckSeverity.ERROR
+            else:
+                assert check.passed, check.metadata
+
+        alerts = resources["alerting"].read()
+        drift_alerts = [a for a in alerts if a["source"] == "feature_drift"]
+        assert {a["region"] for a in drift_alerts} == {DRIFTED}
+        assert {a["severity"] for a in drift_alerts} == {"ERROR"}
+        drifted_columns = set().union(*(a["details"]["columns"] for a in drift_alerts))
+        assert "amount_usd" in drifted_columns
+
+        stored = pl.read_parquet(home / "regions" / "us-east" / "lake" / "drift" / "day=*" / "*.parquet")
+        assert set(stored["status"]) <= {"ok", "no_data"} and stored["column"].n_unique() >= 20
+
+        # ERROR drift → retraining of that region only; a second evaluation launches nothing.
+        retrain_context = dg.build_sensor_context(instance=instance, resources=resources)
+        launched = list(drift_retraining_sensor(retrain_context))
+        assert [(r.partition_key, r.tags["meridian/trigger"]) for r in launched] == [(DRIFTED, "drift")]
+        again = dg.build_sensor_context(instance=instance, resources=resources, cursor=retrain_context.cursor)
+        assert list(drift_retraining_sensor(again)) == []
+        retrain = dg.materialize(
+            [training_set, fraud_model_hyperparameters, fraud_model, fraud_model_promotion],
+            resources=resources,
+            partition_key=DRIFTED,
+            run_config={"ops": hp},
+            instance=instance,
+            tags=launched[0].tags,
+        )
+        assert retrain.success
+        # More ERROR drift of the same region inside the debounce window: not launched again.
+        result = dg.materialize(
+            [feature_drift], resources=resources, partition_key=_key(DRIFTED, DAYS[-1]), instance=instance
+        )
+        assert result.success
+        assert (
+            list(
+                drift_retraining_sensor(
+                    dg.build_sensor_context(instance=instance, resources=resources, cursor=again.cursor)
+                )
+            )
+            == []
+        )
+        retrain_alerts = [a for a in resources["alerting"].read() if a["source"] == "drift_retraining_sensor"]
+        assert [a["region"] for a in retrain_alerts] == [DRIFTED]
