@@ -98,14 +98,14 @@ def generate(rows: int, directory: Path, seed: int = 5) -> tuple[list[str], list
 def phase_meridian(directory: Path) -> None:
     import polars as pl
 
-    from meridian.drift import column_drift, psi_evidently_binning
+    from meridian.drift import frame_drift, psi_evidently_binning
 
     columns = json.loads((directory / "columns.json").read_text())
     reference = pl.read_parquet(directory / "reference.parquet")
     current = pl.read_parquet(directory / "current.parquet")
     kinds = {c: "numeric" for c in columns["numeric"]} | {c: "categorical" for c in columns["categorical"]}
     started = time.perf_counter()
-    results = {c: column_drift(c, reference[c], current[c], kind=k) for c, k in kinds.items()}
+    results = {r.column: r for r in frame_drift(reference, current, list(kinds), kinds=kinds)}
     seconds = time.perf_counter() - started
     psi = {c: psi_evidently_binning(reference[c], current[c], k) for c, k in kinds.items()}
     print(
