@@ -33,6 +33,8 @@ import polars as pl
 from pydantic import Field
 
 from assets.ml import (
+    ALL_DAYS_OF_REGION,
+    REGION_PARTITIONS,
     fraud_model_promotion,
     fraud_predictions,
     load_booster,
@@ -401,3 +403,123 @@ def run_failure_alert_sensor(context: dg.RunFailureSensorContext, alerting: Aler
 def _region_of(partition: str) -> str | None:
     parts = partition.split("|")
     return parts[-1] if len(parts) == 2 else (partition or None)
+
+
+# ---------------------------------------------------------------- performance
+
+
+class PerformanceConfig(dg.Config):
+    threshold: float = Field(default=0.5, description="operating threshold for precision and recall")
+    window_days: int = Field(default=7, description="matured days the check looks at")
+    max_pr_auc_drop: float = Field(
+        default=0.15, description="ERROR when the champion's recent PR-AUC is this far below its test PR-AUC"
+    )
+
+
+def matured_predictions(paths, con: duckdb.DuckDBPyConnection, as_of: datetime) -> pl.DataFrame:
+    """Every scored transaction whose label has matured by `as_of`, with its label."""
+    files = sorted(paths.table("predictions").glob("day=*/*.parquet"))
+    if not files:
+        return pl.DataFrame()
+    scored = pl.concat([pl.read_parquet(f) for f in files], how="vertical_relaxed").select(
+        "transaction_id", "event_day", "score", "model_version"
+    )
+    labels = con.sql(
+        f"select transaction_id, is_fraud::int as label from labelled_events "
+        f"where label_matures_at <= timestamp '{as_of:%Y-%m-%d %H:%M:%S}'"
+    ).pl()
+    return scored.join(labels, on="transaction_id", how="inner")
+
+
+def performance_rows(frame: pl.DataFrame, threshold: float) -> list[dict]:
+    """Metrics per (model version, day); a day with one class only says so instead of a number."""
+    rows = []
+    for (version, day), group in frame.group_by("model_version", "event_day", maintain_order=True):
+        row: dict[str, object] = {"model_version": int(version), "day": str(day), "rows": group.height}
+        try:
+            metrics = modeling.evaluate(group["label"].to_numpy(), group["score"].to_numpy(), threshold)
+            row.update({k: round(v, 5) for k, v in metrics.items() if k not in ("rows",)})
+            row["note"] = ""
+        except ValueError as error:
+            row["note"] = str(error)
+        rows.append(row)
+    return sorted(rows, key=lambda r: (r["day"], r["model_version"]))
+
+
+@dg.asset(
+    partitions_def=REGION_PARTITIONS,
+    deps=[
+        dg.AssetDep(fraud_predictions, partition_mapping=ALL_DAYS_OF_REGION),
+        dg.AssetDep("labelled_events", partition_mapping=ALL_DAYS_OF_REGION),
+    ],
+    group_name=MONITORING_GROUP,
+    owners=["team:fraud-ml"],
+    kinds={"polars"},
+    check_specs=[dg.AssetCheckSpec("champion_performance_holds", asset="model_performance", blocking=True)],
+    description="Once labels mature: ROC-AUC, PR-AUC, precision and recall at the threshold, "
+    "calibration (ECE), per model version and day; the champion's recent PR-AUC against its test PR-AUC.",
+)
+def model_performance(
+    context: dg.AssetExecutionContext,
+    config: PerformanceConfig,
+    topology: RegionTopologyResource,
+    lake: RegionalLakeResource,
+    mlflow_tracking: MlflowTrackingResource,
+    alerting: AlertingResource,
+):
+    region = context.partition_key
+    topo = topology.load()
+    paths = lake.paths(topo, region)
+    client = mlflow_tracking.client()
+    name = registry.model_name(region)
+    champion = registry.alias_version(client, name, registry.CHAMPION)
+    with (
+        file_lock(paths.warehouse_lock, shared=True),
+        duckdb.connect(str(paths.warehouse), read_only=True) as con,
+    ):
+        last_day = con.sql("select max(event_day) from stg_transactions").fetchall()[0][0]
+        as_of = datetime.combine(last_day + timedelta(days=1), datetime.min.time())
+        frame = matured_predictions(paths, con, as_of)
+    rows = performance_rows(frame, config.threshold) if frame.height else []
+    if rows:
+        lake.write_partition(
+            paths, "performance", as_of.date().isoformat(), pl.DataFrame(rows, infer_schema_length=None)
+        )
+    recent = (
+        frame.filter(
+            (pl.col("model_version") == champion)
+            & (pl.col("event_day") > (as_of.date() - timedelta(days=config.window_days + 10)))
+        )
+        if frame.height and champion
+        else pl.DataFrame()
+    )
+    check: dict[str, object] = {"champion_version": champion or "none", "as_of": as_of.date().isoformat()}
+    passed, reason = True, "no matured labels for the champion yet: nothing to judge"
+    if recent.height and champion:
+        try:
+            live = modeling.evaluate(recent["label"].to_numpy(), recent["score"].to_numpy(), config.threshold)
+            expected = float(client.get_model_version(name, str(champion)).tags.get("test_pr_auc", "nan"))
+            check.update(live_pr_auc=round(live["pr_auc"], 5), test_pr_auc=expected, rows=recent.height)
+            passed = not (live["pr_auc"] < expected - config.max_pr_auc_drop)
+            reason = (
+                f"PR-AUC {live['pr_auc']:.3f} on {recent.height} matured rows vs {expected:.3f} on its test split "
+                f"(allowed drop {config.max_pr_auc_drop})"
+            )
+        except ValueError as error:
+            reason = f"matured rows of the champion cannot be evaluated yet: {error}"
+    if not passed:
+        alerting.send("ERROR", region, "model_performance", f"performance:{region}:{champion}", reason, check)
+    yield dg.MaterializeResult(
+        metadata={
+            "as_of": as_of.date().isoformat(),
+            "matured_rows": frame.height,
+            "by_version_and_day": dg.MetadataValue.md(markdown_table(rows) if rows else reason),
+            "champion": reason,
+        }
+    )
+    yield dg.AssetCheckResult(
+        check_name="champion_performance_holds",
+        passed=passed,
+        severity=dg.AssetCheckSeverity.ERROR,
+        metadata={**check, "reason": reason},
+    )

@@ -32,6 +32,7 @@ from assets.ml import (
 from assets.monitoring import (
     drift_retraining_sensor,
     feature_drift,
+    model_performance,
     monitoring_job,
     predictions_drift_sensor,
     run_failure_alert_sensor,
@@ -91,6 +92,7 @@ defs = dg.Definitions(
         deployment_config,
         serving_stream,
         feature_drift,
+        model_performance,
     ],
     jobs=[
         regional_pipeline,

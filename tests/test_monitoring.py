@@ -22,6 +22,7 @@ from assets.ml import (
 from assets.monitoring import (
     drift_retraining_sensor,
     feature_drift,
+    model_performance,
     predictions_drift_sensor,
 )
 from assets.transforms import regional_dbt_models
@@ -155,3 +156,23 @@ def test_drift_in_one_region_alerts_and_retrains_that_region_only(tmp_path: Path
         )
         retrain_alerts = [a for a in resources["alerting"].read() if a["source"] == "drift_retraining_sensor"]
         assert [a["region"] for a in retrain_alerts] == [DRIFTED]
+
+        # Performance once labels mature: days whose chargeback window has passed.
+        for day in DAYS[34:38]:
+            assert dg.materialize(
+                [fraud_predictions],
+                resources=resources,
+                partition_key=_key("us-east", day),
+                instance=instance,
+            ).success
+        result = dg.materialize(
+            [model_performance], resources=resources, partition_key="us-east", instance=instance
+        )
+        assert result.success
+        check = result.get_asset_check_evaluations()[0]
+        assert check.passed and check.metadata["rows"].value == 4 * 600
+        assert 0 < check.metadata["live_pr_auc"].value <= 1
+        stored = pl.read_parquet(
+            home / "regions" / "us-east" / "lake" / "performance" / "day=*" / "*.parquet"
+        )
+        assert sorted(stored["day"].unique()) == DAYS[34:38] and set(stored["model_version"]) == {1}
