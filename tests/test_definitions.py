@@ -20,16 +20,25 @@ ML_ASSETS = ("training_set", "fraud_model_hyperparameters", "fraud_model", "frau
 # Per region: the deployment config and the serving stream's micro-batches (they follow the
 # service's clock, not the lake's days).
 SERVING_ASSETS = ("deployment_config", "served_transactions", "scoring_decisions")
+# Per region over all of its days: performance once labels mature.
+MONITORING_ASSETS = ("model_performance",)
 
 
 def test_every_regional_asset_is_partitioned_by_active_region(defs, topology):
     """Region × day for data; by region alone for what is trained on a region's whole history."""
     graph = defs.resolve_asset_graph()
     keys = {k.to_user_string() for k in graph.materializable_asset_keys}
-    assert set(REGIONAL_ASSETS) | set(ML_ASSETS) | set(SERVING_ASSETS) | {"fraud_predictions"} <= keys
+    assert (
+        set(REGIONAL_ASSETS)
+        | set(ML_ASSETS)
+        | set(SERVING_ASSETS)
+        | set(MONITORING_ASSETS)
+        | {"fraud_predictions", "feature_drift"}
+        <= keys
+    )
     for key in graph.materializable_asset_keys:
         partitions = graph.get(key).partitions_def
-        if key.to_user_string() in ML_ASSETS + SERVING_ASSETS:
+        if key.to_user_string() in ML_ASSETS + SERVING_ASSETS + MONITORING_ASSETS:
             assert isinstance(partitions, dg.StaticPartitionsDefinition), key
             assert partitions.get_partition_keys() == topology.active_region_names
             continue
