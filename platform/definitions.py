@@ -34,6 +34,7 @@ from assets.monitoring import (
     feature_drift,
     model_performance,
     monitoring_job,
+    platform_health,
     predictions_drift_sensor,
     run_failure_alert_sensor,
 )
@@ -93,6 +94,7 @@ defs = dg.Definitions(
         serving_stream,
         feature_drift,
         model_performance,
+        platform_health,
     ],
     jobs=[
         regional_pipeline,

@@ -23,6 +23,7 @@ from assets.monitoring import (
     drift_retraining_sensor,
     feature_drift,
     model_performance,
+    platform_health,
     predictions_drift_sensor,
 )
 from assets.transforms import regional_dbt_models
@@ -176,3 +177,16 @@ def test_drift_in_one_region_alerts_and_retrains_that_region_only(tmp_path: Path
             home / "regions" / "us-east" / "lake" / "performance" / "day=*" / "*.parquet"
         )
         assert sorted(stored["day"].unique()) == DAYS[34:38] and set(stored["model_version"]) == {1}
+
+        # The global view: every active region, drift and alerts where they happened.
+        health = dg.materialize([platform_health], resources=resources, instance=instance)
+        assert health.success
+        import json
+
+        view = {
+            r["region"]: r for r in json.loads((home / "platform" / "health.json").read_text())["regions"]
+        }
+        assert set(view) == {"us-east", "eu-west", "ap-southeast"}
+        assert view[DRIFTED]["drift"] == "error" and view[DRIFTED]["alerts_error_24h"] >= 1
+        assert view["us-east"]["drift"] == "ok" and view["us-east"]["alerts_error_24h"] == 0
+        assert view["ap-southeast"]["latest_lake_day"] == "none" and view["us-east"]["champion_version"] == 1
