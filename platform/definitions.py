@@ -30,6 +30,7 @@ from assets.ml import (
     training_set,
 )
 from assets.monitoring import (
+    deployment_analysis,
     drift_retraining_sensor,
     feature_drift,
     model_performance,
@@ -95,6 +96,7 @@ defs = dg.Definitions(
         feature_drift,
         model_performance,
         platform_health,
+        deployment_analysis,
     ],
     jobs=[
         regional_pipeline,

@@ -21,7 +21,7 @@ ML_ASSETS = ("training_set", "fraud_model_hyperparameters", "fraud_model", "frau
 # service's clock, not the lake's days).
 SERVING_ASSETS = ("deployment_config", "served_transactions", "scoring_decisions")
 # Per region over all of its days: performance once labels mature.
-MONITORING_ASSETS = ("model_performance",)
+MONITORING_ASSETS = ("model_performance", "deployment_analysis")
 # Global: one view over every region, aggregates only.
 GLOBAL_ASSETS = ("platform_health",)
 

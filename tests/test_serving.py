@@ -384,6 +384,34 @@ def test_ab_canary_and_shadow_route_as_configured_over_http(service):
     _deploy(service, strategy="champion")
 
 
+def test_a_canary_step_that_passes_its_guardrails_advances_itself(service):
+    """Canary at 25 % → requests over HTTP → the stream micro-batch → deployment_analysis: the
+    step passed its guardrails, so the config moves to 50 % and the live service follows."""
+    from assets.monitoring import deployment_analysis
+    from assets.serving import serving_stream
+
+    home = service["home"]
+    _deploy(service, strategy="canary", canary_step=1)
+    _score_all(service, _customers(home, 400), "canary-analysis")
+    time.sleep(0.5)  # two flush intervals of the stream log
+    assert dg.materialize([serving_stream], resources=_resources(home), partition_key=REGION).success
+    result = dg.materialize(
+        [deployment_analysis],
+        resources=_resources(home),
+        partition_key=REGION,
+        run_config={"ops": {"deployment_analysis": {"config": {"min_requests": 50}}}},
+    )
+    assert result.success
+    metadata = result.asset_materializations_for_node("deployment_analysis")[0].metadata
+    assert metadata["decision"].value == "advance", metadata["reason"].value
+    assert metadata["applied"].value == "canary advanced to 50 %"
+    deadline = time.monotonic() + 10
+    while _call(service["url"] + "/readyz")[1][REGION]["challenger_share"] != 0.5:
+        assert time.monotonic() < deadline, "the service did not follow the advanced canary"
+        time.sleep(0.1)
+    _deploy(service, strategy="champion")
+
+
 # ---------------------------------------------------------------- schemathesis
 
 
