@@ -8,6 +8,7 @@ here, once, from MERIDIAN_PROFILE.
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 
 import dagster as dg
 
@@ -31,6 +32,8 @@ from assets.ml import (
 )
 from assets.monitoring import (
     deployment_analysis,
+    deployment_analysis_job,
+    deployment_analysis_sensor,
     drift_retraining_sensor,
     feature_drift,
     model_performance,
@@ -51,6 +54,10 @@ from resources.topology import RegionTopologyResource
 from resources.warehouse import WarehouseDbtResource, dbt_executable
 
 PROFILES = ("local",)
+DAILY_GROUPS = ("ingestion", "staging", "labels", "features", "online", "inference")
+DAILY_FRESHNESS = dg.FreshnessPolicy.time_window(
+    fail_window=timedelta(hours=26), warn_window=timedelta(hours=24)
+)
 
 
 def build_resources(profile: str) -> dict[str, object]:
@@ -105,14 +112,21 @@ defs = dg.Definitions(
         rollback_champion,
         serving_stream_job,
         monitoring_job,
+        deployment_analysis_job,
     ],
     sensors=[
         serving_stream_sensor,
         predictions_drift_sensor,
         drift_retraining_sensor,
         run_failure_alert_sensor,
+        deployment_analysis_sensor,
     ],
     schedules=[daily_regional_schedule, daily_inference_schedule, weekly_retraining_schedule],
     resources=build_resources(os.environ.get("MERIDIAN_PROFILE", "local")),
     executor=dg.in_process_executor,
+).map_resolved_asset_specs(
+    # The nightly graph lands every day (pipeline at 02:00, scoring at 04:00, drift after):
+    # WARN when an asset's newest materialization is a day old, FAIL past 26 hours.
+    func=lambda spec: dg.apply_freshness_policy(spec, DAILY_FRESHNESS),
+    selection=dg.AssetSelection.groups(*DAILY_GROUPS) | dg.AssetSelection.assets("feature_drift"),
 )

@@ -123,3 +123,16 @@ def test_the_stream_sensor_requests_a_microbatch_only_for_regions_whose_log_grew
         requests = list(sensor(dg.build_sensor_context(instance=instance, resources=resources)))
         assert [r.partition_key for r in requests] == ["eu-west"]
         assert requests[0].run_key.startswith("eu-west-")
+
+
+def test_the_daily_assets_carry_a_freshness_policy(defs):
+    graph = defs.resolve_asset_graph()
+    fresh = {k.to_user_string() for k in graph.materializable_asset_keys if graph.get(k).freshness_policy}
+    assert {
+        "raw_transactions",
+        "customer_spend_features",
+        "online_features",
+        "fraud_predictions",
+        "feature_drift",
+    } <= fresh
+    assert not fresh & {"fraud_model", "training_set", "platform_health", "deployment_config"}
