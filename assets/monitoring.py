@@ -511,8 +511,18 @@ def model_performance(
             reason = f"matured rows of the champion cannot be evaluated yet: {error}"
     if not passed:
         alerting.send("ERROR", region, "model_performance", f"performance:{region}:{champion}", reason, check)
+    picture = _performance_plot(rows, region) if rows else None
+    if picture:
+        with mlflow_tracking.start_run(
+            context, region, "performance", paths.root / "mlflow-artifacts", {}
+        ) as mlf:
+            mlf.log_text(pl.DataFrame(rows, infer_schema_length=None).write_csv(), "performance/by_day.csv")
+            mlf.log_image(png_image(picture), "performance/pr_auc_by_day.png")
     yield dg.MaterializeResult(
         metadata={
+            "plot": png_markdown(picture, "PR-AUC by day and model version")
+            if picture
+            else "no matured labels yet",
             "as_of": as_of.date().isoformat(),
             "matured_rows": frame.height,
             "by_version_and_day": dg.MetadataValue.md(markdown_table(rows) if rows else reason),
@@ -525,6 +535,36 @@ def model_performance(
         severity=dg.AssetCheckSeverity.ERROR,
         metadata={**check, "reason": reason},
     )
+
+
+def _performance_plot(rows: list[dict], region: str) -> bytes | None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    scored = [r for r in rows if r.get("pr_auc") is not None]
+    if not scored:
+        return None
+    fig, ax = plt.subplots(figsize=(8, 3.2))
+    for version in sorted({r["model_version"] for r in scored}):
+        mine = [r for r in scored if r["model_version"] == version]
+        ax.plot([r["day"] for r in mine], [r["pr_auc"] for r in mine], marker="o", label=f"v{version} PR-AUC")
+        ax.plot(
+            [r["day"] for r in mine],
+            [r["roc_auc"] for r in mine],
+            linestyle="--",
+            label=f"v{version} ROC-AUC",
+        )
+    ax.set_ylim(0, 1.02)
+    ax.set_title(f"fraud-{region}: matured performance by day")
+    ax.tick_params(axis="x", rotation=45, labelsize=7)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=80)
+    plt.close(fig)
+    return buffer.getvalue()
 
 
 # ---------------------------------------------------------------- the global view

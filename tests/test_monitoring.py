@@ -172,6 +172,8 @@ def test_drift_in_one_region_alerts_and_retrains_that_region_only(tmp_path: Path
         assert result.success
         check = result.get_asset_check_evaluations()[0]
         assert check.passed and check.metadata["rows"].value == 4 * 600
+        plot = result.asset_materializations_for_node("model_performance")[0].metadata["plot"].value
+        assert plot.startswith("![PR-AUC by day and model version](data:image/png;base64,")
         assert 0 < check.metadata["live_pr_auc"].value <= 1
         stored = pl.read_parquet(
             home / "regions" / "us-east" / "lake" / "performance" / "day=*" / "*.parquet"
