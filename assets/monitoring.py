@@ -458,6 +458,8 @@ def performance_rows(frame: pl.DataFrame, threshold: float) -> list[dict]:
     owners=["team:fraud-ml"],
     kinds={"polars"},
     check_specs=[dg.AssetCheckSpec("champion_performance_holds", asset="model_performance", blocking=True)],
+    # Every morning after the nightly scoring: labels that matured overnight are evaluated.
+    automation_condition=dg.AutomationCondition.on_cron("0 6 * * *"),
     description="Once labels mature: ROC-AUC, PR-AUC, precision and recall at the threshold, "
     "calibration (ECE), per model version and day; the champion's recent PR-AUC against its test PR-AUC.",
 )
@@ -577,6 +579,8 @@ def _latest_day(table_dir) -> str | None:
 
 @dg.asset(
     deps=[feature_drift, model_performance],
+    # Declarative automation: refresh the view whenever a region's drift or performance lands.
+    automation_condition=dg.AutomationCondition.eager(),
     group_name=MONITORING_GROUP,
     owners=["team:platform"],
     kinds={"json"},

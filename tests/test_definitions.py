@@ -136,3 +136,11 @@ def test_the_daily_assets_carry_a_freshness_policy(defs):
         "feature_drift",
     } <= fresh
     assert not fresh & {"fraud_model", "training_set", "platform_health", "deployment_config"}
+
+
+def test_monitoring_views_refresh_themselves(defs):
+    graph = defs.resolve_asset_graph()
+    assert graph.get(dg.AssetKey("platform_health")).automation_condition is not None
+    assert graph.get(dg.AssetKey("model_performance")).automation_condition is not None
+    sensors = {s.name for s in defs.sensors}
+    assert {"predictions_drift_sensor", "drift_retraining_sensor", "deployment_analysis_sensor"} <= sensors
