@@ -119,6 +119,23 @@ def drift_rows(
     ]
 
 
+def served_drift(paths, day: str, reference: pl.DataFrame, columns: list[str], overrides) -> list[dict]:
+    """Drift of what the scoring service served on `day` (its decision log): the score, and
+    each model input as it was scored, named "<column> (served)"."""
+    served = partition_file(paths.table("scoring_decisions"), day)
+    if not served.exists():
+        return []
+    decisions = pl.read_parquet(served)
+    rows = [column_drift("score (served)", reference["score"], decisions["score"]).row()]
+    if "features" in decisions.columns and decisions["features"].is_not_null().any():
+        logged = decisions.filter(pl.col("features").is_not_null())
+        dtype = pl.Struct({c: reference.schema[c] for c in columns})
+        values = logged.select(pl.col("features").str.json_decode(dtype)).unnest("features")
+        for r in drift_rows(reference, values, columns, overrides):
+            rows.append({**r, "column": f"{r['column']} (served)"})
+    return rows
+
+
 def _plot(rows: list[dict], title: str) -> bytes:
     import matplotlib
 
@@ -197,11 +214,7 @@ def feature_drift(
                 else:
                     current = current.with_columns(pl.lit(None, dtype=pl.Float64).alias("score"))
                 rows = drift_rows(reference, current, [*columns, "score"], config.rules)
-                served = partition_file(paths.table("scoring_decisions"), day)
-                if served.exists():
-                    served_scores = pl.read_parquet(served, columns=["score"])["score"].alias("score")
-                    row = column_drift("score (served)", reference["score"], served_scores).row()
-                    rows.append(row)
+                rows.extend(served_drift(paths, day, reference, columns, config.rules))
                 for r in rows:
                     r.update(region=region, day=day, model_version=version, reference_as_of=as_of)
                 frame = pl.DataFrame(rows, infer_schema_length=None)

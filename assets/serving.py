@@ -153,6 +153,7 @@ def _decisions_frame(entries: list[dict]) -> pl.DataFrame:
                 "fallback": e.get("fallback"),
                 "latency_ms": float(e["latency_ms"]),
                 "feature_versions": json.dumps(e["feature_versions"], sort_keys=True),
+                "features": json.dumps(e["features"]) if e.get("features") is not None else None,
                 "day": served_at.date().isoformat(),
             }
         )
@@ -172,6 +173,7 @@ def _decisions_frame(entries: list[dict]) -> pl.DataFrame:
         "fallback": pl.String,
         "latency_ms": pl.Float64,
         "feature_versions": pl.String,
+        "features": pl.String,
         "day": pl.String,
     }
     return pl.DataFrame(rows, schema=schema)
@@ -205,7 +207,8 @@ def _transactions_frame(entries: list[dict]) -> pl.DataFrame:
 
 def _merge(path, new: pl.DataFrame, key: list[str], sort: str) -> int:
     """Existing file ∪ new rows, first occurrence of each key kept, replaced atomically."""
-    frame = pl.concat([pl.read_parquet(path), new], how="vertical_relaxed") if path.exists() else new
+    # diagonal: a file written before a column was added gets nulls in it, not an error
+    frame = pl.concat([pl.read_parquet(path), new], how="diagonal_relaxed") if path.exists() else new
     frame = frame.unique(subset=key, keep="first", maintain_order=True).sort(sort)
     write_parquet_atomic(frame, path)
     return frame.height

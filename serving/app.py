@@ -447,6 +447,8 @@ def create_app(
                     "shadow": shadow,
                     "fallback": fallback,
                     "transaction": {**txn.__dict__, "event_time": at},
+                    # The model's inputs as scored, for drift of what was served.
+                    "features": {c: values[c] for c in answering.columns},
                 }
             )
         return Response(orjson.dumps(result), media_type="application/json")

@@ -192,3 +192,55 @@ def test_drift_in_one_region_alerts_and_retrains_that_region_only(tmp_path: Path
         assert view[DRIFTED]["drift"] == "error" and view[DRIFTED]["alerts_error_24h"] >= 1
         assert view["us-east"]["drift"] == "ok" and view["us-east"]["alerts_error_24h"] == 0
         assert view["ap-southeast"]["latest_lake_day"] == "none" and view["us-east"]["champion_version"] == 1
+
+        # What the service served is checked too: decision-log entries carrying the model's
+        # inputs as scored (here: the day's real features, as the service would have logged
+        # them) go through the micro-batch's decision table into `feature_drift`.
+        import duckdb
+        import orjson
+
+        from assets.ml import load_booster, prediction_features
+        from assets.serving import _decisions_frame
+        from meridian import modeling
+        from meridian.lake import partition_file, write_parquet_atomic
+        from meridian.paths import region_paths
+        from meridian.topology import load_topology
+
+        for region in REGIONS:
+            paths = region_paths(load_topology().region(region), home)
+            booster = load_booster(resources["mlflow_tracking"], region, 1)
+            with duckdb.connect(str(paths.warehouse), read_only=True) as con:
+                frame = prediction_features(con, load_topology().region(region), DAYS[-1])
+            columns = booster.feature_name()
+            scores = booster.predict(modeling.design_matrix(frame, columns))
+            entries = [
+                {
+                    "request_id": f"r-{i}",
+                    "served_at": f"{DAYS[-1]}T12:00:00+00:00",
+                    "transaction_id": row["transaction_id"],
+                    "transaction": {"customer_id": row["customer_id"]},
+                    "strategy": "champion",
+                    "experiment_id": "none",
+                    "challenger_share": 0.0,
+                    "variant": "champion",
+                    "model_version": 1,
+                    "score": float(scores[i]),
+                    "latency_ms": 1.0,
+                    "feature_versions": {},
+                    "features": orjson.loads(orjson.dumps({c: row[c] for c in columns})),
+                }
+                for i, row in enumerate(frame.iter_rows(named=True))
+            ]
+            decisions = _decisions_frame(entries).drop("day")
+            write_parquet_atomic(decisions, partition_file(paths.table("scoring_decisions"), DAYS[-1]))
+            assert dg.materialize(
+                [feature_drift], resources=resources, partition_key=_key(region, DAYS[-1]), instance=instance
+            ).success
+            drift = pl.read_parquet(partition_file(paths.table("drift"), DAYS[-1]))
+            served = drift.filter(pl.col("column").str.ends_with(" (served)"))
+            assert served.height == len(columns) + 1  # every input and the score
+            in_error = set(served.filter(pl.col("status") == "error")["column"])
+            if region == DRIFTED:
+                assert "amount_usd (served)" in in_error
+            else:
+                assert not in_error, served.filter(pl.col("status") != "ok")

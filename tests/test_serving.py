@@ -405,6 +405,16 @@ def test_a_canary_step_that_passes_its_guardrails_advances_itself(service):
     metadata = result.asset_materializations_for_node("deployment_analysis")[0].metadata
     assert metadata["decision"].value == "advance", metadata["reason"].value
     assert metadata["applied"].value == "canary advanced to 50 %"
+    # Every logged decision carries the model's inputs as scored (for drift of what was served).
+    import polars as pl
+
+    paths = region_paths(load_topology().region(REGION), home)
+    logged = pl.read_parquet(paths.table("scoring_decisions") / "day=*" / "*.parquet").filter(
+        pl.col("transaction_id").str.starts_with("canary-analysis-")
+    )
+    assert logged.height == 400 and logged["features"].is_not_null().all()
+    first = json.loads(logged["features"][0])
+    assert set(first) == set(service["app"].state.services[REGION].models.current.columns)
     deadline = time.monotonic() + 10
     while _call(service["url"] + "/readyz")[1][REGION]["challenger_share"] != 0.5:
         assert time.monotonic() < deadline, "the service did not follow the advanced canary"
