@@ -45,7 +45,7 @@ from assets.ml import (
 )
 from assets.partitions import REGION_DAY_PARTITIONS, days_by_region
 from meridian import modeling, registry
-from meridian.drift import DriftRule, column_drift
+from meridian.drift import DriftRule, column_drift, frame_drift
 from meridian.lake import partition_file, write_bytes_atomic
 from meridian.locks import file_lock
 from meridian.paths import meridian_home
@@ -114,9 +114,8 @@ def drift_rows(
     columns: list[str],
     overrides: dict[str, str] | None = None,
 ) -> list[dict]:
-    return [
-        column_drift(c, reference[c], current[c], rule=rule_for(c, overrides or {})).row() for c in columns
-    ]
+    rules = {c: rule_for(c, overrides or {}) for c in columns}
+    return [r.row() for r in frame_drift(reference, current, columns, rules=rules)]
 
 
 def served_drift(paths, day: str, reference: pl.DataFrame, columns: list[str], overrides) -> list[dict]:
@@ -136,6 +135,15 @@ def served_drift(paths, day: str, reference: pl.DataFrame, columns: list[str], o
     return rows
 
 
+def _png(fig) -> bytes:
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=80)
+    plt.close(fig)
+    return buffer.getvalue()
+
+
 def _plot(rows: list[dict], title: str) -> bytes:
     import matplotlib
 
@@ -153,10 +161,7 @@ def _plot(rows: list[dict], title: str) -> bytes:
     ax.invert_yaxis()
     ax.set_title(title)
     fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=80)
-    plt.close(fig)
-    return buffer.getvalue()
+    return _png(fig)
 
 
 @dg.asset(
@@ -309,6 +314,18 @@ monitoring_job = dg.define_asset_job(
 )
 
 
+def _new_materializations(context: dg.SensorEvaluationContext, key: dg.AssetKey) -> list:
+    """Materializations of `key` since the sensor's cursor (a storage id), oldest first; the
+    cursor moves past them."""
+    after = int(context.cursor) if context.cursor else None
+    records = context.instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=key, after_storage_id=after), limit=1000, ascending=True
+    ).records
+    if records:
+        context.update_cursor(str(records[-1].storage_id))
+    return list(records)
+
+
 @dg.sensor(
     job=monitoring_job,
     minimum_interval_seconds=60,
@@ -316,13 +333,7 @@ monitoring_job = dg.define_asset_job(
     description="Runs the drift checks for every region-day whose predictions were just materialized.",
 )
 def predictions_drift_sensor(context: dg.SensorEvaluationContext):
-    after = int(context.cursor) if context.cursor else None
-    records = context.instance.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=fraud_predictions.key, after_storage_id=after),
-        limit=1000,
-        ascending=True,
-    ).records
-    for record in records:
+    for record in _new_materializations(context, fraud_predictions.key):
         partition = record.partition_key
         if partition:
             yield dg.RunRequest(
@@ -330,8 +341,6 @@ def predictions_drift_sensor(context: dg.SensorEvaluationContext):
                 partition_key=partition,
                 tags={"meridian/region": partition.split("|")[1], "meridian/trigger": "predictions"},
             )
-    if records:
-        context.update_cursor(str(records[-1].storage_id))
 
 
 def _retraining_state(instance: dg.DagsterInstance, region: str) -> tuple[bool, datetime | None]:
@@ -364,10 +373,7 @@ def _retraining_state(instance: dg.DagsterInstance, region: str) -> tuple[bool, 
     description="Retrains a region whose drift reached ERROR: one run per region at a time, debounced.",
 )
 def drift_retraining_sensor(context: dg.SensorEvaluationContext, alerting: AlertingResource):
-    after = int(context.cursor) if context.cursor else None
-    records = context.instance.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=feature_drift.key, after_storage_id=after), limit=1000, ascending=True
-    ).records
+    records = _new_materializations(context, feature_drift.key)
     regions: dict[str, str] = {}
     for record in records:
         metadata = record.asset_materialization.metadata
@@ -394,8 +400,6 @@ def drift_retraining_sensor(context: dg.SensorEvaluationContext, alerting: Alert
             partition_key=region,
             tags={"meridian/region": region, "meridian/trigger": "drift"},
         )
-    if records:
-        context.update_cursor(str(records[-1].storage_id))
 
 
 @dg.run_failure_sensor(
@@ -576,10 +580,7 @@ def _performance_plot(rows: list[dict], region: str) -> bytes | None:
     ax.tick_params(axis="x", rotation=45, labelsize=7)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=80)
-    plt.close(fig)
-    return buffer.getvalue()
+    return _png(fig)
 
 
 # ---------------------------------------------------------------- the global view
@@ -684,10 +685,7 @@ def _health_plot(rows: list[dict]) -> bytes:
     ax.set_ylabel("alerts, last 24 h")
     ax.legend()
     fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=80)
-    plt.close(fig)
-    return buffer.getvalue()
+    return _png(fig)
 
 
 # ---------------------------------------------------------------- A/B and canary
@@ -843,20 +841,13 @@ def _apply(context, result, current, paths, region, mlflow_tracking, alerting) -
     description="Analyses a region's running experiment whenever new scoring decisions land.",
 )
 def deployment_analysis_sensor(context: dg.SensorEvaluationContext):
-    after = int(context.cursor) if context.cursor else None
-    records = context.instance.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=dg.AssetKey("scoring_decisions"), after_storage_id=after),
-        limit=1000,
-        ascending=True,
-    ).records
+    records = _new_materializations(context, dg.AssetKey("scoring_decisions"))
     for region in sorted({r.partition_key for r in records if r.partition_key}):
         yield dg.RunRequest(
             run_key=f"analysis-{region}-{records[-1].storage_id}",
             partition_key=region,
             tags={"meridian/region": region},
         )
-    if records:
-        context.update_cursor(str(records[-1].storage_id))
 
 
 deployment_analysis_job = dg.define_asset_job(

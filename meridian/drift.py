@@ -1,7 +1,8 @@
 """Drift between a reference sample (the training data) and a current one, column at a time.
 
-Everything is whole-column NumPy: each column is sorted once and every statistic comes
-from the sorted arrays with `searchsorted` (no Python loop over rows, no pandas).
+Everything is whole-column polars and NumPy: each column is sorted once and every
+statistic comes from the sorted arrays with `searchsorted` (no Python loop over rows, no
+pandas); `frame_drift` runs columns two at a time.
 
 Numeric columns
 - PSI over 10 bins at the reference's deciles (ties merged), proportions floored at 1e-4.

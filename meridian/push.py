@@ -115,6 +115,11 @@ class PushQueue:
         self._thread = threading.Thread(target=self._run, name="online-push", daemon=True)
         self._thread.start()
 
+    @property
+    def pending(self) -> int:
+        """Rows pushed and not yet written."""
+        return len(self._pending)
+
     def latest(self, view: str, entity: str) -> OnlineRow | None:
         with self._lock:
             return self._pending.get((view, entity))

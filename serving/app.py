@@ -160,9 +160,9 @@ class RegionService:
         self.stream = stream
         self.push = push
         self.deployment = deployment.load(region_root, region.name)
-        self._deployment_mtime = self._config_mtime()
+        self._deployment_stamp = self._config_stamp()
 
-    def _config_mtime(self) -> tuple[int, int] | None:
+    def _config_stamp(self) -> tuple[int, int] | None:
         """(inode, mtime): every atomic rewrite is a new inode, even within one clock tick."""
         try:
             stat = deployment.config_path(self.region_root).stat()
@@ -172,11 +172,11 @@ class RegionService:
 
     def refresh_deployment(self) -> bool:
         """Re-read the deployment config when its file changed (written atomically by the asset)."""
-        mtime = self._config_mtime()
-        if mtime == self._deployment_mtime:
+        stamp = self._config_stamp()
+        if stamp == self._deployment_stamp:
             return False
         self.deployment = deployment.load(self.region_root, self.region.name)
-        self._deployment_mtime = mtime
+        self._deployment_stamp = stamp
         return True
 
     def request_features(self, txn: Transaction, at: datetime) -> dict[str, float]:
@@ -359,7 +359,7 @@ def create_app(
                 "challenger_share": config.challenger_share,
                 "online_store": store,
                 "stream_log_dropped": service.stream.dropped if service.stream else 0,
-                "pending_pushes": len(service.push._pending) if service.push else 0,
+                "pending_pushes": service.push.pending if service.push else 0,
             }
         if any(s["model_version"] is None or s["online_store"] != "ok" for s in status.values()):
             raise HTTPException(503, detail=status)
