@@ -14,7 +14,9 @@ BATCH_INFERENCE_JOB = "batch_inference"
 regional_pipeline = dg.define_asset_job(
     REGIONAL_PIPELINE_JOB,
     selection=dg.AssetSelection.all()
-    - dg.AssetSelection.groups(ML_GROUP, INFERENCE_GROUP, SERVING_GROUP, MONITORING_GROUP),
+    - dg.AssetSelection.groups(
+        ML_GROUP, INFERENCE_GROUP, SERVING_GROUP, MONITORING_GROUP, "replication", "global"
+    ),
     partitions_def=REGION_DAY_PARTITIONS,
     description="Ingest and transform region-days: lake, quarantine, dbt staging, labels and features.",
 )

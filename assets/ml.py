@@ -57,6 +57,21 @@ def _read_json(path: Path, what: str, fix: str) -> dict:
     return json.loads(path.read_text())
 
 
+def sync_registry_replica(topo, lake: RegionalLakeResource, client, region: str) -> dict[str, object]:
+    """Synchronous replication of the registry: the change is acknowledged (the step
+    succeeds) only when the DR region holds the aliases and the aliased models' files."""
+    from meridian import dr
+
+    try:
+        done = dr.sync_model_registry(topo, lake.root(), region, client)
+    except Exception as error:
+        raise dg.Failure(
+            f"{registry.model_name(region)}: the registry change is not acknowledged: its DR copy in "
+            f"{topo.region(region).dr_region} failed: {error}"
+        ) from error
+    return {"dr_region": done.target_region, "dr_registry_replica_version": done.result.version}
+
+
 def _write_json(payload: dict, path: Path) -> None:
     write_bytes_atomic(json.dumps(payload, indent=2, sort_keys=True, default=str).encode(), path)
 
@@ -356,8 +371,10 @@ def fraud_model(
             {**lineage, "dagster_run_id": context.run_id, "test_pr_auc": f"{test['pr_auc']:.5f}"},
         )
     name = registry.model_name(region)
+    replicated = sync_registry_replica(topology.load(), lake, mlflow_tracking.client(), region)
     return dg.MaterializeResult(
         metadata={
+            **replicated,
             "registered_model": name,
             "model_version": version,
             "registered_as": registry.CHALLENGER,
@@ -500,9 +517,11 @@ def fraud_model_promotion(
     if promote:
         change = registry.promote(client, region, challenger_v, reason, context.run_id)
         decision = "promoted"
+        replicated = sync_registry_replica(topology.load(), lake, client, region)
     else:
         change = None
         decision = "kept champion"
+        replicated = {}
     at = datetime.now(UTC)
     record = {
         "region": region,
@@ -535,6 +554,7 @@ def fraud_model_promotion(
         metadata={
             "decision": decision,
             "reason": reason,
+            **replicated,
             "first_model": champion_v is None,
             "champion_version": record["champion_version_after"],
             "challenger_version": challenger_v,
@@ -682,6 +702,7 @@ def rollback_champion_op(
         change = registry.rollback(mlflow_tracking.client(), config.region, context.run_id, config.to_version)
     except registry.RegistryError as error:
         raise dg.Failure(str(error)) from error
+    sync_registry_replica(topo, lake, mlflow_tracking.client(), config.region)
     at = datetime.now(UTC)
     _write_json(
         {

@@ -25,7 +25,7 @@ import polars as pl
 from pydantic import Field
 
 from assets.ml import REGION_PARTITIONS, fraud_model_promotion
-from meridian import deployment, registry
+from meridian import deployment, dr, registry
 from meridian.lake import partition_file, write_bytes_atomic, write_parquet_atomic
 from meridian.locks import file_lock
 from meridian.paths import RegionPaths
@@ -70,7 +70,7 @@ def deployment_config(
     mlflow_tracking: MlflowTrackingResource,
 ) -> dg.MaterializeResult:
     region = context.partition_key
-    paths = lake.paths(topology.load(), region)
+    lake.paths(topology.load(), region)
     mlflow_tracking.preflight()
     client = mlflow_tracking.client()
     name = registry.model_name(region)
@@ -100,7 +100,13 @@ def deployment_config(
         )
     except ValueError as error:
         raise dg.Failure(f"invalid deployment config for {region}: {error}") from error
-    path = deployment.save(settings, paths.root)
+    try:
+        # Synchronous class: the DR region holds the config before the region serves it.
+        path = dr.sync_write_deployment(
+            topology.load(), lake.root(), region, lambda root: deployment.save(settings, root)
+        )
+    except (OSError, dr.FailoverError, KeyError) as error:
+        raise dg.Failure(f"deployment config of {region} not written: the DR copy failed: {error}") from error
     previous = context.instance.get_latest_materialization_event(context.asset_key)
     context.log.info(f"{region}: {settings.strategy}, challenger share {settings.challenger_share:.0%}")
     ramp = [

@@ -48,12 +48,27 @@ STAGES = {
     "fraud_model": "training",
     "fraud_model_promotion": "promotion",
     "fraud_predictions": "batch scoring",
+    "raw_lake_replica": "replicate raw lake",
+    "features_replica": "replicate features",
+    "predictions_replica": "replicate predictions",
+    "online_store_replica": "replicate online",
+    "model_registry_replica": "replicate registry",
+    "deployment_config_replica": "replicate deploy cfg",
+    "global_merchant_risk": "shared aggregates",
+    "replication_status": "replication status",
+    "residency_audit": "residency audit",
+    "governance_catalog": "governance catalog",
+    "cost_report": "cost report",
 }
 # Materialization metadata the summary shows, by asset.
 CAPTURED = {
     "fraud_model": ("model_version", "test_pr_auc", "test_roc_auc"),
     "fraud_model_promotion": ("decision", "champion_version"),
     "fraud_predictions": ("run_total_rows",),
+    "raw_lake_replica": ("replica_version", "target_region"),
+    "residency_audit": ("passed", "files_scanned"),
+    "cost_report": ("total_usd",),
+    "replication_status": ("breaches",),
 }
 
 
@@ -216,7 +231,38 @@ def run_region(defs, instance, region: str, days: list[str], plan: RunPlan, log_
             tags=ranged(scored[0], scored[-1]),
             run_config=plan.quiet_config,
         )
+    if ok and plan.train:
+        # Every class of the region to its DR region (same zone), as the sensor would.
+        ok = _execute(
+            defs.resolve_job_def("regional_replication"),
+            instance,
+            outcome,
+            log_path,
+            partition_key=region,
+            tags=base_tags,
+            run_config=plan.quiet_config,
+        )
     outcome.success = ok
+    outcome.seconds = time.monotonic() - outcome.started
+    return outcome
+
+
+def run_global(plan: RunPlan, log_dir: Path) -> RegionOutcome:
+    """The global services once every region is done: shared aggregates, audit, catalog, cost."""
+    from dagster import DagsterInstance
+
+    outcome = RegionOutcome("global", started=time.monotonic())
+    log_dir.mkdir(parents=True, exist_ok=True)
+    defs = load_definitions_module().defs
+    with DagsterInstance.get() as instance:
+        outcome.success = _execute(
+            defs.resolve_job_def("global_governance"),
+            instance,
+            outcome,
+            log_dir / f"global-{uuid.uuid4().hex[:8]}.log",
+            tags={"meridian/launched_by": "meridian-cli"},
+            run_config=plan.quiet_config,
+        )
     outcome.seconds = time.monotonic() - outcome.started
     return outcome
 
@@ -376,9 +422,18 @@ def cmd_run(args: argparse.Namespace) -> int:
             flush=True,
         )
     outcomes = run_regions(regions, days, plan, home / "logs", args.parallel)
+    glob = run_global(plan, home / "logs") if plan.train and all(o.success for o in outcomes) else None
     print("\nSummary")
     print(text_table(summarize(outcomes, days, topology)))
-    for o in outcomes:
+    if glob is not None:
+        audit = "passed" if glob.captured.get("passed") else "FAILED"
+        print(
+            f"\nGlobal: residency audit {audit} ({glob.captured.get('files_scanned', '?')} files scanned), "
+            f"replication breaches: {glob.captured.get('breaches', '?')}, "
+            f"cost report total: ${glob.captured.get('total_usd', '?')} "
+            f"(catalog, audit and cost in {home / 'platform'})"
+        )
+    for o in [*outcomes, *([glob] if glob else [])]:
         if o.error:
             print(f"\n{o.region} failed: {o.error}")
     print(
@@ -392,41 +447,83 @@ def cmd_run(args: argparse.Namespace) -> int:
             f"  .venv/bin/mlflow ui --backend-store-uri sqlite:///{home / 'mlflow' / 'mlflow.db'}"
             "   # then open http://127.0.0.1:5000"
         )
-    return 0 if all(o.success for o in outcomes) else 1
+    return 0 if all(o.success for o in outcomes) and (glob is None or glob.success) else 1
+
+
+def _active_region_or_error(region: str) -> bool:
+    from meridian.topology import load_topology
+
+    active = load_topology(os.environ.get("MERIDIAN_TOPOLOGY")).active_region_names
+    if region not in active:
+        print(
+            f"meridian: error: unknown or standby region {region!r}; active regions: {', '.join(active)}",
+            file=sys.stderr,
+        )
+        return False
+    return True
+
+
+def _launch_op_job(module: ModuleType, job_name: str, op_name: str, config: dict, region: str, what: str):
+    """Run a one-op job on the persistent instance (it shows in the UI); the result, or None
+    after printing the step's error."""
+    from dagster import DagsterInstance
+
+    job = module.defs.resolve_job_def(job_name)
+    with DagsterInstance.get() as instance:
+        result = job.execute_in_process(
+            instance=instance,
+            run_config={
+                "ops": {op_name: {"config": config}},
+                "loggers": {"console": {"config": {"log_level": "CRITICAL"}}},
+            },
+            tags={"meridian/region": region, "meridian/launched_by": "meridian-cli"},
+            raise_on_error=False,
+        )
+    if result.success:
+        return result
+    failures = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+    message = failures[0].event_specific_data.error.message if failures else "run failed"
+    message = message.strip().removeprefix("dagster._core.definitions.events.Failure: ")
+    print(f"meridian: {what} failed: {message} (Dagster run {result.run_id})", file=sys.stderr)
+    return None
+
+
+def cmd_failover(args: argparse.Namespace) -> int:
+    """Launch `region_failover` (failover or failback) on the persistent instance."""
+    prepare_environment(Path(args.home) if args.home else None)
+    if not _active_region_or_error(args.region):
+        return 2
+    action = "failback" if args.failback else "failover"
+    config = {"region": args.region, "action": action, "reason": args.reason}
+    result = _launch_op_job(
+        load_definitions_module(), "region_failover", "region_failover_op", config, args.region, action
+    )
+    if result is None:
+        return 1
+    report = result.output_for_node("region_failover_op")
+    detail = (
+        f"replica versions {report['replica_versions']}"
+        if action == "failover"
+        else f"reconciled {report['reconciled']}, RPO {report['rpo_partitions']} partition(s) "
+        f"{report['rpo_files'][:5]}"
+    )
+    print(
+        f"{args.region}: {action} done in {report['seconds']:.2f}s, served from {report['serving_region']}; {detail}"
+    )
+    return 0
 
 
 def cmd_rollback(args: argparse.Namespace) -> int:
     """Launch the `rollback_champion` job on the persistent instance (it shows in the UI)."""
     prepare_environment(Path(args.home) if args.home else None)
-    from dagster import DagsterInstance
-
-    from meridian.topology import load_topology
-
-    active = load_topology(os.environ.get("MERIDIAN_TOPOLOGY")).active_region_names
-    if args.region not in active:
-        print(
-            f"meridian: error: unknown or standby region {args.region!r}; active regions: {', '.join(active)}",
-            file=sys.stderr,
-        )
+    if not _active_region_or_error(args.region):
         return 2
     config = {"region": args.region, **({"to_version": args.to_version} if args.to_version else {})}
     module = load_definitions_module()
-    job = module.defs.resolve_job_def("rollback_champion")
-    with DagsterInstance.get() as instance:
-        result = job.execute_in_process(
-            instance=instance,
-            run_config={
-                "ops": {"rollback_champion_op": {"config": config}},
-                "loggers": {"console": {"config": {"log_level": "CRITICAL"}}},
-            },
-            tags={"meridian/region": args.region, "meridian/launched_by": "meridian-cli"},
-            raise_on_error=False,
-        )
-    if not result.success:
-        failures = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
-        message = failures[0].event_specific_data.error.message if failures else "run failed"
-        message = message.strip().removeprefix("dagster._core.definitions.events.Failure: ")
-        print(f"meridian: rollback failed: {message} (Dagster run {result.run_id})", file=sys.stderr)
+    result = _launch_op_job(
+        module, "rollback_champion", "rollback_champion_op", config, args.region, "rollback"
+    )
+    if result is None:
         return 1
     from meridian import registry
 
@@ -505,6 +602,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     back.add_argument("--home", help="data root (default $MERIDIAN_HOME or .meridian/)")
     back.set_defaults(func=cmd_rollback)
+    fo = sub.add_parser("failover", help="serve a region from its DR region (or --failback)")
+    fo.add_argument("--region", required=True, help="active region to fail over")
+    fo.add_argument("--failback", action="store_true", help="reconcile and return the region to its own site")
+    fo.add_argument("--reason", default="manual failover from the CLI")
+    fo.add_argument("--home", help="data root (default $MERIDIAN_HOME or .meridian/)")
+    fo.set_defaults(func=cmd_failover)
     srv = sub.add_parser("serve", help="start the scoring service (after `meridian run`)")
     srv.add_argument("--host", default="127.0.0.1")
     srv.add_argument("--port", type=int, default=8000)

@@ -9,7 +9,13 @@ time is at least the stored event time. The batch materialization (from the offl
 store) and the push path (fresh values while transactions are scored) can therefore
 arrive in any order, re-run, or overlap, and every entity ends at its latest event —
 in SQLite with a conditional upsert, in Redis with a compare-and-set Lua script, both
-atomic per row. On equal event times the later write wins (a re-run is idempotent).
+atomic per row.
+
+Every write is stamped with the writer's hybrid logical clock and region (meridian.
+conflicts), and the rule is last-writer-wins on (event time, HLC, region): on equal
+event times the later write wins (a re-run is idempotent), and when both sides of a
+failover wrote the same entity, merging their rows (`iter_rows` + `write`, stamps kept)
+converges to the same row on both, whichever order the merge runs in.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Protocol
@@ -25,7 +31,10 @@ from typing import Protocol
 import orjson
 import polars as pl
 
+from meridian.conflicts import HybridLogicalClock, format_hlc
 from meridian.feature_store import FeatureView
+
+CLOCK = HybridLogicalClock()  # one per process: every store it opens stamps from it
 
 
 class OnlineStoreUnavailable(RuntimeError):
@@ -39,6 +48,9 @@ class OnlineRow:
     event_time_us: int  # microseconds since the epoch, UTC
     version: str  # feature-view version that computed the values
     values: dict[str, object]
+    # The write's stamp (not the row's content): 0 / "" means "stamp it when written".
+    hlc: int = field(default=0, compare=False)
+    origin: str = field(default="", compare=False)
 
 
 @dataclass(frozen=True)
@@ -53,6 +65,7 @@ class OnlineStore(Protocol):
     def read(self, view: str, entity: str) -> OnlineRow | None: ...
     def read_many(self, view: str, entities: Sequence[str]) -> dict[str, OnlineRow]: ...
     def count(self, view: str) -> int: ...
+    def iter_rows(self, view: str) -> Iterable[OnlineRow]: ...
     def ping(self) -> None: ...
     def close(self) -> None: ...
 
@@ -106,27 +119,37 @@ class SqliteOnlineStore:
             event_time_us integer not null,
             version text not null,
             payload text not null,
+            hlc integer not null default 0,
+            origin text not null default '',
             primary key (view, entity)
         ) without rowid
     """
     UPSERT = """
-        insert into online_features (view, entity, event_time_us, version, payload)
-        values (?, ?, ?, ?, ?)
+        insert into online_features (view, entity, event_time_us, version, payload, hlc, origin)
+        values (?, ?, ?, ?, ?, ?, ?)
         on conflict (view, entity) do update set
             event_time_us = excluded.event_time_us,
             version = excluded.version,
-            payload = excluded.payload
-        where excluded.event_time_us >= online_features.event_time_us
+            payload = excluded.payload,
+            hlc = excluded.hlc,
+            origin = excluded.origin
+        where (excluded.event_time_us, excluded.hlc, excluded.origin)
+            > (online_features.event_time_us, online_features.hlc, online_features.origin)
     """
 
-    def __init__(self, path: Path, timeout_seconds: float = 30.0):
+    def __init__(self, path: Path, timeout_seconds: float = 30.0, origin: str = ""):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.origin = origin
         self._timeout = timeout_seconds
         self._local = threading.local()
         con = self._con()
         con.execute("pragma journal_mode=wal")
         con.execute(self.SCHEMA)
+        columns = {row[1] for row in con.execute("pragma table_info(online_features)")}
+        for name, ddl in (("hlc", "integer not null default 0"), ("origin", "text not null default ''")):
+            if name not in columns:  # a store written before stamps existed
+                con.execute(f"alter table online_features add column {name} {ddl}")
         con.commit()
 
     def _con(self) -> sqlite3.Connection:
@@ -147,9 +170,21 @@ class SqliteOnlineStore:
         with con:  # one transaction: a batch lands whole or not at all
             for chunk in _chunks(rows, 10_000):
                 total += len(chunk)
+                now = CLOCK.now()
                 con.executemany(
                     self.UPSERT,
-                    [(r.view, r.entity, r.event_time_us, r.version, _dumps(r.values)) for r in chunk],
+                    [
+                        (
+                            r.view,
+                            r.entity,
+                            r.event_time_us,
+                            r.version,
+                            _dumps(r.values),
+                            r.hlc or now,
+                            r.origin or self.origin,
+                        )
+                        for r in chunk
+                    ],
                 )
         applied = con.total_changes - before
         return WriteResult(applied=applied, stale=total - applied)
@@ -160,10 +195,11 @@ class SqliteOnlineStore:
         before = con.total_changes
         with con:
             for chunk in frame.iter_slices(50_000):
+                now = CLOCK.now()
                 con.executemany(
                     self.UPSERT,
                     [
-                        (view, e, t, version, p)
+                        (view, e, t, version, p, now, self.origin)
                         for e, t, p in chunk.select("entity", "event_time_us", "payload").iter_rows()
                     ],
                 )
@@ -174,12 +210,15 @@ class SqliteOnlineStore:
         found = (
             self._con()
             .execute(
-                "select event_time_us, version, payload from online_features where view = ? and entity = ?",
+                "select event_time_us, version, payload, hlc, origin from online_features "
+                "where view = ? and entity = ?",
                 (view, entity),
             )
             .fetchone()
         )
-        return None if found is None else OnlineRow(view, entity, found[0], found[1], orjson.loads(found[2]))
+        if found is None:
+            return None
+        return OnlineRow(view, entity, found[0], found[1], orjson.loads(found[2]), found[3], found[4])
 
     def read_many(self, view: str, entities: Sequence[str]) -> dict[str, OnlineRow]:
         out: dict[str, OnlineRow] = {}
@@ -199,6 +238,14 @@ class SqliteOnlineStore:
             self._con().execute("select count(*) from online_features where view = ?", (view,)).fetchone()[0]
         )
 
+    def iter_rows(self, view: str) -> Iterable[OnlineRow]:
+        cur = self._con().execute(
+            "select entity, event_time_us, version, payload, hlc, origin from online_features where view = ?",
+            (view,),
+        )
+        for entity, t, version, payload, hlc, origin in cur:
+            yield OnlineRow(view, entity, t, version, orjson.loads(payload), hlc, origin)
+
     def ping(self) -> None:
         try:
             self._con().execute("select 1").fetchone()
@@ -214,15 +261,21 @@ class SqliteOnlineStore:
 
 # ---------------------------------------------------------------- Redis
 
-# KEYS[1] = entity key; ARGV = event_time_us, version, payload. Applies only if not older.
+# KEYS[1] = entity key, KEYS[2] = view index; ARGV = event_time_us, version, payload,
+# hlc (zero-padded: Lua numbers are doubles), origin. Applies only if (t, h, o) is greater.
 _CAS = """
-local current = redis.call('HGET', KEYS[1], 't')
-if (not current) or tonumber(ARGV[1]) >= tonumber(current) then
-  redis.call('HSET', KEYS[1], 't', ARGV[1], 'v', ARGV[2], 'p', ARGV[3])
-  redis.call('SADD', KEYS[2], KEYS[1])
-  return 1
+local cur = redis.call('HMGET', KEYS[1], 't', 'h', 'o')
+if cur[1] then
+  local t, ct = tonumber(ARGV[1]), tonumber(cur[1])
+  if t < ct then return 0 end
+  if t == ct then
+    local ch, co = cur[2] or '', cur[3] or ''
+    if ARGV[4] < ch or (ARGV[4] == ch and ARGV[5] <= co) then return 0 end
+  end
 end
-return 0
+redis.call('HSET', KEYS[1], 't', ARGV[1], 'v', ARGV[2], 'p', ARGV[3], 'h', ARGV[4], 'o', ARGV[5])
+redis.call('SADD', KEYS[2], KEYS[1])
+return 1
 """
 
 
@@ -233,10 +286,11 @@ class RedisOnlineStore:
     Redis, and the key prefix keeps regions apart even on a shared test server.
     """
 
-    def __init__(self, url: str, region: str, timeout_seconds: float = 2.0):
+    def __init__(self, url: str, region: str, timeout_seconds: float = 2.0, origin: str = ""):
         import redis
 
         self.region = region
+        self.origin = origin or region
         self._client = redis.Redis.from_url(
             url, socket_timeout=timeout_seconds, socket_connect_timeout=timeout_seconds
         )
@@ -265,10 +319,17 @@ class RedisOnlineStore:
 
             def run(chunk=chunk):
                 pipe = self._client.pipeline(transaction=False)
+                now = CLOCK.now()
                 for r in chunk:
                     self._cas(
                         keys=[self._key(r.view, r.entity), self._index(r.view)],
-                        args=[r.event_time_us, r.version, _dumps(r.values)],
+                        args=[
+                            r.event_time_us,
+                            r.version,
+                            _dumps(r.values),
+                            format_hlc(r.hlc or now),
+                            r.origin or self.origin,
+                        ],
                         client=pipe,
                     )
                 return pipe.execute()
@@ -287,18 +348,22 @@ class RedisOnlineStore:
 
             def run(chunk=chunk):
                 pipe = self._client.pipeline(transaction=False)
+                stamp = format_hlc(CLOCK.now())
                 for e, t, p in chunk.select("entity", "event_time_us", "payload").iter_rows():
-                    self._cas(keys=[prefix + e, index], args=[t, version, p], client=pipe)
+                    self._cas(keys=[prefix + e, index], args=[t, version, p, stamp, self.origin], client=pipe)
                 return pipe.execute()
 
             applied += sum(int(x) for x in self._guard(run))
         return WriteResult(applied=applied, stale=frame.height - applied)
 
     def read(self, view: str, entity: str) -> OnlineRow | None:
-        found = self._guard(lambda: self._client.hmget(self._key(view, entity), "t", "v", "p"))
+        found = self._guard(lambda: self._client.hmget(self._key(view, entity), "t", "v", "p", "h", "o"))
         if found[0] is None:
             return None
-        return OnlineRow(view, entity, int(found[0]), found[1].decode(), orjson.loads(found[2]))
+        t, v, p, h, o = found
+        return OnlineRow(
+            view, entity, int(t), v.decode(), orjson.loads(p), int(h) if h else 0, o.decode() if o else ""
+        )
 
     def read_many(self, view: str, entities: Sequence[str]) -> dict[str, OnlineRow]:
         def run():
@@ -315,6 +380,29 @@ class RedisOnlineStore:
 
     def count(self, view: str) -> int:
         return int(self._guard(lambda: self._client.scard(self._index(view))))
+
+    def iter_rows(self, view: str) -> Iterable[OnlineRow]:
+        prefix = len(f"meridian:{self.region}:{view}:")
+        keys = sorted(self._guard(lambda: self._client.smembers(self._index(view))))
+        for chunk in _chunks(keys, 1_000):
+
+            def run(chunk=chunk):
+                pipe = self._client.pipeline(transaction=False)
+                for key in chunk:
+                    pipe.hmget(key, "t", "v", "p", "h", "o")
+                return pipe.execute()
+
+            for key, (t, v, p, h, o) in zip(chunk, self._guard(run), strict=True):
+                if t is not None:
+                    yield OnlineRow(
+                        view,
+                        key.decode()[prefix:],
+                        int(t),
+                        v.decode(),
+                        orjson.loads(p),
+                        int(h) if h else 0,
+                        o.decode() if o else "",
+                    )
 
     def ping(self) -> None:
         self._guard(self._client.ping)

@@ -22,6 +22,13 @@ class RegionPaths:
 
     region: str
     root: Path
+    # The region whose infrastructure hosts `root`: the region itself, or its DR region
+    # while it is failed over (meridian.failover). Writes are stamped with it.
+    site: str = ""
+
+    @property
+    def host(self) -> str:
+        return self.site or self.region
 
     @property
     def lake(self) -> Path:

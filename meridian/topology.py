@@ -51,9 +51,87 @@ class Region(_Strict):
         return codes
 
 
+class ReplicationClass(_Strict):
+    mode: Literal["sync", "async"]
+    max_lag_minutes: float = Field(ge=0, description="RPO target; 0 for sync classes")
+    paths: tuple[str, ...] = Field(min_length=1, description="under the region root")
+
+    @field_validator("paths")
+    @classmethod
+    def _relative(cls, paths: tuple[str, ...]) -> tuple[str, ...]:
+        bad = [p for p in paths if p.startswith("/") or ".." in p.split("/")]
+        if bad:
+            raise ValueError(f"replicated paths must be relative to the region root, got {bad}")
+        return paths
+
+
+REPLICATION_CLASSES = (
+    "raw_lake",
+    "features",
+    "predictions",
+    "online_store",
+    "model_registry",
+    "deployment_config",
+)
+
+
+class Replication(_Strict):
+    classes: dict[str, ReplicationClass]
+
+    @field_validator("classes")
+    @classmethod
+    def _known(cls, classes: dict[str, ReplicationClass]) -> dict[str, ReplicationClass]:
+        missing = [c for c in REPLICATION_CLASSES if c not in classes]
+        unknown = [c for c in classes if c not in REPLICATION_CLASSES]
+        if missing or unknown:
+            raise ValueError(
+                f"replication classes must be {list(REPLICATION_CLASSES)}; missing {missing}, unknown {unknown}"
+            )
+        for name in ("model_registry", "deployment_config"):
+            if classes[name].mode != "sync":
+                raise ValueError(
+                    f"{name} must replicate synchronously: a failed-over region must never serve "
+                    "a model or config it does not have"
+                )
+        return classes
+
+
+class Failover(_Strict):
+    mode: Literal["automated", "manual"] = "automated"
+    probe_failures: int = Field(default=2, ge=1)
+    heartbeat_timeout_seconds: float = Field(default=120, gt=0)
+    failed_runs: int = Field(default=3, ge=1)
+    failed_runs_window_minutes: float = Field(default=30, gt=0)
+
+
+DEFAULT_REPLICATION = {
+    "raw_lake": {
+        "mode": "async",
+        "max_lag_minutes": 90,
+        "paths": ["lake/raw_transactions", "lake/raw_labels"],
+    },
+    "features": {"mode": "async", "max_lag_minutes": 180, "paths": ["warehouse.duckdb"]},
+    "predictions": {"mode": "async", "max_lag_minutes": 180, "paths": ["lake/predictions"]},
+    "online_store": {"mode": "async", "max_lag_minutes": 30, "paths": ["online"]},
+    "model_registry": {"mode": "sync", "max_lag_minutes": 0, "paths": ["models"]},
+    "deployment_config": {"mode": "sync", "max_lag_minutes": 0, "paths": ["deployment"]},
+}
+
+
 class Topology(_Strict):
     zones: tuple[Zone, ...] = Field(min_length=1)
     regions: tuple[Region, ...] = Field(min_length=1)
+    replication: Replication = Replication.model_validate({"classes": DEFAULT_REPLICATION})
+    failover: Failover = Failover()
+
+    def zone_of(self, region: str) -> str:
+        return self.region(region).zone
+
+    def dr_region(self, region: str) -> Region:
+        name = self.region(region).dr_region
+        if name is None:
+            raise KeyError(f"region {region!r} has no dr_region in regions.yaml")
+        return self.region(name)
 
     @property
     def active_regions(self) -> tuple[Region, ...]:

@@ -8,8 +8,10 @@ quarantine table says the most basic thing wrong with it. Nothing is dropped:
 
 from __future__ import annotations
 
+import csv
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
 
 import polars as pl
 
@@ -35,6 +37,15 @@ TRANSACTION_COLUMNS = (
 )
 LABEL_COLUMNS = ("transaction_id", "chargeback_at", "reason_code", "amount", "currency")
 KNOWN_CHANNELS = ("pos", "contactless", "ecom")
+
+
+CURRENCY_SEED = Path(__file__).resolve().parent.parent / "dbt_project" / "seeds" / "currency_rates.csv"
+
+
+def currency_rates() -> dict[str, float]:
+    """Units of each currency per USD: the dbt seed the features are computed with."""
+    with open(CURRENCY_SEED) as handle:
+        return {row["currency"]: float(row["units_per_usd"]) for row in csv.DictReader(handle)}
 
 
 class SchemaError(ValueError):

@@ -13,6 +13,14 @@ from datetime import timedelta
 import dagster as dg
 
 from assets.features import feature_view_assets
+from assets.governance import (
+    cost_report,
+    daily_governance_schedule,
+    global_merchant_risk,
+    governance_catalog,
+    governance_job,
+    residency_audit,
+)
 from assets.ingestion import labels_ingestion, transactions_ingestion
 from assets.jobs import (
     batch_inference,
@@ -43,8 +51,17 @@ from assets.monitoring import (
     run_failure_alert_sensor,
 )
 from assets.online import online_features
+from assets.replication import (
+    REPLICA_ASSETS,
+    region_failover,
+    region_health_sensor,
+    regional_replication,
+    replication_sensor,
+    replication_status,
+)
 from assets.serving import deployment_config, serving_stream, serving_stream_job, serving_stream_sensor
 from assets.transforms import dbt_project, regional_dbt_models
+from meridian.governance import default_policy
 from resources.alerting import AlertingResource
 from resources.lake import RegionalLakeResource
 from resources.mlflow import MlflowTrackingResource
@@ -58,6 +75,18 @@ DAILY_GROUPS = ("ingestion", "staging", "labels", "features", "online", "inferen
 DAILY_FRESHNESS = dg.FreshnessPolicy.time_window(
     fail_window=timedelta(hours=26), warn_window=timedelta(hours=24)
 )
+
+
+def classify(spec: dg.AssetSpec) -> dg.AssetSpec:
+    """Classification from platform/policies/governance.yaml as a tag and column metadata."""
+    found = default_policy().asset_classification(spec.key.path[-1])
+    if found is None:
+        return spec
+    level, columns = found
+    return spec.merge_attributes(
+        tags={"meridian/classification": level},
+        metadata={"column_classification": dg.MetadataValue.json(columns)},
+    )
 
 
 def build_resources(profile: str) -> dict[str, object]:
@@ -86,47 +115,67 @@ def build_resources(profile: str) -> dict[str, object]:
     }
 
 
-defs = dg.Definitions(
-    assets=[
-        transactions_ingestion,
-        labels_ingestion,
-        regional_dbt_models,
-        feature_view_assets,
-        online_features,
-        training_set,
-        fraud_model_hyperparameters,
-        fraud_model,
-        fraud_model_promotion,
-        fraud_predictions,
-        deployment_config,
-        serving_stream,
-        feature_drift,
-        model_performance,
-        platform_health,
-        deployment_analysis,
-    ],
-    jobs=[
-        regional_pipeline,
-        ml_training,
-        batch_inference,
-        rollback_champion,
-        serving_stream_job,
-        monitoring_job,
-        deployment_analysis_job,
-    ],
-    sensors=[
-        serving_stream_sensor,
-        predictions_drift_sensor,
-        drift_retraining_sensor,
-        run_failure_alert_sensor,
-        deployment_analysis_sensor,
-    ],
-    schedules=[daily_regional_schedule, daily_inference_schedule, weekly_retraining_schedule],
-    resources=build_resources(os.environ.get("MERIDIAN_PROFILE", "local")),
-    executor=dg.in_process_executor,
-).map_resolved_asset_specs(
-    # The nightly graph lands every day (pipeline at 02:00, scoring at 04:00, drift after):
-    # WARN when an asset's newest materialization is a day old, FAIL past 26 hours.
-    func=lambda spec: dg.apply_freshness_policy(spec, DAILY_FRESHNESS),
-    selection=dg.AssetSelection.groups(*DAILY_GROUPS) | dg.AssetSelection.assets("feature_drift"),
+defs = (
+    dg.Definitions(
+        assets=[
+            transactions_ingestion,
+            labels_ingestion,
+            regional_dbt_models,
+            feature_view_assets,
+            online_features,
+            training_set,
+            fraud_model_hyperparameters,
+            fraud_model,
+            fraud_model_promotion,
+            fraud_predictions,
+            deployment_config,
+            serving_stream,
+            feature_drift,
+            model_performance,
+            platform_health,
+            deployment_analysis,
+            *REPLICA_ASSETS,
+            replication_status,
+            global_merchant_risk,
+            residency_audit,
+            governance_catalog,
+            cost_report,
+        ],
+        jobs=[
+            regional_pipeline,
+            ml_training,
+            batch_inference,
+            rollback_champion,
+            serving_stream_job,
+            monitoring_job,
+            deployment_analysis_job,
+            regional_replication,
+            region_failover,
+            governance_job,
+        ],
+        sensors=[
+            serving_stream_sensor,
+            predictions_drift_sensor,
+            drift_retraining_sensor,
+            run_failure_alert_sensor,
+            deployment_analysis_sensor,
+            replication_sensor,
+            region_health_sensor,
+        ],
+        schedules=[
+            daily_regional_schedule,
+            daily_inference_schedule,
+            weekly_retraining_schedule,
+            daily_governance_schedule,
+        ],
+        resources=build_resources(os.environ.get("MERIDIAN_PROFILE", "local")),
+        executor=dg.in_process_executor,
+    )
+    .map_resolved_asset_specs(func=classify)
+    .map_resolved_asset_specs(
+        # The nightly graph lands every day (pipeline at 02:00, scoring at 04:00, drift after):
+        # WARN when an asset's newest materialization is a day old, FAIL past 26 hours.
+        func=lambda spec: dg.apply_freshness_policy(spec, DAILY_FRESHNESS),
+        selection=dg.AssetSelection.groups(*DAILY_GROUPS) | dg.AssetSelection.assets("feature_drift"),
+    )
 )

@@ -34,6 +34,12 @@ class RegionalLakeResource(dg.ConfigurableResource):
         return Path(self.home).resolve() if self.home else meridian_home()
 
     def paths(self, topology: Topology, region: str) -> RegionPaths:
+        """Where `region`'s data lives now: its own root, or its DR site while failed over."""
+        from meridian.dr import active_paths
+
+        return active_paths(topology, self.root(), region)
+
+    def primary_paths(self, topology: Topology, region: str) -> RegionPaths:
         return region_paths(topology.region(region), self.root())
 
     def write_partition(

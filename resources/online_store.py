@@ -18,8 +18,12 @@ class OnlineStoreResource(dg.ConfigurableResource):
     redis_url: str | None = Field(default=None, description="redis://host:port/db when backend is redis")
 
     def open(self, paths: RegionPaths) -> OnlineStore:
+        if paths.host != paths.region:
+            # Failed over: the region is served from its read replica in the DR site, a
+            # SQLite snapshot checked out there (meridian.dr), whatever the primary's backend.
+            return SqliteOnlineStore(paths.root / "online" / "online_store.db", origin=paths.host)
         if self.backend == "redis":
             if not self.redis_url:
                 raise ValueError("online store backend is redis but no redis_url is configured")
-            return RedisOnlineStore(self.redis_url, paths.region)
-        return SqliteOnlineStore(paths.root / "online" / "online_store.db")
+            return RedisOnlineStore(self.redis_url, paths.region, origin=paths.host)
+        return SqliteOnlineStore(paths.root / "online" / "online_store.db", origin=paths.host)

@@ -23,6 +23,14 @@ A/B split, a canary share, or the champion with the challenger scored in shadow.
 Every response is appended to the region's stream log (meridian.stream_log) without
 waiting for the disk; Dagster assets micro-batch it into the lake.
 
+Failover (meridian.dr): the poller also watches the control plane's failover state.
+When region R is failed over to its DR region D, R's service is rebuilt on D's site —
+the read replica of R's online store, the registry replica's models (loaded from the
+replica's files, not from MLflow), the replicated deployment config, a stream log at D —
+and swapped in as one reference; responses say which site answered (`site`). When R's
+own storage root disappears, R answers 503 until the failover lands, never from a
+storage it has lost. Failback swaps R's own site back in the same way.
+
 Online store unavailable: 503 with the store's error, no fallback. A score from default
 features would be a silently different model; callers (the card authoriser) own the
 fallback rule for an unscored transaction.
@@ -31,7 +39,6 @@ fallback rule for an unscored transaction.
 from __future__ import annotations
 
 import contextlib
-import csv
 import logging
 import threading
 import time
@@ -47,18 +54,18 @@ from fastapi import FastAPI, HTTPException, Path, Request, Response
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, Field, ValidationError
 
-from meridian import deployment, registry
+from meridian import deployment, dr, registry
 from meridian.feature_views import feature_views
 from meridian.online_store import OnlineRow, OnlineStore, OnlineStoreUnavailable, serve, to_micros
-from meridian.paths import REPO_ROOT, region_paths
+from meridian.paths import meridian_home
 from meridian.push import PushQueue, fold
 from meridian.stream_log import StreamLogWriter, stream_dir
 from meridian.topology import Region, Topology
+from meridian.validation import currency_rates
 
 log = logging.getLogger("meridian.serving")
 
 VIEWS = {view.name: view for view in feature_views()}
-CURRENCY_SEED = REPO_ROOT / "dbt_project" / "seeds" / "currency_rates.csv"
 
 
 class Transaction(BaseModel):
@@ -84,6 +91,9 @@ class Score(BaseModel):
     variant: str
     feature_versions: dict[str, str]
     latency_ms: float
+    site: str = Field(
+        description="the region whose infrastructure answered (the DR region during a failover)"
+    )
 
 
 @dataclass(frozen=True)
@@ -150,8 +160,11 @@ class RegionService:
         region_root,
         stream: StreamLogWriter | None,
         push: PushQueue | None,
+        site: str | None = None,
     ):
         self.region = region
+        self.site = site or region.name
+        self.down: str | None = None  # why the region's own storage is unusable, while it is
         self.store = store
         self.models = models
         self.rates = rates
@@ -240,11 +253,6 @@ class RegionService:
         return values, versions, folded
 
 
-def _rates() -> dict[str, float]:
-    with open(CURRENCY_SEED) as handle:
-        return {row["currency"]: float(row["units_per_usd"]) for row in csv.DictReader(handle)}
-
-
 def create_app(
     topology: Topology,
     open_store,
@@ -263,23 +271,31 @@ def create_app(
     model and a reachable store. `stream_log` appends every decision to the region's
     stream log; `push` folds each scored transaction into the online store.
     """
-    rates = _rates()
+    rates = currency_rates()
     served = regions or topology.active_region_names
     unknown = [r for r in served if r not in topology.active_region_names]
     if unknown:
         raise ValueError(
             f"cannot serve unknown or standby regions {unknown}; active: {topology.active_region_names}"
         )
-    services: dict[str, RegionService] = {}
-    for region in (topology.region(name) for name in served):
-        holder = ModelHolder(region.name, mlflow_client, load_model)
+    home = home or meridian_home()
+
+    def build(region: Region) -> RegionService:
+        paths = dr.active_paths(topology, home, region.name)
+        if paths.host == region.name:
+            holder = ModelHolder(region.name, mlflow_client, load_model)
+        else:  # failed over: models from the registry replica at the DR site
+            holder = ModelHolder(
+                region.name,
+                dr.ReplicaRegistryClient(paths.root),
+                lambda _region, version, root=paths.root: dr.load_replica_booster(root, version),
+            )
         try:
             holder.refresh()
         except Exception as error:  # not ready until a model loads; /readyz says why
             holder.last_error = f"{type(error).__name__}: {error}"
-        paths = region_paths(region, home)
         store = open_store(paths)
-        services[region.name] = RegionService(
+        return RegionService(
             region,
             store,
             holder,
@@ -287,12 +303,53 @@ def create_app(
             paths.root,
             StreamLogWriter(stream_dir(paths.root)) if stream_log else None,
             PushQueue(store) if push else None,
+            site=paths.host,
         )
 
+    services: dict[str, RegionService] = {name: build(topology.region(name)) for name in served}
+
+    def retire(service: RegionService) -> None:
+        if service.push:
+            service.push.close()
+        if service.stream:
+            service.stream.close()
+
+    def failover_stamp() -> tuple[int, int] | None:
+        try:
+            stat = dr.state_path(home).stat()
+        except FileNotFoundError:
+            return None
+        return stat.st_ino, stat.st_mtime_ns
+
+    stamp = [failover_stamp()]
     stop = threading.Event()
+
+    def follow_failover() -> None:
+        """Swap a region's service when the control plane moved it to another site."""
+        current = failover_stamp()
+        for name, service in list(services.items()):
+            if current != stamp[0]:
+                site = dr.active_paths(topology, home, name).host
+                if site != service.site:
+                    fresh = build(service.region)
+                    services[name] = fresh  # one reference: requests in flight keep the old one
+                    log.warning("%s is now served from %s", name, site)
+                    threading.Thread(target=retire, args=(service,), daemon=True).start()
+                    continue
+            # The region's own site lost its storage: stop answering from what is left open.
+            service.down = (
+                None
+                if service.region_root.is_dir()
+                else f"storage of {service.site} at {service.region_root} is unreachable; failover pending"
+            )
+        stamp[0] = current
 
     def poll() -> None:
         while not stop.wait(poll_seconds):
+            try:
+                follow_failover()
+            except Exception as error:  # keep serving where we are
+                log.error("failover state unreadable: %s", error)
             for service in services.values():
                 try:
                     service.models.refresh()
@@ -311,10 +368,7 @@ def create_app(
     def shutdown() -> None:
         stop.set()
         for service in services.values():
-            if service.push:
-                service.push.close()
-            if service.stream:
-                service.stream.close()
+            retire(service)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI):
@@ -349,7 +403,10 @@ def create_app(
             except OnlineStoreUnavailable as error:
                 store = str(error)
             config = service.deployment
+            if service.down:
+                store = service.down
             status[name] = {
+                "site": service.site,
                 "model_version": models[registry.CHAMPION].version if registry.CHAMPION in models else None,
                 "challenger_version": models[registry.CHALLENGER].version
                 if registry.CHALLENGER in models
@@ -389,6 +446,8 @@ def create_app(
     async def score(request: Request, region: str = Path(pattern=r"^[a-z]+-[a-z]+$")) -> Response:
         started = time.perf_counter()
         service = service_for(region)
+        if service.down:
+            raise HTTPException(503, detail=f"region {region} unavailable: {service.down}")
         try:
             txn = Transaction.model_validate_json(await request.body())
         except ValidationError as error:
@@ -435,6 +494,7 @@ def create_app(
             "variant": variant,
             "feature_versions": versions,
             "latency_ms": round((time.perf_counter() - started) * 1000, 3),
+            "site": service.site,
         }
         if service.stream is not None:
             service.stream.append(

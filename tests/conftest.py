@@ -98,3 +98,24 @@ def open_test_store(request, tmp_path: Path):
         return SqliteOnlineStore(tmp_path / "online.db")
     # A fresh key space per test on the shared server.
     return RedisOnlineStore(request.getfixturevalue("redis_url"), f"test-{next(_KEY_SPACES)}")
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def online_store_pair(request, tmp_path):
+    """Two online stores on one backend: a region's (eu-west) and its DR site's (eu-central)."""
+    from meridian.online_store import RedisOnlineStore, SqliteOnlineStore
+
+    if request.param == "sqlite":
+        stores = (
+            SqliteOnlineStore(tmp_path / "primary.db", origin="eu-west"),
+            SqliteOnlineStore(tmp_path / "dr.db", origin="eu-central"),
+        )
+    else:
+        url, n = request.getfixturevalue("redis_url"), next(_KEY_SPACES)
+        stores = (
+            RedisOnlineStore(url, f"pair-{n}-primary", origin="eu-west"),
+            RedisOnlineStore(url, f"pair-{n}-dr", origin="eu-central"),
+        )
+    yield stores
+    for store in stores:
+        store.close()

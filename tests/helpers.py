@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import date, timedelta
 from pathlib import Path
 
@@ -60,3 +65,27 @@ REGIONAL_ASSETS = (
     "customer_spend_view",
     "merchant_risk_view",
 )
+
+
+@contextmanager
+def serving(app) -> Iterator[str]:
+    """The scoring app on uvicorn on a free loopback port, in a thread; yields its base URL.
+    On exit the server stops and the app drains its pushes and stream log."""
+    import uvicorn
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    for _ in range(200):
+        if server.started:
+            break
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        app.state.shutdown()

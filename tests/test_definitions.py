@@ -22,8 +22,20 @@ ML_ASSETS = ("training_set", "fraud_model_hyperparameters", "fraud_model", "frau
 SERVING_ASSETS = ("deployment_config", "served_transactions", "scoring_decisions")
 # Per region over all of its days: performance once labels mature.
 MONITORING_ASSETS = ("model_performance", "deployment_analysis")
+# Per region: a replica of each asset class in the region's DR pair.
+REPLICA_ASSETS = tuple(
+    f"{c}_replica"
+    for c in ("raw_lake", "features", "predictions", "online_store", "model_registry", "deployment_config")
+)
 # Global: one view over every region, aggregates only.
-GLOBAL_ASSETS = ("platform_health",)
+GLOBAL_ASSETS = (
+    "platform_health",
+    "replication_status",
+    "global_merchant_risk",
+    "residency_audit",
+    "governance_catalog",
+    "cost_report",
+)
 
 
 def test_every_regional_asset_is_partitioned_by_active_region(defs, topology):
@@ -35,6 +47,8 @@ def test_every_regional_asset_is_partitioned_by_active_region(defs, topology):
         | set(ML_ASSETS)
         | set(SERVING_ASSETS)
         | set(MONITORING_ASSETS)
+        | set(REPLICA_ASSETS)
+        | set(GLOBAL_ASSETS)
         | {"fraud_predictions", "feature_drift"}
         <= keys
     )
@@ -43,7 +57,7 @@ def test_every_regional_asset_is_partitioned_by_active_region(defs, topology):
         if key.to_user_string() in GLOBAL_ASSETS:
             assert partitions is None, key
             continue
-        if key.to_user_string() in ML_ASSETS + SERVING_ASSETS + MONITORING_ASSETS:
+        if key.to_user_string() in ML_ASSETS + SERVING_ASSETS + MONITORING_ASSETS + REPLICA_ASSETS:
             assert isinstance(partitions, dg.StaticPartitionsDefinition), key
             assert partitions.get_partition_keys() == topology.active_region_names
             continue
@@ -144,3 +158,40 @@ def test_monitoring_views_refresh_themselves(defs):
     assert graph.get(dg.AssetKey("model_performance")).automation_condition is not None
     sensors = {s.name for s in defs.sensors}
     assert {"predictions_drift_sensor", "drift_retraining_sensor", "deployment_analysis_sensor"} <= sensors
+
+
+def test_each_replica_asset_follows_what_it_copies(defs):
+    graph = defs.resolve_asset_graph()
+    parents = lambda name: {k.to_user_string() for k in graph.get(dg.AssetKey(name)).parent_keys}  # noqa: E731
+    assert {"raw_transactions", "raw_labels", "scoring_decisions"} <= parents("raw_lake_replica")
+    assert parents("online_store_replica") == {"online_features"}
+    assert parents("model_registry_replica") == {"fraud_model", "fraud_model_promotion"}
+    assert parents("deployment_config_replica") == {"deployment_config"}
+    assert "fraud_predictions" in parents("predictions_replica")
+    assert {f"{c}_replica" for c in ("raw_lake", "features")} <= parents("residency_audit")
+    assert graph.get(dg.AssetKey("raw_lake_replica")).tags["meridian/replication_class"] == "raw_lake"
+
+
+def test_the_replication_sensor_requests_only_regions_with_unreplicated_files(defs, meridian_home):
+    import polars as pl
+
+    from meridian import dr
+    from meridian.lake import write_parquet_atomic
+    from meridian.paths import region_paths
+    from meridian.topology import load_topology
+    from resources.lake import RegionalLakeResource
+
+    topology = load_topology()
+    sensor = defs.resolve_sensor_def("replication_sensor")
+    resources = {**defs.resources, "lake": RegionalLakeResource(home=str(meridian_home))}
+    paths = region_paths(topology.region("eu-west"), meridian_home)
+    write_parquet_atomic(
+        pl.DataFrame({"transaction_id": ["t1"]}),
+        paths.table("raw_labels") / "day=2026-01-01" / "data.parquet",
+    )
+    with dg.instance_for_test() as instance:
+        requests = list(sensor(dg.build_sensor_context(instance=instance, resources=resources)) or [])
+        assert [r.partition_key for r in requests] == ["eu-west"]
+        for cls in ("raw_lake", "features", "predictions"):
+            dr.replicate_class(topology, meridian_home, "eu-west", cls)
+        assert list(sensor(dg.build_sensor_context(instance=instance, resources=resources)) or []) == []

@@ -295,16 +295,39 @@ def test_the_readme_main_command_runs_regions_in_parallel_and_records_them_in_th
     assert "mlflow ui --backend-store-uri sqlite:///" in run.stdout
     with dg.DagsterInstance.from_config(str(home / "dagster")) as instance:
         runs = instance.get_runs()
-        assert sorted((r.job_name, r.tags["meridian/region"]) for r in runs) == sorted(
-            (job, region)
-            for job in ("regional_pipeline", "ml_training", "batch_inference")
-            for region in ("ap-southeast", "eu-west")
+        assert sorted((r.job_name, r.tags.get("meridian/region", "global")) for r in runs) == sorted(
+            [
+                *(
+                    (job, region)
+                    for job in ("regional_pipeline", "ml_training", "batch_inference", "regional_replication")
+                    for region in ("ap-southeast", "eu-west")
+                ),
+                ("global_governance", "global"),
+            ]
         )
         assert {r.status for r in runs} == {dg.DagsterRunStatus.SUCCESS}
         assert len(instance.get_materialized_partitions(dg.AssetKey("customer_spend_features"))) == 30
         assert len(instance.get_materialized_partitions(dg.AssetKey("fraud_predictions"))) == 4
         assert instance.get_materialized_partitions(dg.AssetKey("fraud_model")) == {"ap-southeast", "eu-west"}
+    # The full default run ends with the global services: every class replicated to the DR
+    # region, and the residency audit passing over every file the run wrote.
+    assert "Global: residency audit passed" in run.stdout and "replication breaches: 0" in run.stdout
+    audit = json.loads((home / "platform" / "residency_audit.json").read_text())
+    assert audit["passed"] and audit["files_scanned"] > 100 and audit["findings"] == []
+    assert {"eu", "apac", "global"} <= set(audit["by_zone"])
+    catalog = json.loads((home / "platform" / "governance_catalog.json").read_text())
+    assert catalog["problems"] == []
+    by_asset = {a["asset"]: a for a in catalog["assets"]}
+    assert by_asset["raw_transactions"]["classification"] == "personal"
+    assert by_asset["raw_transactions"]["replicas"][0]["asset"] == "raw_lake_replica"
+    assert by_asset["global_merchant_risk"]["classification"] == "aggregate"
     _the_readme_serve_command_answers_after_the_main_job(home, env)
+    # ... and still passes after the service wrote its stream logs.
+    from meridian import governance
+    from meridian.topology import load_topology
+
+    report = governance.residency_audit(load_topology(), governance.default_policy(), home)
+    assert report.passed, report.findings[:5]
 
 
 def _the_readme_serve_command_answers_after_the_main_job(home: Path, env: dict[str, str]) -> None:

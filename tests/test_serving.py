@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 import threading
 import time
 import urllib.error
@@ -28,6 +27,7 @@ from meridian.topology import load_topology
 from resources.lake import RegionalLakeResource
 from resources.mlflow import MlflowTrackingResource
 from resources.source import TransactionSourceResource
+from tests.helpers import serving
 
 pytestmark = pytest.mark.e2e
 REGION = "eu-west"
@@ -60,8 +60,6 @@ def _train(home: Path, promotion: dict | None = None) -> None:
 @pytest.fixture(scope="module")
 def service(tmp_path_factory):
     """Main job for one region (pipeline with the online store, then training), then the service."""
-    import uvicorn
-
     home = tmp_path_factory.mktemp("serving") / "home"
     with pytest.MonkeyPatch.context() as env:
         env.setenv("MERIDIAN_HOME", str(home))
@@ -85,20 +83,8 @@ def service(tmp_path_factory):
         from serving.main import build_app
 
         app = build_app(poll_seconds=0.2, regions=[REGION])
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-        thread = threading.Thread(target=server.run, daemon=True)
-        thread.start()
-        for _ in range(200):
-            if server.started:
-                break
-            time.sleep(0.05)
-        yield {"url": f"http://127.0.0.1:{port}", "home": home, "app": app}
-        server.should_exit = True
-        thread.join(timeout=10)
-        app.state.shutdown()
+        with serving(app) as url:
+            yield {"url": url, "home": home, "app": app}
 
 
 def _call(url: str, body: object | None = None, raw: bytes | None = None) -> tuple[int, dict]:

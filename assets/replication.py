@@ -1,0 +1,484 @@
+"""Replicas of every regional asset class in the region's DR pair, failover and failback.
+
+One replica asset per class in `platform/regions.yaml` (`raw_lake_replica`,
+`features_replica`, `predictions_replica`, `online_store_replica`,
+`model_registry_replica`, `deployment_config_replica`), partitioned by region, downstream
+of the assets whose files it copies, so the lineage graph shows where each table's copy
+lives. Each run is incremental, checksummed and table-consistent (meridian.replication),
+checks residency before any byte moves, scrubs the replica (corrupt objects are found
+and copied again), and reports what it closed: the files and partitions that were not
+replicated before it ran and the age of the oldest of them (the RPO at that moment).
+
+Async classes are kept current by `replication_sensor`, which measures every region's
+lag with `stat` calls only and launches `regional_replication` for the regions that
+have unreplicated files. Sync classes (model registry, deployment config) are written
+to the DR region by the assets that change them, before they report success; their
+replica assets verify and repair.
+
+Failover: `region_failover` (an op job; Launchpad config or `meridian failover`) promotes
+the DR region for a region, or fails it back. `region_health_sensor` probes every active
+region (storage root, heartbeat, online store, failed runs) and, with `failover.mode:
+automated`, launches the failover itself after consecutive failed probes.
+"""
+
+import json
+import sqlite3
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Literal
+
+import dagster as dg
+from pydantic import Field
+
+from assets.partitions import REGION_DIMENSION, REGION_PARTITIONS
+from meridian import dr, governance
+from meridian.report import markdown_table
+from resources.alerting import AlertingResource
+from resources.lake import RegionalLakeResource
+from resources.mlflow import MlflowTrackingResource
+from resources.online_store import OnlineStoreResource
+from resources.topology import RegionTopologyResource
+
+REPLICATION_GROUP = "replication"
+BY_REGION = dg.MultiToSingleDimensionPartitionMapping(partition_dimension_name=REGION_DIMENSION)
+
+# class -> (upstream assets, are they region x day?)
+CLASS_UPSTREAM: dict[str, list[tuple[str, bool]]] = {
+    "raw_lake": [
+        ("raw_transactions", True),
+        ("raw_labels", True),
+        ("quarantined_transactions", True),
+        ("quarantined_labels", True),
+        ("served_transactions", False),
+        ("scoring_decisions", False),
+    ],
+    "features": [
+        ("customer_spend_view", True),
+        ("merchant_risk_view", True),
+        ("training_set", False),
+        ("fraud_model_hyperparameters", False),
+    ],
+    "predictions": [
+        ("fraud_predictions", True),
+        ("feature_drift", True),
+        ("deployment_analysis", False),
+    ],
+    "online_store": [("online_features", True)],
+    "model_registry": [("fraud_model", False), ("fraud_model_promotion", False)],
+    "deployment_config": [("deployment_config", False)],
+}
+KINDS = {
+    "online_store": "sqlite",
+    "model_registry": "mlflow",
+    "deployment_config": "json",
+    "features": "duckdb",
+}
+
+
+class ReplicaConfig(dg.Config):
+    scrub: bool = Field(
+        default=True,
+        description="re-hash every object of the replica first; corrupt ones are deleted and copied again",
+    )
+
+
+def _gb(n: int) -> float:
+    return n / 1e9
+
+
+def build_replica_asset(cls: str) -> dg.AssetsDefinition:
+    deps = [
+        dg.AssetDep(name, partition_mapping=BY_REGION) if by_day else dg.AssetDep(name)
+        for name, by_day in CLASS_UPSTREAM[cls]
+    ]
+
+    @dg.asset(
+        name=f"{cls}_replica",
+        partitions_def=REGION_PARTITIONS,
+        deps=deps,
+        group_name=REPLICATION_GROUP,
+        owners=["team:platform"],
+        kinds={"replica", KINDS.get(cls, "parquet")},
+        tags={"meridian/replication_class": cls},
+        description=f"The {cls.replace('_', ' ')} of the region, copied to its DR region (same zone): "
+        "incremental, checksummed, published atomically. Metadata: version, what was copied, the lag "
+        "it closed, objects repaired.",
+    )
+    def _replica(
+        context: dg.AssetExecutionContext,
+        config: ReplicaConfig,
+        topology: RegionTopologyResource,
+        lake: RegionalLakeResource,
+        online_store: OnlineStoreResource,
+        mlflow_tracking: MlflowTrackingResource,
+        alerting: AlertingResource,
+    ) -> dg.MaterializeResult:
+        region = context.partition_key
+        topo = topology.load()
+        home = lake.root()
+        if dr.is_failed_over(home, region):
+            raise dg.Failure(
+                f"{region} is failed over to {topo.dr_region(region).name}: its replica is the live copy now; "
+                "fail back first (region_failover with action=failback)"
+            )
+        client = None
+        if cls == "model_registry":
+            mlflow_tracking.preflight()
+            client = mlflow_tracking.client()
+        lock = None
+        if cls == "features":  # the warehouse is copied while no run writes it
+            from meridian.locks import file_lock
+
+            lock = file_lock(lake.paths(topo, region).warehouse_lock, shared=True, timeout_s=1800)
+            lock.__enter__()
+        try:
+            done = dr.replicate_class(
+                topo, home, region, cls, open_store=online_store.open, client=client, scrub=config.scrub
+            )
+        except governance.ResidencyViolation as error:
+            alerting.send("ERROR", region, f"{cls}_replica", f"residency:{region}:{cls}", str(error))
+            raise dg.Failure(str(error)) from error
+        except FileNotFoundError as error:
+            raise dg.Failure(f"{region} {cls}: nothing to replicate yet: {error}") from error
+        finally:
+            if lock is not None:
+                lock.__exit__(None, None, None)
+        result = done.result
+        rates = topo.region(region).cost
+        if done.repaired:
+            alerting.send(
+                "WARN",
+                region,
+                f"{cls}_replica",
+                f"replica-repair:{region}:{cls}",
+                f"{len(done.repaired)} corrupt or missing object(s) in the {cls} replica at "
+                f"{done.target_region} were copied again",
+                {"files": done.repaired[:20]},
+            )
+        rep = dr.replica(topo, home, region, cls)
+        extra: dict[str, object] = {}
+        if cls == "online_store":
+            staleness = dr.read_replica_staleness(topo, home, region)
+            extra = {
+                "read_replica": dg.MetadataValue.path(str(rep.resolve("online/online_store.db"))),
+                "read_replica_rows": staleness["replica_rows"],
+                "read_replica_staleness_s": staleness["staleness_s"]
+                if staleness["staleness_s"] is not None
+                else "n/a (Redis primary: snapshot at replication)",
+            }
+        context.log.info(
+            f"{region} → {done.target_region} {cls}: v{result.version}, {result.copied_files} file(s) "
+            f"/ {result.copied_bytes:,} bytes copied, {result.unchanged_files} unchanged, "
+            f"{len(done.repaired)} repaired"
+        )
+        return dg.MaterializeResult(
+            metadata={
+                "mode": done.mode,
+                "source_region": region,
+                "target_region": done.target_region,
+                "zone": topo.zone_of(region),
+                "replica_version": result.version,
+                "published": result.published,
+                "files": result.files,
+                "bytes": result.bytes,
+                "copied_files": result.copied_files,
+                "copied_bytes": result.copied_bytes,
+                "reused_files": result.reused_files,
+                "unchanged_files": result.unchanged_files,
+                "removed_files": result.removed_files,
+                "repaired_files": len(done.repaired),
+                "unreplicated_files_before": done.unreplicated_before,
+                "lag_closed_seconds": round(done.oldest_unreplicated_age_s, 3),
+                "rpo_target_minutes": topo.replication.classes[cls].max_lag_minutes,
+                "seconds": round(result.seconds, 3),
+                "throughput_mb_s": round(result.copied_bytes / 1e6 / result.seconds, 1)
+                if result.seconds
+                else 0.0,
+                "transfer_cost_usd": round(_gb(result.copied_bytes) * rates.transfer_gb, 6),
+                "changed": dg.MetadataValue.md(
+                    "\n".join(f"- `{c}`" for c in result.changed[:30])
+                    + (f"\n- … {len(result.changed) - 30} more" if len(result.changed) > 30 else "")
+                    or "nothing changed"
+                ),
+                "replica_path": dg.MetadataValue.path(str(rep.root)),
+                **extra,
+            }
+        )
+
+    return _replica
+
+
+REPLICA_ASSETS = [build_replica_asset(cls) for cls in CLASS_UPSTREAM]
+ASYNC_REPLICA_KEYS = [
+    dg.AssetKey(f"{cls}_replica") for cls in ("raw_lake", "features", "predictions", "online_store")
+]
+
+regional_replication = dg.define_asset_job(
+    "regional_replication",
+    selection=dg.AssetSelection.groups(REPLICATION_GROUP),
+    partitions_def=REGION_PARTITIONS,
+    description="Copy every class of one region to its DR region (the replica assets).",
+    tags={"dagster/max_retries": 1},
+)
+
+
+@dg.sensor(
+    job=regional_replication,
+    minimum_interval_seconds=60,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="Every minute: which regions have files their replicas lack (stat only, no reads); "
+    "launches regional_replication for those regions.",
+)
+def replication_sensor(
+    context: dg.SensorEvaluationContext, topology: RegionTopologyResource, lake: RegionalLakeResource
+):
+    topo = topology.load()
+    home = lake.root()
+    for region in topo.active_region_names:
+        if dr.is_failed_over(home, region):
+            continue
+        pending = 0
+        for cls in ("raw_lake", "features", "predictions", "online_store"):
+            try:
+                pending += int(dr.replication_lag(topo, home, region, cls)["unreplicated_files"])
+            except (FileNotFoundError, sqlite3.Error):
+                continue
+        if pending:
+            # One run per region per 10-minute window at most: the key dedups evaluations.
+            window = int(time.time() // 600)
+            yield dg.RunRequest(
+                run_key=f"{region}:{window}", partition_key=region, tags={"meridian/region": region}
+            )
+
+
+# ---------------------------------------------------------------- replication status
+
+
+@dg.asset(
+    deps=REPLICA_ASSETS,
+    group_name="global",
+    owners=["team:platform"],
+    kinds={"python"},
+    description="Every region x class: replica version, unreplicated files and partitions, lag "
+    "against the class's RPO target. WARN alert on a breach.",
+)
+def replication_status(
+    context: dg.AssetExecutionContext,
+    topology: RegionTopologyResource,
+    lake: RegionalLakeResource,
+    alerting: AlertingResource,
+) -> dg.MaterializeResult:
+    topo = topology.load()
+    home = lake.root()
+    rows = []
+    for region in topo.active_region_names:
+        for cls, spec in topo.replication.classes.items():
+            lag = dr.replication_lag(topo, home, region, cls)
+            # A region whose lake was never written is not provisioned yet: nothing to replicate.
+            lake_dir = dr.primary_paths(topo, home, region).root / "lake"
+            provisioned = lake_dir.exists() or dr.is_failed_over(home, region)
+            breach = provisioned and (
+                lag["version"] is None or lag["lag_seconds"] > spec.max_lag_minutes * 60 + 60
+            )
+            rows.append(
+                {
+                    "region": region,
+                    "dr_region": topo.dr_region(region).name,
+                    "class": cls,
+                    "mode": spec.mode,
+                    "version": lag["version"] or "none",
+                    "unreplicated_files": lag["unreplicated_files"],
+                    "unreplicated_partitions": lag["unreplicated_partitions"],
+                    "lag_s": round(float(lag["lag_seconds"]), 1),
+                    "rpo_target_min": spec.max_lag_minutes,
+                    "status": "BREACH" if breach else ("ok" if provisioned else "not provisioned"),
+                }
+            )
+            if breach:
+                alerting.send(
+                    "WARN",
+                    region,
+                    "replication_status",
+                    f"replication-lag:{region}:{cls}",
+                    f"{cls} replica of {region} is {'missing' if lag['version'] is None else 'behind'}: "
+                    f"{lag['unreplicated_files']} file(s), lag {lag['lag_seconds']:.0f}s "
+                    f"(target {spec.max_lag_minutes} min)",
+                )
+    state = dr.load_state(home)
+    read_replicas = [
+        {
+            "region": region,
+            "dr_region": topo.dr_region(region).name,
+            **dr.read_replica_staleness(topo, home, region),
+        }
+        for region in topo.active_region_names
+    ]
+    return dg.MaterializeResult(
+        metadata={
+            "replicas": dg.MetadataValue.md(markdown_table(rows)),
+            "read_replicas": dg.MetadataValue.md(markdown_table(read_replicas)),
+            "max_read_replica_staleness_s": max(
+                (r["staleness_s"] for r in read_replicas if r["staleness_s"] is not None), default=0.0
+            ),
+            "breaches": sum(r["status"] == "BREACH" for r in rows),
+            "max_lag_seconds": max((r["lag_s"] for r in rows), default=0.0),
+            "failed_over_regions": dg.MetadataValue.json(
+                {r: e for r, e in state.items() if e.get("state") == "failed_over"}
+            ),
+        }
+    )
+
+
+# ---------------------------------------------------------------- failover
+
+
+class FailoverConfig(dg.Config):
+    region: str = Field(description="the active region to fail over or back")
+    action: Literal["failover", "failback"] = Field(default="failover")
+    reason: str = Field(default="manual failover from the Launchpad", description="recorded with the state")
+    drain_seconds: float = Field(
+        default=5.0,
+        description="failback: wait this long after switching back before merging what the DR site "
+        "wrote (longer than the scoring service's poll interval)",
+    )
+
+
+@dg.op(
+    description="Promote the DR region of `region` (failover), or return `region` to its own site (failback)."
+)
+def region_failover_op(
+    context: dg.OpExecutionContext,
+    config: FailoverConfig,
+    topology: RegionTopologyResource,
+    lake: RegionalLakeResource,
+    online_store: OnlineStoreResource,
+    alerting: AlertingResource,
+) -> dict:
+    topo = topology.load()
+    if config.region not in topo.active_region_names:
+        raise dg.Failure(f"unknown or standby region {config.region!r}; active: {topo.active_region_names}")
+    home = lake.root()
+    by = context.run.tags.get("meridian/triggered_by", "manual")
+    try:
+        if config.action == "failover":
+            report = dr.fail_over(topo, home, config.region, config.reason, by=by)
+        else:
+            report = dr.fail_back(
+                topo, home, config.region, open_store=online_store.open, drain_seconds=config.drain_seconds
+            )
+    except dr.FailoverError as error:
+        raise dg.Failure(str(error)) from error
+    summary = report.as_dict()
+    alerting.send(
+        "WARN" if config.action == "failback" else "ERROR",
+        config.region,
+        "region_failover",
+        f"{config.action}:{config.region}:{context.run_id}",
+        f"{config.region} {config.action}: now served from {report.serving_region} ({config.reason})",
+        {
+            k: v
+            for k, v in summary.items()
+            if k in ("replica_versions", "rpo_seconds", "rpo_partitions", "reconciled")
+        },
+    )
+    context.add_output_metadata(
+        {
+            "region": config.region,
+            "action": config.action,
+            "serving_region": report.serving_region,
+            "seconds": round(report.seconds, 3),
+            "rpo_seconds_estimate": round(report.rpo_seconds, 1) if report.rpo_seconds is not None else "n/a",
+            "rpo_partitions": report.rpo_partitions
+            if report.rpo_partitions is not None
+            else "known at failback",
+            "report": dg.MetadataValue.json(json.loads(json.dumps(summary, default=str))),
+        }
+    )
+    context.log.info(
+        f"{config.region}: {config.action} done in {report.seconds:.2f}s → {report.serving_region}"
+    )
+    return summary
+
+
+@dg.job(description="Fail a region over to its DR region, or back. Config: region, action, reason.")
+def region_failover():
+    region_failover_op()
+
+
+def _failed_runs(instance: dg.DagsterInstance, region: str, window: timedelta) -> int:
+    since = (datetime.now(UTC) - window).timestamp()
+    runs = instance.get_run_records(
+        dg.RunsFilter(
+            statuses=[dg.DagsterRunStatus.FAILURE], updated_after=datetime.fromtimestamp(since, UTC)
+        ),
+        limit=200,
+    )
+    count = 0
+    for record in runs:
+        tags = record.dagster_run.tags
+        if region in (
+            tags.get("dagster/partition/region"),
+            tags.get("dagster/partition"),
+            tags.get("meridian/region"),
+        ):
+            count += 1
+    return count
+
+
+@dg.sensor(
+    job=region_failover,
+    minimum_interval_seconds=30,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="Probes every active region (storage root and heartbeat, online store, failed runs). "
+    "failover.mode automated: launches region_failover after consecutive failed probes; manual: alerts.",
+)
+def region_health_sensor(
+    context: dg.SensorEvaluationContext,
+    topology: RegionTopologyResource,
+    lake: RegionalLakeResource,
+    online_store: OnlineStoreResource,
+    alerting: AlertingResource,
+):
+    topo = topology.load()
+    home = lake.root()
+    policy = topo.failover
+    # The cursor remembers consecutive failures and the regions ever seen up: a region that
+    # was never provisioned (no root yet) is not "down", and is never failed over.
+    memory = json.loads(context.cursor) if context.cursor else {}
+    streak: dict[str, int] = memory.get("streak", {})
+    seen_up: set[str] = set(memory.get("seen_up", []))
+    for region in topo.active_region_names:
+        if dr.is_failed_over(home, region):
+            streak[region] = 0
+            continue
+        result = dr.probe(topo, home, region, online_store.open)
+        failed_runs = _failed_runs(
+            context.instance, region, timedelta(minutes=policy.failed_runs_window_minutes)
+        )
+        problems = list(result.problems)
+        if failed_runs >= policy.failed_runs:
+            problems.append(f"{failed_runs} failed runs in {policy.failed_runs_window_minutes:.0f} min")
+        if not problems:
+            seen_up.add(region)
+        if region not in seen_up:
+            continue
+        streak[region] = streak.get(region, 0) + 1 if problems else 0
+        if not problems or streak[region] < policy.probe_failures:
+            continue
+        reason = f"{streak[region]} failed probes: " + "; ".join(problems)
+        alerting.send(
+            "ERROR", region, "region_health_sensor", f"region-down:{region}", f"{region} is down: {reason}"
+        )
+        if policy.mode == "automated":
+            yield dg.RunRequest(
+                run_key=f"failover:{region}:{int(time.time() // 3600)}",
+                run_config={
+                    "ops": {
+                        "region_failover_op": {
+                            "config": {"region": region, "action": "failover", "reason": reason}
+                        }
+                    }
+                },
+                tags={"meridian/region": region, "meridian/triggered_by": "region_health_sensor"},
+            )
+    context.update_cursor(json.dumps({"streak": streak, "seen_up": sorted(seen_up)}))

@@ -1,0 +1,442 @@
+"""Classification, residency enforcement, pseudonymisation and the residency audit.
+
+One policy file (platform/policies/governance.yaml) classifies every column as
+personal, pseudonymous, aggregate or public. Every path that moves bytes between
+regions (replication, sharing) calls `check_transfer` first; a violation raises
+`ResidencyViolation` before anything is written. `residency_audit` scans every file
+under the data root and proves that no personal or pseudonymous column of zone Z
+exists outside Z — by column name, by the region prefix of customer ids found in the
+file, and by e-mail-shaped values in files that belong to no zone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import hmac
+import json
+import os
+import re
+import secrets
+import sqlite3
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+
+import polars as pl
+import pyarrow.parquet as pq
+import yaml
+
+from meridian.topology import Topology
+
+DEFAULT_POLICY_PATH = Path(__file__).resolve().parent.parent / "platform" / "policies" / "governance.yaml"
+CLASSES = ("personal", "pseudonymous", "aggregate", "public")
+ZONE_BOUND = frozenset({"personal", "pseudonymous"})  # never leave their zone as they are
+EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[A-Za-z]{2,}$")
+CUSTOMER_PREFIX = re.compile(r"^([a-z]+)-c\d+$")  # generator ids: `<regioncode>-c<n>`
+
+
+class ResidencyViolation(PermissionError):
+    """A transfer would move personal or pseudonymous data out of its residency zone."""
+
+
+class UnclassifiedColumn(ValueError):
+    """A column has no class in the policy; unclassified data is not allowed to move."""
+
+
+@dataclass(frozen=True)
+class TablePolicy:
+    owner: str
+    retention_days: int
+    replication: str
+    store: str
+    columns: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Policy:
+    columns: dict[str, str]
+    patterns: tuple[tuple[re.Pattern[str], str], ...]
+    tables: dict[str, TablePolicy]
+    assets: dict[str, str]
+    min_group_size: int
+    key_env_prefix: str
+    source: str = "<memory>"
+
+    def classify(self, column: str) -> str:
+        found = self.columns.get(column)
+        if found:
+            return found
+        for pattern, cls in self.patterns:
+            if pattern.match(column):
+                return cls
+        raise UnclassifiedColumn(
+            f"column {column!r} has no class in {self.source}: add it under `columns` "
+            f"(one of {', '.join(CLASSES)})"
+        )
+
+    def classify_all(self, columns: Iterable[str]) -> dict[str, str]:
+        return {c: self.classify(c) for c in columns}
+
+    LEVELS = ("public", "aggregate", "pseudonymous", "personal")
+
+    def level(self, columns: Iterable[str]) -> str:
+        """The most sensitive class among `columns` ('unclassified' if any has no class)."""
+        try:
+            classes = [self.classify(c) for c in columns]
+        except UnclassifiedColumn:
+            return "unclassified"
+        return max(classes, key=self.LEVELS.index, default="public")
+
+    def asset_classification(self, asset: str) -> tuple[str, dict[str, str]] | None:
+        """(level, column -> class) of the table an asset writes, or None for non-data assets."""
+        table = self.assets.get(asset)
+        if table is None:
+            return None
+        columns = self.tables[table].columns
+        return self.level(columns), {c: self.classify(c) for c in columns}
+
+    def zone_bound(self, columns: Iterable[str], strict: bool = True) -> list[str]:
+        """Columns that must stay in their zone; an unclassified column counts as one when `strict`.
+
+        Data files are checked strictly. Operational logs (JSONL, SQLite payloads: alerts,
+        run metadata) have free-form keys; there only classified zone-bound names count,
+        and their values are scanned for customer ids and e-mail addresses instead.
+        """
+        bound = []
+        for column in columns:
+            try:
+                cls = self.classify(column)
+            except UnclassifiedColumn:
+                cls = "personal" if strict else "public"
+            if cls in ZONE_BOUND:
+                bound.append(column)
+        return bound
+
+
+def load_policy(path: str | Path | None = None) -> Policy:
+    path = Path(path) if path else DEFAULT_POLICY_PATH
+    raw = yaml.safe_load(path.read_text())
+    bad = {c: k for c, k in raw["columns"].items() if k not in CLASSES}
+    bad |= {p["pattern"]: p["class"] for p in raw.get("pattern_columns", []) if p["class"] not in CLASSES}
+    if bad:
+        raise ValueError(f"{path}: unknown classes {bad}; use one of {CLASSES}")
+    return Policy(
+        columns=dict(raw["columns"]),
+        patterns=tuple((re.compile(p["pattern"]), p["class"]) for p in raw.get("pattern_columns", [])),
+        tables={
+            name: TablePolicy(**{**spec, "columns": tuple(spec.get("columns", ()))})
+            for name, spec in raw["tables"].items()
+        },
+        assets=dict(raw.get("assets", {})),
+        min_group_size=int(raw["sharing"]["min_group_size"]),
+        key_env_prefix=raw["sharing"]["key_env_prefix"],
+        source=str(path),
+    )
+
+
+@cache
+def default_policy() -> Policy:
+    return load_policy()
+
+
+# ---------------------------------------------------------------- transfers
+
+
+def file_columns(path: Path) -> list[str] | None:
+    """The column names a file holds, or None when the format carries no schema we read."""
+    name = path.name
+    if name.endswith(".parquet"):
+        return list(pq.read_schema(path).names)
+    if name.endswith(".jsonl"):
+        keys: set[str] = set()
+        with open(path, "rb") as handle:
+            for _, line in zip(range(1000), handle, strict=False):
+                try:
+                    keys |= _json_keys(json.loads(line))
+                except ValueError:
+                    continue
+        return sorted(keys)
+    if name.endswith(".json"):
+        try:
+            return sorted(_json_keys(json.loads(path.read_bytes())))
+        except ValueError:
+            return None
+    return None
+
+
+def _json_keys(value: object) -> set[str]:
+    keys: set[str] = set()
+    if isinstance(value, dict):
+        for key, inner in value.items():
+            keys.add(str(key))
+            keys |= _json_keys(inner)
+    elif isinstance(value, list):
+        for inner in value[:50]:
+            keys |= _json_keys(inner)
+    return keys
+
+
+def check_transfer(
+    topology: Topology,
+    policy: Policy,
+    source_region: str,
+    target_region: str,
+    files: Sequence[Path],
+    what: str,
+) -> None:
+    """Refuse (before any byte moves) a transfer that takes zone-bound data out of its zone.
+
+    Within one zone everything may move (that is what DR replicas are for). Across
+    zones, every file must have a readable schema whose columns are all aggregate or
+    public; a file whose content cannot be classified does not cross.
+    """
+    source_zone = topology.zone_of(source_region)
+    target_zone = topology.zone_of(target_region)
+    if source_zone == target_zone:
+        return
+    problems = []
+    for path in files:
+        columns = file_columns(path)
+        if columns is None:
+            problems.append(f"{path.name}: content cannot be classified")
+            continue
+        bound = policy.zone_bound(columns)
+        if bound:
+            problems.append(f"{path.name}: {', '.join(bound)}")
+    if problems:
+        raise ResidencyViolation(
+            f"{what}: {source_region} (zone {source_zone}) -> {target_region} (zone {target_zone}) refused; "
+            f"zone-bound data would leave zone {source_zone}: " + "; ".join(problems[:10])
+        )
+
+
+# ---------------------------------------------------------------- pseudonymisation
+
+
+def zone_key(topology: Topology, policy: Policy, zone: str, home: Path) -> bytes:
+    """The zone's pseudonymisation key: from the environment, else created inside the zone."""
+    from_env = os.environ.get(f"{policy.key_env_prefix}{zone.upper()}")
+    if from_env:
+        return from_env.encode()
+    from meridian.paths import region_paths
+
+    first = next(r for r in topology.regions if r.zone == zone)
+    path = region_paths(first, home).root / "secrets" / "pseudonym.key"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(secrets.token_hex(32).encode())
+        with contextlib.suppress(FileExistsError):
+            os.link(tmp, path)  # first writer wins; a concurrent one reads the winner's key
+        tmp.unlink(missing_ok=True)
+    return path.read_bytes().strip()
+
+
+def pseudonymise(values: pl.Series, key: bytes) -> pl.Series:
+    """Keyed BLAKE2b (HMAC-style): stable within a zone, unlinkable without the zone's key."""
+    return values.map_elements(
+        lambda v: hmac.new(key, v.encode(), hashlib.blake2b).hexdigest()[:32] if v is not None else None,
+        return_dtype=pl.String,
+    )
+
+
+def share(frame: pl.DataFrame, policy: Policy, key: bytes) -> pl.DataFrame:
+    """The cross-zone view of a frame: personal columns refused, pseudonymous ones hashed."""
+    classes = policy.classify_all(frame.columns)
+    personal = [c for c, k in classes.items() if k == "personal"]
+    if personal:
+        raise ResidencyViolation(f"personal columns cannot be shared across zones: {', '.join(personal)}")
+    return frame.with_columns(
+        pseudonymise(frame[c], key).alias(c) for c, k in classes.items() if k == "pseudonymous"
+    )
+
+
+# ---------------------------------------------------------------- audit
+
+
+@dataclass
+class AuditFinding:
+    path: str
+    location_zone: str
+    problem: str
+
+
+@dataclass
+class AuditReport:
+    files_scanned: int = 0
+    bytes_scanned: int = 0
+    files_with_zone_bound_columns: int = 0
+    findings: list[AuditFinding] = field(default_factory=list)
+    by_zone: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def passed(self) -> bool:
+        return not self.findings
+
+
+def _location_zone(topology: Topology, home: Path, path: Path) -> str | None:
+    """The zone a file lives in: the zone of the region root it is under, else None (global)."""
+    from meridian.paths import region_paths
+
+    for region in topology.regions:
+        root = region_paths(region, home).root
+        if path.is_relative_to(root):
+            return region.zone
+    return None
+
+
+def _prefix_zones(topology: Topology) -> dict[str, str]:
+    return {r.name.replace("-", ""): r.zone for r in topology.regions}
+
+
+def _string_values(frame: pl.DataFrame) -> Iterable[tuple[str, pl.Series]]:
+    for name, dtype in frame.schema.items():
+        if dtype == pl.String:
+            yield name, frame[name].drop_nulls()
+
+
+def _content_problems(
+    frame: pl.DataFrame, zone: str | None, prefixes: dict[str, str], policy: Policy
+) -> list[str]:
+    problems = []
+    for name, values in _string_values(frame):
+        sample = values.head(5000)
+        if sample.is_empty():
+            continue
+        found = sample.str.extract(CUSTOMER_PREFIX.pattern, 1).drop_nulls().unique().to_list()
+        foreign = sorted({p for p in found if prefixes.get(p) not in (None, zone)})
+        if foreign:
+            problems.append(
+                f"column {name!r} holds customer ids of zone(s) "
+                f"{sorted({prefixes[p] for p in foreign})} (regions {foreign})"
+            )
+        if zone is None and sample.str.contains(r"^[^@\s]+@[^@\s]+\.[A-Za-z]{2,}$").any():
+            problems.append(f"column {name!r} holds e-mail addresses outside every zone")
+    return problems
+
+
+def _scan_parquet(path: Path, zone: str | None, prefixes, policy: Policy) -> tuple[list[str], bool]:
+    columns = list(pq.read_schema(path).names)
+    bound = policy.zone_bound(columns)
+    problems = []
+    if bound and zone is None:
+        problems.append(f"zone-bound columns {bound} outside every zone")
+    frame = pl.read_parquet(path, n_rows=5000)
+    problems += _content_problems(frame, zone, prefixes, policy)
+    return problems, bool(bound)
+
+
+def _scan_jsonl(path: Path, zone: str | None, prefixes, policy: Policy) -> tuple[list[str], bool]:
+    rows = []
+    with open(path, "rb") as handle:
+        for _, line in zip(range(5000), handle, strict=False):
+            try:
+                rows.append(_flatten(json.loads(line)))
+            except ValueError:
+                continue
+    if not rows:
+        return [], False
+    frame = pl.from_dicts(rows, infer_schema_length=None).select(pl.all().cast(pl.String))
+    bound = policy.zone_bound(frame.columns, strict=False)
+    problems = [f"zone-bound fields {bound} outside every zone"] if bound and zone is None else []
+    return problems + _content_problems(frame, zone, prefixes, policy), bool(bound)
+
+
+def _flatten(value: dict, prefix: str = "") -> dict[str, object]:
+    out: dict[str, object] = {}
+    for key, inner in value.items():
+        if isinstance(inner, dict):
+            out |= _flatten(inner, "")  # nested objects keep their own field names
+        elif not isinstance(inner, list):
+            out[f"{prefix}{key}"] = inner
+    return out
+
+
+def _scan_database(path: Path, zone: str | None, prefixes, policy: Policy) -> tuple[list[str], bool]:
+    """SQLite and DuckDB files: column names of every table, and the text values of each."""
+    problems, any_bound = [], False
+    if path.suffix == ".duckdb":
+        import duckdb
+
+        try:
+            con = duckdb.connect(str(path), read_only=True)
+        except duckdb.Error:
+            return [], False  # held by a writer: audited on the next run (reported as skipped)
+        tables = [
+            r[0]
+            for r in con.sql(
+                "select table_schema || '.' || table_name from information_schema.tables"
+            ).fetchall()
+        ]
+        for table in tables:
+            frame = con.sql(f"select * from {table} limit 5000").pl()
+            bound = policy.zone_bound(frame.columns)
+            any_bound |= bool(bound)
+            if bound and zone is None:
+                problems.append(f"table {table}: zone-bound columns {bound} outside every zone")
+            problems += [f"table {table}: {p}" for p in _content_problems(frame, zone, prefixes, policy)]
+        con.close()
+        return problems, any_bound
+    con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        tables = [r[0] for r in con.execute("select name from sqlite_master where type = 'table'")]
+        for table in tables:
+            cur = con.execute(f'select * from "{table}" limit 5000')
+            names = [d[0] for d in cur.description]
+            frame = pl.DataFrame(
+                [[None if v is None else str(v) for v in row] for row in cur.fetchall()],
+                schema={n: pl.String for n in names},
+                orient="row",
+            )
+            problems += [f"table {table}: {p}" for p in _content_problems(frame, zone, prefixes, policy)]
+            if "payload" in frame.columns and not frame.is_empty():
+                keys = set()
+                for payload in frame["payload"].drop_nulls().head(200):
+                    with contextlib.suppress(ValueError):
+                        keys |= _json_keys(json.loads(payload))
+                bound = policy.zone_bound(keys, strict=False)
+                any_bound |= bool(bound)
+                if bound and zone is None:
+                    problems.append(f"table {table}: zone-bound payload fields {bound} outside every zone")
+    except sqlite3.DatabaseError:
+        return [], False
+    finally:
+        con.close()
+    return problems, any_bound
+
+
+SCANNERS = {
+    ".parquet": _scan_parquet,
+    ".jsonl": _scan_jsonl,
+    ".db": _scan_database,
+    ".duckdb": _scan_database,
+}
+
+
+def residency_audit(topology: Topology, policy: Policy, home: Path) -> AuditReport:
+    """Scan every data file under `home` for zone-bound data outside its zone."""
+    report = AuditReport()
+    prefixes = _prefix_zones(topology)
+    for path in sorted(p for p in home.rglob("*") if p.is_file()):
+        scanner = SCANNERS.get(path.suffix)
+        if scanner is None or path.name.startswith("."):
+            continue
+        zone = _location_zone(topology, home, path)
+        try:
+            problems, bound = scanner(path, zone, prefixes, policy)
+        except (OSError, pl.exceptions.PolarsError, ValueError) as error:
+            problems, bound = [f"unreadable, cannot prove it holds no personal data: {error}"], False
+            if zone is not None:
+                problems = []  # inside a zone, an unreadable file cannot leak out of it
+        report.files_scanned += 1
+        report.bytes_scanned += path.stat().st_size
+        report.files_with_zone_bound_columns += int(bound)
+        key = zone or "global"
+        report.by_zone[key] = report.by_zone.get(key, 0) + 1
+        for problem in problems:
+            report.findings.append(AuditFinding(str(path.relative_to(home)), key, problem))
+    return report

@@ -1,0 +1,306 @@
+"""The failover drill: a region goes down, its DR region serves within the RTO, the region fails back and
+nothing is lost beyond the reported RPO. Real HTTP, real Dagster sensor and job, real files."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import dagster as dg
+import duckdb
+import polars as pl
+import pytest
+from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
+
+from assets.features import feature_view_assets
+from assets.ingestion import labels_ingestion, transactions_ingestion
+from assets.ml import fraud_model, fraud_model_hyperparameters, fraud_model_promotion, training_set
+from assets.online import online_features
+from assets.replication import REPLICA_ASSETS, region_failover, region_health_sensor
+from assets.serving import deployment_config, serving_stream
+from assets.transforms import regional_dbt_models
+from meridian import dr
+from meridian.cli import load_definitions_module
+from meridian.lake import partition_file
+from meridian.online_store import OnlineRow, SqliteOnlineStore
+from meridian.paths import REPO_ROOT, region_paths
+from meridian.topology import load_topology
+from resources.alerting import AlertingResource
+from resources.lake import RegionalLakeResource
+from resources.mlflow import MlflowTrackingResource
+from resources.source import TransactionSourceResource
+from tests.helpers import serving
+
+pytestmark = pytest.mark.e2e
+REGION, DR_REGION = "eu-west", "eu-central"
+DAYS = [f"2026-01-{d:02d}" for d in range(1, 15)]
+RTO_TARGET_S = 10.0
+
+
+def _resources(home: Path) -> dict[str, object]:
+    return {
+        **load_definitions_module().build_resources("local"),
+        "lake": RegionalLakeResource(home=str(home)),
+        "source": TransactionSourceResource(rows_per_day=1500, malformed_rate=0.0, fraud_rate=0.02),
+        "mlflow_tracking": MlflowTrackingResource(home=str(home)),
+        "alerting": AlertingResource(path=str(home / "alerts" / "alerts.jsonl")),
+    }
+
+
+def _call(url: str, body: object | None = None) -> tuple[int, dict]:
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+@pytest.fixture(scope="module")
+def region_with_replicas(tmp_path_factory):
+    home = tmp_path_factory.mktemp("failover") / "home"
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("MERIDIAN_HOME", str(home))
+        resources = _resources(home)
+        key = lambda day: str(dg.MultiPartitionKey({"region": REGION, "day": day}))  # noqa: E731
+        assert dg.materialize(
+            [
+                transactions_ingestion,
+                labels_ingestion,
+                regional_dbt_models,
+                feature_view_assets,
+                online_features,
+            ],
+            resources=resources,
+            tags={
+                ASSET_PARTITION_RANGE_START_TAG: key(DAYS[0]),
+                ASSET_PARTITION_RANGE_END_TAG: key(DAYS[-1]),
+            },
+        ).success
+        assert dg.materialize(
+            [
+                training_set,
+                fraud_model_hyperparameters,
+                fraud_model,
+                fraud_model_promotion,
+                deployment_config,
+            ],
+            resources=resources,
+            partition_key=REGION,
+            run_config={
+                "ops": {"fraud_model_hyperparameters": {"config": {"n_trials": 2, "max_rounds": 60}}}
+            },
+        ).success
+        result = dg.materialize(REPLICA_ASSETS, resources=resources, partition_key=REGION)
+        assert result.success
+        yield {"home": home, "resources": resources, "replicas": result}
+
+
+def test_sync_classes_were_written_to_dr_by_the_writers_themselves(region_with_replicas):
+    """Registry and deployment config reach the DR region inside the assets that change them."""
+    home = region_with_replicas["home"]
+    topology = load_topology()
+    registry_doc = json.loads(
+        dr.replica(topology, home, REGION, "model_registry").resolve("models/registry.json").read_bytes()
+    )
+    assert registry_doc["aliases"]["champion"] == 1
+    assert any(
+        rel.endswith(".lgb")
+        for rel in dr.replica(topology, home, REGION, "model_registry").manifest()["files"]
+    )
+    config = dr.replica(topology, home, REGION, "deployment_config").resolve("deployment/config.json")
+    assert json.loads(config.read_bytes())["champion_version"] == 1
+    by_asset = {
+        e.asset_key.path[-1]: e.event_specific_data.materialization.metadata
+        for e in region_with_replicas["replicas"].get_asset_materialization_events()
+    }
+    # The replica assets of sync classes found nothing to copy: the writers already had.
+    assert by_asset["deployment_config_replica"]["copied_files"].value == 0
+    assert by_asset["model_registry_replica"]["published"].value is False
+    assert by_asset["raw_lake_replica"]["target_region"].value == DR_REGION
+    assert by_asset["raw_lake_replica"]["copied_files"].value >= 2 * len(DAYS)
+
+
+def test_the_read_replica_staleness_is_measured_by_write_clock(region_with_replicas):
+    home = region_with_replicas["home"]
+    topology = load_topology()
+    fresh = dr.read_replica_staleness(topology, home, REGION)
+    assert fresh["staleness_s"] == 0 and fresh["rows_behind"] == 0 and fresh["replica_rows"] > 100
+    time.sleep(0.05)
+    primary = region_paths(topology.region(REGION), home)
+    store = SqliteOnlineStore(primary.root / "online" / "online_store.db", origin=REGION)
+    store.write([OnlineRow("customer_spend", "euwest-staleness-probe", 1, "v", {})])
+    store.close()
+    behind = dr.read_replica_staleness(topology, home, REGION)
+    assert behind["rows_behind"] == 1 and behind["staleness_s"] >= 0.05
+
+
+_KNOWN: dict[Path, tuple[str, str]] = {}
+
+
+def _transaction(home: Path, n: int) -> dict:
+    if home not in _KNOWN:  # read once, while the region's warehouse is there
+        paths = region_paths(load_topology().region(REGION), home)
+        with duckdb.connect(str(paths.warehouse), read_only=True) as con:
+            _KNOWN[home] = con.sql(
+                f"select customer_id, merchant_id from stg_transactions where event_day = '{DAYS[-1]}' "
+                "order by transaction_id limit 1"
+            ).fetchall()[0]
+    customer, merchant = _KNOWN[home]
+    return {
+        "transaction_id": f"drill-{n}",
+        "customer_id": customer,
+        "merchant_id": merchant,
+        "amount": 10.0 + n,
+        "currency": "EUR",
+        "channel": "ecom",
+        "country": "IE",
+        "event_time": f"{DAYS[-1]}T23:{n % 60:02d}:00Z",
+    }
+
+
+def _evaluate_sensor(instance, resources, cursor):
+    context = dg.build_sensor_context(instance=instance, cursor=cursor, resources=resources)
+    requests = list(region_health_sensor(context) or [])
+    return requests, context.cursor
+
+
+def test_failover_drill_serves_from_dr_within_the_rto_and_fails_back_losing_only_the_rpo(
+    region_with_replicas,
+):
+    home, resources = region_with_replicas["home"], region_with_replicas["resources"]
+    topology = load_topology()
+    primary = region_paths(topology.region(REGION), home)
+    with pytest.MonkeyPatch.context() as env, dg.instance_for_test() as instance:
+        env.setenv("MERIDIAN_HOME", str(home))
+        from serving.main import build_app
+
+        with serving(build_app(poll_seconds=0.2, regions=[REGION])) as url:
+            status, body = _call(f"{url}/v1/{REGION}/score", _transaction(home, 0))
+            assert status == 200 and body["site"] == REGION
+            # The health sensor sees the region up once (regions never seen up are never failed over).
+            requests, cursor = _evaluate_sensor(instance, resources, None)
+            assert requests == [] and json.loads(cursor)["seen_up"] == [REGION]
+            # A day lands after the last replication: the RPO this drill must report.
+            late = partition_file(primary.table("raw_transactions"), "2026-01-15")
+            late.parent.mkdir(parents=True)
+            shutil.copyfile(partition_file(primary.table("raw_transactions"), DAYS[-1]), late)
+            time.sleep(0.05)
+
+            # ---- the fault: the region's storage is gone
+            lost = primary.root.with_name(f"{REGION}.lost")
+            fault_at = time.monotonic()
+            os.rename(primary.root, lost)
+            deadline = fault_at + 5
+            while _call(f"{url}/v1/{REGION}/score", _transaction(home, 1))[0] != 503:
+                assert time.monotonic() < deadline, "the service kept answering from a lost storage"
+                time.sleep(0.05)
+            # ---- detection: the health sensor, evaluated every second as the drill's watcher
+            requests = []
+            while not requests:
+                requests, cursor = _evaluate_sensor(instance, resources, cursor)
+                if not requests:
+                    time.sleep(1.0)
+            (request,) = requests
+            assert request.tags["meridian/triggered_by"] == "region_health_sensor"
+            assert "storage root" in request.run_config["ops"]["region_failover_op"]["config"]["reason"]
+            failover = region_failover.execute_in_process(
+                run_config=request.run_config, instance=instance, resources=resources, tags=request.tags
+            )
+            assert failover.success
+            # ---- serving again, from the DR region
+            answered = []
+            while True:
+                status, body = _call(f"{url}/v1/{REGION}/score", _transaction(home, 2))
+                if status == 200:
+                    break
+                assert time.monotonic() - fault_at < 30, body
+                time.sleep(0.05)
+            rto = time.monotonic() - fault_at
+            assert body["site"] == DR_REGION and body["model_version"] == 1
+            assert rto < RTO_TARGET_S, f"RTO {rto:.1f}s"
+            answered.append(body["request_id"])
+            for n in range(3, 8):
+                status, body = _call(f"{url}/v1/{REGION}/score", _transaction(home, n))
+                assert status == 200 and body["site"] == DR_REGION
+                answered.append(body["request_id"])
+            assert dr.is_failed_over(home, REGION)
+            # The region's assets run at the DR site meanwhile: the micro-batch lands there.
+            time.sleep(1.5)  # the stream log's writer flushes every 200 ms, fsyncs every second
+            assert dg.materialize([serving_stream], resources=resources, partition_key=REGION).success
+            site = dr.failover_root(topology, home, REGION)
+            assert list((site / "lake" / "scoring_decisions").glob("day=*/*.parquet"))
+            # A second failover while failed over is refused, with the reason.
+            again = region_failover.execute_in_process(
+                run_config=request.run_config, instance=instance, resources=resources, raise_on_error=False
+            )
+            assert not again.success
+
+            # ---- the region is back; failback reconciles and returns it
+            os.rename(lost, primary.root)
+            back = region_failover.execute_in_process(
+                run_config={
+                    "ops": {"region_failover_op": {"config": {"region": REGION, "action": "failback"}}}
+                },
+                instance=instance,
+                resources=resources,
+            )
+            assert back.success
+            report = back.output_for_node("region_failover_op")
+            assert report["rpo_partitions"] == 1
+            # What had not replicated at the fault: the late day, and the stream log holding the
+            # decision answered before the fault (the service wrote it after the last replication).
+            assert report["rpo_files"][0] == "lake/raw_transactions/day=2026-01-15/data.parquet"
+            assert all(f.startswith("stream/decisions/") for f in report["rpo_files"][1:])
+            assert report["reconciled"]["copied_back"] >= 2  # the DR site's decisions and its stream log
+            assert report["reconciled"]["online_rows"] >= 1  # the customer's row pushed at the DR site
+            assert not dr.is_failed_over(home, REGION) and not site.exists()
+            # The push made at the DR site is the region's online row now (last writer wins).
+            store = SqliteOnlineStore(primary.root / "online" / "online_store.db")
+            row = store.read("customer_spend", _transaction(home, 7)["customer_id"])
+            assert row is not None and row.origin == DR_REGION and row.hlc > 0
+            store.close()
+            while True:
+                status, body = _call(f"{url}/v1/{REGION}/score", _transaction(home, 9))
+                if status == 200 and body["site"] == REGION:
+                    break
+                assert time.monotonic() - fault_at < 60, body
+                time.sleep(0.05)
+        # Nothing answered during the failover is lost: every decision is in the region's lake.
+        decisions = pl.concat(
+            [pl.read_parquet(f) for f in primary.table("scoring_decisions").glob("day=*/*.parquet")]
+        )
+        assert set(answered) <= set(decisions["request_id"].to_list())
+        alerts = [json.loads(line) for line in (home / "alerts" / "alerts.jsonl").read_text().splitlines()]
+        assert any(a["source"] == "region_health_sensor" and a["region"] == REGION for a in alerts)
+
+
+def test_manual_failover_from_the_cli_refuses_a_region_without_replicas(tmp_path):
+    env = {**os.environ, "MERIDIAN_HOME": str(tmp_path / "home")}
+    out = subprocess.run(
+        [sys.executable, "-m", "meridian.cli", "failover", "--region", "us-east"],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 1
+    assert "us-west cannot serve us-east: no replica of" in out.stderr
+    bad = subprocess.run(
+        [sys.executable, "-m", "meridian.cli", "failover", "--region", "us-west"],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert bad.returncode == 2 and "unknown or standby region 'us-west'" in bad.stderr
