@@ -17,7 +17,6 @@ import contextlib
 import importlib.util
 import multiprocessing
 import os
-import shutil
 import sys
 import time
 import uuid
@@ -79,7 +78,9 @@ def prepare_environment(home: Path | None = None) -> Path:
     dagster_home = home / "dagster"
     dagster_home.mkdir(parents=True, exist_ok=True)
     os.environ["DAGSTER_HOME"] = str(dagster_home)
-    shutil.copyfile(REPO_ROOT / "platform" / "dagster.yaml", dagster_home / "dagster.yaml")
+    from meridian.profiles import install_instance_config
+
+    install_instance_config(dagster_home)  # the profile's: SQLite (local) or PostgreSQL (production)
     return home
 
 

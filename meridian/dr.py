@@ -123,6 +123,26 @@ def _snapshot_online_store(paths: RegionPaths, open_store: Callable[[RegionPaths
     return target
 
 
+def _local_model_dir(paths: RegionPaths, client, name: str, version: int, uri: str) -> Path:
+    """The model version's files on local disk: where a file store keeps them, else downloaded
+    once from the tracking server into the region's staging folder (inside its zone)."""
+    if uri.startswith(("file://", "/")):
+        local = Path(uri.removeprefix("file://"))
+        if not local.is_dir():
+            raise FileNotFoundError(f"{name} v{version}: artifacts at {uri} are not a local folder")
+        return local
+    import mlflow
+
+    local = paths.root / STAGING / "model-downloads" / f"v{version}"
+    if not local.is_dir():
+        tmp = local.with_name(f".v{version}.{os.getpid()}.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(tmp), tracking_uri=client.tracking_uri)
+        os.replace(tmp, local)
+    return local
+
+
 def _model_sources(paths: RegionPaths, client) -> list[SourceFile]:
     """The registry state of `fraud-<region>` (aliases, versions) and the aliased models' files."""
     from meridian import registry
@@ -137,9 +157,7 @@ def _model_sources(paths: RegionPaths, client) -> list[SourceFile]:
     versions: dict[str, dict] = {}
     for version in sorted(set(aliases.values())):
         uri = client.get_model_version_download_uri(name, str(version))
-        local = Path(uri.removeprefix("file://"))
-        if not local.is_dir():
-            raise FileNotFoundError(f"{name} v{version}: artifacts at {uri} are not a local folder")
+        local = _local_model_dir(paths, client, name, version, uri)
         files = walk(local, ["."])
         for f in files:
             sources.append(

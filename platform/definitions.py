@@ -70,7 +70,14 @@ from resources.source import TransactionSourceResource
 from resources.topology import RegionTopologyResource
 from resources.warehouse import WarehouseDbtResource, dbt_executable
 
-PROFILES = ("local",)
+PROFILES = ("local", "production")
+# What the production profile cannot run without; checked when the definitions load, so
+# `dagster definitions validate` names the missing setting instead of a run failing later.
+PRODUCTION_ENV = {
+    "MERIDIAN_MLFLOW_TRACKING_URI": "the MLflow tracking server, e.g. http://mlflow:5000",
+    "MERIDIAN_REDIS_URL": "the online store, e.g. redis://redis:6379/0",
+    "DAGSTER_PG_URL": "the Dagster instance's PostgreSQL (platform/dagster.production.yaml)",
+}
 DAILY_GROUPS = ("ingestion", "staging", "labels", "features", "online", "inference")
 DAILY_FRESHNESS = dg.FreshnessPolicy.time_window(
     fail_window=timedelta(hours=26), warn_window=timedelta(hours=24)
@@ -90,9 +97,22 @@ def classify(spec: dg.AssetSpec) -> dg.AssetSpec:
 
 
 def build_resources(profile: str) -> dict[str, object]:
-    """Resources for a deployment profile; asset code never changes between profiles."""
+    """Resources for a deployment profile; asset code never changes between profiles.
+
+    local: SQLite online store, MLflow on SQLite under MERIDIAN_HOME, alerts to a file.
+    production: Redis online store, the MLflow tracking server (PostgreSQL backend), the
+    dbt target `MERIDIAN_DBT_TARGET` (platform/deploy/dbt/profiles.yml describes the
+    distributed engine's), alerts also to MERIDIAN_ALERT_WEBHOOK_URL. The instance
+    (PostgreSQL) is platform/dagster.production.yaml, installed in DAGSTER_HOME by
+    `meridian.profiles.install_instance_config`.
+    """
     if profile not in PROFILES:
         raise ValueError(f"MERIDIAN_PROFILE={profile!r} is not a known profile; choose one of {PROFILES}")
+    production = profile == "production"
+    if production:
+        missing = [f"{name} ({what})" for name, what in PRODUCTION_ENV.items() if not os.environ.get(name)]
+        if missing:
+            raise ValueError("MERIDIAN_PROFILE=production needs: " + "; ".join(missing))
     return {
         "topology": RegionTopologyResource(path=os.environ.get("MERIDIAN_TOPOLOGY")),
         "lake": RegionalLakeResource(home=os.environ.get("MERIDIAN_HOME")),
@@ -101,15 +121,18 @@ def build_resources(profile: str) -> dict[str, object]:
             project_dir=dbt_project,
             profiles_dir=str(dbt_project.profiles_dir),
             dbt_executable=dbt_executable(),
+            target=os.environ.get("MERIDIAN_DBT_TARGET", "local"),
         ),
         "online_store": OnlineStoreResource(
-            backend=os.environ.get("MERIDIAN_ONLINE_STORE", "sqlite"),
+            backend="redis" if production else os.environ.get("MERIDIAN_ONLINE_STORE", "sqlite"),
             redis_url=os.environ.get("MERIDIAN_REDIS_URL"),
         ),
         "alerting": AlertingResource(webhook_url=os.environ.get("MERIDIAN_ALERT_WEBHOOK_URL")),
         "mlflow_tracking": MlflowTrackingResource(
             tracking_uri=os.environ.get("MERIDIAN_MLFLOW_TRACKING_URI"),
-            ui_url=os.environ.get("MERIDIAN_MLFLOW_UI_URL", "http://127.0.0.1:5000"),
+            ui_url=os.environ.get("MERIDIAN_MLFLOW_UI_URL")
+            or os.environ.get("MERIDIAN_MLFLOW_TRACKING_URI")
+            or "http://127.0.0.1:5000",
             home=os.environ.get("MERIDIAN_HOME"),
         ),
     }
