@@ -138,7 +138,9 @@ def _local_model_dir(paths: RegionPaths, client, name: str, version: int, uri: s
         tmp = local.with_name(f".v{version}.{os.getpid()}.tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-        mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(tmp), tracking_uri=client.tracking_uri)
+        mlflow.artifacts.download_artifacts(
+            artifact_uri=uri, dst_path=str(tmp), tracking_uri=client.tracking_uri
+        )
         os.replace(tmp, local)
     return local
 

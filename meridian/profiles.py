@@ -22,7 +22,9 @@ INSTANCE_CONFIGS = {
 def current_profile() -> str:
     profile = os.environ.get("MERIDIAN_PROFILE", "local")
     if profile not in INSTANCE_CONFIGS:
-        raise ValueError(f"MERIDIAN_PROFILE={profile!r} is not a known profile; choose one of {tuple(INSTANCE_CONFIGS)}")
+        raise ValueError(
+            f"MERIDIAN_PROFILE={profile!r} is not a known profile; choose one of {tuple(INSTANCE_CONFIGS)}"
+        )
     return profile
 
 

@@ -76,7 +76,9 @@ class Postgres:
         self._run("pg_ctl", "-D", str(self.data), "-l", str(self.root / "log"), "-m", "fast", "-w", "restart")
 
     def create_database(self, name: str) -> None:
-        self._run("psql", "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "-c", f"create database {name}")
+        self._run(
+            "psql", "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "-c", f"create database {name}"
+        )
 
     def url(self, database: str, driver: str = "") -> str:
         """`driver="psycopg2"` for SQLAlchemy users (Dagster, MLflow): SQLAlchemy 2.1 defaults to psycopg 3."""
@@ -119,7 +121,9 @@ class MlflowServer:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"mlflow server exited: {(artifacts.parent / 'mlflow-server.log').read_text()[-3000:]}")
+                raise RuntimeError(
+                    f"mlflow server exited: {(artifacts.parent / 'mlflow-server.log').read_text()[-3000:]}"
+                )
             try:
                 with urllib.request.urlopen(f"{self.url}/health", timeout=2) as response:
                     if response.status == 200:
