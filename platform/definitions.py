@@ -119,7 +119,7 @@ def build_resources(profile: str) -> dict[str, object]:
         "source": TransactionSourceResource(),
         "dbt": WarehouseDbtResource(
             project_dir=dbt_project,
-            profiles_dir=str(dbt_project.profiles_dir),
+            profiles_dir=os.environ.get("MERIDIAN_DBT_PROFILES_DIR") or str(dbt_project.profiles_dir),
             dbt_executable=dbt_executable(),
             target=os.environ.get("MERIDIAN_DBT_TARGET", "local"),
         ),

@@ -4,6 +4,7 @@ online store, and dagster-daemon launching what the sensors and the run queue de
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -179,12 +180,8 @@ def _wait(instance, predicate, what: str, timeout: float):
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def test_the_daemon_runs_the_queue_with_per_region_pools_and_the_sensors_launch_runs(production, tmp_path):
-    """dagster-daemon against the Postgres instance: three single-run backfills queued at once —
-    two regions in parallel, the same region one after the other — then the replication sensor
-    (not a test calling it: the daemon's own tick) launches a replication run per region."""
-    env = {**os.environ, **production["env"]}
-    log = open(tmp_path / "daemon.log", "w")  # noqa: SIM115
+def _start_daemon(env: dict[str, str], log_path: Path) -> tuple[subprocess.Popen, object]:
+    log = open(log_path, "w")  # noqa: SIM115 - closed by _stop_daemon
     daemon = subprocess.Popen(
         [str(Path(sys.executable).parent / "dagster-daemon"), "run", "-w", "workspace.yaml"],
         cwd=REPO_ROOT,
@@ -193,6 +190,24 @@ def test_the_daemon_runs_the_queue_with_per_region_pools_and_the_sensors_launch_
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
+    return daemon, log
+
+
+def _stop_daemon(daemon: subprocess.Popen, log) -> None:
+    os.killpg(daemon.pid, 15)
+    try:
+        daemon.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(daemon.pid, 9)
+    log.close()
+
+
+def test_the_daemon_runs_the_queue_with_per_region_pools_and_the_sensors_launch_runs(production, tmp_path):
+    """dagster-daemon against the Postgres instance: three single-run backfills queued at once —
+    two regions in parallel, the same region one after the other — then the replication sensor
+    (not a test calling it: the daemon's own tick) launches a replication run per region."""
+    env = {**os.environ, **production["env"]}
+    daemon, log = _start_daemon(env, tmp_path / "daemon.log")
     terminal = {dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED}
     try:
         _launch("regional_pipeline", "eu-west", "2026-01-15", "2026-01-16", env)
@@ -250,9 +265,213 @@ def test_the_daemon_runs_the_queue_with_per_region_pools_and_the_sensors_launch_
             )
             assert ticks, "the region health sensor never ticked"
     finally:
-        os.killpg(daemon.pid, 15)
+        _stop_daemon(daemon, log)
+
+
+def _kill_tree(pid: int) -> None:
+    """A crashed pod: the worker and everything it started (dbt) die at once."""
+    import psutil
+
+    root = psutil.Process(pid)
+    for process in [*root.children(recursive=True), root]:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process.kill()
+
+
+def test_a_killed_run_worker_fails_its_run_and_the_retry_resumes_from_the_failed_step(production, tmp_path):
+    import yaml
+
+    # The production instance, with the monitor polling every 2 s instead of 30 s.
+    config = yaml.safe_load((REPO_ROOT / "platform" / "dagster.production.yaml").read_text())
+    config["run_monitoring"]["poll_interval_seconds"] = 2
+    dagster_home = tmp_path / "dagster"
+    dagster_home.mkdir()
+    (dagster_home / "dagster.yaml").write_text(yaml.safe_dump(config))
+    env = {**os.environ, **production["env"], "DAGSTER_HOME": str(dagster_home)}
+    daemon, log = _start_daemon(env, tmp_path / "daemon.log")
+    terminal = {dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED}
+    try:
+        _launch("regional_pipeline", "ap-southeast", "2026-01-01", "2026-01-02", env)
+        with dg.DagsterInstance.from_config(str(dagster_home)) as instance:
+
+            def dbt_started():
+                runs = [
+                    r
+                    for r in instance.get_runs(dg.RunsFilter(job_name="regional_pipeline"))
+                    if r.tags.get("meridian/region") == "ap-southeast"
+                    and "dagster/parent_run_id" not in r.tags
+                ]
+                if not runs:
+                    return None
+                steps = instance.all_logs(runs[0].run_id, of_type=dg.DagsterEventType.STEP_START)
+                return runs[0] if any(e.step_key == "regional_dbt_models" for e in steps) else None
+
+            run = _wait(instance, dbt_started, "the dbt step to start", 240)
+            (start,) = instance.all_logs(run.run_id, of_type=dg.DagsterEventType.RUN_START)
+            _kill_tree(start.dagster_event.pid)
+            failed = _wait(
+                instance,
+                lambda: (r := instance.get_run_by_id(run.run_id)).status in terminal and r,
+                "run monitoring to mark the run",
+                120,
+            )
+            assert failed.status == dg.DagsterRunStatus.FAILURE
+            # Whoever noticed first (the code server that spawned the worker, or the run monitor
+            # asking MonitoredRunLauncher) recorded why.
+            engine = " ".join(e.message for e in instance.all_logs(run.run_id) if e.message)
+            assert "is gone (killed or crashed)" in engine or "marked as failed from outside" in engine
+
+            def retried():
+                children = [
+                    r
+                    for r in instance.get_runs(dg.RunsFilter(job_name="regional_pipeline"))
+                    if r.tags.get("dagster/parent_run_id") == run.run_id
+                ]
+                return children[0] if children and children[0].status in terminal else None
+
+            retry = _wait(instance, retried, "the automatic retry", 300)
+            assert retry.status == dg.DagsterRunStatus.SUCCESS, (tmp_path / "daemon.log").read_text()[-3000:]
+            retried_steps = {
+                e.step_key for e in instance.all_logs(retry.run_id, of_type=dg.DagsterEventType.STEP_START)
+            }
+            done_before = {
+                e.step_key for e in instance.all_logs(run.run_id, of_type=dg.DagsterEventType.STEP_SUCCESS)
+            }
+            assert {"transactions_ingestion", "labels_ingestion"} <= done_before
+            assert not retried_steps & done_before  # resumed from the failed step, nothing redone
+            assert "regional_dbt_models" in retried_steps
+    finally:
+        _stop_daemon(daemon, log)
+    # No partial output: every file a reader can see is whole.
+    import polars as pl
+
+    lake = production["home"] / "regions" / "ap-southeast" / "lake"
+    for path in lake.rglob("*.parquet"):
+        pl.read_parquet(path)
+    assert not [
+        p for p in lake.rglob("*") if p.is_file() and not p.name.startswith(".") and p.suffix == ".tmp"
+    ]
+
+
+def test_a_postgres_restart_during_a_run_leaves_the_instance_consistent(production):
+    """PostgreSQL restarts while a run writes its events: the run completes (dagster-postgres
+    reconnects) or fails cleanly, and the instance reads back whole afterwards."""
+    import threading
+
+    defs = _definitions().defs
+    key = lambda day: str(dg.MultiPartitionKey({"region": "us-east", "day": day}))  # noqa: E731
+    outcome: dict[str, object] = {}
+
+    def run() -> None:
+        with dg.DagsterInstance.get() as instance:
+            try:
+                result = defs.resolve_job_def("regional_pipeline").execute_in_process(
+                    instance=instance,
+                    tags={
+                        ASSET_PARTITION_RANGE_START_TAG: key("2026-01-05"),
+                        ASSET_PARTITION_RANGE_END_TAG: key("2026-01-06"),
+                        "meridian/region": "us-east",
+                    },
+                    run_config={"resources": {"source": {"config": {"rows_per_day": 600}}}},
+                    raise_on_error=False,
+                )
+                outcome["run_id"], outcome["success"] = result.run_id, result.success
+            except Exception as error:
+                outcome["error"] = error
+
+    worker = threading.Thread(target=run)
+    with dg.DagsterInstance.get() as instance:
+        before = {r.run_id for r in instance.get_runs()}
+        worker.start()
+
+        def started():
+            new = [r for r in instance.get_runs() if r.run_id not in before]
+            if not new:
+                return None
+            steps = instance.all_logs(new[0].run_id, of_type=dg.DagsterEventType.STEP_START)
+            return new[0] if steps else None
+
+        run_record = _wait(instance, started, "the run's first step", 120)
+    production["pg"].restart()
+    worker.join(timeout=600)
+    assert not worker.is_alive()
+    with dg.DagsterInstance.get() as instance:
+        after = instance.get_run_by_id(run_record.run_id)
+        assert after.status in (dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE), after.status
+        events = instance.all_logs(after.run_id)
+        assert events[0].dagster_event.event_type == dg.DagsterEventType.RUN_START or any(
+            e.dagster_event and e.dagster_event.event_type == dg.DagsterEventType.RUN_START for e in events
+        )
+        final = [
+            e
+            for e in events
+            if (e.dagster_event and e.dagster_event.is_run_failure)
+            or (e.dagster_event and e.dagster_event.event_type == dg.DagsterEventType.RUN_SUCCESS)
+        ]
+        assert len(final) == 1  # exactly one terminal event: no half-recorded run
+        if after.status == dg.DagsterRunStatus.SUCCESS:
+            parts = instance.get_materialized_partitions(dg.AssetKey("raw_transactions"))
+            assert {key("2026-01-05"), key("2026-01-06")} <= parts
+        # The instance takes new runs at once.
+        assert (
+            defs.resolve_job_def("regional_pipeline")
+            .execute_in_process(
+                instance=instance,
+                tags={
+                    ASSET_PARTITION_RANGE_START_TAG: key("2026-01-07"),
+                    ASSET_PARTITION_RANGE_END_TAG: key("2026-01-07"),
+                },
+                run_config={"resources": {"source": {"config": {"rows_per_day": 600}}}},
+            )
+            .success
+        )
+    production["restart_outcome"] = outcome
+
+
+def test_the_daemon_fires_a_due_schedule_and_launches_its_run(production, tmp_path):
+    """A schedule's tick is due (its state says it last ran 26 hours ago, as after a day of
+    downtime): the daemon's scheduler fires it and the run it launches succeeds."""
+    from dagster._core.scheduler.instigation import ScheduleInstigatorData
+
+    env = {**os.environ, **production["env"]}
+    name = "daily_governance_schedule"
+    with dg.DagsterInstance.get() as instance:
+
+        def state():
+            return next((s for s in instance.all_instigator_state() if s.name == name), None)
+
+        if state() is None:  # the daemon records a schedule that runs by default on its first pass
+            daemon, log = _start_daemon(env, tmp_path / "daemon-first.log")
+            try:
+                _wait(instance, state, "the schedule's state", 120)
+            finally:
+                _stop_daemon(daemon, log)
+        current = state()
+        day_ago = time.time() - 26 * 3600
+        data = current.instigator_data
+        instance.update_instigator_state(
+            current.with_data(
+                ScheduleInstigatorData(
+                    data.cron_schedule, start_timestamp=day_ago, last_iteration_timestamp=day_ago
+                )
+            )
+        )
+        instance.purge_ticks(current.instigator_origin_id, current.selector_id, before=time.time() + 1)
+        daemon, log = _start_daemon(env, tmp_path / "daemon.log")
+        terminal = {dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED}
         try:
-            daemon.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(daemon.pid, 9)
-        log.close()
+
+            def fired():
+                runs = [
+                    r
+                    for r in instance.get_runs(dg.RunsFilter(job_name="global_governance"))
+                    if r.tags.get("dagster/schedule_name") == name
+                ]
+                return runs[0] if runs and runs[0].status in terminal else None
+
+            run = _wait(instance, fired, "the scheduled run", 300)
+        finally:
+            _stop_daemon(daemon, log)
+        assert run.status == dg.DagsterRunStatus.SUCCESS, (tmp_path / "daemon.log").read_text()[-3000:]
+        audit = instance.get_latest_materialization_event(dg.AssetKey("residency_audit"))
+        assert audit.run_id == run.run_id and audit.asset_materialization.metadata["passed"].value is True
