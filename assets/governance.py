@@ -14,7 +14,6 @@
   per region pair with the rates in regions.yaml.
 """
 
-import io
 import json
 import os
 from collections import defaultdict
@@ -23,6 +22,7 @@ from datetime import UTC, date, datetime, timedelta
 import dagster as dg
 import polars as pl
 
+from assets.monitoring import _png
 from assets.replication import CLASS_UPSTREAM, REPLICA_ASSETS, replication_status
 from meridian import governance
 from meridian.lake import write_bytes_atomic, write_parquet_atomic
@@ -35,15 +35,6 @@ from resources.topology import RegionTopologyResource
 
 GLOBAL_GROUP = "global"
 WINDOW_DAYS = 30
-
-
-def _png(fig) -> bytes:
-    import matplotlib.pyplot as plt
-
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=80)
-    plt.close(fig)
-    return buffer.getvalue()
 
 
 # ---------------------------------------------------------------- sharing

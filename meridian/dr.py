@@ -28,6 +28,7 @@ import orjson
 import polars as pl
 
 from meridian import governance
+from meridian.conflicts import LOGICAL_BITS
 from meridian.lake import write_bytes_atomic
 from meridian.paths import RegionPaths, region_paths
 from meridian.replication import Replica, ReplicationResult, SourceFile, hash_file, walk
@@ -295,8 +296,6 @@ def replication_lag(topology: Topology, home: Path, region: str, cls: str) -> di
 
 def _newest_write_ms(db: Path) -> tuple[int, int]:
     """(newest HLC's physical ms, rows) of a SQLite online store file, read-only."""
-    from meridian.conflicts import LOGICAL_BITS
-
     con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
     try:
         newest, rows = con.execute("select coalesce(max(hlc), 0), count(*) from online_features").fetchone()
@@ -331,8 +330,6 @@ def read_replica_staleness(topology: Topology, home: Path, region: str) -> dict[
         "replica_newest_write_age_s": round(max(0.0, time.time() - replica_ms / 1000), 3),
     }
     if primary_db.exists():
-        from meridian.conflicts import LOGICAL_BITS
-
         primary_ms, _ = _newest_write_ms(primary_db)
         con = sqlite3.connect(f"file:{primary_db}?mode=ro", uri=True)
         try:
