@@ -26,7 +26,16 @@ Defined results for bad input, never NaN:
   sides is reported, and a null share that moves by more than `null_share_tolerance`
   (0.1) raises the status to at least WARN;
 - a constant column: bins collapse to the one value (plus "elsewhere"), Wasserstein is
-  normalised by 1; statistics stay finite.
+  normalised by 1; statistics stay finite;
+- ±inf: -inf and +inf are PSI/JS bins of their own and take part in KS; Wasserstein
+  uses the finite values only; a non-finite share that moves by more than the tolerance
+  raises the status to at least WARN;
+- dtypes that differ between the sides (Int64 and Float64, a date and a datetime, a
+  number and its text) are compared by value, and the reason says the dtypes differed;
+- a statistic that cannot be computed is None, and an undefined alarm statistic gives
+  WARN with the reason, never `ok`;
+- any column name: values are renamed internally, so no name collides with the
+  implementation's own columns; a column absent from one side is `error` ("missing").
 """
 
 from __future__ import annotations
@@ -135,7 +144,10 @@ def ks_and_wasserstein_sorted(a: np.ndarray, b: np.ndarray) -> tuple[float, floa
     cdf_b = np.searchsorted(b, merged, "right") / b.size
     gaps = np.abs(cdf_a - cdf_b)
     d = float(gaps.max())
-    w1 = float(np.dot(gaps[:-1], np.diff(merged)))
+    with np.errstate(
+        invalid="ignore", over="ignore"
+    ):  # ±inf or huge values: W1 is inf/NaN, the caller drops it
+        w1 = float(np.dot(gaps[:-1], np.diff(merged)))
     en = a.size * b.size / (a.size + b.size)
     return d, float(special.kolmogorov(np.sqrt(en) * d)), w1
 
@@ -152,6 +164,62 @@ def column_kind(values: pl.Series) -> Kind:
     return "categorical"
 
 
+VALUE = "value"  # the one name a column goes by inside this module, whatever the caller calls it
+
+
+def _as_text(values: pl.Series) -> pl.Series:
+    """Any column as strings, nulls kept: nested and exotic dtypes by their repr."""
+    try:
+        return values.cast(pl.String)
+    except (pl.exceptions.PolarsError, TypeError, ValueError):
+        return pl.Series(VALUE, [None if v is None else repr(v) for v in values.to_list()], dtype=pl.String)
+
+
+def _as_number(values: pl.Series) -> pl.Series | None:
+    """A column as Float64 when its values are numbers (booleans 0/1, temporals as microseconds
+    since the epoch, durations as microseconds, numeric strings parsed); None otherwise."""
+    dtype = values.dtype
+    if dtype == pl.Null:
+        return pl.Series(VALUE, [None] * values.len(), dtype=pl.Float64)
+    if dtype.is_numeric() or dtype == pl.Boolean:
+        return values.cast(pl.Float64)
+    if dtype == pl.Date:
+        return values.cast(pl.Datetime("us")).dt.epoch("us").cast(pl.Float64)
+    if isinstance(dtype, pl.Datetime):
+        return values.dt.epoch("us").cast(pl.Float64)
+    if isinstance(dtype, pl.Duration):
+        return values.dt.total_microseconds().cast(pl.Float64)
+    if dtype == pl.String:
+        parsed = values.str.strip_chars().cast(pl.Float64, strict=False)
+        if parsed.null_count() == values.null_count():
+            return parsed
+    return None
+
+
+def _aligned(reference: pl.Series, current: pl.Series) -> tuple[pl.Series, pl.Series, bool, str]:
+    """Both sides in one representation: (reference, current, numeric, note).
+
+    Equal values compare equal whatever dtype each side arrived in (integers and floats,
+    Int32 and Int64, a date and its datetime). Numbers stay numbers; a side that is not a
+    number makes both sides text; the note says when the dtypes differed.
+    """
+    note = ""
+    if reference.dtype != current.dtype:
+        note = f"dtype differs: reference {reference.dtype}, current {current.dtype}"
+    ref_num, cur_num = _as_number(reference), _as_number(current)
+    if (
+        ref_num is not None
+        and cur_num is not None
+        and (reference.dtype != pl.String or current.dtype != pl.String)
+    ):
+        return ref_num.fill_nan(None), cur_num.fill_nan(None), True, note
+    return _as_text(reference), _as_text(current), False, note
+
+
+def _finite_or_none(value: float | None) -> float | None:
+    return value if value is not None and np.isfinite(value) else None
+
+
 def column_drift(
     name: str,
     reference: pl.Series,
@@ -160,26 +228,37 @@ def column_drift(
     rule: DriftRule | None = None,
     null_share_tolerance: float = 0.1,
 ) -> ColumnDrift:
-    """Every statistic of `kind` for one column, and the status from `rule`'s statistic."""
-    if reference.dtype.is_float():
-        reference = reference.fill_nan(None)
-    if current.dtype.is_float():
-        current = current.fill_nan(None)
-    kind = kind or column_kind(reference)
+    """Every statistic of `kind` for one column, and the status from `rule`'s statistic.
+
+    Defined for anything a column can hold: either side's dtype (compared by value, see
+    `_aligned`), nulls and NaN (a null share), ±inf (kept in the outermost bins for PSI,
+    JS and KS, left out of Wasserstein, reported as a non-finite share), constants and
+    empty sides. A statistic that cannot be computed is None, never NaN, and a status
+    is never `ok` on an undefined statistic.
+    """
+    ref_in, cur_in, numeric, dtype_note = _aligned(reference.rename(VALUE), current.rename(VALUE))
+    if kind is None:
+        # A rule that names a distribution test (KS, Wasserstein) reads the column as numbers even
+        # when the reference holds few distinct values (counts of a young or small sample): values
+        # beyond the reference's are a shift of the distribution, not categories never seen.
+        by_rule = numeric and rule is not None and rule.method in ("ks", "wasserstein")
+        kind = "numeric" if by_rule else column_kind(ref_in) if numeric else "categorical"
+    if kind == "numeric" and not numeric:
+        kind = "categorical"  # text cannot be binned by value: compare it as categories
     rule = rule or DEFAULT_RULES[kind]
     base = {
         "column": name,
         "kind": kind,
         "method": rule.method,
-        "reference_rows": reference.len(),
-        "current_rows": current.len(),
-        "reference_null_share": reference.null_count() / reference.len() if reference.len() else None,
-        "current_null_share": current.null_count() / current.len() if current.len() else None,
+        "reference_rows": ref_in.len(),
+        "current_rows": cur_in.len(),
+        "reference_null_share": ref_in.null_count() / ref_in.len() if ref_in.len() else None,
+        "current_null_share": cur_in.null_count() / cur_in.len() if cur_in.len() else None,
     }
-    if current.len() == 0 or reference.len() == 0:
-        side = "current" if current.len() == 0 else "reference"
+    if cur_in.len() == 0 or ref_in.len() == 0:
+        side = "current" if cur_in.len() == 0 else "reference"
         return ColumnDrift(value=None, status="no_data", reason=f"the {side} sample is empty", **base)
-    ref, cur = reference.drop_nulls(), current.drop_nulls()
+    ref, cur = ref_in.drop_nulls(), cur_in.drop_nulls()
     if ref.len() == 0 and cur.len() == 0:
         return ColumnDrift(value=None, status="no_data", reason="all values are null on both sides", **base)
     if ref.len() == 0 or cur.len() == 0:
@@ -188,27 +267,38 @@ def column_drift(
             value=None, status="error", reason=f"the feature is missing: every {side} value is null", **base
         )
     result = ColumnDrift(value=None, status="ok", reason="", **base)
+    notes = [dtype_note] if dtype_note else []
     if kind == "numeric":
-        a = ref.cast(pl.Float64).sort().to_numpy()
-        b = cur.cast(pl.Float64).sort().to_numpy()
-        edges = decile_edges(a)
-        rc, cc = binned(a, edges), binned(b, edges)
+        a = ref.sort().to_numpy()
+        b = cur.sort().to_numpy()
+        fa, fb = a[np.isfinite(a)], b[np.isfinite(b)]
+        shares = (1 - fa.size / a.size, 1 - fb.size / b.size)
+        if max(shares) > 0:
+            notes.append(f"non-finite share: reference {shares[0]:.3f}, current {shares[1]:.3f}")
+        # Deciles of the finite reference values; -inf and +inf are bins of their own.
+        edges = decile_edges(fa) if fa.size else np.array([])
+        rc, cc = binned(fa, edges), binned(fb, edges)
+        if fa.size < a.size or fb.size < b.size:
+            rc = np.concatenate([[np.sum(a == -np.inf)], rc, [np.sum(a == np.inf)]]).astype(np.float64)
+            cc = np.concatenate([[np.sum(b == -np.inf)], cc, [np.sum(b == np.inf)]]).astype(np.float64)
         result.psi = psi_from_counts(rc, cc)
         result.js = js_from_counts(rc, cc)
-        result.ks, result.ks_pvalue, w1 = ks_and_wasserstein_sorted(a, b)
-        scale = float(np.std(a))
-        result.wasserstein = w1 / (scale if scale > 0 else 1.0)
+        result.ks, result.ks_pvalue, _ = ks_and_wasserstein_sorted(a, b)
+        if fa.size and fb.size:
+            _, _, w1 = ks_and_wasserstein_sorted(fa, fb)
+            scale = float(np.std(fa))
+            result.wasserstein = w1 / (scale if np.isfinite(scale) and scale > 0 else 1.0)
     else:
+        ref_text, cur_text = _as_text(ref), _as_text(cur)
         counts = (
-            ref.cast(pl.String)
-            .value_counts(name="reference")
-            .join(cur.cast(pl.String).value_counts(name="current"), on=ref.name, how="full", coalesce=True)
+            ref_text.value_counts(name="reference")
+            .join(cur_text.value_counts(name="current"), on=VALUE, how="full", coalesce=True)
             .fill_null(0)
-            .sort(ref.name)
+            .sort(VALUE)
         )
         rc = counts["reference"].to_numpy().astype(np.float64)
         cc = counts["current"].to_numpy().astype(np.float64)
-        result.unseen_categories = counts.filter(pl.col("reference") == 0)[ref.name].to_list()
+        result.unseen_categories = counts.filter(pl.col("reference") == 0)[VALUE].to_list()
         result.psi = psi_from_counts(rc, cc)
         result.js = js_from_counts(rc, cc)
         if counts.height > 1:
@@ -216,14 +306,21 @@ def column_drift(
             result.chi2, result.chi2_pvalue = float(chi2), float(pvalue)
         else:
             result.chi2, result.chi2_pvalue = 0.0, 1.0  # one category on both sides: identical
-    value = getattr(result, rule.method)
-    if value is None:  # a rule for numeric columns (ks, wasserstein) on a column that is categorical
-        rule = DEFAULT_RULES[kind]
-        value = getattr(result, rule.method)
+    for statistic in ("psi", "ks", "ks_pvalue", "js", "wasserstein", "chi2", "chi2_pvalue"):
+        setattr(result, statistic, _finite_or_none(getattr(result, statistic)))
+    if rule.method not in ("psi", "js", "chi2") and kind == "categorical":
+        rule = DEFAULT_RULES[kind]  # a rule for numeric columns (ks, wasserstein) on a categorical column
         result.method = rule.method
+    value = getattr(result, rule.method)
     result.value = value
-    result.status = _status(value, rule)
-    reasons = [f"{rule.method} {value:.4f} (warn >= {rule.warn}, error >= {rule.error})"]
+    if value is None:
+        # Both sides hold data, yet the rule's statistic is undefined (no finite values on a
+        # side, say): that is worth a look, never a silent pass.
+        result.status = "warn"
+        reasons = [f"{rule.method} is undefined on these values"]
+    else:
+        result.status = _status(value, rule)
+        reasons = [f"{rule.method} {value:.4f} (warn >= {rule.warn}, error >= {rule.error})"]
     if result.unseen_categories:
         reasons.append(f"categories never seen in training: {result.unseen_categories[:5]}")
     shift = abs((result.current_null_share or 0) - (result.reference_null_share or 0))
@@ -231,7 +328,11 @@ def column_drift(
         reasons.append(f"null share moved by {shift:.2f}")
         if result.status == "ok":
             result.status = "warn"
-    result.reason = "; ".join(reasons)
+    if kind == "numeric" and abs(shares[1] - shares[0]) > null_share_tolerance:
+        reasons.append(f"non-finite share moved by {abs(shares[1] - shares[0]):.2f}")
+        if result.status == "ok":
+            result.status = "warn"
+    result.reason = "; ".join(reasons + notes)
     return result
 
 
@@ -250,6 +351,22 @@ def frame_drift(
     kinds, rules = kinds or {}, rules or {}
 
     def one(column: str) -> ColumnDrift:
+        missing = [
+            side for side, frame in (("reference", reference), ("current", current)) if column not in frame
+        ]
+        if missing:
+            return ColumnDrift(
+                column=column,
+                kind=kinds.get(column, "categorical"),
+                method=(rules.get(column) or DEFAULT_RULES[kinds.get(column, "categorical")]).method,
+                value=None,
+                status="error",
+                reason=f"the feature is missing: no column {column!r} in the {' and '.join(missing)} sample",
+                reference_rows=reference.height,
+                current_rows=current.height,
+                reference_null_share=None,
+                current_null_share=None,
+            )
         return column_drift(column, reference[column], current[column], kinds.get(column), rules.get(column))
 
     with ThreadPoolExecutor(max_workers=threads) as pool:
@@ -264,31 +381,37 @@ def _fill_zeroes(percents: np.ndarray) -> np.ndarray:
     return out
 
 
-def psi_evidently_binning(reference: pl.Series, current: pl.Series, kind: Kind) -> float:
+def psi_evidently_binning(reference: pl.Series, current: pl.Series, kind: Kind) -> float | None:
     """PSI binned exactly as Evidently 0.7 bins it (legacy `get_binned_data`), for comparison.
 
-    Numeric columns with more than 20 distinct reference values: equal-width bins over the
-    combined range, their number from Sturges' rule; otherwise one bin per value seen on
-    either side, as a share of all rows (nulls included in the denominator). Zero shares
-    are filled as Evidently fills them. Meridian's own PSI uses reference deciles instead
-    (see the module docstring): equal-width bins put most of a skewed feature (amounts) in
-    one bin and hide shifts inside it.
+    Evidently first turns ±inf into NaN and drops NaN and nulls on both sides
+    (`get_one_column_drift`); so does this. Numeric columns with more than 20 distinct
+    reference values: equal-width bins over the combined range, their number from
+    Sturges' rule; otherwise one bin per value seen on either side. Zero shares are
+    filled as Evidently fills them. Sides with different numeric dtypes compare by value.
+    None when a side has no value left. Meridian's own PSI uses reference deciles instead
+    (see the module docstring): equal-width bins put most of a skewed feature (amounts)
+    in one bin and hide shifts inside it.
     """
-    if kind == "numeric" and reference.drop_nulls().n_unique() > MAX_CATEGORIES_AS_NUMERIC:
-        ref = reference.cast(pl.Float64).to_numpy()
-        cur = current.cast(pl.Float64).to_numpy()
-        edges = np.histogram_bin_edges(np.concatenate([ref, cur]), bins="sturges")
-        p = np.histogram(ref, edges)[0] / ref.size
-        q = np.histogram(cur, edges)[0] / cur.size
+    ref, cur, numeric, _ = _aligned(reference.rename(VALUE), current.rename(VALUE))
+    if numeric:
+        ref = ref.filter(ref.is_finite())
+        cur = cur.filter(cur.is_finite())
+    ref, cur = ref.drop_nulls(), cur.drop_nulls()
+    if ref.len() == 0 or cur.len() == 0:
+        return None
+    if kind == "numeric" and numeric and ref.n_unique() > MAX_CATEGORIES_AS_NUMERIC:
+        a, b = ref.to_numpy(), cur.to_numpy()
+        edges = np.histogram_bin_edges(np.concatenate([a, b]), bins="sturges")
+        p = np.histogram(a, edges)[0] / a.size
+        q = np.histogram(b, edges)[0] / b.size
     else:
-        name = reference.name
         counts = (
-            reference.drop_nulls()
-            .value_counts(name="reference")
-            .join(current.drop_nulls().value_counts(name="current"), on=name, how="full", coalesce=True)
+            ref.value_counts(name="reference")
+            .join(cur.value_counts(name="current"), on=VALUE, how="full", coalesce=True)
             .fill_null(0)
         )
-        p = counts["reference"].to_numpy() / reference.len()
-        q = counts["current"].to_numpy() / current.len()
+        p = counts["reference"].to_numpy() / ref.len()
+        q = counts["current"].to_numpy() / cur.len()
     p, q = _fill_zeroes(p), _fill_zeroes(q)
     return float(np.sum((p - q) * np.log(p / q)))
