@@ -3,8 +3,10 @@
 A feature view names a source table (a dbt model in the region's warehouse), its entity
 key, the timestamp at which each row's values became true (event timestamp), a created
 timestamp that breaks ties between rows with the same event timestamp, the features with
-their types and defaults, and a TTL. Its version is a hash of that definition plus the
-source model's SQL, so any change to either yields a new version.
+their types and defaults, a TTL and a warm-up. Its version is a hash of that definition
+plus everything in dbt that determines the source's values (the manifest's checksums of
+the model and its ancestors, the macros they use, the vars they read), so any change to
+either yields a new version.
 
 Retrieval is point-in-time correct: for every (entity, event time) row it returns, per
 view, the values of the row with the latest event timestamp <= the event time, and among
@@ -18,14 +20,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
 
 import duckdb
+import yaml
 
 from meridian.paths import REPO_ROOT
-
-DBT_MODELS = REPO_ROOT / "dbt_project" / "models"
 
 
 @dataclass(frozen=True)
@@ -35,8 +38,25 @@ class Feature:
     default: float | int | bool | None = None  # served when the view has no live value
 
 
+class FeatureViewError(ValueError):
+    """A feature view definition that cannot be served as declared."""
+
+
 @dataclass(frozen=True)
 class FeatureView:
+    """A feature view.
+
+    `ttl`: how long a row's values stay servable after its feature time; a row older than
+    that is served the defaults. It must be positive. (Feast reads a TTL of zero as "no
+    expiry"; here zero would serve only rows stamped exactly at the event time, which is
+    almost never what the author meant, so it is refused.)
+
+    `warmup`: how much history before a row the row's values need (its longest window or
+    lookback). A row whose event time is less than `warmup` after the start of the
+    region's history has truncated windows: it is never used for training, drift
+    references, performance or A/B evidence, and a decision scored on it says so.
+    """
+
     name: str
     source: str  # table (dbt model) in the region's warehouse
     entity_key: str
@@ -44,7 +64,19 @@ class FeatureView:
     created_timestamp: str  # SQL expression breaking ties between equal feature times
     features: tuple[Feature, ...]
     ttl: timedelta
-    source_sql: str = ""  # the source's definition, hashed into the version
+    warmup: timedelta
+    source_sql: str = (
+        ""  # the source's dbt definition (meridian.feature_store.dbt_definition), hashed into the version
+    )
+
+    def __post_init__(self) -> None:
+        if self.ttl <= timedelta(0):
+            raise FeatureViewError(
+                f"feature view {self.name!r}: ttl must be positive, got {self.ttl}; a zero TTL would serve only "
+                "rows stamped exactly at the event time (Feast reads zero as 'no expiry': here, give a long TTL)"
+            )
+        if self.warmup < timedelta(0):
+            raise FeatureViewError(f"feature view {self.name!r}: warmup must be >= 0, got {self.warmup}")
 
     def definition(self) -> dict[str, object]:
         return {
@@ -55,6 +87,7 @@ class FeatureView:
             "created_timestamp": self.created_timestamp,
             "features": [[f.name, f.dtype, f.default] for f in self.features],
             "ttl_seconds": int(self.ttl.total_seconds()),
+            "warmup_seconds": int(self.warmup.total_seconds()),
             "source_sql_sha256": hashlib.sha256(self.source_sql.encode()).hexdigest(),
         }
 
@@ -68,14 +101,86 @@ class FeatureView:
         return f"{self.name}__{feature}"
 
 
-def dbt_model_sql(model: str) -> str:
-    """The SQL file of a dbt model, the part of a view's definition that lives in dbt."""
-    matches = sorted(DBT_MODELS.rglob(f"{model}.sql"))
-    if len(matches) != 1:
+DBT_PROJECT = REPO_ROOT / "dbt_project"
+DBT_MANIFEST = DBT_PROJECT / "target" / "manifest.json"
+# Vars a run passes for its partition (assets/transforms.py dbt_vars): where and when it
+# runs, not what a feature means, so they are not part of a view's definition.
+RUN_SCOPED_DBT_VARS = frozenset({"region", "min_day", "max_day", "lake_root", "warehouse_path"})
+_VAR_CALL = re.compile(r"""\bvar\(\s*['"]([A-Za-z_][A-Za-z0-9_]*)['"]""")
+
+
+def dbt_sources_newer_than(manifest: Path = DBT_MANIFEST) -> Path | None:
+    """A dbt project file changed after the manifest was parsed (the first found), or None."""
+    if not manifest.exists():
+        return manifest
+    parsed = manifest.stat().st_mtime
+    candidates = [DBT_PROJECT / "dbt_project.yml"]
+    for folder in ("models", "macros", "seeds", "tests"):
+        candidates.extend(p for p in (DBT_PROJECT / folder).rglob("*") if p.is_file())
+    return next((p for p in candidates if p.stat().st_mtime > parsed), None)
+
+
+def dbt_project_vars() -> dict[str, object]:
+    """The project's vars as dbt_project.yml declares them."""
+    return (yaml.safe_load((DBT_PROJECT / "dbt_project.yml").read_text()) or {}).get("vars", {}) or {}
+
+
+def dbt_definition(
+    model: str, manifest: Path = DBT_MANIFEST, project_vars: dict[str, object] | None = None
+) -> str:
+    """Everything in dbt that determines a model's values, as canonical JSON: the manifest's
+    checksums of the model and every ancestor (models, seeds, snapshots, sources), the SQL of
+    every macro they use (macros of macros included), and the value of every project var
+    that their code or those macros read (run-scoped vars excepted)."""
+    if not manifest.exists():
         raise FileNotFoundError(
-            f"expected one dbt model named {model!r} under {DBT_MODELS}, found {len(matches)}"
+            f"the dbt manifest {manifest} is missing: run scripts/setup.sh (it parses the dbt project)"
         )
-    return matches[0].read_text()
+    data = json.loads(manifest.read_text())
+    nodes = {**data["nodes"], **data.get("sources", {})}
+    matches = [
+        uid for uid, n in data["nodes"].items() if n["resource_type"] == "model" and n["name"] == model
+    ]
+    if len(matches) != 1:
+        raise FileNotFoundError(f"expected one dbt model named {model!r} in {manifest}, found {len(matches)}")
+    seen_nodes: dict[str, str] = {}
+    pending = list(matches)
+    while pending:
+        uid = pending.pop()
+        if uid in seen_nodes or uid not in nodes:
+            continue
+        node = nodes[uid]
+        seen_nodes[uid] = (node.get("checksum") or {}).get("checksum") or hashlib.sha256(
+            json.dumps(
+                {k: node.get(k) for k in ("relation_name", "columns", "meta")}, sort_keys=True
+            ).encode()
+        ).hexdigest()
+        pending.extend(data["parent_map"].get(uid, []))
+    macros = data["macros"]
+    seen_macros: dict[str, str] = {}
+    pending = [m for uid in seen_nodes for m in nodes[uid].get("depends_on", {}).get("macros", [])]
+    while pending:
+        uid = pending.pop()
+        if uid in seen_macros or uid not in macros:
+            continue
+        seen_macros[uid] = hashlib.sha256(macros[uid]["macro_sql"].encode()).hexdigest()
+        pending.extend(macros[uid].get("depends_on", {}).get("macros", []))
+    code = [nodes[uid].get("raw_code", "") for uid in seen_nodes]
+    code += [
+        macros[uid]["macro_sql"]
+        for uid in seen_macros
+        if macros[uid]["package_name"] == data["metadata"]["project_name"]
+    ]
+    project_vars = dbt_project_vars() if project_vars is None else project_vars
+    read = sorted({name for text in code for name in _VAR_CALL.findall(text)} - RUN_SCOPED_DBT_VARS)
+    return json.dumps(
+        {
+            "nodes": dict(sorted(seen_nodes.items())),
+            "macros": dict(sorted(seen_macros.items())),
+            "vars": {name: project_vars.get(name) for name in read},
+        },
+        sort_keys=True,
+    )
 
 
 def _quote(identifier: str) -> str:
@@ -95,6 +200,21 @@ def feature_tie_break(view: FeatureView) -> str:
     return ", ".join(f"{_quote(f.name)} desc nulls last" for f in view.features)
 
 
+def utc_naive(value: datetime) -> datetime:
+    """A datetime as naive UTC: aware values are converted, naive ones are taken as UTC."""
+    return value.astimezone(UTC).replace(tzinfo=None) if value.tzinfo is not None else value
+
+
+def utc_sql(expression: str) -> str:
+    """A TIMESTAMP, TIMESTAMPTZ, TIMESTAMP_NS (or DATE cast to timestamp) expression as a naive
+    UTC TIMESTAMP, whatever the session's time zone: epoch microseconds do not depend on it."""
+    return f"make_timestamp(epoch_us({expression}))"
+
+
+def _timestamp_literal(value: datetime) -> str:
+    return f"timestamp '{utc_naive(value).isoformat(sep=' ')}'"
+
+
 def point_in_time_sql(
     entity_sql: str,
     event_time: str,
@@ -106,14 +226,19 @@ def point_in_time_sql(
     `entity_sql` is any query with the views' entity keys and the `event_time` column;
     its rows come back once each, with their columns, in no particular order.
 
+    Time zones: every timestamp (the entity rows' event time, each view's feature time,
+    the range bounds) is compared as naive UTC, so TIMESTAMP (read as UTC), TIMESTAMPTZ
+    and nanosecond timestamps give the same rows in any DuckDB session time zone, and
+    the range may be given as naive-UTC or aware datetimes.
+
     `event_time_range` (earliest, latest), when every entity row's event time is known to
     lie in it (one day of transactions to score, say), restricts each view to the rows
     that can be served: feature times in [earliest − TTL, latest]. Older rows are past
     their TTL for every entity row and newer ones are in their future, so the result is
     the same (tested); the view is scanned for a few days instead of its whole history.
     """
-    ctes = [f"__entities as ({entity_sql})"]
-    selects = ["__e.*"]
+    ctes = [f"__entities as (select *, {utc_sql(_quote(event_time))} as __event_utc from ({entity_sql}))"]
+    selects = ["__e.* exclude (__event_utc)"]
     joins = []
     for i, view in enumerate(views):
         alias = f"__v{i}"
@@ -121,28 +246,29 @@ def point_in_time_sql(
         # Rows equal on entity, event and created time (two transactions of one customer in
         # the same microsecond): pick by the feature values, so that every run picks the same.
         tie_break = feature_tie_break(view)
+        feature_time = utc_sql(view.event_timestamp)
         bound = ""
         if event_time_range is not None:
-            earliest, latest = event_time_range[0] - view.ttl, event_time_range[1]
+            earliest, latest = utc_naive(event_time_range[0]) - view.ttl, event_time_range[1]
             bound = (
-                f"  where {view.event_timestamp} >= timestamp '{earliest.isoformat(sep=' ')}'"
-                f" and {view.event_timestamp} <= timestamp '{latest.isoformat(sep=' ')}'\n"
+                f"  where {feature_time} >= {_timestamp_literal(earliest)}"
+                f" and {feature_time} <= {_timestamp_literal(latest)}\n"
             )
         ctes.append(
             f"{alias} as (\n"
-            f"  select {_quote(view.entity_key)} as __key, {view.event_timestamp} as __ts, {feats}\n"
+            f"  select {_quote(view.entity_key)} as __key, {feature_time} as __ts, {feats}\n"
             f"  from {view.source}\n"
             f"{bound}"
             f"  qualify row_number() over (\n"
-            f"    partition by {_quote(view.entity_key)}, {view.event_timestamp}\n"
+            f"    partition by {_quote(view.entity_key)}, {feature_time}\n"
             f"    order by {view.created_timestamp} desc, {tie_break}) = 1\n"
             f")"
         )
         joins.append(
             f"asof left join {alias} on __e.{_quote(view.entity_key)} = {alias}.__key "
-            f"and __e.{_quote(event_time)} >= {alias}.__ts"
+            f"and __e.__event_utc >= {alias}.__ts"
         )
-        live = f"{alias}.__ts >= __e.{_quote(event_time)} - to_microseconds({int(view.ttl.total_seconds() * 1e6)})"
+        live = f"{alias}.__ts >= __e.__event_utc - to_microseconds({int(view.ttl.total_seconds() * 1e6)})"
         for f in view.features:
             selects.append(
                 f"case when {live} then cast({alias}.{_quote(f.name)} as {f.dtype}) "
@@ -168,3 +294,41 @@ def retrieve(
 ) -> duckdb.DuckDBPyRelation:
     """Point-in-time feature retrieval as a lazy DuckDB relation."""
     return con.sql(point_in_time_sql(entity_sql, event_time, views, event_time_range))
+
+
+# ---------------------------------------------------------------- warm-up
+
+
+def warmup_of(views: tuple[FeatureView, ...]) -> timedelta:
+    """The history a row needs before its event time for every view's windows to be full."""
+    return max((view.warmup for view in views), default=timedelta(0))
+
+
+def history_start(con: duckdb.DuckDBPyConnection, table: str = "stg_transactions") -> date | None:
+    """The first day of the region's history: the earliest event day its warehouse holds."""
+    return con.sql(f"select min(event_day) from {table}").fetchall()[0][0]
+
+
+def complete_from(start: date | None, views: tuple[FeatureView, ...]) -> datetime | None:
+    """The first event time (naive UTC) whose windows history fully covers; None without history."""
+    if start is None:
+        return None
+    return datetime.combine(start, datetime.min.time()) + warmup_of(views)
+
+
+FEATURE_HISTORY_FILE = "feature_history.json"
+
+
+def feature_history_path(region_root: Path) -> Path:
+    """Where a region states its history's first day and when feature windows are complete
+    (beside the online store, replicated with it), for the scoring service."""
+    return region_root / "online" / FEATURE_HISTORY_FILE
+
+
+def read_complete_from(region_root: Path) -> datetime | None:
+    """The region's `complete_from` as its online store's writer last recorded it; None if unknown."""
+    try:
+        payload = json.loads(feature_history_path(region_root).read_text())
+        return datetime.fromisoformat(payload["features_complete_from"])
+    except (FileNotFoundError, KeyError, TypeError, ValueError):
+        return None

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 from functools import cache
 
-from meridian.feature_store import Feature, FeatureView, dbt_model_sql
+from meridian.feature_store import Feature, FeatureView, dbt_definition, dbt_project_vars
 
 CUSTOMER_SPEND_FEATURES = (
     Feature("txn_count_1h", "bigint", 0),
@@ -31,9 +31,15 @@ MERCHANT_RISK_FEATURES = (
 )
 
 
+# The history each view's windows reach back over, from the dbt vars that set them:
+# feature_lookback_days (the longest window) and label_lookback_days (how late a chargeback lands).
+FEATURE_LOOKBACK = timedelta(days=int(dbt_project_vars()["feature_lookback_days"]))
+LABEL_LOOKBACK = timedelta(days=int(dbt_project_vars()["label_lookback_days"]))
+
+
 @cache
 def feature_views() -> tuple[FeatureView, ...]:
-    """Every feature view, with its source model's SQL folded into its version."""
+    """Every feature view, with its source model's dbt definition folded into its version."""
     return (
         FeatureView(
             name="customer_spend",
@@ -44,7 +50,9 @@ def feature_views() -> tuple[FeatureView, ...]:
             created_timestamp="event_time",
             features=CUSTOMER_SPEND_FEATURES,
             ttl=timedelta(days=30),
-            source_sql=dbt_model_sql("customer_spend_features"),
+            # 30-day windows (counts, amounts, distinct merchants and devices, new device).
+            warmup=FEATURE_LOOKBACK,
+            source_sql=dbt_definition("customer_spend_features"),
         ),
         FeatureView(
             name="merchant_risk",
@@ -55,6 +63,8 @@ def feature_views() -> tuple[FeatureView, ...]:
             created_timestamp="cast(as_of_day as timestamp)",
             features=MERCHANT_RISK_FEATURES,
             ttl=timedelta(days=2),
-            source_sql=dbt_model_sql("merchant_risk_features"),
+            # Chargebacks landed in the last 30 days, for transactions up to 10 days older still.
+            warmup=FEATURE_LOOKBACK + LABEL_LOOKBACK,
+            source_sql=dbt_definition("merchant_risk_features"),
         ),
     )

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from datetime import datetime, timedelta
+from pathlib import Path
 
 import duckdb
 import polars as pl
@@ -10,7 +12,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from meridian.feature_store import Feature, FeatureView, dbt_model_sql, retrieve
+from meridian.feature_store import (
+    DBT_MANIFEST,
+    Feature,
+    FeatureView,
+    FeatureViewError,
+    dbt_definition,
+    dbt_project_vars,
+    retrieve,
+)
 
 T0 = datetime(2026, 1, 1)
 KEYS = ("a", "b", "c", "d")  # "d" never appears in any view: a missing entity
@@ -23,6 +33,7 @@ VIEWS = (
         "created",
         (Feature("x", "double", -1.0),),
         timedelta(minutes=30),
+        timedelta(0),
     ),
     FeatureView(
         "risk",
@@ -32,9 +43,17 @@ VIEWS = (
         "created",
         (Feature("y", "bigint", 0), Feature("z", "boolean", False)),
         timedelta(minutes=90),
+        timedelta(0),
     ),
     FeatureView(
-        "late", "late_src", "customer", "ts", "created", (Feature("w", "double", None),), timedelta(days=1)
+        "late",
+        "late_src",
+        "customer",
+        "ts",
+        "created",
+        (Feature("w", "double", None),),
+        timedelta(days=1),
+        timedelta(0),
     ),
 )
 
@@ -150,15 +169,138 @@ def test_a_value_from_the_future_is_never_served():
 
 def test_the_version_changes_with_the_definition_and_the_source_sql():
     base = FeatureView(
-        "v", "src", "k", "ts", "created", (Feature("x", "double"),), timedelta(days=1), "select 1"
+        "v",
+        "src",
+        "k",
+        "ts",
+        "created",
+        (Feature("x", "double"),),
+        timedelta(days=1),
+        timedelta(0),
+        "select 1",
     )
     assert base.version == FeatureView(**{**base.__dict__}).version
     assert base.version != FeatureView(**{**base.__dict__, "ttl": timedelta(days=2)}).version
+    assert base.version != FeatureView(**{**base.__dict__, "warmup": timedelta(days=2)}).version
     assert base.version != FeatureView(**{**base.__dict__, "source_sql": "select 2"}).version
     assert base.version != FeatureView(**{**base.__dict__, "features": (Feature("x", "float"),)}).version
 
 
-def test_a_view_reads_its_dbt_model_sql():
-    assert "w_30d" in dbt_model_sql("customer_spend_features")
+def _edited_manifest(tmp_path, edit) -> Path:
+    data = json.loads(DBT_MANIFEST.read_text())
+    edit(data)
+    path = tmp_path / "manifest.json"
+    path.write_text(json.dumps(data))
+    return path
+
+
+def test_a_views_dbt_definition_changes_with_upstream_models_macros_and_vars(tmp_path):
+    """The version of customer_spend must move when anything that determines its values moves:
+    an upstream model (stg_transactions), a macro the model uses, or a var it reads."""
+    before = dbt_definition("customer_spend_features")
+
+    def upstream(data):
+        data["nodes"]["model.meridian.stg_transactions"]["checksum"]["checksum"] = "changed"
+
+    def macro(data):
+        data["macros"]["macro.meridian.days_before"]["macro_sql"] += "\n-- changed"
+
+    def unrelated(data):
+        data["nodes"]["model.meridian.stg_labels"]["checksum"]["checksum"] = "changed"
+
+    assert dbt_definition("customer_spend_features", _edited_manifest(tmp_path, upstream)) != before
+    assert dbt_definition("customer_spend_features", _edited_manifest(tmp_path, macro)) != before
+    # stg_labels is not an ancestor of customer_spend_features: its version stays
+    assert dbt_definition("customer_spend_features", _edited_manifest(tmp_path, unrelated)) == before
+    assert dbt_definition("merchant_risk_features", _edited_manifest(tmp_path, unrelated)) != dbt_definition(
+        "merchant_risk_features"
+    )
+    more_history = {**dbt_project_vars(), "feature_lookback_days": 45}
+    assert dbt_definition("customer_spend_features", project_vars=more_history) != before
+    # A var the model never reads, and the run-scoped ones, leave it alone.
+    other = {
+        **dbt_project_vars(),
+        "merchant_risk_prior_weight": 99,
+        "region": "eu-west",
+        "min_day": "2026-02-01",
+    }
+    assert dbt_definition("customer_spend_features", project_vars=other) == before
     with pytest.raises(FileNotFoundError, match="no_such_model"):
-        dbt_model_sql("no_such_model")
+        dbt_definition("no_such_model")
+
+
+def test_a_zero_or_negative_ttl_is_refused_with_the_reason():
+    with pytest.raises(FeatureViewError, match=r"ttl must be positive.*Feast reads zero"):
+        FeatureView("v", "src", "k", "ts", "ts", (Feature("x", "double"),), timedelta(0), timedelta(0))
+    with pytest.raises(FeatureViewError, match=r"warmup must be >= 0"):
+        FeatureView("v", "src", "k", "ts", "ts", (Feature("x", "double"),), timedelta(1), timedelta(-1))
+
+
+ZONES = ("UTC", "America/New_York", "Asia/Tokyo", "Pacific/Kiritimati", "America/St_Johns")
+TS_TYPES = ("timestamp", "timestamptz", "timestamp_ns")
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    scenario(),
+    st.sampled_from(ZONES),
+    st.sampled_from(TS_TYPES),
+    st.sampled_from(TS_TYPES),
+    st.sampled_from(("naive", "aware-utc", "aware-tokyo")),
+)
+def test_retrieval_is_the_same_in_any_session_time_zone_timestamp_type_and_bound_kind(
+    data, zone, view_type, entity_type, bound_kind
+):
+    """Naive-UTC and aware bounds; TIMESTAMP, TIMESTAMPTZ and TIMESTAMP_NS columns on either
+    side; DuckDB sessions in zones with offsets from -5 to +14 (and a half hour): the rows
+    and values never change."""
+    from zoneinfo import ZoneInfo
+
+    spend, risk, late, entities = data
+    baseline = duckdb.connect()
+    _load(baseline, spend, risk, late, entities)
+    expected = retrieve(baseline, "select * from entities", "t", VIEWS).pl()
+
+    con = duckdb.connect()
+    _load(con, spend, risk, late, entities)
+    con.execute(f"set TimeZone = '{zone}'")
+    # Re-type the columns as the same instants: naive values are UTC, so a TIMESTAMPTZ copy
+    # takes them at +00.
+    for table, columns in (
+        ("spend_src", ("ts", "created")),
+        ("risk_src", ("ts", "created")),
+        ("late_src", ("ts", "created")),
+        ("entities", ("t",)),
+    ):
+        wanted = entity_type if table == "entities" else view_type
+        casts = ", ".join(
+            f"cast(timezone('UTC', {c}) as {wanted}) as {c}"
+            if wanted == "timestamptz"
+            else f"cast({c} as {wanted}) as {c}"
+            for c in columns
+        )
+        con.execute(f"create or replace table {table} as select * replace ({casts}) from {table}")
+    got = retrieve(con, "select * from entities", "t", VIEWS).pl()
+    features = [c for c in expected.columns if "__" in c and not c.endswith("feature_time")]
+    key = ["customer", "merchant"]
+
+    def comparable(frame):
+        return (
+            frame.with_columns(
+                pl.col("t").cast(pl.Datetime("us", "UTC")).dt.replace_time_zone(None)
+                if isinstance(frame.schema["t"], pl.Datetime) and frame.schema["t"].time_zone
+                else pl.col("t").cast(pl.Datetime("us"))
+            )
+            .select(*key, "t", *features)
+            .sort(*key, "t", *features, nulls_last=True)
+        )
+
+    assert comparable(got).equals(comparable(expected))
+    times = [_minutes(t) for _, _, t in entities]
+    bounds = (min(times), max(times))
+    if bound_kind == "aware-utc":
+        bounds = tuple(b.replace(tzinfo=ZoneInfo("UTC")) for b in bounds)
+    elif bound_kind == "aware-tokyo":
+        bounds = tuple(b.replace(tzinfo=ZoneInfo("UTC")).astimezone(ZoneInfo("Asia/Tokyo")) for b in bounds)
+    bounded = retrieve(con, "select * from entities", "t", VIEWS, bounds).pl()
+    assert comparable(bounded).equals(comparable(expected))
