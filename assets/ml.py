@@ -25,13 +25,14 @@ import duckdb
 import polars as pl
 
 from assets.features import VIEWS, view_asset_key
-from assets.partitions import REGION_DAY_PARTITIONS, REGION_PARTITIONS, days_by_region
+from assets.partitions import REGION_DAY_PARTITIONS, REGION_PARTITIONS, RegionFailures, days_by_region
 from meridian import modeling, registry
+from meridian.feature_store import complete_from, history_start
 from meridian.lake import write_bytes_atomic, write_parquet_atomic
 from meridian.locks import file_lock
 from meridian.paths import RegionPaths
 from meridian.report import markdown_table
-from meridian.training_set import build_training_set, rows_without_features
+from meridian.training_set import build_training_set, rows_without_features, warmup_excluded_rows
 from resources.lake import RegionalLakeResource
 from resources.mlflow import MlflowTrackingResource
 from resources.topology import RegionTopologyResource
@@ -41,6 +42,8 @@ INFERENCE_GROUP = "inference"
 OWNERS = ["team:fraud-ml"]
 VIEW_TUPLE = tuple(VIEWS.values())
 ALL_DAYS_OF_REGION = dg.MultiToSingleDimensionPartitionMapping(partition_dimension_name="region")
+# A scored row whose feature windows are complete (meridian.feature_store.complete_from).
+FEATURES_COMPLETE = "features_complete"
 
 
 def _region(context: dg.AssetExecutionContext) -> str:
@@ -130,6 +133,8 @@ def training_set(
         frame, _, as_of = build_training_set(
             con, VIEW_TUPLE, topo.region(region), as_of, config.validation_share, config.test_share
         )
+        warm_from = complete_from(history_start(con), VIEW_TUPLE)
+        warming_up = warmup_excluded_rows(con, VIEW_TUPLE, as_of)
     content = frame.select("transaction_id", "label", "split").hash_rows(seed=0).to_numpy().tobytes()
     dataset_version = hashlib.sha256(
         json.dumps({"views": VIEW_VERSIONS, "as_of": as_of.isoformat()}).encode() + content
@@ -159,6 +164,8 @@ def training_set(
         "feature_columns": modeling.feature_columns(VIEW_TUPLE),
         "splits": {row["split"]: {k: str(v) for k, v in row.items()} for row in by_split.to_dicts()},
         "rows_with_default_features": defaults,
+        "features_complete_from": warm_from.isoformat(),
+        "rows_excluded_warming_up": warming_up,
         "dagster_run_id": context.run_id,
     }
     _write_json(manifest, paths.table("training_set") / "current.json")
@@ -172,6 +179,8 @@ def training_set(
             "time_range": f"{frame['event_time'].min()} → {frame['event_time'].max()}",
             "feature_view_versions": dg.MetadataValue.json(VIEW_VERSIONS),
             "rows_with_default_features": dg.MetadataValue.json(defaults),
+            "features_complete_from": warm_from.isoformat(),
+            "rows_excluded_warming_up": warming_up,
             "path": dg.MetadataValue.path(str(path)),
         },
         data_version=dg.DataVersion(dataset_version),
@@ -363,13 +372,16 @@ def fraud_model(
         logged = mlflow.lightgbm.log_model(
             trained.booster, name="model", signature=signature, input_example=example
         )
-        version = registry.register_challenger(
-            mlflow_tracking.client(),
-            region,
-            logged.model_uri,
-            run.info.run_id,
-            {**lineage, "dagster_run_id": context.run_id, "test_pr_auc": f"{test['pr_auc']:.5f}"},
-        )
+        # One registry writer per region at a time, whatever launched the run (the queue's
+        # per-region limit does not cover in-process runs such as the CLI's).
+        with file_lock(paths.root / "registry.lock"):
+            version = registry.register_challenger(
+                mlflow_tracking.client(),
+                region,
+                logged.model_uri,
+                run.info.run_id,
+                {**lineage, "dagster_run_id": context.run_id, "test_pr_auc": f"{test['pr_auc']:.5f}"},
+            )
     name = registry.model_name(region)
     replicated = sync_registry_replica(topology.load(), lake, mlflow_tracking.client(), region)
     return dg.MaterializeResult(
@@ -480,6 +492,15 @@ def fraud_model_promotion(
     client = mlflow_tracking.client()
     name = registry.model_name(region)
     challenger_v = registry.alias_version(client, name, registry.CHALLENGER)
+    # The version this very run registered, if it trained one: another training of the region
+    # that moved the alias meanwhile must not get its model promoted on this run's evidence.
+    own = registry.version_registered_by_run(client, name, context.run_id)
+    if own is not None and own != challenger_v:
+        context.log.warning(
+            f"{name}: the challenger alias points at v{challenger_v}, registered by another run; "
+            f"this run evaluates its own v{own}"
+        )
+        challenger_v = own
     champion_v = registry.alias_version(client, name, registry.CHAMPION)
     if challenger_v is None:
         return dg.MaterializeResult(
@@ -515,7 +536,8 @@ def fraud_model_promotion(
     if champion_v is not None and evidence["champion"] is None:
         reason = f"champion v{champion_v} cannot be scored on the current feature views; " + reason
     if promote:
-        change = registry.promote(client, region, challenger_v, reason, context.run_id)
+        with file_lock(paths.root / "registry.lock"):
+            change = registry.promote(client, region, challenger_v, reason, context.run_id)
         decision = "promoted"
         replicated = sync_registry_replica(topology.load(), lake, client, region)
     else:
@@ -578,7 +600,14 @@ def prediction_features(con: duckdb.DuckDBPyConnection, region, day: str) -> pl.
     entity_sql = modeling.transaction_entities_sql(region, "stg_transactions", f"t.event_day = date '{day}'")
     start = datetime.fromisoformat(day)
     # The day's transactions only need feature rows from (day − TTL) to the day's end.
-    return retrieve(con, entity_sql, "event_time", VIEW_TUPLE, (start, start + timedelta(days=1))).pl()
+    frame = retrieve(con, entity_sql, "event_time", VIEW_TUPLE, (start, start + timedelta(days=1))).pl()
+    return with_features_complete(frame, complete_from(history_start(con), VIEW_TUPLE))
+
+
+def with_features_complete(frame: pl.DataFrame, warm_from: datetime | None) -> pl.DataFrame:
+    """`features_complete`: the row's every window is covered by the region's history."""
+    complete = pl.lit(False) if warm_from is None else pl.col("event_time") >= pl.lit(warm_from)
+    return frame.with_columns(complete.alias(FEATURES_COMPLETE))
 
 
 def score_frame(booster, frame: pl.DataFrame, model: str, version: int) -> pl.DataFrame:
@@ -590,7 +619,7 @@ def score_frame(booster, frame: pl.DataFrame, model: str, version: int) -> pl.Da
     frame = frame.sort("event_time", "transaction_id")
     scores = booster.predict(modeling.design_matrix(frame, booster.feature_name()), num_threads=2)
     return frame.select(
-        "transaction_id", "customer_id", "merchant_id", "event_time", "event_day"
+        "transaction_id", "customer_id", "merchant_id", "event_time", "event_day", FEATURES_COMPLETE
     ).with_columns(
         pl.Series("score", scores, dtype=pl.Float64),
         pl.lit(model).alias("model_name"),
@@ -622,46 +651,51 @@ def fraud_predictions(
     topo = topology.load()
     client = None
     per_day = []
-    for region, days in days_by_region(context).items():
-        client = client or mlflow_tracking.client()
-        name = registry.model_name(region)
-        version = registry.alias_version(client, name, registry.CHAMPION)
-        if version is None:
-            raise dg.Failure(
-                f"{name} has no champion: run the `ml_training` job for {region} (training promotes the first model)"
-            )
-        booster = load_booster(mlflow_tracking, region, version)
-        paths = lake.paths(topo, region)
-        with (
-            file_lock(paths.warehouse_lock, shared=True),
-            duckdb.connect(str(paths.warehouse), read_only=True) as con,
-        ):
-            for day in days:
-                started = time.perf_counter()
-                features = prediction_features(con, topo.region(region), day)
-                retrieved = time.perf_counter()
-                scored = score_frame(booster, features, name, version)
-                predicted = time.perf_counter()
-                written = lake.write_partition(paths, "predictions", day, scored)
-                row = {
-                    "region": region,
-                    "day": day,
-                    "rows": written.rows,
-                    "model_version": version,
-                    "mean_score": round(float(scored["score"].mean()), 5) if scored.height else 0.0,
-                    "flagged_at_0.5": int((scored["score"] >= 0.5).sum()),
-                    "retrieval_s": round(retrieved - started, 3),
-                    "scoring_s": round(predicted - retrieved, 3),
-                    "write_s": round(time.perf_counter() - predicted, 3),
-                }
-                per_day.append(row)
-                context.log_event(
-                    dg.AssetObservation(
-                        asset_key=context.asset_key,
-                        partition=dg.MultiPartitionKey({"region": region, "day": day}),
-                        metadata={k: v for k, v in row.items() if k not in ("region", "day")},
-                    )
+    failures = RegionFailures(context)
+    run_days = days_by_region(context)
+    for region, days in run_days.items():
+        with failures.region(region):
+            client = client or mlflow_tracking.client()
+            name = registry.model_name(region)
+            version = registry.alias_version(client, name, registry.CHAMPION)
+            if version is None:
+                raise dg.Failure(
+                    f"{name} has no champion: run the `ml_training` job for {region} (training promotes the first model)"
                 )
+            booster = load_booster(mlflow_tracking, region, version)
+            paths = lake.paths(topo, region)
+            with (
+                file_lock(paths.warehouse_lock, shared=True),
+                duckdb.connect(str(paths.warehouse), read_only=True) as con,
+            ):
+                for day in days:
+                    started = time.perf_counter()
+                    features = prediction_features(con, topo.region(region), day)
+                    retrieved = time.perf_counter()
+                    scored = score_frame(booster, features, name, version)
+                    predicted = time.perf_counter()
+                    written = lake.write_partition(paths, "predictions", day, scored)
+                    row = {
+                        "region": region,
+                        "day": day,
+                        "rows": written.rows,
+                        "model_version": version,
+                        "mean_score": round(float(scored["score"].mean()), 5) if scored.height else 0.0,
+                        "rows_warming_up": int((~scored[FEATURES_COMPLETE]).sum()),
+                        "flagged_at_0.5": int((scored["score"] >= 0.5).sum()),
+                        "retrieval_s": round(retrieved - started, 3),
+                        "scoring_s": round(predicted - retrieved, 3),
+                        "write_s": round(time.perf_counter() - predicted, 3),
+                    }
+                    per_day.append(row)
+                    context.log_event(
+                        dg.AssetObservation(
+                            asset_key=context.asset_key,
+                            partition=dg.MultiPartitionKey({"region": region, "day": day}),
+                            metadata={k: v for k, v in row.items() if k not in ("region", "day")},
+                        )
+                    )
+    failures.raise_if_any([context.asset_key], run_days)
     total = sum(r["rows"] for r in per_day)
     return dg.MaterializeResult(
         metadata={

@@ -35,7 +35,9 @@ from pydantic import Field
 
 from assets.ml import (
     ALL_DAYS_OF_REGION,
+    FEATURES_COMPLETE,
     REGION_PARTITIONS,
+    VIEW_TUPLE,
     fraud_model_promotion,
     fraud_predictions,
     load_booster,
@@ -43,13 +45,14 @@ from assets.ml import (
     png_markdown,
     prediction_features,
 )
-from assets.partitions import REGION_DAY_PARTITIONS, days_by_region
+from assets.partitions import REGION_DAY_PARTITIONS, RegionFailures, days_by_region
 from meridian import modeling, registry
 from meridian.drift import DriftRule, column_drift, frame_drift
+from meridian.feature_store import complete_from, history_start
 from meridian.lake import partition_file, write_bytes_atomic
 from meridian.locks import file_lock
-from meridian.paths import meridian_home
 from meridian.report import markdown_table
+from meridian.run_coordinator import region_of_run_tags
 from resources.alerting import AlertingResource
 from resources.lake import RegionalLakeResource
 from resources.mlflow import MlflowTrackingResource
@@ -58,6 +61,9 @@ from resources.topology import RegionTopologyResource
 MONITORING_GROUP = "monitoring"
 DRIFT_CHECK = "drift_within_thresholds"
 RETRAIN_DEBOUNCE = timedelta(hours=12)
+TRAINING_ASSETS = frozenset(
+    {"training_set", "fraud_model_hyperparameters", "fraud_model", "fraud_model_promotion"}
+)
 REFERENCE_DAYS = 7
 STATUS_RANK = {"ok": 0, "no_data": 0, "warn": 1, "error": 2}
 
@@ -125,6 +131,15 @@ def served_drift(paths, day: str, reference: pl.DataFrame, columns: list[str], o
     if not served.exists():
         return []
     decisions = pl.read_parquet(served)
+    # Decisions scored on windows still warming up are no evidence of drift (nor logs from
+    # before the flag existed, which cannot say).
+    decisions = decisions.filter(
+        pl.col(FEATURES_COMPLETE).fill_null(False)
+        if FEATURES_COMPLETE in decisions.columns
+        else pl.lit(False)
+    )
+    if decisions.is_empty():
+        return []
     rows = [column_drift("score (served)", reference["score"], decisions["score"]).row()]
     if "features" in decisions.columns and decisions["features"].is_not_null().any():
         logged = decisions.filter(pl.col("features").is_not_null())
@@ -195,59 +210,84 @@ def feature_drift(
     worst_by_region: dict[str, str] = {}
     all_rows: list[dict] = []
     pictures = []
-    for region, days in days_by_region(context).items():
-        paths = lake.paths(topo, region)
-        version = registry.alias_version(client, registry.model_name(region), registry.CHAMPION)
-        if version is None:
-            raise dg.Failure(f"fraud-{region} has no champion: nothing to compare against")
-        reference, as_of = reference_frame(paths, client, region, version)
-        booster = load_booster(mlflow_tracking, region, version)
-        columns = booster.feature_name()
-        reference = reference.with_columns(
-            pl.Series("score", booster.predict(modeling.design_matrix(reference, columns), num_threads=2))
-        )
-        with (
-            file_lock(paths.warehouse_lock, shared=True),
-            duckdb.connect(str(paths.warehouse), read_only=True) as con,
-        ):
-            for day in days:
-                current = prediction_features(con, topo.region(region), day)
-                predictions = partition_file(paths.table("predictions"), day)
-                if predictions.exists():
-                    scores = pl.read_parquet(predictions, columns=["transaction_id", "score"])
-                    current = current.join(scores, on="transaction_id", how="left")
-                else:
-                    current = current.with_columns(pl.lit(None, dtype=pl.Float64).alias("score"))
-                rows = drift_rows(reference, current, [*columns, "score"], config.rules)
-                rows.extend(served_drift(paths, day, reference, columns, config.rules))
-                for r in rows:
-                    r.update(region=region, day=day, model_version=version, reference_as_of=as_of)
-                frame = pl.DataFrame(rows, infer_schema_length=None)
-                lake.write_partition(paths, "drift", day, frame)
-                all_rows.extend(rows)
-                counts = {s: sum(r["status"] == s for r in rows) for s in ("ok", "warn", "error", "no_data")}
-                worst = max((r["status"] for r in rows), key=STATUS_RANK.__getitem__)
-                previous = worst_by_region.get(region, "ok")
-                worst_by_region[region] = max(worst, previous, key=STATUS_RANK.__getitem__)
-                summary.append(
-                    {"region": region, "day": day, "model_version": version, "worst": worst, **counts}
-                )
-                flagged = [r for r in rows if r["status"] in ("warn", "error")]
-                if flagged:
-                    severity = "ERROR" if worst == "error" else "WARN"
-                    alerting.send(
-                        severity,
-                        region,
-                        "feature_drift",
-                        f"drift:{region}:{day}",
-                        f"{region} {day}: {len(flagged)} of {len(rows)} columns drifted "
-                        f"({', '.join(r['column'] for r in flagged[:5])})",
-                        {"model_version": version, "columns": {r["column"]: r["reason"] for r in flagged}},
+    failures = RegionFailures(context)
+    run_days = days_by_region(context)
+    for region, days in run_days.items():
+        with failures.region(region):
+            paths = lake.paths(topo, region)
+            version = registry.alias_version(client, registry.model_name(region), registry.CHAMPION)
+            if version is None:
+                raise dg.Failure(f"fraud-{region} has no champion: nothing to compare against")
+            reference, as_of = reference_frame(paths, client, region, version)
+            booster = load_booster(mlflow_tracking, region, version)
+            columns = booster.feature_name()
+            reference = reference.with_columns(
+                pl.Series("score", booster.predict(modeling.design_matrix(reference, columns), num_threads=2))
+            )
+            with (
+                file_lock(paths.warehouse_lock, shared=True),
+                duckdb.connect(str(paths.warehouse), read_only=True) as con,
+            ):
+                for day in days:
+                    current = prediction_features(con, topo.region(region), day)
+                    predictions = partition_file(paths.table("predictions"), day)
+                    if predictions.exists():
+                        scores = pl.read_parquet(predictions, columns=["transaction_id", "score"])
+                        current = current.join(scores, on="transaction_id", how="left")
+                    else:
+                        current = current.with_columns(pl.lit(None, dtype=pl.Float64).alias("score"))
+                    warming_up = int((~current[FEATURES_COMPLETE]).sum())
+                    current = current.filter(pl.col(FEATURES_COMPLETE))
+                    rows = drift_rows(reference, current, [*columns, "score"], config.rules)
+                    if warming_up and current.is_empty():
+                        for r in rows:
+                            r["reason"] = (
+                                f"every one of the day's {warming_up} rows has feature windows still warming up "
+                                "(history is shorter than the views' warm-up): nothing to compare"
+                            )
+                    rows.extend(served_drift(paths, day, reference, columns, config.rules))
+                    for r in rows:
+                        r.update(region=region, day=day, model_version=version, reference_as_of=as_of)
+                    frame = pl.DataFrame(rows, infer_schema_length=None)
+                    lake.write_partition(paths, "drift", day, frame)
+                    all_rows.extend(rows)
+                    counts = {
+                        s: sum(r["status"] == s for r in rows) for s in ("ok", "warn", "error", "no_data")
+                    }
+                    worst = max((r["status"] for r in rows), key=STATUS_RANK.__getitem__)
+                    previous = worst_by_region.get(region, "ok")
+                    worst_by_region[region] = max(worst, previous, key=STATUS_RANK.__getitem__)
+                    summary.append(
+                        {
+                            "region": region,
+                            "day": day,
+                            "model_version": version,
+                            "rows": current.height,
+                            "rows_warming_up": warming_up,
+                            "worst": worst,
+                            **counts,
+                        }
                     )
-                if len(pictures) < 3:
-                    pictures.append(
-                        (region, day, _plot(rows, f"{region} {day} vs fraud-{region} v{version}"))
-                    )
+                    flagged = [r for r in rows if r["status"] in ("warn", "error")]
+                    if flagged:
+                        severity = "ERROR" if worst == "error" else "WARN"
+                        alerting.send(
+                            severity,
+                            region,
+                            "feature_drift",
+                            f"drift:{region}:{day}",
+                            f"{region} {day}: {len(flagged)} of {len(rows)} columns drifted "
+                            f"({', '.join(r['column'] for r in flagged[:5])})",
+                            {
+                                "model_version": version,
+                                "columns": {r["column"]: r["reason"] for r in flagged},
+                            },
+                        )
+                    if len(pictures) < 3:
+                        pictures.append(
+                            (region, day, _plot(rows, f"{region} {day} vs fraud-{region} v{version}"))
+                        )
+    failures.raise_if_any([context.asset_key], run_days)
     table = [
         {
             k: (round(v, 4) if isinstance(v, float) else v)
@@ -264,6 +304,12 @@ def feature_drift(
     regions_in_error = sorted(r for r, w in worst_by_region.items() if w == "error")
     yield dg.MaterializeResult(
         metadata={
+            "column_status_counts": dg.MetadataValue.json(
+                {s: sum(r["status"] == s for r in all_rows) for s in ("ok", "warn", "error", "no_data")}
+            ),
+            "region_days_by_worst_status": dg.MetadataValue.json(
+                {s: sum(r["worst"] == s for r in summary) for s in ("ok", "warn", "error", "no_data")}
+            ),
             "by_day": dg.MetadataValue.md(markdown_table(summary)),
             "drifted_columns": dg.MetadataValue.md(markdown_table(table) if table else "no column drifted"),
             "plots": dg.MetadataValue.md(images),
@@ -314,6 +360,14 @@ monitoring_job = dg.define_asset_job(
 )
 
 
+def _drift_is_newer(instance: dg.DagsterInstance, partition: str, storage_id: int) -> bool:
+    """feature_drift of `partition` was materialized after the predictions record `storage_id`."""
+    latest = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=dg.AssetKey("feature_drift"), asset_partitions=[partition]), limit=1
+    ).records
+    return bool(latest) and latest[0].storage_id > storage_id
+
+
 def _new_materializations(context: dg.SensorEvaluationContext, key: dg.AssetKey) -> list:
     """Materializations of `key` since the sensor's cursor (a storage id), oldest first; the
     cursor moves past them."""
@@ -335,7 +389,8 @@ def _new_materializations(context: dg.SensorEvaluationContext, key: dg.AssetKey)
 def predictions_drift_sensor(context: dg.SensorEvaluationContext):
     for record in _new_materializations(context, fraud_predictions.key):
         partition = record.partition_key
-        if partition:
+        # Drift already measured on these predictions (the main job runs it): nothing to catch up.
+        if partition and not _drift_is_newer(context.instance, partition, record.storage_id):
             yield dg.RunRequest(
                 run_key=f"drift-{partition}-{record.storage_id}",
                 partition_key=partition,
@@ -351,10 +406,15 @@ def _retraining_state(instance: dg.DagsterInstance, region: str) -> tuple[bool, 
         dg.DagsterRunStatus.STARTING,
         dg.DagsterRunStatus.STARTED,
     ]
-    in_flight = bool(
-        instance.get_runs(
-            dg.RunsFilter(job_name="ml_training", tags={"meridian/region": region}, statuses=active), limit=1
+    # Whatever launched it (UI, schedule, CLI, another sensor) and whatever tags it carries: a
+    # run of the region that trains (the ml_training job, or an asset run selecting a training asset).
+    in_flight = any(
+        region_of_run_tags(run.tags) == region
+        and (
+            run.job_name == "ml_training"
+            or bool({k.to_user_string() for k in (run.asset_selection or ())} & TRAINING_ASSETS)
         )
+        for run in instance.get_runs(dg.RunsFilter(statuses=active))
     )
     launched = instance.get_run_records(
         dg.RunsFilter(tags={"meridian/region": region, "meridian/trigger": "drift"}), limit=1
@@ -440,7 +500,14 @@ def matured_predictions(paths, con: duckdb.DuckDBPyConnection, as_of: datetime) 
     files = sorted(paths.table("predictions").glob("day=*/*.parquet"))
     if not files:
         return pl.DataFrame()
-    scored = pl.concat([pl.read_parquet(f) for f in files], how="vertical_relaxed").select(
+    scored = pl.concat([pl.read_parquet(f) for f in files], how="diagonal_relaxed")
+    if FEATURES_COMPLETE not in scored.columns:
+        scored = scored.with_columns(pl.lit(None, dtype=pl.Boolean).alias(FEATURES_COMPLETE))
+    # Rows scored on windows still warming up say nothing about the model in steady state.
+    # (Predictions written before the flag existed get it from the warm-up's first day.)
+    warm_from = complete_from(history_start(con), VIEW_TUPLE)
+    known = pl.lit(False) if warm_from is None else pl.col("event_day") >= pl.lit(warm_from.date())
+    scored = scored.filter(pl.col(FEATURES_COMPLETE).fill_null(known)).select(
         "transaction_id", "event_day", "score", "model_version"
     )
     labels = con.sql(
@@ -448,6 +515,17 @@ def matured_predictions(paths, con: duckdb.DuckDBPyConnection, as_of: datetime) 
         f"where label_matures_at <= timestamp '{as_of:%Y-%m-%d %H:%M:%S}'"
     ).pl()
     return scored.join(labels, on="transaction_id", how="inner")
+
+
+def champion_test_pr_auc(tags: dict[str, str]) -> float | None:
+    """The test PR-AUC a model version was registered with; None when missing or not a number in [0, 1]."""
+    import math
+
+    try:
+        value = float(tags["test_pr_auc"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) and 0.0 <= value <= 1.0 else None
 
 
 def performance_rows(frame: pl.DataFrame, threshold: float) -> list[dict]:
@@ -517,17 +595,26 @@ def model_performance(
     check: dict[str, object] = {"champion_version": champion or "none", "as_of": as_of.date().isoformat()}
     passed, reason = True, "no matured labels for the champion yet: nothing to judge"
     if recent.height and champion:
+        expected = champion_test_pr_auc(client.get_model_version(name, str(champion)).tags)
         try:
             live = modeling.evaluate(recent["label"].to_numpy(), recent["score"].to_numpy(), config.threshold)
-            expected = float(client.get_model_version(name, str(champion)).tags.get("test_pr_auc", "nan"))
+        except ValueError as error:
+            live, reason = None, f"matured rows of the champion cannot be evaluated yet: {error}"
+        if live is not None and expected is None:
+            # No baseline to hold the champion to: that is a failure to say, never a silent pass.
+            passed = False
+            reason = (
+                f"{name} v{champion} has no valid test_pr_auc tag: its live PR-AUC {live['pr_auc']:.3f} "
+                "cannot be judged; re-register the version with its test metrics"
+            )
+            check.update(live_pr_auc=round(live["pr_auc"], 5), test_pr_auc="missing", rows=recent.height)
+        elif live is not None:
             check.update(live_pr_auc=round(live["pr_auc"], 5), test_pr_auc=expected, rows=recent.height)
             passed = not (live["pr_auc"] < expected - config.max_pr_auc_drop)
             reason = (
                 f"PR-AUC {live['pr_auc']:.3f} on {recent.height} matured rows vs {expected:.3f} on its test split "
                 f"(allowed drop {config.max_pr_auc_drop})"
             )
-        except ValueError as error:
-            reason = f"matured rows of the champion cannot be evaluated yet: {error}"
     if not passed:
         alerting.send("ERROR", region, "model_performance", f"performance:{region}:{champion}", reason, check)
     picture = _performance_plot(rows, region) if rows else None
@@ -581,6 +668,14 @@ def _performance_plot(rows: list[dict], region: str) -> bytes | None:
     ax.legend(fontsize=7)
     fig.tight_layout()
     return _png(fig)
+
+
+performance_job = dg.define_asset_job(
+    "performance_monitoring",
+    selection=dg.AssetSelection.assets(model_performance),
+    partitions_def=REGION_PARTITIONS,
+    description="A region's matured performance per model version and day, and the champion check.",
+)
 
 
 # ---------------------------------------------------------------- the global view
@@ -646,7 +741,7 @@ def platform_health(
                 "alerts_warn_24h": sum(a["severity"] == "WARN" for a in mine),
             }
         )
-    home = meridian_home()
+    home = lake.root()  # the lake resource's data root, as every other global asset writes
     write_bytes_atomic(
         json.dumps({"at": now.isoformat(), "regions": rows}, indent=1, default=str).encode(),
         home / "platform" / "health.json",
@@ -728,10 +823,16 @@ def deployment_analysis(
     current = deployment.load(paths.root, region)
     files = sorted(paths.table("scoring_decisions").glob("day=*/*.parquet"))
     decisions = (
-        pl.concat([pl.read_parquet(f) for f in files], how="vertical_relaxed") if files else pl.DataFrame()
+        pl.concat([pl.read_parquet(f) for f in files], how="diagonal_relaxed") if files else pl.DataFrame()
     )
     if decisions.height:
         decisions = decisions.filter(pl.col("experiment_id") == current.experiment_id)
+        # A/B evidence only from rows whose feature windows were complete when scored.
+        decisions = decisions.filter(
+            pl.col(FEATURES_COMPLETE).fill_null(False)
+            if FEATURES_COMPLETE in decisions.columns
+            else pl.lit(False)
+        )
         if current.strategy == "canary":  # only the current step's evidence counts for the current step
             decisions = decisions.filter(pl.col("challenger_share") == current.challenger_share)
     if decisions.height and paths.warehouse.exists():

@@ -8,6 +8,7 @@ a newer value, because the store refuses writes older than what it holds
 (meridian.online_store). Re-running a day is idempotent.
 """
 
+import json
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 
@@ -16,8 +17,15 @@ import duckdb
 import polars as pl
 
 from assets.features import VIEWS, view_asset_key
-from assets.partitions import REGION_DAY_PARTITIONS, days_by_region
-from meridian.feature_store import FeatureView, feature_tie_break
+from assets.partitions import REGION_DAY_PARTITIONS, RegionFailures, days_by_region
+from meridian.feature_store import (
+    FeatureView,
+    complete_from,
+    feature_history_path,
+    feature_tie_break,
+    history_start,
+)
+from meridian.lake import write_bytes_atomic
 from meridian.locks import file_lock
 from meridian.online_store import OnlineRow, encode_frame, to_micros
 from meridian.report import markdown_table
@@ -83,32 +91,51 @@ def online_features(
     topo = topology.load()
     per_day = []
     held: dict[str, dict[str, int]] = {}
-    for region, days in days_by_region(context).items():
-        paths = lake.paths(topo, region)
-        store = online_store.open(paths)
-        try:
-            store.ping()
-            with (
-                file_lock(paths.warehouse_lock, shared=True),
-                duckdb.connect(str(paths.warehouse), read_only=True) as con,
-            ):
-                for day in days:
-                    for view in VIEWS.values():
-                        result = store.write_frame(view.name, view.version, latest_frame(con, view, day))
-                        per_day.append(
-                            {
-                                "region": region,
-                                "day": day,
-                                "view": view.name,
-                                "version": view.version,
-                                "entities_changed": result.applied + result.stale,
-                                "written": result.applied,
-                                "kept_newer": result.stale,
-                            }
-                        )
-            held[region] = {view.name: store.count(view.name) for view in VIEWS.values()}
-        finally:
-            store.close()
+    complete: dict[str, str] = {}
+    failures = RegionFailures(context)
+    run_days = days_by_region(context)
+    for region, days in run_days.items():
+        with failures.region(region):
+            paths = lake.paths(topo, region)
+            store = online_store.open(paths)
+            try:
+                store.ping()
+                with (
+                    file_lock(paths.warehouse_lock, shared=True),
+                    duckdb.connect(str(paths.warehouse), read_only=True) as con,
+                ):
+                    for day in days:
+                        for view in VIEWS.values():
+                            result = store.write_frame(view.name, view.version, latest_frame(con, view, day))
+                            per_day.append(
+                                {
+                                    "region": region,
+                                    "day": day,
+                                    "view": view.name,
+                                    "version": view.version,
+                                    "entities_changed": result.applied + result.stale,
+                                    "written": result.applied,
+                                    "kept_newer": result.stale,
+                                }
+                            )
+                    start = history_start(con)
+                warm_from = complete_from(start, tuple(VIEWS.values()))
+                write_bytes_atomic(
+                    json.dumps(
+                        {
+                            "history_start": start.isoformat() if start else None,
+                            "features_complete_from": warm_from.isoformat() if warm_from else None,
+                            "warmup_days": {v.name: v.warmup.days for v in VIEWS.values()},
+                        },
+                        indent=1,
+                    ).encode(),
+                    feature_history_path(paths.root),
+                )
+                held[region] = {view.name: store.count(view.name) for view in VIEWS.values()}
+                complete[region] = warm_from.isoformat() if warm_from else "no history"
+            finally:
+                store.close()
+    failures.raise_if_any([context.asset_key], run_days)
     return dg.MaterializeResult(
         metadata={
             "backend": online_store.backend,
@@ -116,5 +143,6 @@ def online_features(
             "run_total_kept_newer": sum(r["kept_newer"] for r in per_day),
             "per_day": dg.MetadataValue.md(markdown_table(per_day)),
             "entities_held": dg.MetadataValue.json(held),
+            "features_complete_from": dg.MetadataValue.json(complete),
         }
     )

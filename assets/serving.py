@@ -160,6 +160,7 @@ def _decisions_frame(entries: list[dict]) -> pl.DataFrame:
                 "latency_ms": float(e["latency_ms"]),
                 "feature_versions": json.dumps(e["feature_versions"], sort_keys=True),
                 "features": json.dumps(e["features"]) if e.get("features") is not None else None,
+                "features_complete": e.get("features_complete"),
                 "day": served_at.date().isoformat(),
             }
         )
@@ -180,6 +181,7 @@ def _decisions_frame(entries: list[dict]) -> pl.DataFrame:
         "latency_ms": pl.Float64,
         "feature_versions": pl.String,
         "features": pl.String,
+        "features_complete": pl.Boolean,
         "day": pl.String,
     }
     return pl.DataFrame(rows, schema=schema)

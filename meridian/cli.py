@@ -20,7 +20,7 @@ import os
 import sys
 import time
 import uuid
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from pathlib import Path
@@ -29,13 +29,27 @@ from typing import TextIO
 
 from meridian.generator import HISTORY_START
 from meridian.paths import REPO_ROOT, RegionPaths, meridian_home, region_paths
+from meridian.settings import settings
 from meridian.topology import Topology
 
-DEFAULT_DAYS = 21
 LABEL_MATURITY_DAYS = 10  # dbt var label_maturity_days
-# Day d's labels mature by the end of d + 10; the training set is as of the window's end
-# and its time split needs 3 matured days.
-MIN_TRAINING_DAYS = LABEL_MATURITY_DAYS + 3
+# Days of matured, fully warmed-up labels the default window trains, validates and tests on.
+DEFAULT_TRAINING_DAYS = 12
+
+
+def warmup_days() -> int:
+    """The longest feature warm-up (meridian.feature_views): rows before it are never trained on."""
+    from meridian.feature_store import warmup_of
+    from meridian.feature_views import feature_views
+
+    return warmup_of(feature_views()).days
+
+
+# A row is trainable once its windows are full (warm-up after the first day) and its label
+# has matured (the chargeback window); the time split needs 3 such days.
+MIN_TRAINING_DAYS = warmup_days() + LABEL_MATURITY_DAYS + 3
+# The default window: warm-up, then training + validation + test days, then their labels' maturity.
+DEFAULT_DAYS = warmup_days() + DEFAULT_TRAINING_DAYS + LABEL_MATURITY_DAYS
 STAGES = {
     "transactions_ingestion": "ingest transactions",
     "labels_ingestion": "ingest chargebacks",
@@ -47,6 +61,9 @@ STAGES = {
     "fraud_model": "training",
     "fraud_model_promotion": "promotion",
     "fraud_predictions": "batch scoring",
+    "feature_drift": "drift",
+    "model_performance": "performance",
+    "platform_health": "platform health",
     "raw_lake_replica": "replicate raw lake",
     "features_replica": "replicate features",
     "predictions_replica": "replicate predictions",
@@ -64,6 +81,7 @@ CAPTURED = {
     "fraud_model": ("model_version", "test_pr_auc", "test_roc_auc"),
     "fraud_model_promotion": ("decision", "champion_version"),
     "fraud_predictions": ("run_total_rows",),
+    "feature_drift": ("region_days_by_worst_status",),
     "raw_lake_replica": ("replica_version", "target_region"),
     "residency_audit": ("passed", "files_scanned"),
     "cost_report": ("total_usd",),
@@ -204,64 +222,58 @@ def run_region(defs, instance, region: str, days: list[str], plan: RunPlan, log_
             **base_tags,
         }
 
-    ok = _execute(
-        defs.resolve_job_def("regional_pipeline"),
-        instance,
-        outcome,
-        log_path,
-        tags=ranged(days[0], days[-1]),
-        run_config=plan.pipeline_config,
-    )
-    if ok and plan.train:
-        ok = _execute(
-            defs.resolve_job_def("ml_training"),
-            instance,
-            outcome,
-            log_path,
-            partition_key=region,
-            tags=base_tags,
-            run_config=plan.training_config,
+    steps: list[tuple[str, dict]] = [
+        ("regional_pipeline", {"tags": ranged(days[0], days[-1]), "run_config": plan.pipeline_config})
+    ]
+    if plan.train:
+        steps.append(
+            ("ml_training", {"partition_key": region, "tags": base_tags, "run_config": plan.training_config})
         )
-    if ok and plan.score_days:
-        scored = days[-plan.score_days :]
-        ok = _execute(
-            defs.resolve_job_def("batch_inference"),
-            instance,
-            outcome,
-            log_path,
-            tags=ranged(scored[0], scored[-1]),
-            run_config=plan.quiet_config,
-        )
-    if ok and plan.train:
+    if plan.score_days:
+        scored = ranged(days[-plan.score_days], days[-1])
+        steps += [
+            ("batch_inference", {"tags": scored, "run_config": plan.quiet_config}),
+            # Monitoring of what was just scored, so the first look at the UI shows drift and
+            # performance and the sensors find nothing to catch up on.
+            ("drift_monitoring", {"tags": scored, "run_config": plan.quiet_config}),
+            (
+                "performance_monitoring",
+                {"partition_key": region, "tags": base_tags, "run_config": plan.quiet_config},
+            ),
+        ]
+    if plan.train:
         # Every class of the region to its DR region (same zone), as the sensor would.
-        ok = _execute(
-            defs.resolve_job_def("regional_replication"),
-            instance,
-            outcome,
-            log_path,
-            partition_key=region,
-            tags=base_tags,
-            run_config=plan.quiet_config,
+        steps.append(
+            (
+                "regional_replication",
+                {"partition_key": region, "tags": base_tags, "run_config": plan.quiet_config},
+            )
         )
+    # One run after the other; the first failure stops the region (all() stops there).
+    ok = all(
+        _execute(defs.resolve_job_def(job), instance, outcome, log_path, **kwargs) for job, kwargs in steps
+    )
     outcome.success = ok
     outcome.seconds = time.monotonic() - outcome.started
     return outcome
 
 
-def run_global(plan: RunPlan, log_dir: Path) -> RegionOutcome:
+def run_global(plan: RunPlan, log_dir: Path, module: ModuleType | None = None) -> RegionOutcome:
     """The global services once every region is done: shared aggregates, audit, catalog, cost."""
     from dagster import DagsterInstance
 
     outcome = RegionOutcome("global", started=time.monotonic())
     log_dir.mkdir(parents=True, exist_ok=True)
-    defs = load_definitions_module().defs
+    defs = (module or load_definitions_module()).defs
     with DagsterInstance.get() as instance:
+        log_path = log_dir / f"global-{uuid.uuid4().hex[:8]}.log"
+        tags = {"meridian/launched_by": "meridian-cli"}
         outcome.success = _execute(
             defs.resolve_job_def("global_governance"),
             instance,
             outcome,
-            log_dir / f"global-{uuid.uuid4().hex[:8]}.log",
-            tags={"meridian/launched_by": "meridian-cli"},
+            log_path,
+            tags=tags,
             run_config=plan.quiet_config,
         )
     outcome.seconds = time.monotonic() - outcome.started
@@ -313,11 +325,20 @@ def summarize(outcomes: list[RegionOutcome], days: list[str], topology: Topology
                 "promotion": o.captured.get("decision", "-"),
                 "champion": f"v{o.captured['champion_version']}" if "champion_version" in o.captured else "-",
                 "scored": o.captured.get("run_total_rows", "-"),
+                "drift days ok/warn/error": _drift_days(o.captured.get("region_days_by_worst_status")),
                 "checks": f"{o.checks_passed} ok / {o.checks_failed} failed",
                 "seconds": f"{o.seconds:.1f}",
             }
         )
     return rows
+
+
+def _drift_days(counts: object) -> str:
+    if not isinstance(counts, dict):
+        return "-"
+    return (
+        f"{counts.get('ok', 0) + counts.get('no_data', 0)}/{counts.get('warn', 0)}/{counts.get('error', 0)}"
+    )
 
 
 def initialize_instance() -> None:
@@ -337,7 +358,7 @@ def initialize_mlflow() -> None:
     """Create the embedded MLflow store's schema once, before regions train in parallel."""
     from resources.mlflow import MlflowTrackingResource
 
-    MlflowTrackingResource(tracking_uri=os.environ.get("MERIDIAN_MLFLOW_TRACKING_URI")).preflight()
+    MlflowTrackingResource(tracking_uri=settings().mlflow_tracking_uri).preflight()
 
 
 def _run_regions_in_process(
@@ -385,7 +406,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from meridian.report import text_table
     from meridian.topology import load_topology
 
-    topology = load_topology(os.environ.get("MERIDIAN_TOPOLOGY"))
+    topology = load_topology(settings().topology_path)
     regions = args.regions.split(",") if args.regions else topology.active_region_names
     unknown = [r for r in regions if r not in topology.active_region_names]
     if unknown:
@@ -422,8 +443,13 @@ def cmd_run(args: argparse.Namespace) -> int:
             f"so at least {MIN_TRAINING_DAYS} days)\n",
             flush=True,
         )
-    outcomes = run_regions(regions, days, plan, home / "logs", args.parallel)
-    glob = run_global(plan, home / "logs") if plan.train and all(o.success for o in outcomes) else None
+    # The global run's definitions load while the regions run (the main process waits anyway).
+    with ThreadPoolExecutor(max_workers=1) as loader:
+        module = loader.submit(load_definitions_module) if plan.train and args.parallel > 1 else None
+        outcomes = run_regions(regions, days, plan, home / "logs", args.parallel)
+        preloaded = module.result() if module is not None else None
+    ok = all(o.success for o in outcomes)
+    glob = run_global(plan, home / "logs", preloaded) if plan.train and ok else None
     print("\nSummary")
     print(text_table(summarize(outcomes, days, topology)))
     if glob is not None:
@@ -454,7 +480,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def _active_region_or_error(region: str) -> bool:
     from meridian.topology import load_topology
 
-    active = load_topology(os.environ.get("MERIDIAN_TOPOLOGY")).active_region_names
+    active = load_topology(settings().topology_path).active_region_names
     if region not in active:
         print(
             f"meridian: error: unknown or standby region {region!r}; active regions: {', '.join(active)}",
@@ -528,7 +554,7 @@ def cmd_rollback(args: argparse.Namespace) -> int:
         return 1
     from meridian import registry
 
-    client = module.build_resources(os.environ.get("MERIDIAN_PROFILE", "local"))["mlflow_tracking"].client()
+    client = module.build_resources(settings().profile)["mlflow_tracking"].client()
     champion = registry.alias_version(client, registry.model_name(args.region), registry.CHAMPION)
     print(
         f"{registry.model_name(args.region)}: champion is now version {champion} (Dagster run {result.run_id})"
@@ -586,14 +612,21 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument(
         "--parallel",
         type=int,
-        default=min(2, os.cpu_count() or 1),
-        help="regions run at once (default: up to 2)",
+        # One more worker than cores: a region's run waits on the instance's SQLite event writes
+        # (fsync per event) about a third of the time, which another region's work fills.
+        default=min(3, (os.cpu_count() or 1) + 1),
+        help="regions run at once (default: cores + 1, at most 3)",
     )
     run.add_argument("--trials", type=int, default=15, help="hyperparameter trials per region")
     run.add_argument(
         "--tuning-seconds", type=float, default=90.0, help="time budget of the search per region"
     )
-    run.add_argument("--score-days", type=int, default=7, help="last days of the window to score")
+    run.add_argument(
+        "--score-days",
+        type=int,
+        default=12,
+        help="last days of the window to score (12: the matured test days, whose performance shows, and after)",
+    )
     run.add_argument("--skip-ml", action="store_true", help="ingest and transform only")
     run.set_defaults(func=cmd_run)
     back = sub.add_parser("rollback", help="return a region's champion model to the previous champion")

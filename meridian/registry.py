@@ -111,6 +111,20 @@ def register_challenger(client, region: str, model_uri: str, run_id: str, tags: 
     return int(version.version)
 
 
+def version_registered_by_run(client, name: str, dagster_run_id: str) -> int | None:
+    """The ready version of `name` that the Dagster run `dagster_run_id` registered, if any."""
+    try:
+        versions = client.search_model_versions(
+            f"name = '{name}' and tags.dagster_run_id = '{dagster_run_id}'"
+        )
+    except Exception as error:
+        if _is_missing(error):
+            return None
+        raise
+    ready = [int(v.version) for v in versions if v.tags.get(STATUS_TAG) == "ready"]
+    return max(ready) if ready else None
+
+
 def promote(client, region: str, version: int, reason: str, run_id: str) -> ChampionChange:
     """Point `champion` at `version` and push it on the champion history."""
     name = model_name(region)

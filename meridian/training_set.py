@@ -1,6 +1,7 @@
 """Training sets: matured labels joined point-in-time to the feature views, split by time.
 
-A transaction is a usable example once its label has matured (`label_matures_at`, the
+A transaction is a usable example once its label has matured and its feature windows are
+complete (its event time at least the views' warm-up after the first day of history) (`label_matures_at`, the
 chargeback window): positives and negatives alike, so recent days, whose frauds show up
 before their legitimate transactions can be trusted, never inflate the positive rate. Examples are
 split by event day, never at random, so validation and test data are always later than
@@ -15,7 +16,7 @@ from datetime import date, datetime, timedelta
 import duckdb
 import polars as pl
 
-from meridian.feature_store import FeatureView, retrieve
+from meridian.feature_store import FeatureView, complete_from, history_start, retrieve, warmup_of
 from meridian.modeling import transaction_entities_sql
 from meridian.topology import Region
 
@@ -68,14 +69,19 @@ def build_training_set(
         "(select s.*, l.is_fraud, l.label_matures_at from labelled_events as l "
         "join stg_transactions as s using (transaction_id))"
     )
-    entity_sql = transaction_entities_sql(
-        region, source, f"t.label_matures_at <= timestamp '{as_of}'", extra="t.is_fraud::int as label"
-    )
+    warm_from = complete_from(history_start(con), views)
+    if warm_from is None:
+        raise NotEnoughHistory("stg_transactions is empty: nothing to train on")
+    # Only rows whose every window is covered by history: a truncated window is a value the
+    # same customer never has in steady state (training/serving skew).
+    matured = f"t.label_matures_at <= timestamp '{as_of}' and t.event_time >= timestamp '{warm_from}'"
+    entity_sql = transaction_entities_sql(region, source, matured, extra="t.is_fraud::int as label")
     frame = retrieve(con, entity_sql, "event_time", views).pl().sort("event_time", "transaction_id")
     if frame.is_empty():
         raise NotEnoughHistory(
-            f"no label has matured by {as_of:%Y-%m-%d %H:%M}: labels mature after the chargeback window; "
-            "ingest more days"
+            f"no label of a transaction after the feature warm-up (from {warm_from:%Y-%m-%d}, "
+            f"{warmup_of(views).days} days after the first day of history) has matured by "
+            f"{as_of:%Y-%m-%d %H:%M}: labels mature after the chargeback window; ingest more days"
         )
     plan = plan_time_split(frame["event_day"].to_list(), validation_share, test_share)
     split = (
@@ -91,3 +97,16 @@ def build_training_set(
 def rows_without_features(frame: pl.DataFrame, views: tuple[FeatureView, ...]) -> dict[str, int]:
     """Per view, the rows that got the view's documented defaults (entity unseen or outside the TTL)."""
     return {view.name: int(frame[view.column("feature_time")].null_count()) for view in views}
+
+
+def warmup_excluded_rows(
+    con: duckdb.DuckDBPyConnection, views: tuple[FeatureView, ...], as_of: datetime
+) -> int:
+    """Matured labelled rows left out of training because their windows were still warming up."""
+    warm_from = complete_from(history_start(con), views)
+    if warm_from is None:
+        return 0
+    return con.execute(
+        "select count(*) from labelled_events where label_matures_at <= ? and event_time < ?",
+        [as_of, warm_from],
+    ).fetchall()[0][0]

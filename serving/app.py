@@ -55,6 +55,7 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, Field, ValidationError
 
 from meridian import deployment, dr, registry
+from meridian.feature_store import feature_history_path, read_complete_from
 from meridian.feature_views import feature_views
 from meridian.online_store import OnlineRow, OnlineStore, OnlineStoreUnavailable, serve, to_micros
 from meridian.paths import meridian_home
@@ -93,6 +94,10 @@ class Score(BaseModel):
     latency_ms: float
     site: str = Field(
         description="the region whose infrastructure answered (the DR region during a failover)"
+    )
+    features_complete: bool = Field(
+        description="the transaction's feature windows are fully covered by the region's history; "
+        "false while history is shorter than the views' warm-up (the score uses truncated windows)"
     )
 
 
@@ -174,6 +179,27 @@ class RegionService:
         self.push = push
         self.deployment = deployment.load(region_root, region.name)
         self._deployment_stamp = self._config_stamp()
+        self.complete_from_us: int | None = None  # first event time whose feature windows are full
+        self._history_stamp: tuple[int, int] | None = None
+        self.refresh_history()
+
+    def refresh_history(self) -> bool:
+        """Re-read when the region's feature windows are complete (written by `online_features`)."""
+        try:
+            stat = feature_history_path(self.region_root).stat()
+            stamp = (stat.st_ino, stat.st_mtime_ns)
+        except FileNotFoundError:
+            stamp = None
+        if stamp == self._history_stamp:
+            return False
+        warm_from = read_complete_from(self.region_root)
+        self.complete_from_us = to_micros(warm_from.replace(tzinfo=UTC)) if warm_from else None
+        self._history_stamp = stamp
+        return True
+
+    def features_complete(self, at_us: int) -> bool:
+        """The transaction's feature windows are covered by history (unknown history: no)."""
+        return self.complete_from_us is not None and at_us >= self.complete_from_us
 
     def _config_stamp(self) -> tuple[int, int] | None:
         """(inode, mtime): every atomic rewrite is a new inode, even within one clock tick."""
@@ -357,6 +383,10 @@ def create_app(
                 except Exception as error:  # keep serving the models we have
                     service.models.last_error = f"{type(error).__name__}: {error}"
                 try:
+                    service.refresh_history()
+                except Exception as error:  # keep what we knew
+                    log.error("feature history of %s unreadable: %s", service.region.name, error)
+                try:
                     service.refresh_deployment()
                 except Exception as error:  # keep the config we have
                     log.error(
@@ -495,6 +525,9 @@ def create_app(
             "feature_versions": versions,
             "latency_ms": round((time.perf_counter() - started) * 1000, 3),
             "site": service.site,
+            # False while the customer's windows cannot be full yet (young history): such a
+            # decision is no evidence for drift, performance or A/B analysis.
+            "features_complete": service.features_complete(at_us),
         }
         if service.stream is not None:
             service.stream.append(

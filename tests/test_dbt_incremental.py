@@ -138,36 +138,79 @@ def test_point_in_time_retrieval_on_the_region_warehouse_serves_each_transaction
     assert con.sql("select count(*) from got where merchant_risk__feature_time is null").fetchall()[0][0] == 0
 
 
-def test_the_training_set_holds_only_matured_labels_split_by_time_with_point_in_time_features(
-    built: tuple[Path, Path], topology
-):
+@pytest.fixture(scope="module")
+def long_history(tmp_path_factory, topology):
+    """A warehouse over the views' warm-up and then some: 56 days of a small eu-west lake."""
+    from tests.helpers import trainable_days
+
+    home = tmp_path_factory.mktemp("long")
+    region = topology.region("eu-west")
+    paths = region_paths(region, home)
+    cfg = GeneratorConfig(rows_per_day=250, fraud_rate=0.04)
+    days = [date.fromisoformat(d) for d in trainable_days(6)]
+    write_lake(paths, region, cfg, days)
+    warehouse = home / "warehouse.duckdb"
+    base = {"region": region.name, "lake_root": str(paths.lake), "warehouse_path": str(warehouse)}
+    run = dbt(["build"], base, home / "target")
+    assert run.returncode == 0, run.stdout[-3000:]
+    return warehouse, days
+
+
+def test_the_training_set_holds_only_matured_labels_of_full_windows_split_by_time(long_history, topology):
+    """Matured labels only, and only rows whose every feature window history covers: a row less
+    than the views' warm-up after the first day carries truncated 30-day windows (a value the
+    same customer never has in steady state) and is never trained on."""
+    from meridian.feature_store import complete_from, warmup_of
     from meridian.feature_views import feature_views
     from meridian.modeling import TRANSACTION_FEATURES
-    from meridian.training_set import build_training_set
+    from meridian.training_set import build_training_set, warmup_excluded_rows
 
-    full, _ = built
-    con = duckdb.connect(str(full), read_only=True)
-    # The fixture holds 5 days; with the 10-day maturity window they have all matured by the 16th.
-    frame, plan, as_of = build_training_set(
-        con, feature_views(), topology.region("eu-west"), as_of=datetime(2026, 1, 16)
-    )
-    assert frame.height > 0
-    assert plan.train_days[0] == date(2026, 1, 1) and plan.test_days[1] == date(2026, 1, 5)
+    warehouse, days = long_history
+    views = feature_views()
+    con = duckdb.connect(str(warehouse), read_only=True)
+    frame, plan, as_of = build_training_set(con, views, topology.region("eu-west"))
+    warm_from = complete_from(days[0], views)
+    assert warmup_of(views).days == 40 and warm_from.date() == days[40]
+    assert frame.height > 0 and frame["event_time"].min() >= warm_from
+    assert plan.train_days[0] == days[40] and plan.test_days[1] == days[45]
     assert (frame["event_time"] <= as_of).all()
     matured = con.execute(
-        f"select count(*) from labelled_events where label_matures_at <= timestamp '{as_of}'"
+        "select count(*) from labelled_events where label_matures_at <= ? and event_time >= ?",
+        [as_of, warm_from],
     ).fetchall()[0][0]
     assert frame.height == matured
+    excluded = warmup_excluded_rows(con, views, as_of)
+    assert excluded > 30 * 250  # the 40 warm-up days' matured rows, all left out
+    # Full windows: every customer's 30-day count includes at least the transaction itself,
+    # and the windows reach back past the first day's boundary for none of the rows.
+    assert frame["customer_spend__txn_count_30d"].min() >= 1
     # Request features come from the transaction itself; eu-west's home countries are not foreign.
     assert frame.select(TRANSACTION_FEATURES).null_count().sum_horizontal().item() == 0
     assert 0 < frame["is_foreign"].mean() < 0.2 and frame["local_hour"].is_between(0, 23).all()
     # Splits are consecutive day ranges: every train day precedes every validation day, and so on.
-    days = {s: frame.filter(pl.col("split") == s)["event_day"] for s in ("train", "validation", "test")}
-    assert days["train"].max() < days["validation"].min() <= days["validation"].max() < days["test"].min()
+    split_days = {s: frame.filter(pl.col("split") == s)["event_day"] for s in ("train", "validation", "test")}
+    assert (
+        split_days["train"].max()
+        < split_days["validation"].min()
+        <= split_days["validation"].max()
+        < split_days["test"].min()
+    )
     # No feature comes from after the transaction it describes.
-    for view in feature_views():
+    for view in views:
         times = frame[view.column("feature_time")].drop_nulls()
         assert (times <= frame.filter(pl.col(view.column("feature_time")).is_not_null())["event_time"]).all()
+
+
+def test_a_history_shorter_than_the_warm_up_is_not_trained_on_and_says_why(
+    built: tuple[Path, Path], topology
+):
+    from meridian.feature_views import feature_views
+    from meridian.training_set import NotEnoughHistory, build_training_set
+
+    full, _ = built
+    con = duckdb.connect(str(full), read_only=True)
+    with pytest.raises(NotEnoughHistory, match=r"after the feature warm-up \(from 2026-02-10, 40 days after"):
+        build_training_set(con, feature_views(), topology.region("eu-west"), as_of=datetime(2026, 1, 16))
 
 
 def test_a_time_split_needs_three_days_and_says_so():

@@ -26,13 +26,16 @@ from meridian.lake import partition_file, write_parquet_atomic
 from meridian.paths import REPO_ROOT
 from resources.lake import RegionalLakeResource
 from resources.source import TransactionSourceResource
-from tests.helpers import REGIONAL_ASSETS
+from tests.helpers import REGIONAL_ASSETS, trainable_days
 
 pytestmark = pytest.mark.e2e
 REGIONS = ("us-east", "eu-west")
 DAYS = ("2026-01-01", "2026-01-02", "2026-01-03")
 ASSETS = [transactions_ingestion, labels_ingestion, regional_dbt_models, feature_view_assets]
 SOURCE = {"rows_per_day": 400, "malformed_rate": 0.02, "fraud_rate": 0.03}
+# The shortest window the main command trains on: the views' warm-up, 3 days of matured labels
+# (the time split's minimum) and their maturity window.
+CLI_DAYS = len(trainable_days(3))
 
 
 def _resources(home: Path) -> dict[str, object]:
@@ -266,11 +269,11 @@ def test_the_readme_main_command_runs_regions_in_parallel_and_records_them_in_th
         "meridian.cli",
         "run",
         "--days",
-        "15",
+        str(CLI_DAYS),
         "--regions",
         "ap-southeast,eu-west",
         "--rows-per-day",
-        "1500",
+        "800",
         "--parallel",
         "2",
         "--trials",
@@ -282,6 +285,8 @@ def test_the_readme_main_command_runs_regions_in_parallel_and_records_them_in_th
         cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600, check=False
     )
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
+    # The console holds progress, results and real problems: no library preview/beta warnings.
+    assert "PreviewWarning" not in run.stdout + run.stderr and "BetaWarning" not in run.stdout + run.stderr
     for region in ("ap-southeast", "eu-west"):
         assert f"[{region:<13}] dbt build            ok" in run.stdout
     summary = run.stdout.split("Summary")[1]
@@ -299,16 +304,26 @@ def test_the_readme_main_command_runs_regions_in_parallel_and_records_them_in_th
             [
                 *(
                     (job, region)
-                    for job in ("regional_pipeline", "ml_training", "batch_inference", "regional_replication")
+                    for job in (
+                        "regional_pipeline",
+                        "ml_training",
+                        "batch_inference",
+                        "drift_monitoring",
+                        "performance_monitoring",
+                        "regional_replication",
+                    )
                     for region in ("ap-southeast", "eu-west")
                 ),
                 ("global_governance", "global"),
             ]
         )
         assert {r.status for r in runs} == {dg.DagsterRunStatus.SUCCESS}
-        assert len(instance.get_materialized_partitions(dg.AssetKey("customer_spend_features"))) == 30
+        assert (
+            len(instance.get_materialized_partitions(dg.AssetKey("customer_spend_features"))) == 2 * CLI_DAYS
+        )
         assert len(instance.get_materialized_partitions(dg.AssetKey("fraud_predictions"))) == 4
         assert instance.get_materialized_partitions(dg.AssetKey("fraud_model")) == {"ap-southeast", "eu-west"}
+    _the_first_look_launches_nothing(home)
     # The full default run ends with the global services: every class replicated to the DR
     # region, and the residency audit passing over every file the run wrote.
     assert "Global: residency audit passed" in run.stdout and "replication breaches: 0" in run.stdout
@@ -328,6 +343,36 @@ def test_the_readme_main_command_runs_regions_in_parallel_and_records_them_in_th
 
     report = governance.residency_audit(load_topology(), governance.default_policy(), home)
     assert report.passed, report.findings[:5]
+
+
+def _the_first_look_launches_nothing(home: Path) -> None:
+    """After the main job, `dagster dev` starts every sensor and the automation sensor: their
+    first evaluations find nothing to catch up on (drift and performance were measured by the
+    main job, nothing is left unreplicated, every region is healthy)."""
+    import contextlib
+
+    with contextlib.ExitStack() as stack:
+        patch = stack.enter_context(pytest.MonkeyPatch.context())
+        patch.setenv("MERIDIAN_HOME", str(home))
+        patch.setenv("DAGSTER_HOME", str(home / "dagster"))
+        module = load_definitions_module()
+        defs = module.defs
+        instance = stack.enter_context(dg.DagsterInstance.from_config(str(home / "dagster")))
+        resources = module.build_resources("local")
+        requested = {}
+        for sensor in defs.sensors:
+            if sensor.sensor_type.value in ("RUN_STATUS", "AUTOMATION", "AUTO_MATERIALIZE"):
+                continue
+            context = dg.build_sensor_context(instance=instance, resources=resources, definitions=defs)
+            result = sensor.evaluate_tick(context)
+            requested[sensor.name] = [r.partition_key or r.job_name for r in result.run_requests]
+        assert all(not r for r in requested.values()), requested
+        automation = dg.evaluate_automation_conditions(defs=defs, instance=instance)
+        assert automation.total_requested == 0, [
+            (r.asset_key.to_user_string(), r.true_subset.size)
+            for r in automation.results
+            if r.true_subset.size
+        ]
 
 
 def _the_readme_serve_command_answers_after_the_main_job(home: Path, env: dict[str, str]) -> None:

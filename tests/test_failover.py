@@ -36,11 +36,13 @@ from resources.alerting import AlertingResource
 from resources.lake import RegionalLakeResource
 from resources.mlflow import MlflowTrackingResource
 from resources.source import TransactionSourceResource
-from tests.helpers import serving
+from tests.helpers import serving, trainable_days
 
 pytestmark = pytest.mark.e2e
 REGION, DR_REGION = "eu-west", "eu-central"
-DAYS = [f"2026-01-{d:02d}" for d in range(1, 15)]
+# The views' warm-up, 4 days of matured, full-window labels, and their maturity window.
+DAYS = trainable_days(4)
+LATE_DAY = trainable_days(4, after=1)[-1]  # lands after the last replication
 RTO_TARGET_S = 10.0
 
 
@@ -190,7 +192,7 @@ def test_failover_drill_serves_from_dr_within_the_rto_and_fails_back_losing_only
             requests, cursor = _evaluate_sensor(instance, resources, None)
             assert requests == [] and json.loads(cursor)["seen_up"] == [REGION]
             # A day lands after the last replication: the RPO this drill must report.
-            late = partition_file(primary.table("raw_transactions"), "2026-01-15")
+            late = partition_file(primary.table("raw_transactions"), LATE_DAY)
             late.parent.mkdir(parents=True)
             shutil.copyfile(partition_file(primary.table("raw_transactions"), DAYS[-1]), late)
             time.sleep(0.05)
@@ -258,7 +260,7 @@ def test_failover_drill_serves_from_dr_within_the_rto_and_fails_back_losing_only
             assert report["rpo_partitions"] == 1
             # What had not replicated at the fault: the late day, and the stream log holding the
             # decision answered before the fault (the service wrote it after the last replication).
-            assert report["rpo_files"][0] == "lake/raw_transactions/day=2026-01-15/data.parquet"
+            assert report["rpo_files"][0] == f"lake/raw_transactions/day={LATE_DAY}/data.parquet"
             assert all(f.startswith("stream/decisions/") for f in report["rpo_files"][1:])
             assert report["reconciled"]["copied_back"] >= 2  # the DR site's decisions and its stream log
             assert report["reconciled"]["online_rows"] >= 1  # the customer's row pushed at the DR site

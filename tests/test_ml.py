@@ -36,9 +36,11 @@ from meridian.paths import REPO_ROOT
 from resources.lake import RegionalLakeResource
 from resources.mlflow import MlflowTrackingResource, MlflowUnavailable
 from resources.source import TransactionSourceResource
+from tests.helpers import trainable_days
 
 REGION = "us-east"
-DAYS = [f"2026-01-{d:02d}" for d in range(1, 17)]  # 16 days: labels of the first 5 mature
+# The views' warm-up, 6 days of matured, full-window labels, and their maturity window.
+DAYS = trainable_days(6)
 PIPELINE = [transactions_ingestion, labels_ingestion, regional_dbt_models, feature_view_assets]
 ML = [training_set, fraud_model_hyperparameters, fraud_model, fraud_model_promotion]
 TUNING = {
@@ -255,6 +257,9 @@ def test_train_promote_predict_then_reject_promote_and_roll_back(home: Path):
     client = _client(home)
     run = client.get_run(trained["mlflow_run"].rsplit("/", 1)[1])
     assert run.data.tags["dagster_run_id"] == first.run_id and run.data.tags["region"] == REGION
+    # Promotion finds the version its own run registered, whatever the alias points at since.
+    assert registry.version_registered_by_run(client, registry.model_name(REGION), first.run_id) == 1
+    assert registry.version_registered_by_run(client, registry.model_name(REGION), "another-run") is None
     assert run.data.params["dataset_version"] == dataset["dataset_version"]
     assert len(client.get_metric_history(run.info.run_id, "validation_average_precision")) > 5
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)} | {

@@ -18,11 +18,13 @@ from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PART
 
 from meridian.paths import REPO_ROOT
 from meridian.profiles import install_instance_config
+from tests.helpers import trainable_days
 from tests.servers import MlflowServer, Postgres
 
 pytestmark = pytest.mark.e2e
 REGION = "eu-west"
-DAYS = [f"2026-01-{d:02d}" for d in range(1, 15)]
+# The views' warm-up, 4 days of matured, full-window labels, and their maturity window.
+DAYS = trainable_days(4)
 
 
 @pytest.fixture(scope="module")

@@ -27,11 +27,12 @@ from meridian.topology import load_topology
 from resources.lake import RegionalLakeResource
 from resources.mlflow import MlflowTrackingResource
 from resources.source import TransactionSourceResource
-from tests.helpers import serving
+from tests.helpers import serving, trainable_days
 
 pytestmark = pytest.mark.e2e
 REGION = "eu-west"
-DAYS = [f"2026-01-{d:02d}" for d in range(1, 15)]
+# The views' warm-up, 4 days of matured, full-window labels, and their maturity window.
+DAYS = trainable_days(4)
 TUNING = {
     "fraud_model_hyperparameters": {"config": {"n_trials": 3, "timeout_seconds": 60, "max_rounds": 100}}
 }
@@ -124,6 +125,12 @@ def test_health_readiness_and_a_score_with_versions(service):
     assert 0 <= body["score"] <= 1 and body["model_version"] == 1 and body["variant"] == "champion"
     assert body["feature_versions"]["customer_spend"] == VIEWS["customer_spend"].version
     assert body["latency_ms"] > 0 and body["region"] == REGION
+    # The last day is past the views' warm-up: its windows are full, and the decision says so.
+    assert body["features_complete"] is True
+    # A transaction from inside the warm-up (the region's first week) is scored, and flagged.
+    early = {**_known_transaction(service["home"]), "event_time": f"{DAYS[3]}T12:00:00Z"}
+    status, body = _call(f"{service['url']}/v1/{REGION}/score", early)
+    assert status == 200 and body["features_complete"] is False
 
 
 def test_bad_requests_are_4xx_naming_the_problem(service):
