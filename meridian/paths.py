@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,8 +11,10 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 def meridian_home() -> Path:
-    """The data root: $MERIDIAN_HOME, or `.meridian/` in the checkout."""
-    return Path(os.environ.get("MERIDIAN_HOME") or REPO_ROOT / ".meridian").resolve()
+    """The data root: $MERIDIAN_HOME, or `.meridian/` in the checkout (meridian.settings)."""
+    from meridian.settings import settings
+
+    return settings().home
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,6 @@ from the same variable (SQLite storage for local, PostgreSQL for production).
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 
@@ -20,12 +19,9 @@ INSTANCE_CONFIGS = {
 
 
 def current_profile() -> str:
-    profile = os.environ.get("MERIDIAN_PROFILE", "local")
-    if profile not in INSTANCE_CONFIGS:
-        raise ValueError(
-            f"MERIDIAN_PROFILE={profile!r} is not a known profile; choose one of {tuple(INSTANCE_CONFIGS)}"
-        )
-    return profile
+    from meridian.settings import settings
+
+    return settings().profile
 
 
 def install_instance_config(dagster_home: Path, profile: str | None = None) -> Path:

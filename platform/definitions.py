@@ -8,9 +8,11 @@ here, once, from MERIDIAN_PROFILE.
 from __future__ import annotations
 
 import os
+import warnings
 from datetime import timedelta
 
 import dagster as dg
+from dagster_shared.utils.warnings import PreviewWarning
 
 from assets.features import feature_view_assets
 from assets.governance import (
@@ -46,6 +48,7 @@ from assets.monitoring import (
     feature_drift,
     model_performance,
     monitoring_job,
+    performance_job,
     platform_health,
     predictions_drift_sensor,
     run_failure_alert_sensor,
@@ -61,6 +64,7 @@ from assets.replication import (
 )
 from assets.serving import deployment_config, serving_stream, serving_stream_job, serving_stream_sensor
 from assets.transforms import dbt_project, regional_dbt_models
+from meridian import settings as meridian_settings
 from meridian.governance import default_policy
 from resources.alerting import AlertingResource
 from resources.lake import RegionalLakeResource
@@ -70,14 +74,8 @@ from resources.source import TransactionSourceResource
 from resources.topology import RegionTopologyResource
 from resources.warehouse import WarehouseDbtResource, dbt_executable
 
-PROFILES = ("local", "production")
-# What the production profile cannot run without; checked when the definitions load, so
-# `dagster definitions validate` names the missing setting instead of a run failing later.
-PRODUCTION_ENV = {
-    "MERIDIAN_MLFLOW_TRACKING_URI": "the MLflow tracking server, e.g. http://mlflow:5000",
-    "MERIDIAN_REDIS_URL": "the online store, e.g. redis://redis:6379/0",
-    "DAGSTER_PG_URL": "the Dagster instance's PostgreSQL (platform/dagster.production.yaml)",
-}
+PROFILES = meridian_settings.PROFILES
+PRODUCTION_ENV = meridian_settings.PRODUCTION_REQUIRED
 DAILY_GROUPS = ("ingestion", "staging", "labels", "features", "online", "inference")
 DAILY_FRESHNESS = dg.FreshnessPolicy.time_window(
     fail_window=timedelta(hours=26), warn_window=timedelta(hours=24)
@@ -96,6 +94,19 @@ def classify(spec: dg.AssetSpec) -> dg.AssetSpec:
     )
 
 
+# Declarative automation runs in development too (Dagster's default sensor for it is off):
+# platform_health refreshes when drift or performance lands (eager), model_performance on
+# its morning cron. The main job leaves both up to date, so a first `dagster dev` launches
+# nothing for them until new data lands.
+AUTOMATION_SENSOR = dg.AutomationConditionSensorDefinition(
+    "meridian_automation_condition_sensor",
+    target=dg.AssetSelection.all(),
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    minimum_interval_seconds=30,
+    description="Evaluates the assets' automation conditions (platform_health eager, model_performance cron).",
+)
+
+
 def build_resources(profile: str) -> dict[str, object]:
     """Resources for a deployment profile; asset code never changes between profiles.
 
@@ -106,39 +117,44 @@ def build_resources(profile: str) -> dict[str, object]:
     (PostgreSQL) is platform/dagster.production.yaml, installed in DAGSTER_HOME by
     `meridian.profiles.install_instance_config`.
     """
-    if profile not in PROFILES:
-        raise ValueError(f"MERIDIAN_PROFILE={profile!r} is not a known profile; choose one of {PROFILES}")
-    production = profile == "production"
-    if production:
-        missing = [f"{name} ({what})" for name, what in PRODUCTION_ENV.items() if not os.environ.get(name)]
-        if missing:
-            raise ValueError("MERIDIAN_PROFILE=production needs: " + "; ".join(missing))
+    config = meridian_settings.settings({**os.environ, "MERIDIAN_PROFILE": profile})
+    if config.production:
+        config.require_production_settings()
     return {
-        "topology": RegionTopologyResource(path=os.environ.get("MERIDIAN_TOPOLOGY")),
-        "lake": RegionalLakeResource(home=os.environ.get("MERIDIAN_HOME")),
+        "topology": RegionTopologyResource(path=config.topology_path),
+        "lake": RegionalLakeResource(home=config.home_override),
         "source": TransactionSourceResource(),
         "dbt": WarehouseDbtResource(
             project_dir=dbt_project,
-            profiles_dir=os.environ.get("MERIDIAN_DBT_PROFILES_DIR") or str(dbt_project.profiles_dir),
+            profiles_dir=config.dbt_profiles_dir or str(dbt_project.profiles_dir),
             dbt_executable=dbt_executable(),
-            target=os.environ.get("MERIDIAN_DBT_TARGET", "local"),
+            target=config.dbt_target,
         ),
-        "online_store": OnlineStoreResource(
-            backend="redis" if production else os.environ.get("MERIDIAN_ONLINE_STORE", "sqlite"),
-            redis_url=os.environ.get("MERIDIAN_REDIS_URL"),
-        ),
-        "alerting": AlertingResource(webhook_url=os.environ.get("MERIDIAN_ALERT_WEBHOOK_URL")),
+        "online_store": OnlineStoreResource(backend=config.online_store, redis_url=config.redis_url),
+        "alerting": AlertingResource(webhook_url=config.alert_webhook_url),
         "mlflow_tracking": MlflowTrackingResource(
-            tracking_uri=os.environ.get("MERIDIAN_MLFLOW_TRACKING_URI"),
-            ui_url=os.environ.get("MERIDIAN_MLFLOW_UI_URL")
-            or os.environ.get("MERIDIAN_MLFLOW_TRACKING_URI")
-            or "http://127.0.0.1:5000",
-            home=os.environ.get("MERIDIAN_HOME"),
+            tracking_uri=config.mlflow_tracking_uri, ui_url=config.mlflow_ui_url, home=config.home_override
         ),
     }
 
 
-defs = (
+def with_policies(definitions: dg.Definitions) -> dg.Definitions:
+    """Policy applied once to every spec: classification, and freshness on the daily graph.
+
+    `Definitions.map_resolved_asset_specs` is a Dagster preview API; its warning would print on
+    every load (four times in the main job's console), so it is silenced for these calls only.
+    The nightly graph lands every day (pipeline at 02:00, scoring at 04:00, drift after): WARN
+    when an asset's newest materialization is a day old, FAIL past 26 hours.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=PreviewWarning)
+        return definitions.map_resolved_asset_specs(func=classify).map_resolved_asset_specs(
+            func=lambda spec: dg.apply_freshness_policy(spec, DAILY_FRESHNESS),
+            selection=dg.AssetSelection.groups(*DAILY_GROUPS) | dg.AssetSelection.assets("feature_drift"),
+        )
+
+
+defs = with_policies(
     dg.Definitions(
         assets=[
             transactions_ingestion,
@@ -171,6 +187,7 @@ defs = (
             rollback_champion,
             serving_stream_job,
             monitoring_job,
+            performance_job,
             deployment_analysis_job,
             regional_replication,
             region_failover,
@@ -184,6 +201,7 @@ defs = (
             deployment_analysis_sensor,
             replication_sensor,
             region_health_sensor,
+            AUTOMATION_SENSOR,
         ],
         schedules=[
             daily_regional_schedule,
@@ -191,14 +209,7 @@ defs = (
             weekly_retraining_schedule,
             daily_governance_schedule,
         ],
-        resources=build_resources(os.environ.get("MERIDIAN_PROFILE", "local")),
+        resources=build_resources(meridian_settings.settings().profile),
         executor=dg.in_process_executor,
-    )
-    .map_resolved_asset_specs(func=classify)
-    .map_resolved_asset_specs(
-        # The nightly graph lands every day (pipeline at 02:00, scoring at 04:00, drift after):
-        # WARN when an asset's newest materialization is a day old, FAIL past 26 hours.
-        func=lambda spec: dg.apply_freshness_policy(spec, DAILY_FRESHNESS),
-        selection=dg.AssetSelection.groups(*DAILY_GROUPS) | dg.AssetSelection.assets("feature_drift"),
     )
 )

@@ -5,9 +5,14 @@ meridian serve [--port 8000]        # after `meridian run`, on the embedded defa
 
 from __future__ import annotations
 
-import os
-
 from fastapi import FastAPI
+
+
+def online_store_resource(config):
+    """The same online store the Dagster definitions write (production: always Redis)."""
+    from resources.online_store import OnlineStoreResource
+
+    return OnlineStoreResource(backend=config.online_store, redis_url=config.redis_url)
 
 
 def build_app(
@@ -16,23 +21,23 @@ def build_app(
     import mlflow
 
     from meridian.paths import meridian_home
+    from meridian.settings import settings
     from meridian.topology import load_topology
     from resources.mlflow import MlflowTrackingResource
-    from resources.online_store import OnlineStoreResource
     from serving.app import create_app
 
-    tracking = MlflowTrackingResource(tracking_uri=os.environ.get("MERIDIAN_MLFLOW_TRACKING_URI"))
+    config = settings()
+    if config.production:
+        config.require_production_settings()
+    tracking = MlflowTrackingResource(tracking_uri=config.mlflow_tracking_uri, home=config.home_override)
     tracking.preflight()
-    store = OnlineStoreResource(
-        backend=os.environ.get("MERIDIAN_ONLINE_STORE", "sqlite"),
-        redis_url=os.environ.get("MERIDIAN_REDIS_URL"),
-    )
+    store = online_store_resource(config)
 
     def load_model(region: str, version: int):
         return mlflow.lightgbm.load_model(f"models:/fraud-{region}/{version}")
 
     return create_app(
-        load_topology(os.environ.get("MERIDIAN_TOPOLOGY")),
+        load_topology(config.topology_path),
         store.open,
         tracking.client(),
         load_model,

@@ -195,3 +195,30 @@ def test_the_replication_sensor_requests_only_regions_with_unreplicated_files(de
         for cls in ("raw_lake", "features", "predictions"):
             dr.replicate_class(topology, meridian_home, "eu-west", cls)
         assert list(sensor(dg.build_sensor_context(instance=instance, resources=resources)) or []) == []
+
+
+def test_the_dagster_cli_finds_the_definitions_from_the_repository_root_without_arguments(tmp_path):
+    """Regression: pyproject's `[tool.dagster] module_name = "platform.definitions"` took precedence
+    over workspace.yaml and cannot be imported (platform/ is not a package, on purpose), so a plain
+    `dagster dev` or `dagster definitions validate` in the checkout failed."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from meridian.paths import REPO_ROOT
+
+    home = tmp_path / "home"
+    (home / "dagster").mkdir(parents=True)
+    env = {**os.environ, "MERIDIAN_HOME": str(home), "DAGSTER_HOME": str(home / "dagster")}
+    run = subprocess.run(
+        [str(Path(sys.executable).parent / "dagster"), "definitions", "validate"],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    assert "Validation successful for code location meridian" in run.stdout + run.stderr
