@@ -13,7 +13,8 @@ from collections.abc import Iterator
 import dagster as dg
 import duckdb
 
-from assets.partitions import REGION_DAY_PARTITIONS, days_by_region
+from assets.partitions import REGION_DAY_PARTITIONS, RegionFailures, days_by_region
+from assets.transforms import DBT_MANIFEST_PATH  # noqa: F401  (prepared first: view versions come from it)
 from meridian.feature_stats import view_profile
 from meridian.feature_views import feature_views
 from meridian.lake import write_bytes_atomic
@@ -58,18 +59,22 @@ def feature_view_assets(
     topo = topology.load()
     selected = [v for v in VIEWS.values() if view_asset_key(v.name) in context.selected_asset_keys]
     profiles: dict[str, dict[str, dict[str, object]]] = {v.name: {} for v in selected}
-    for region, days in days_by_region(context).items():
-        paths = lake.paths(topo, region)
-        with (
-            file_lock(paths.warehouse_lock, shared=True),
-            duckdb.connect(str(paths.warehouse), read_only=True) as con,
-        ):
+    failures = RegionFailures(context)
+    run_days = days_by_region(context)
+    for region, days in run_days.items():
+        with failures.region(region):
+            paths = lake.paths(topo, region)
+            with (
+                file_lock(paths.warehouse_lock, shared=True),
+                duckdb.connect(str(paths.warehouse), read_only=True) as con,
+            ):
+                for view in selected:
+                    profiles[view.name][region] = view_profile(con, view, days)
             for view in selected:
-                profiles[view.name][region] = view_profile(con, view, days)
-        for view in selected:
-            registry = paths.table("feature_registry") / view.name / f"{view.version}.json"
-            definition = {**view.definition(), "version": view.version}
-            write_bytes_atomic(json.dumps(definition, indent=2, sort_keys=True).encode(), registry)
+                registry = paths.table("feature_registry") / view.name / f"{view.version}.json"
+                definition = {**view.definition(), "version": view.version}
+                write_bytes_atomic(json.dumps(definition, indent=2, sort_keys=True).encode(), registry)
+    failures.raise_if_any([view_asset_key(v.name) for v in selected], run_days)
     for view in selected:
         by_region = profiles[view.name]
         features = [{"feature": f.name, "type": f.dtype, "default": f.default} for f in view.features]

@@ -12,7 +12,13 @@ from datetime import date
 import dagster as dg
 import polars as pl
 
-from assets.partitions import DAY_DIMENSION, REGION_DAY_PARTITIONS, REGION_DIMENSION, days_by_region
+from assets.partitions import (
+    DAY_DIMENSION,
+    REGION_DAY_PARTITIONS,
+    REGION_DIMENSION,
+    RegionFailures,
+    days_by_region,
+)
 from meridian.generator import GeneratedBatch
 from meridian.report import markdown_table
 from meridian.topology import Region
@@ -40,28 +46,31 @@ def _ingest(
     rows: list[dict[str, object]] = []
     lake_dirs: set[str] = set()
     reasons: dict[str, int] = {}
-    for region_name, days in days_by_region(context).items():
-        region = topo.region(region_name)
-        paths = lake.paths(topo, region_name)
-        for day in days:
-            batch = fetch(source, region, date.fromisoformat(day))
-            result = validate(batch.rows, date.fromisoformat(day), region)
-            accepted = lake.write_partition(paths, accepted_key.path[-1], day, result.accepted)
-            quarantined = lake.write_partition(paths, quarantine_key.path[-1], day, result.quarantined)
-            for reason, n in result.reasons().items():
-                reasons[reason] = reasons.get(reason, 0) + n
-            rows.append(
-                {
-                    "region": region_name,
-                    "day": day,
-                    "delivered": batch.rows.height,
-                    "accepted": accepted.rows,
-                    "quarantined": quarantined.rows,
-                    "accepted_bytes": accepted.bytes,
-                }
-            )
-            lake_dirs.add(str(paths.table(accepted_key.path[-1])))
-            context.log.info(f"{region_name} {day}: {accepted.rows} accepted, {quarantined.rows} quarantined")
+    failures = RegionFailures(context)
+    run_days = days_by_region(context)
+    for region_name, days in run_days.items():
+        with failures.region(region_name):
+            region = topo.region(region_name)
+            paths = lake.paths(topo, region_name)
+            for day in days:
+                batch = fetch(source, region, date.fromisoformat(day))
+                result = validate(batch.rows, date.fromisoformat(day), region)
+                accepted = lake.write_partition(paths, accepted_key.path[-1], day, result.accepted)
+                quarantined = lake.write_partition(paths, quarantine_key.path[-1], day, result.quarantined)
+                for reason, n in result.reasons().items():
+                    reasons[reason] = reasons.get(reason, 0) + n
+                rows.append(
+                    {
+                        "region": region_name,
+                        "day": day,
+                        "delivered": batch.rows.height,
+                        "accepted": accepted.rows,
+                        "quarantined": quarantined.rows,
+                        "accepted_bytes": accepted.bytes,
+                    }
+                )
+                lake_dirs.add(str(paths.table(accepted_key.path[-1])))
+    failures.raise_if_any([accepted_key, quarantine_key], run_days)
     table = pl.DataFrame(rows)
     delivered, n_acc, n_quar = (int(table[c].sum()) for c in ("delivered", "accepted", "quarantined"))
     unbalanced = table.filter(pl.col("accepted") + pl.col("quarantined") != pl.col("delivered"))
@@ -172,7 +181,7 @@ transactions_ingestion = _ingestion_asset(
     "raw_transactions",
     "quarantined_transactions",
     "Validated card transactions of one region-day, as Parquet in the region's lake.",
-    TransactionSourceResource.transactions,
+    lambda source, region, day: source.transactions(region, day),
     lambda raw, day, region: validate_transactions(raw, day, region.currencies),
 )
 labels_ingestion = _ingestion_asset(
@@ -180,6 +189,6 @@ labels_ingestion = _ingestion_asset(
     "raw_labels",
     "quarantined_labels",
     "Chargebacks that landed on one region-day, as Parquet in the region's lake.",
-    TransactionSourceResource.labels,
+    lambda source, region, day: source.labels(region, day),
     lambda raw, day, region: validate_labels(raw, day),
 )

@@ -9,7 +9,7 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,7 @@ import duckdb
 from dagster_dbt import DagsterDbtTranslator, DbtCliResource, DbtProject, dbt_assets
 
 from assets.partitions import REGION_DAY_PARTITIONS, days_by_region
+from meridian.feature_store import dbt_sources_newer_than
 from meridian.locks import file_lock
 from meridian.paths import REPO_ROOT
 from resources.lake import RegionalLakeResource
@@ -30,8 +31,9 @@ GROUP_BY_FOLDER = {"staging": "staging", "intermediate": "labels", "features": "
 
 
 def ensure_manifest(project: DbtProject) -> Path:
-    """Parse the project under `dagster dev` (models may have changed) or when no manifest exists."""
-    if os.getenv("DAGSTER_IS_DEV_CLI") or not project.manifest_path.exists():
+    """Parse the project under `dagster dev` (models may have changed), when no manifest exists,
+    or when a dbt file is newer than it (feature view versions are read from it)."""
+    if os.getenv("DAGSTER_IS_DEV_CLI") or dbt_sources_newer_than(project.manifest_path) is not None:
         WarehouseDbtPreparer().prepare(project)
     return project.manifest_path
 
@@ -138,13 +140,18 @@ def with_window_row_counts(events: list[Any], warehouse: Path, days: Sequence[st
     return out
 
 
-def merge_region_events(events_by_region: Mapping[str, list[Any]]) -> Iterator[Any]:
+def merge_region_events(
+    events_by_region: Mapping[str, list[Any]],
+    built_by_some: Callable[[str, list[str]], Any] | None = None,
+) -> Iterator[Any]:
     """One Dagster event per dbt node, however many regions the run covered.
 
     A run over several regions invokes dbt once per region, but Dagster accepts one
     output per asset and one result per check. An output is reported only if every
     region built it (otherwise a region whose model failed would be marked as
-    materialized); a check passes only if it passed in every region.
+    materialized); a check passes only if it passed in every region. An output that
+    only some regions built goes to `built_by_some(output_name, regions)`, which reports
+    those regions' partitions, so one region's failure never hides another's tables.
     """
     if len(events_by_region) == 1:
         yield from next(iter(events_by_region.values()))
@@ -161,6 +168,8 @@ def merge_region_events(events_by_region: Mapping[str, list[Any]]) -> Iterator[A
                 yield event
     n_regions = len(events_by_region)
     for name, items in outputs.items():
+        if len(items) < n_regions and built_by_some is not None:
+            built_by_some(name, [r for r, _ in items])
         if len(items) == n_regions:
             metadata = {
                 k: v for k, v in items[0][1].metadata.items() if k not in ("rows_by_day", "dagster/row_count")
@@ -183,8 +192,11 @@ def merge_region_events(events_by_region: Mapping[str, list[Any]]) -> Iterator[A
         )
 
 
+DBT_MANIFEST_PATH = ensure_manifest(dbt_project)
+
+
 @dbt_assets(
-    manifest=ensure_manifest(dbt_project),
+    manifest=DBT_MANIFEST_PATH,
     project=dbt_project,
     dagster_dbt_translator=MeridianDbtTranslator(),
     partitions_def=REGION_DAY_PARTITIONS,
@@ -222,7 +234,20 @@ def regional_dbt_models(
             context.log.info(f"dbt build for {region} took {time.perf_counter() - started:.1f}s")
         if not invocation.is_successful():
             failures.append(f"{region}: {invocation.get_error()}")
-    yield from merge_region_events(events)
+    run_days = days_by_region(context)
+
+    def report(output_name: str, regions: list[str]) -> None:
+        for region in regions:
+            for day in run_days[region]:
+                context.log_event(
+                    dg.AssetMaterialization(
+                        asset_key=context.asset_key_for_output(output_name),
+                        partition=dg.MultiPartitionKey({"region": region, "day": day}),
+                        metadata={"partial_run": "built; dbt failed in another region of the run"},
+                    )
+                )
+
+    yield from merge_region_events(events, report)
     if failures:
         raise dg.Failure(
             description="dbt build failed for " + "; ".join(failures),
