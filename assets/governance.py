@@ -28,6 +28,7 @@ from meridian import governance
 from meridian.lake import write_bytes_atomic, write_parquet_atomic
 from meridian.paths import region_paths
 from meridian.report import markdown_table
+from meridian.run_coordinator import region_of_run_tags
 from meridian.validation import currency_rates
 from resources.alerting import AlertingResource
 from resources.lake import RegionalLakeResource
@@ -215,6 +216,7 @@ def residency_audit(
                 "files_scanned": report.files_scanned,
                 "bytes_scanned": report.bytes_scanned,
                 "by_zone": report.by_zone,
+                "personal_values_indexed": report.personal_values_indexed,
                 "findings": findings,
             },
             indent=1,
@@ -228,6 +230,7 @@ def residency_audit(
             "bytes_scanned": report.bytes_scanned,
             "files_with_zone_bound_columns": report.files_with_zone_bound_columns,
             "files_by_zone": dg.MetadataValue.json(report.by_zone),
+            "personal_values_indexed": dg.MetadataValue.json(report.personal_values_indexed),
             "findings": dg.MetadataValue.md(markdown_table(findings[:50]) if findings else "none"),
             "report": dg.MetadataValue.path(str(out)),
         }
@@ -373,6 +376,9 @@ def governance_catalog(
 # ---------------------------------------------------------------- cost
 
 
+HISTORY_PAGE = 500  # records per query when the cost report pages through the instance's history
+
+
 def _dir_bytes(path) -> int:
     total = 0
     for dirpath, _dirs, files in os.walk(path):
@@ -385,46 +391,61 @@ def _dir_bytes(path) -> int:
 
 
 def _region_of_run(tags: dict[str, str], regions: list[str]) -> str | None:
-    for key in ("dagster/partition/region", "meridian/region", "dagster/partition"):
-        value = tags.get(key, "")
-        for region in regions:
-            if value == region or value.endswith(f"|{region}") or value.startswith(f"{region}|"):
-                return region
-    return None
+    return region_of_run_tags(tags, regions)
 
 
 def replicated_bytes(
     instance: dg.DagsterInstance, regions: list[str], since: float
 ) -> dict[tuple[str, str], int]:
-    """Bytes copied per (source, target) from the replica assets' materializations since `since`."""
+    """Bytes copied per (source, target) from the replica assets' materializations since `since`,
+    every page of them."""
     out: dict[tuple[str, str], int] = defaultdict(int)
     for cls in CLASS_UPSTREAM:
-        records = instance.fetch_materializations(dg.AssetKey(f"{cls}_replica"), limit=1000).records
-        for record in records:
-            if record.timestamp < since:
-                continue
-            meta = record.asset_materialization.metadata if record.asset_materialization else {}
-            if "copied_bytes" in meta:
-                pair = (meta["source_region"].value, meta["target_region"].value)
-                out[pair] += int(meta["copied_bytes"].value)
+        cursor = None
+        while True:
+            page = instance.fetch_materializations(
+                dg.AssetRecordsFilter(asset_key=dg.AssetKey(f"{cls}_replica"), after_timestamp=since),
+                limit=HISTORY_PAGE,
+                cursor=cursor,
+            )
+            for record in page.records:
+                meta = record.asset_materialization.metadata if record.asset_materialization else {}
+                if "copied_bytes" in meta:
+                    pair = (meta["source_region"].value, meta["target_region"].value)
+                    out[pair] += int(meta["copied_bytes"].value)
+            if not page.has_more:
+                break
+            cursor = page.cursor
     return out
 
 
 def compute_seconds(
     instance: dg.DagsterInstance, regions: list[str], since: float
 ) -> dict[tuple[str, str], float]:
-    """Step seconds per (region, asset/step) from the run history since `since`."""
+    """Step seconds per (region, asset/step) from the run history since `since`, every page of it."""
     out: dict[tuple[str, str], float] = defaultdict(float)
-    records = instance.get_run_records(
-        dg.RunsFilter(updated_after=datetime.fromtimestamp(since, UTC)), limit=2000
-    )
-    for record in records:
-        run = record.dagster_run
-        region = _region_of_run(run.tags, regions) or "global"
-        for step in instance.get_run_step_stats(run.run_id):
-            if step.start_time and step.end_time:
-                out[(region, step.step_key)] += step.end_time - step.start_time
+    cursor = None
+    while True:
+        records = instance.get_run_records(
+            dg.RunsFilter(updated_after=datetime.fromtimestamp(since, UTC)), limit=HISTORY_PAGE, cursor=cursor
+        )
+        for record in records:
+            run = record.dagster_run
+            region = _region_of_run(run.tags, regions) or "global"
+            for step in instance.get_run_step_stats(run.run_id):
+                if step.start_time and step.end_time:
+                    out[(region, step.step_key)] += step.end_time - step.start_time
+        if len(records) < HISTORY_PAGE:
+            break
+        cursor = records[-1].dagster_run.run_id
     return out
+
+
+def compute_rate(topo, region: str) -> float | None:
+    """USD per vCPU-hour of a region's pool, or of the global services' (regions.yaml global_cost)."""
+    if region in {r.name for r in topo.regions}:
+        return topo.region(region).cost.compute_vcpu_hour
+    return topo.global_cost.compute_vcpu_hour if topo.global_cost else None
 
 
 @dg.asset(
@@ -485,13 +506,34 @@ def cost_report(
                 "region": r,
                 "step": step,
                 "compute_s": round(s, 1),
-                "compute_usd": round(
-                    s / 3600 * (topo.region(r).cost.compute_vcpu_hour if r in names else 0.05), 6
-                ),
+                "compute_usd": round(s / 3600 * rate, 6)
+                if (rate := compute_rate(topo, r)) is not None
+                else None,
             }
             for (r, step), s in compute.items()
         ),
         key=lambda x: -x["compute_s"],
+    )
+    global_seconds = sum(s for (r, _step), s in compute.items() if r not in names)
+    global_rate = compute_rate(topo, "global")
+    global_usd = round(global_seconds / 3600 * global_rate, 6) if global_rate is not None else 0.0
+    per_region.append(
+        {
+            "region": "global",
+            "role": "global services",
+            "stored_gb": round((_dir_bytes(home / "global") + _dir_bytes(home / "platform")) / 1e9, 4),
+            "storage_usd_month": 0.0,
+            "replicated_out_gb": 0.0,
+            "transfer_usd": 0.0,
+            "compute_s": round(global_seconds, 1),
+            "compute_usd": global_usd,
+            "total_usd": global_usd,
+        }
+    )
+    unpriced = (
+        []
+        if global_rate is not None
+        else [f"global compute {global_seconds:.0f} s: no global_cost in regions.yaml"]
     )
     fig, ax = plt.subplots(figsize=(8, 3.2))
     labels = [r["region"] for r in per_region]
@@ -512,6 +554,7 @@ def cost_report(
         "per_region": per_region,
         "per_pair": per_pair,
         "per_asset": per_asset,
+        "unpriced": unpriced,
     }
     write_bytes_atomic(json.dumps(doc, indent=1).encode(), path)
     import base64
@@ -529,6 +572,7 @@ def cost_report(
             "plot": dg.MetadataValue.md(
                 f"![cost by region](data:image/png;base64,{base64.b64encode(png).decode()})"
             ),
+            "unpriced": dg.MetadataValue.json(unpriced),
             "path": dg.MetadataValue.path(str(path)),
         }
     )
@@ -536,8 +580,9 @@ def cost_report(
 
 governance_job = dg.define_asset_job(
     "global_governance",
-    selection=dg.AssetSelection.groups(GLOBAL_GROUP),
-    description="Shared aggregates, replication status, residency audit, catalog and cost report.",
+    selection=dg.AssetSelection.groups(GLOBAL_GROUP) | dg.AssetSelection.assets("platform_health"),
+    description="Shared aggregates, replication status, residency audit, catalog, cost report and "
+    "the all-regions health view.",
 )
 
 

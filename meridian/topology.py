@@ -123,6 +123,9 @@ class Topology(_Strict):
     regions: tuple[Region, ...] = Field(min_length=1)
     replication: Replication = Replication.model_validate({"classes": DEFAULT_REPLICATION})
     failover: Failover = Failover()
+    # Where the global services (governance, catalog, cost, health) run, and at what rates.
+    # Without it, their compute is reported unpriced, never priced at a made-up rate.
+    global_cost: CostRates | None = None
 
     def zone_of(self, region: str) -> str:
         return self.region(region).zone

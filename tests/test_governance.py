@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import sqlite3
 from datetime import date
@@ -76,15 +77,26 @@ def test_the_audit_passes_on_clean_data_and_names_every_planted_leak(home):
     db.parent.mkdir()
     with sqlite3.connect(db) as con:
         con.execute("create table notes (body text)")
-        con.execute("insert into notes values ('euwest-c17')")
+        # a real eu customer's id, inside a sentence: found by value, whatever its shape
+        customer = pl.read_parquet(source, columns=["customer_id"])["customer_id"][0]
+        con.execute("insert into notes values (?)", [f"escalated by support for {customer}, see ticket"])
     con.close()
     report = governance.residency_audit(TOPOLOGY, POLICY, home)
     assert not report.passed
-    problems = {f.path: f.problem for f in report.findings}
-    assert "customer ids of zone(s) ['eu']" in problems["regions/us-east/lake/scratch/copy.parquet"]
-    assert problems["regions/us-east/lake/scratch/copy.parquet"]
-    assert "e-mail addresses outside every zone" in problems["exports/contacts.jsonl"]
-    assert "customer ids" in problems["dagster/runs.db"]
+    problems = {
+        p: "; ".join(f.problem for f in report.findings if f.path == p)
+        for p in {f.path for f in report.findings}
+    }
+    assert (
+        "personal or pseudonymous value(s) of zone(s) ['eu']"
+        in problems["regions/us-east/lake/scratch/copy.parquet"]
+    )
+    # (the generator's e-mails repeat across regions: the finding names every zone holding them)
+    assert re.search(
+        r"column 'contact' holds \d+ personal or pseudonymous value\(s\) of zone\(s\) \[.*'eu'",
+        problems["exports/contacts.jsonl"],
+    )
+    assert "of zone(s) ['eu']" in problems["dagster/runs.db"]
     # The same file inside its own zone is fine (a DR replica in eu-central, say).
     for path in (planted_us, renamed, db):
         path.unlink()
@@ -162,3 +174,34 @@ def test_groups_below_the_minimum_size_are_suppressed():
     assert table["merchant_id"].to_list() == ["big"] and suppressed == 1
     assert table["distinct_customers"].to_list() == [30]
     assert POLICY.zone_bound(table.columns) == []
+
+
+def test_the_audit_reads_every_row_and_finds_personal_values_of_any_shape_and_file_name(home):
+    """Regression: the audit read the first 5,000 rows of a file and knew personal values only by
+    the generator's id pattern; a leak past row 5,000, or of a card fingerprint or device id in
+    a column with an innocent name, or in a content-addressed object without suffix, passed."""
+    eu = region_paths(TOPOLOGY.region("eu-west"), home)
+    source = pl.read_parquet(next(eu.table("raw_transactions").glob("day=*/data.parquet")))
+    card = source["card_fingerprint"][3]
+    us = region_paths(TOPOLOGY.region("us-east"), home)
+    notes = [f"note {i}" for i in range(12_000)]
+    notes[11_500] = f"refund to {card}"
+    deep = us.root / "lake" / "scratch" / "notes.parquet"
+    deep.parent.mkdir(parents=True)
+    # (named as the audit's own columns are: a file's names never collide with the implementation's)
+    pl.DataFrame({"column": list(range(12_000)), "token": notes}).write_parquet(deep)
+    # A content-addressed object (as replicas store them): no suffix, Parquet inside.
+    blob = home / "regions" / "us-west" / "replicas" / "stray" / "objects" / "ab" / "ab12cd34"
+    blob.parent.mkdir(parents=True)
+    source.select("device_id").rename({"device_id": "payload_ref"}).write_parquet(blob)
+    report = governance.residency_audit(TOPOLOGY, POLICY, home)
+    problems = {
+        p: "; ".join(f.problem for f in report.findings if f.path == p)
+        for p in {f.path for f in report.findings}
+    }
+    assert (
+        "column 'token' holds 1 personal or pseudonymous value(s) of zone(s) ['eu']"
+        in problems["regions/us-east/lake/scratch/notes.parquet"]
+    )
+    assert "column 'payload_ref'" in problems["regions/us-west/replicas/stray/objects/ab/ab12cd34"]
+    assert report.personal_values_indexed["eu"] > source.height  # every id, e-mail, card, device
