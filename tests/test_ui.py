@@ -3,8 +3,10 @@
 dagster-webserver serves the code location from workspace.yaml on loopback. The test
 checks the lineage of a replica back to the regional lake, the region x day partitions
 of a regional asset, then launches a materialization with the UI's own button and sees
-it succeed. Screenshots go to docs/ (ui-asset-lineage.png, ui-partitioned-asset.png,
-ui-materialized-from-the-ui.png).
+it succeed. Screenshots (ui-asset-lineage.png, ui-partitioned-asset.png,
+ui-materialized-from-the-ui.png) go to a temporary folder, where the test checks them; the
+tests never write tracked files. `scripts/screenshots.sh` refreshes docs/ with them
+(MERIDIAN_SCREENSHOTS_DIR=docs).
 """
 
 from __future__ import annotations
@@ -36,7 +38,14 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-DOCS = REPO_ROOT / "docs"
+SHOTS_ENV = "MERIDIAN_SCREENSHOTS_DIR"
+
+
+@pytest.fixture(scope="module")
+def shots(tmp_path_factory) -> Path:
+    """Where screenshots go: a temporary folder, or $MERIDIAN_SCREENSHOTS_DIR (scripts/screenshots.sh)."""
+    wanted = os.environ.get(SHOTS_ENV)
+    return Path(wanted).resolve() if wanted else tmp_path_factory.mktemp("screenshots")
 
 
 @pytest.fixture(scope="module")
@@ -114,29 +123,30 @@ def _open(page, url: str) -> None:
         skip.first.click()
 
 
-def _shot(page, name: str) -> None:
-    target = DOCS / name
+def _shot(page, folder: Path, name: str) -> None:
+    target = folder / name
     tmp = target.with_name(f".{name}.tmp.png")
     page.screenshot(path=str(tmp))
     shutil.move(tmp, target)
+    assert target.read_bytes().startswith(b"\x89PNG") and target.stat().st_size > 10_000, target
 
 
-def test_the_graph_shows_regional_partitions_and_lineage_in_a_browser(webserver, page):
+def test_the_graph_shows_regional_partitions_and_lineage_in_a_browser(webserver, page, shots):
     url = webserver["url"]
     _open(page, f"{url}/assets/raw_lake_replica?view=lineage&lineageScope=upstream&lineageDepth=1")
     for upstream in ("raw_lake_replica", "raw_transactions", "raw_labels", "scoring_decisions"):
         page.get_by_text(upstream, exact=True).first.wait_for()
-    _shot(page, "ui-asset-lineage.png")
+    _shot(page, shots, "ui-asset-lineage.png")
     _open(page, f"{url}/assets/raw_transactions?view=partitions")
     page.get_by_text("Partitions Selected").first.wait_for()
     body = page.inner_text("body")
     for region in ("us-east", "eu-west", "ap-southeast"):
         assert region in body
     assert "2026-01-01" in body  # the day dimension starts with the history
-    _shot(page, "ui-partitioned-asset.png")
+    _shot(page, shots, "ui-partitioned-asset.png")
 
 
-def test_a_materialization_launched_from_the_ui_succeeds(webserver, page):
+def test_a_materialization_launched_from_the_ui_succeeds(webserver, page, shots):
     url = webserver["url"]
     _open(page, f"{url}/assets/replication_status")
     page.get_by_role("button").filter(has_text=re.compile(r"^Materialize$")).first.click()
@@ -160,4 +170,4 @@ def test_a_materialization_launched_from_the_ui_succeeds(webserver, page):
     page.get_by_text("Success").first.wait_for()
     _open(page, f"{url}/assets/replication_status")
     page.get_by_text("Latest materialization").first.wait_for()
-    _shot(page, "ui-materialized-from-the-ui.png")
+    _shot(page, shots, "ui-materialized-from-the-ui.png")
