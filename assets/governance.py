@@ -390,10 +390,6 @@ def _dir_bytes(path) -> int:
     return total
 
 
-def _region_of_run(tags: dict[str, str], regions: list[str]) -> str | None:
-    return region_of_run_tags(tags, regions)
-
-
 def replicated_bytes(
     instance: dg.DagsterInstance, regions: list[str], since: float
 ) -> dict[tuple[str, str], int]:
@@ -431,7 +427,7 @@ def compute_seconds(
         )
         for record in records:
             run = record.dagster_run
-            region = _region_of_run(run.tags, regions) or "global"
+            region = region_of_run_tags(run.tags, regions) or "global"
             for step in instance.get_run_step_stats(run.run_id):
                 if step.start_time and step.end_time:
                     out[(region, step.step_key)] += step.end_time - step.start_time

@@ -134,7 +134,7 @@ def training_set(
             con, VIEW_TUPLE, topo.region(region), as_of, config.validation_share, config.test_share
         )
         warm_from = complete_from(history_start(con), VIEW_TUPLE)
-        warming_up = warmup_excluded_rows(con, VIEW_TUPLE, as_of)
+        warming_up = warmup_excluded_rows(con, VIEW_TUPLE, as_of, warm_from)
     content = frame.select("transaction_id", "label", "split").hash_rows(seed=0).to_numpy().tobytes()
     dataset_version = hashlib.sha256(
         json.dumps({"views": VIEW_VERSIONS, "as_of": as_of.isoformat()}).encode() + content
@@ -593,15 +593,19 @@ def fraud_model_promotion(
 # ---------------------------------------------------------------- batch inference
 
 
-def prediction_features(con: duckdb.DuckDBPyConnection, region, day: str) -> pl.DataFrame:
-    """The day's transactions with request features and point-in-time view features."""
+def prediction_features(
+    con: duckdb.DuckDBPyConnection, region, day: str, warm_from: datetime | None = None
+) -> pl.DataFrame:
+    """The day's transactions with request features, point-in-time view features and
+    `features_complete`. `warm_from` (the region's `complete_from`), when the caller scores many
+    days of one region, saves scanning the region's history once per day."""
     from meridian.feature_store import retrieve
 
     entity_sql = modeling.transaction_entities_sql(region, "stg_transactions", f"t.event_day = date '{day}'")
     start = datetime.fromisoformat(day)
     # The day's transactions only need feature rows from (day − TTL) to the day's end.
     frame = retrieve(con, entity_sql, "event_time", VIEW_TUPLE, (start, start + timedelta(days=1))).pl()
-    return with_features_complete(frame, complete_from(history_start(con), VIEW_TUPLE))
+    return with_features_complete(frame, warm_from or complete_from(history_start(con), VIEW_TUPLE))
 
 
 def with_features_complete(frame: pl.DataFrame, warm_from: datetime | None) -> pl.DataFrame:
@@ -668,9 +672,10 @@ def fraud_predictions(
                 file_lock(paths.warehouse_lock, shared=True),
                 duckdb.connect(str(paths.warehouse), read_only=True) as con,
             ):
+                warm_from = complete_from(history_start(con), VIEW_TUPLE)
                 for day in days:
                     started = time.perf_counter()
-                    features = prediction_features(con, topo.region(region), day)
+                    features = prediction_features(con, topo.region(region), day, warm_from)
                     retrieved = time.perf_counter()
                     scored = score_frame(booster, features, name, version)
                     predicted = time.perf_counter()

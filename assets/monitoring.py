@@ -228,8 +228,9 @@ def feature_drift(
                 file_lock(paths.warehouse_lock, shared=True),
                 duckdb.connect(str(paths.warehouse), read_only=True) as con,
             ):
+                warm_from = complete_from(history_start(con), VIEW_TUPLE)
                 for day in days:
-                    current = prediction_features(con, topo.region(region), day)
+                    current = prediction_features(con, topo.region(region), day, warm_from)
                     predictions = partition_file(paths.table("predictions"), day)
                     if predictions.exists():
                         scores = pl.read_parquet(predictions, columns=["transaction_id", "score"])

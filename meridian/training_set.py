@@ -100,10 +100,14 @@ def rows_without_features(frame: pl.DataFrame, views: tuple[FeatureView, ...]) -
 
 
 def warmup_excluded_rows(
-    con: duckdb.DuckDBPyConnection, views: tuple[FeatureView, ...], as_of: datetime
+    con: duckdb.DuckDBPyConnection,
+    views: tuple[FeatureView, ...],
+    as_of: datetime,
+    warm_from: datetime | None = None,
 ) -> int:
-    """Matured labelled rows left out of training because their windows were still warming up."""
-    warm_from = complete_from(history_start(con), views)
+    """Matured labelled rows left out of training because their windows were still warming up
+    (`warm_from`: the region's `complete_from`, when the caller has it)."""
+    warm_from = warm_from or complete_from(history_start(con), views)
     if warm_from is None:
         return 0
     return con.execute(

@@ -26,6 +26,14 @@ TOPOLOGY = load_topology()
 POLICY = governance.default_policy()
 
 
+def _problems_by_path(report) -> dict[str, str]:
+    """Every finding of the audit, joined per file."""
+    return {
+        p: "; ".join(f.problem for f in report.findings if f.path == p)
+        for p in {f.path for f in report.findings}
+    }
+
+
 @pytest.fixture
 def home(tmp_path):
     """Two days of raw lake in three regions of three zones."""
@@ -83,10 +91,7 @@ def test_the_audit_passes_on_clean_data_and_names_every_planted_leak(home):
     con.close()
     report = governance.residency_audit(TOPOLOGY, POLICY, home)
     assert not report.passed
-    problems = {
-        p: "; ".join(f.problem for f in report.findings if f.path == p)
-        for p in {f.path for f in report.findings}
-    }
+    problems = _problems_by_path(report)
     assert (
         "personal or pseudonymous value(s) of zone(s) ['eu']"
         in problems["regions/us-east/lake/scratch/copy.parquet"]
@@ -195,10 +200,7 @@ def test_the_audit_reads_every_row_and_finds_personal_values_of_any_shape_and_fi
     blob.parent.mkdir(parents=True)
     source.select("device_id").rename({"device_id": "payload_ref"}).write_parquet(blob)
     report = governance.residency_audit(TOPOLOGY, POLICY, home)
-    problems = {
-        p: "; ".join(f.problem for f in report.findings if f.path == p)
-        for p in {f.path for f in report.findings}
-    }
+    problems = _problems_by_path(report)
     assert (
         "column 'token' holds 1 personal or pseudonymous value(s) of zone(s) ['eu']"
         in problems["regions/us-east/lake/scratch/notes.parquet"]
