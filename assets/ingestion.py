@@ -22,7 +22,13 @@ from assets.partitions import (
 from meridian.generator import GeneratedBatch
 from meridian.report import markdown_table
 from meridian.topology import Region
-from meridian.validation import ValidatedBatch, validate_labels, validate_transactions
+from meridian.validation import (
+    TRANSACTION_IDENTITY,
+    ValidatedBatch,
+    accepted_conflicts,
+    validate_labels,
+    validate_transactions,
+)
 from resources.lake import RegionalLakeResource
 from resources.source import TransactionSourceResource
 from resources.topology import RegionTopologyResource
@@ -41,6 +47,7 @@ def _ingest(
     validate: Callable[[pl.DataFrame, date, Region], ValidatedBatch],
     accepted_key: dg.AssetKey,
     quarantine_key: dg.AssetKey,
+    identity: tuple[str, ...] | None,
 ) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult | dg.AssetObservation]:
     topo = topology.load()
     rows: list[dict[str, object]] = []
@@ -67,13 +74,17 @@ def _ingest(
                         "accepted": accepted.rows,
                         "quarantined": quarantined.rows,
                         "accepted_bytes": accepted.bytes,
+                        # accepted ids repeated, or delivered in another form: must be 0
+                        "conflicts_accepted": accepted_conflicts(batch.rows, result.accepted, identity),
                     }
                 )
                 lake_dirs.add(str(paths.table(accepted_key.path[-1])))
     failures.raise_if_any([accepted_key, quarantine_key], run_days)
     table = pl.DataFrame(rows)
     delivered, n_acc, n_quar = (int(table[c].sum()) for c in ("delivered", "accepted", "quarantined"))
-    unbalanced = table.filter(pl.col("accepted") + pl.col("quarantined") != pl.col("delivered"))
+    unbalanced = table.filter(
+        (pl.col("accepted") + pl.col("quarantined") != pl.col("delivered")) | (pl.col("conflicts_accepted") > 0)
+    )
     # One output covers every partition of a single-run backfill and Dagster copies its
     # metadata onto each of them, so counts are labelled as whole-run figures there and
     # each partition gets its own figures as an observation.
@@ -123,6 +134,7 @@ def _ingest(
             "delivered": delivered,
             "accepted": n_acc,
             "quarantined": n_quar,
+            "conflicts_accepted": int(table["conflicts_accepted"].sum()),
             "unbalanced_partitions": dg.MetadataValue.json(unbalanced.to_dicts()),
         },
     )
@@ -135,6 +147,7 @@ def _ingestion_asset(
     description: str,
     fetch: Callable[[TransactionSourceResource, Region, date], GeneratedBatch],
     validate: Callable[[pl.DataFrame, date, Region], ValidatedBatch],
+    identity: tuple[str, ...] | None,
 ) -> dg.AssetsDefinition:
     accepted_key, quarantine_key = dg.AssetKey(accepted), dg.AssetKey(quarantined)
     spec = {
@@ -159,7 +172,8 @@ def _ingestion_asset(
                 RECONCILIATION_CHECK,
                 asset=accepted_key,
                 blocking=True,
-                description="Every delivered row is either accepted or quarantined.",
+                description="Every delivered row is either accepted or quarantined, and no accepted "
+                "id is repeated or was delivered with other content (another payment under its id).",
             )
         ],
         partitions_def=REGION_DAY_PARTITIONS,
@@ -171,7 +185,9 @@ def _ingestion_asset(
         lake: RegionalLakeResource,
         source: TransactionSourceResource,
     ) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult | dg.AssetObservation]:
-        yield from _ingest(context, topology, lake, source, fetch, validate, accepted_key, quarantine_key)
+        yield from _ingest(
+            context, topology, lake, source, fetch, validate, accepted_key, quarantine_key, identity
+        )
 
     return _asset
 
@@ -182,7 +198,8 @@ transactions_ingestion = _ingestion_asset(
     "quarantined_transactions",
     "Validated card transactions of one region-day, as Parquet in the region's lake.",
     lambda source, region, day: source.transactions(region, day),
-    lambda raw, day, region: validate_transactions(raw, day, region.currencies),
+    lambda raw, day, region: validate_transactions(raw, day, region),
+    TRANSACTION_IDENTITY,
 )
 labels_ingestion = _ingestion_asset(
     "labels_ingestion",
@@ -191,4 +208,5 @@ labels_ingestion = _ingestion_asset(
     "Chargebacks that landed on one region-day, as Parquet in the region's lake.",
     lambda source, region, day: source.labels(region, day),
     lambda raw, day, region: validate_labels(raw, day),
+    None,  # a garbled copy of a chargeback does not cost the genuine one: repeats only
 )

@@ -85,7 +85,7 @@ def phase_direct(home: Path, rows: int, n_days: int, compiled: Path) -> None:
     cfg = GeneratorConfig(rows_per_day=rows)
     for d in _days(n_days):
         day = date.fromisoformat(d)
-        tx = validate_transactions(generate_transactions(cfg, region, day).rows, day, region.currencies)
+        tx = validate_transactions(generate_transactions(cfg, region, day).rows, day, region)
         write_parquet_atomic(tx.accepted, partition_file(paths.table("raw_transactions"), d))
         write_parquet_atomic(tx.quarantined, partition_file(paths.table("quarantined_transactions"), d))
         lb = validate_labels(generate_labels(cfg, region, day).rows, day)

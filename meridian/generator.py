@@ -174,9 +174,9 @@ def _population_size(rows_per_day: int) -> tuple[int, int]:
 def _population(cfg: GeneratorConfig, region: Region) -> _Population:
     rng = _rng(cfg, region.name, None, 99)
     n_customers, n_merchants = _population_size(cfg.rows_per_day)
-    code = region.name.replace("-", "")
+    code = region.name.replace("-", "")  # seeds the device ids: unchanged, so is the data
     idx = pl.Series(np.arange(n_customers)).cast(pl.String)
-    customer_ids = f"{code}-c" + idx
+    customer_ids = f"{region.customer_prefix}c" + idx
     domains = pl.Series(["mail.example", "post.example", "inbox.example", "web.example"])
     emails = "user" + idx + "@" + domains.gather(np.arange(n_customers) % 4)
     fp = _mix64(np.arange(n_customers, dtype=np.uint64) + np.uint64(region_key(region.name) << 20))

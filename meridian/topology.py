@@ -42,6 +42,11 @@ class Region(_Strict):
     dr_region: str | None = None
     read_replicas: tuple[str, ...] = ()
 
+    @property
+    def customer_prefix(self) -> str:
+        """Every customer id of the region starts with this: the region's name without dashes."""
+        return self.name.replace("-", "") + "-"
+
     @field_validator("currencies", "countries")
     @classmethod
     def _upper_codes(cls, codes: tuple[str, ...]) -> tuple[str, ...]:

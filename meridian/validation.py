@@ -15,12 +15,23 @@ from pathlib import Path
 
 import polars as pl
 
-from meridian.generator import USD_RATES
+from meridian.countries import ISO_COUNTRIES
+from meridian.generator import CATEGORIES, HISTORY_START, USD_RATES
+from meridian.topology import Region
 
 TIMESTAMP_FORMAT = "%Y-%m-%dT%H:%M:%S%.fZ"
 # Anything above this (in USD) is a unit or keying error, not a purchase.
 MAX_AMOUNT_USD = 1_000_000.0
-TRANSACTION_REQUIRED = ("transaction_id", "customer_id", "merchant_id", "amount", "currency", "event_time")
+TRANSACTION_REQUIRED = (
+    "transaction_id",
+    "customer_id",
+    "merchant_id",
+    "amount",
+    "currency",
+    "event_time",
+    "channel",
+    "country",
+)
 TRANSACTION_COLUMNS = (
     "transaction_id",
     "customer_id",
@@ -37,6 +48,51 @@ TRANSACTION_COLUMNS = (
 )
 LABEL_COLUMNS = ("transaction_id", "chargeback_at", "reason_code", "amount", "currency")
 KNOWN_CHANNELS = ("pos", "contactless", "ecom")
+# What makes two rows with one transaction_id the same payment: the source and the scoring
+# service both deliver these (the service never sees e-mail or card fingerprint).
+TRANSACTION_IDENTITY = ("customer_id", "merchant_id", "amount", "currency", "event_time", "channel", "country")
+LABEL_IDENTITY = ("chargeback_at", "reason_code", "amount", "currency")
+
+# Event times the platform accepts, from anyone (source or scoring service): at most this
+# far ahead of the receiving clock (card terminals' clocks drift; minutes, not days)...
+MAX_CLOCK_SKEW = timedelta(minutes=5)
+# ...and no older than the lake keeps raw transactions (governance.yaml retention_days of
+# raw_transactions; tests/test_validation.py holds the two equal), nor before the first
+# day partition of the lake.
+MAX_LATENESS = timedelta(days=730)
+
+
+class EventTimeOutOfRange(ValueError):
+    """An event time outside the accepted window; the message says which bound and why."""
+
+
+def event_time_window(now: datetime | None = None) -> tuple[datetime, datetime]:
+    """[earliest, latest] event time accepted at `now` (UTC, aware)."""
+    now = now or datetime.now(UTC)
+    first_day = datetime(HISTORY_START.year, HISTORY_START.month, HISTORY_START.day, tzinfo=UTC)
+    return max(first_day, now - MAX_LATENESS), now + MAX_CLOCK_SKEW
+
+
+def check_event_time(at: datetime, now: datetime | None = None) -> datetime:
+    """`at` as aware UTC if inside the accepted window, else EventTimeOutOfRange (never OverflowError).
+
+    A naive time is UTC. Comparing aware datetimes never overflows, so times at the limits
+    of Python's calendar (year 1, year 9999, any offset) get the same clear error.
+    """
+    if at.tzinfo is None:
+        at = at.replace(tzinfo=UTC)
+    earliest, latest = event_time_window(now)
+    if at > latest:
+        raise EventTimeOutOfRange(
+            f"event_time {at.isoformat()} is more than {MAX_CLOCK_SKEW} ahead of the receiving clock "
+            f"({latest - MAX_CLOCK_SKEW:%Y-%m-%dT%H:%M:%SZ})"
+        )
+    if at < earliest:
+        raise EventTimeOutOfRange(
+            f"event_time {at.isoformat()} is before {earliest:%Y-%m-%dT%H:%M:%SZ}, the oldest event "
+            f"the lake takes (its first day, or {MAX_LATENESS.days} days of retention)"
+        )
+    return at.astimezone(UTC)
 
 
 CURRENCY_SEED = Path(__file__).resolve().parent.parent / "dbt_project" / "seeds" / "currency_rates.csv"
@@ -86,6 +142,53 @@ def _first_reason(rules: list[tuple[pl.Expr, str]]) -> pl.Expr:
     return expr.alias("reason")
 
 
+def _resolve_duplicates(frame: pl.DataFrame, identity: tuple[str, ...], among_valid: bool) -> pl.DataFrame:
+    """One rule for every repeated id, whatever order the rows came in.
+
+    Identical copies (same identity columns) are one row: the first is judged by the rules,
+    later copies are quarantined as copies. Copies that disagree are all quarantined:
+    nothing tells the genuine row from the one carrying another payment's content under
+    its id, so none of them is accepted. `among_valid`: only copies that pass every other
+    rule can disagree (chargebacks: a garbled copy does not cost the genuine label);
+    otherwise every delivered copy counts (transactions: an id delivered in two forms is
+    trusted in neither).
+    """
+    by_id = pl.col("transaction_id").is_not_null()
+    content = pl.struct([pl.col(c).cast(pl.String) for c in identity])
+    valid = pl.col("reason").is_null()
+    versions = (content.filter(valid) if among_valid else content).n_unique().over("transaction_id")
+    earlier_valid = valid.cast(pl.Int64).cum_sum().over("transaction_id") > 1
+    frame = frame.with_columns(_versions=pl.when(by_id).then(versions).otherwise(1))
+    return frame.with_columns(
+        reason=pl.when(valid & by_id & (pl.col("_versions") > 1))
+        .then(pl.format("conflicting copies of transaction_id ({} versions): none accepted", "_versions"))
+        .when(valid & by_id & earlier_valid)
+        .then(pl.lit("duplicate transaction_id (identical copy of an accepted row)"))
+        .otherwise(pl.col("reason"))
+    )
+
+
+def accepted_conflicts(raw: pl.DataFrame, accepted: pl.DataFrame, identity: tuple[str, ...] | None) -> int:
+    """Accepted ids that are repeated, or whose delivered rows disagree: 0 for a sound batch.
+
+    Computed from the delivered batch and the accepted output alone (not from the rule
+    that produced them), so the reconciliation check catches a rule that goes wrong.
+    `identity=None`: repeated ids only.
+    """
+    ids = accepted["transaction_id"]
+    repeated = ids.len() - ids.n_unique()
+    if identity is None:
+        return repeated
+    delivered = raw.filter(pl.col("transaction_id").is_in(ids.implode()))
+    disagreeing = (
+        delivered.group_by("transaction_id")
+        .agg(pl.struct([pl.col(c).cast(pl.String) for c in identity]).n_unique().alias("versions"))
+        .filter(pl.col("versions") > 1)
+        .height
+    )
+    return repeated + disagreeing
+
+
 def _split(frame: pl.DataFrame, typed_columns: list[pl.Expr], raw_columns: tuple[str, ...]) -> ValidatedBatch:
     accepted = frame.filter(pl.col("reason").is_null()).select(typed_columns)
     quarantined = frame.filter(pl.col("reason").is_not_null()).select(
@@ -96,13 +199,16 @@ def _split(frame: pl.DataFrame, typed_columns: list[pl.Expr], raw_columns: tuple
     return ValidatedBatch(accepted, quarantined)
 
 
-def validate_transactions(
-    raw: pl.DataFrame, day: date, currencies: tuple[str, ...] | None = None
-) -> ValidatedBatch:
-    """Split a region-day of raw transactions into typed accepted rows and quarantined rows."""
+def validate_transactions(raw: pl.DataFrame, day: date, region: Region) -> ValidatedBatch:
+    """Split a region-day of raw transactions into typed accepted rows and quarantined rows.
+
+    Every column the schema and the region's topology define is checked: required values,
+    the event time within the day, amount, the region's currencies, channel, ISO country,
+    merchant category, and a customer id of this region (never another region's).
+    """
     _require_columns(raw, TRANSACTION_COLUMNS, "transactions")
     start, end = _day_bounds(day)
-    allowed = list(currencies) if currencies else list(USD_RATES)
+    allowed = list(region.currencies)
     frame = raw.with_columns(
         _ts=pl.col("event_time")
         .cast(pl.String)
@@ -121,16 +227,21 @@ def validate_transactions(
         (pl.col("_ts") < start, "event_time before the partition day"),
         (pl.col("_amount").is_null() | pl.col("_amount").is_nan(), "amount is not a number"),
         (pl.col("_amount") <= 0, "amount is not positive"),
-        (~pl.col("currency").is_in(allowed), "unknown currency"),
+        (pl.col("_amount").is_infinite(), "amount is not finite"),
+        (~pl.col("currency").is_in(allowed), f"currency: not one of the region's {sorted(allowed)}"),
         (pl.col("_amount") / pl.col("_rate") > MAX_AMOUNT_USD, f"amount above {MAX_AMOUNT_USD:,.0f} USD"),
-        (~pl.col("channel").is_in(KNOWN_CHANNELS), "unknown channel"),
+        (~pl.col("channel").is_in(KNOWN_CHANNELS), f"channel: not one of {list(KNOWN_CHANNELS)}"),
+        (~pl.col("country").is_in(sorted(ISO_COUNTRIES)), "country: not an ISO 3166-1 alpha-2 code"),
+        (
+            pl.col("merchant_category").is_not_null() & ~pl.col("merchant_category").is_in(CATEGORIES),
+            "merchant_category: not a known category",
+        ),
+        (
+            ~pl.col("customer_id").cast(pl.String).str.starts_with(region.customer_prefix),
+            f"customer_id: not a customer of {region.name} (ids start with {region.customer_prefix!r})",
+        ),
     ]
-    frame = frame.with_columns(_first_reason(rules))
-    # A duplicate id is a second valid-looking row for an id already accepted in this batch.
-    dup = pl.col("reason").is_null() & (pl.col("reason").is_null().cum_sum().over("transaction_id") > 1)
-    frame = frame.with_columns(
-        reason=pl.when(dup).then(pl.lit("duplicate transaction_id")).otherwise(pl.col("reason"))
-    )
+    frame = _resolve_duplicates(frame.with_columns(_first_reason(rules)), TRANSACTION_IDENTITY, False)
     typed = [
         "transaction_id",
         "customer_id",
@@ -163,10 +274,6 @@ def validate_labels(raw: pl.DataFrame, day: date) -> ValidatedBatch:
         (pl.col("_ts") >= end, "chargeback_at after the partition day (future timestamp)"),
         (pl.col("_ts") < start, "chargeback_at before the partition day"),
     ]
-    frame = frame.with_columns(_first_reason(rules))
-    dup = pl.col("reason").is_null() & (pl.col("reason").is_null().cum_sum().over("transaction_id") > 1)
-    frame = frame.with_columns(
-        reason=pl.when(dup).then(pl.lit("duplicate transaction_id")).otherwise(pl.col("reason"))
-    )
+    frame = _resolve_duplicates(frame.with_columns(_first_reason(rules)), LABEL_IDENTITY, True)
     typed = ["transaction_id", pl.col("_ts").alias("chargeback_at"), "reason_code", "amount", "currency"]
     return _split(frame, typed, LABEL_COLUMNS)

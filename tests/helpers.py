@@ -24,7 +24,7 @@ DBT_DIR = REPO_ROOT / "dbt_project"
 
 def write_lake(paths: RegionPaths, region: Region, cfg: GeneratorConfig, days: list[date]) -> None:
     for day in days:
-        tx = validate_transactions(generate_transactions(cfg, region, day).rows, day, region.currencies)
+        tx = validate_transactions(generate_transactions(cfg, region, day).rows, day, region)
         labels = validate_labels(generate_labels(cfg, region, day).rows, day)
         write_parquet_atomic(tx.accepted, partition_file(paths.table("raw_transactions"), day.isoformat()))
         write_parquet_atomic(labels.accepted, partition_file(paths.table("raw_labels"), day.isoformat()))

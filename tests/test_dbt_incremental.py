@@ -11,6 +11,7 @@ import polars as pl
 import pytest
 
 from meridian.generator import GeneratorConfig
+from meridian.lake import partition_file, write_parquet_atomic
 from meridian.paths import region_paths
 from tests.helpers import day_range, dbt, write_lake
 
@@ -224,3 +225,41 @@ def test_a_time_split_needs_three_days_and_says_so():
     assert plan.train_days == (_date(2026, 1, 1), _date(2026, 1, 14))
     assert plan.validation_days == (_date(2026, 1, 15), _date(2026, 1, 17))
     assert plan.test_days == (_date(2026, 1, 18), _date(2026, 1, 20))
+
+
+def test_a_transaction_id_in_two_files_or_on_two_days_is_reconciled_never_blocking(tmp_path, topology):
+    """Before: an id the service logged on a second event day (or next to the source's copy)
+    failed dbt's error-severity unique test and blocked the region until the lake was cleaned.
+    Now the copies that agree are one transaction (the source's kept), copies that disagree
+    are all left out and listed in transaction_id_conflicts (a warning), and the build passes."""
+    region = topology.region("eu-west")
+    paths = region_paths(region, tmp_path)
+    days = day_range(date(2026, 1, 1), 3)
+    write_lake(paths, region, GeneratorConfig(rows_per_day=300), days)
+    day0, day1 = (partition_file(paths.table("raw_transactions"), d.isoformat()) for d in days[:2])
+    source0, source1 = pl.read_parquet(day0), pl.read_parquet(day1)
+    agreeing = source0[0:2].with_columns(email=None, card_fingerprint=None)  # as the service logs them
+    moved = source0[2:3].with_columns(event_time=pl.col("event_time") + pl.duration(days=1))  # on day 1
+    # The service logged the same payment in day 0 (same identity) before or after the source.
+    write_parquet_atomic(agreeing, day0.parent / "served.parquet")
+    write_parquet_atomic(moved, day1.parent / "served.parquet")
+    run = dbt(
+        ["build"],
+        {"region": region.name, "lake_root": str(paths.lake), "warehouse_path": str(tmp_path / "w.duckdb")},
+        tmp_path / "target",
+    )
+    assert run.returncode == 0, run.stdout[-3000:]
+    assert "WARN" in run.stdout and "meridian_no_rows_transaction_id_conflicts" in run.stdout
+    con = duckdb.connect(str(tmp_path / "w.duckdb"), read_only=True)
+    ids = [r[0] for r in con.execute("select transaction_id from stg_transactions").fetchall()]
+    assert len(ids) == len(set(ids)) == source0.height + source1.height + 300 - 1
+    kept = con.execute(
+        "select email from stg_transactions where transaction_id in (?, ?)", list(agreeing["transaction_id"])
+    ).fetchall()
+    assert sorted(r[0] for r in kept) == sorted(agreeing.join(source0, on="transaction_id")["email_right"])
+    conflicts = con.execute("select transaction_id, versions, lake_file from transaction_id_conflicts order by 3").fetchall()
+    assert conflicts == [
+        (moved["transaction_id"][0], 2, "data.parquet"),
+        (moved["transaction_id"][0], 2, "served.parquet"),
+    ]
+    assert moved["transaction_id"][0] not in ids

@@ -45,7 +45,7 @@ def batches(draw):
 @given(batches())
 def test_every_row_is_accepted_or_quarantined_and_accepted_rows_are_clean(batch):
     rows, edited = batch
-    result = validate_transactions(rows, DAY, REGION.currencies)
+    result = validate_transactions(rows, DAY, REGION)
     assert result.accepted.height + result.quarantined.height == rows.height
     assert result.quarantined["reason"].null_count() == 0
     accepted = result.accepted

@@ -1,0 +1,24 @@
+-- Transaction ids the lake holds in more than one form (another payment's content under
+-- an id, or one id on two event days): stg_transactions accepts none of their copies.
+-- One row per copy, with the file it came from; the warn-severity test on this model
+-- raises the alert in Dagster, and the region's build goes on.
+with lake as (
+    select * from {{ source('lake', 'raw_transactions') }}
+),
+
+conflicted as (
+    select transaction_id, count(distinct ({{ transaction_identity('lake') }})) as versions
+    from lake
+    group by transaction_id
+    having count(distinct ({{ transaction_identity('lake') }})) > 1
+)
+
+select
+    l.transaction_id,
+    c.versions,
+    cast(l.day as date) as event_day,
+    timezone('UTC', l.event_time) as event_time,
+    regexp_extract(l.filename, '[^/]+$') as lake_file,
+    'conflicting copies of transaction_id (' || c.versions || ' versions): none accepted' as reason
+from lake as l
+inner join conflicted as c using (transaction_id)
