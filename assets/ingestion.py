@@ -83,7 +83,8 @@ def _ingest(
     table = pl.DataFrame(rows)
     delivered, n_acc, n_quar = (int(table[c].sum()) for c in ("delivered", "accepted", "quarantined"))
     unbalanced = table.filter(
-        (pl.col("accepted") + pl.col("quarantined") != pl.col("delivered")) | (pl.col("conflicts_accepted") > 0)
+        (pl.col("accepted") + pl.col("quarantined") != pl.col("delivered"))
+        | (pl.col("conflicts_accepted") > 0)
     )
     # One output covers every partition of a single-run backfill and Dagster copies its
     # metadata onto each of them, so counts are labelled as whole-run figures there and

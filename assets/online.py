@@ -29,6 +29,7 @@ from meridian.lake import write_bytes_atomic
 from meridian.locks import file_lock
 from meridian.online_store import OnlineRow, encode_frame, to_micros
 from meridian.report import markdown_table
+from meridian.validation import event_time_window
 from resources.lake import RegionalLakeResource
 from resources.online_store import OnlineStoreResource
 from resources.topology import RegionTopologyResource
@@ -92,6 +93,7 @@ def online_features(
     per_day = []
     held: dict[str, dict[str, int]] = {}
     complete: dict[str, str] = {}
+    repaired: dict[str, dict[str, int]] = {}
     failures = RegionFailures(context)
     run_days = days_by_region(context)
     for region, days in run_days.items():
@@ -100,6 +102,10 @@ def online_features(
             store = online_store.open(paths)
             try:
                 store.ping()
+                # A row stamped beyond the accepted clock skew wins every monotone comparison
+                # and would freeze its entity for good: the batch path removes it, then writes.
+                horizon_us = to_micros(event_time_window()[1])
+                repaired[region] = {v.name: store.drop_future(v.name, horizon_us) for v in VIEWS.values()}
                 with (
                     file_lock(paths.warehouse_lock, shared=True),
                     duckdb.connect(str(paths.warehouse), read_only=True) as con,
@@ -143,6 +149,7 @@ def online_features(
             "run_total_kept_newer": sum(r["kept_newer"] for r in per_day),
             "per_day": dg.MetadataValue.md(markdown_table(per_day)),
             "entities_held": dg.MetadataValue.json(held),
+            "future_rows_repaired": dg.MetadataValue.json(repaired),
             "features_complete_from": dg.MetadataValue.json(complete),
         }
     )

@@ -30,8 +30,9 @@ from meridian.lake import partition_file, write_bytes_atomic, write_parquet_atom
 from meridian.locks import file_lock
 from meridian.paths import RegionPaths
 from meridian.report import markdown_table
-from meridian.stream_log import read_new, stream_dir
-from meridian.validation import TRANSACTION_COLUMNS, validate_transactions
+from meridian.served import served_rows
+from meridian.stream_log import read_batch, stream_dir
+from meridian.validation import TRANSACTION_IDENTITY, validate_transactions
 from resources.lake import RegionalLakeResource
 from resources.mlflow import MlflowTrackingResource
 from resources.topology import RegionTopologyResource
@@ -39,6 +40,8 @@ from resources.topology import RegionTopologyResource
 SERVING_GROUP = "serving"
 SERVED_FILE = "served.parquet"
 DECISIONS_TABLE = "scoring_decisions"
+# Log entries that are no valid decision + transaction (by the day they were consumed).
+STREAM_QUARANTINE_TABLE = "quarantined_stream_entries"
 
 
 class DeploymentSettings(dg.Config):
@@ -137,82 +140,6 @@ def _offsets_path(paths: RegionPaths):
     return paths.root / "stream" / "offsets.json"
 
 
-def _decisions_frame(entries: list[dict]) -> pl.DataFrame:
-    rows = []
-    for e in entries:
-        shadow = e.get("shadow") or {}
-        served_at = datetime.fromisoformat(e["served_at"]).astimezone(UTC)
-        rows.append(
-            {
-                "request_id": e["request_id"],
-                "served_at": served_at,
-                "transaction_id": e["transaction_id"],
-                "customer_id": e["transaction"]["customer_id"],
-                "strategy": e["strategy"],
-                "experiment_id": e["experiment_id"],
-                "challenger_share": float(e["challenger_share"]),
-                "variant": e["variant"],
-                "model_version": int(e["model_version"]),
-                "score": float(e["score"]),
-                "shadow_model_version": shadow.get("model_version"),
-                "shadow_score": shadow.get("score"),
-                "fallback": e.get("fallback"),
-                "latency_ms": float(e["latency_ms"]),
-                "feature_versions": json.dumps(e["feature_versions"], sort_keys=True),
-                "features": json.dumps(e["features"]) if e.get("features") is not None else None,
-                "features_complete": e.get("features_complete"),
-                "day": served_at.date().isoformat(),
-            }
-        )
-    schema = {
-        "request_id": pl.String,
-        "served_at": pl.Datetime("us", "UTC"),
-        "transaction_id": pl.String,
-        "customer_id": pl.String,
-        "strategy": pl.String,
-        "experiment_id": pl.String,
-        "challenger_share": pl.Float64,
-        "variant": pl.String,
-        "model_version": pl.Int64,
-        "score": pl.Float64,
-        "shadow_model_version": pl.Int64,
-        "shadow_score": pl.Float64,
-        "fallback": pl.String,
-        "latency_ms": pl.Float64,
-        "feature_versions": pl.String,
-        "features": pl.String,
-        "features_complete": pl.Boolean,
-        "day": pl.String,
-    }
-    return pl.DataFrame(rows, schema=schema)
-
-
-def _transactions_frame(entries: list[dict]) -> pl.DataFrame:
-    """The served transactions as the source delivers them (strings), for the same validation."""
-    rows = []
-    for e in entries:
-        t = e["transaction"]
-        at = datetime.fromisoformat(t["event_time"]).astimezone(UTC)
-        rows.append(
-            {
-                "transaction_id": t["transaction_id"],
-                "customer_id": t["customer_id"],
-                "merchant_id": t["merchant_id"],
-                "merchant_category": t.get("merchant_category"),
-                "amount": str(t["amount"]),
-                "currency": t["currency"],
-                "event_time": at.strftime("%Y-%m-%dT%H:%M:%S.%f") + "Z",
-                "channel": t["channel"],
-                "device_id": t.get("device_id"),
-                "country": t["country"],
-                "email": None,
-                "card_fingerprint": None,
-                "day": at.date().isoformat(),
-            }
-        )
-    return pl.DataFrame(rows, schema={c: pl.String for c in (*TRANSACTION_COLUMNS, "day")})
-
-
 def _merge(path, new: pl.DataFrame, key: list[str], sort: str) -> int:
     """Existing file ∪ new rows, first occurrence of each key kept, replaced atomically."""
     # diagonal: a file written before a column was added gets nulls in it, not an error
@@ -253,33 +180,21 @@ def serving_stream(
     offsets_file = _offsets_path(paths)
     with file_lock(paths.root / "stream" / ".microbatch.lock"):
         offsets = json.loads(offsets_file.read_text()) if offsets_file.exists() else {}
-        entries, new_offsets, bad = read_new(stream_dir(paths.root), offsets)
-        decisions = _decisions_frame(entries)
-        transactions = _transactions_frame(entries)
+        batch = read_batch(stream_dir(paths.root), offsets)
+        served = served_rows(batch)
+        decisions, transactions = served.decisions, served.transactions
         per_day: list[dict[str, object]] = []
         quarantined_total = 0
         for (day,), group in transactions.group_by("day", maintain_order=True):
-            checked = validate_transactions(group.drop("day"), date.fromisoformat(day), region.currencies)
-            accepted = checked.accepted
-            source_file = partition_file(paths.table("raw_transactions"), day)
-            quarantined = checked.quarantined
-            if source_file.exists():  # an id the source already delivered is not a second transaction
-                known = pl.read_parquet(source_file, columns=["transaction_id"])["transaction_id"]
-                clash = accepted.filter(pl.col("transaction_id").is_in(known.implode()))
-                if clash.height:
-                    accepted = accepted.filter(~pl.col("transaction_id").is_in(known.implode()))
-                    quarantined = pl.concat(
-                        [
-                            quarantined,
-                            clash.select(
-                                *[pl.col(c).cast(pl.String) for c in TRANSACTION_COLUMNS],
-                                reason=pl.lit("duplicate transaction_id (already delivered by the source)"),
-                            ),
-                        ],
-                        how="vertical_relaxed",
-                    )
-            day_dir = source_file.parent
-            held = _merge(day_dir / SERVED_FILE, accepted, ["transaction_id"], "event_time")
+            checked = validate_transactions(group.drop("day"), date.fromisoformat(day), region)
+            # The service's copy of a payment the source also delivers stays beside it: dbt's
+            # stg_transactions reconciles the copies (meridian.validation's rule), so neither
+            # arrival order nor which side came first decides anything.
+            accepted, quarantined = checked.accepted, checked.quarantined
+            day_dir = partition_file(paths.table("raw_transactions"), day).parent
+            held = _merge(
+                day_dir / SERVED_FILE, accepted, ["transaction_id", *TRANSACTION_IDENTITY], "event_time"
+            )
             if quarantined.height:
                 qfile = paths.table("quarantined_transactions") / f"day={day}" / SERVED_FILE
                 _merge(qfile, quarantined, ["transaction_id", "reason"], "transaction_id")
@@ -293,6 +208,14 @@ def serving_stream(
                     "served_rows_in_lake": held,
                 }
             )
+        if served.quarantined.height:
+            today = datetime.now(UTC).date().isoformat()
+            _merge(
+                partition_file(paths.table(STREAM_QUARANTINE_TABLE), today),
+                served.quarantined,
+                ["segment", "byte_offset"],
+                "byte_offset",
+            )
         decision_days = []
         for (day,), group in decisions.group_by("day", maintain_order=True):
             held = _merge(
@@ -305,7 +228,14 @@ def serving_stream(
                 {"served_day": day, "new_decisions": group.height, "decisions_in_lake": held}
             )
         # Last: once this lands, the entries above count as consumed.
+        new_offsets = batch.offsets
         write_bytes_atomic(json.dumps(new_offsets, indent=1, sort_keys=True).encode(), offsets_file)
+    entries = batch.entries
+    reasons = (
+        served.quarantined.group_by("reason").len().sort("len", descending=True).head(20).to_dicts()
+        if served.quarantined.height
+        else []
+    )
     variants = (
         decisions.group_by("variant", "model_version").len().sort("variant").to_dicts()
         if decisions.height
@@ -314,8 +244,12 @@ def serving_stream(
     yield dg.MaterializeResult(
         asset_key="served_transactions",
         metadata={
-            "new_entries": len(entries),
-            "unparseable_lines": bad,
+            "new_entries": len(entries) + len(batch.bad),
+            "unparseable_lines": len(batch.bad),
+            "entries_quarantined": served.quarantined.height,
+            "entries_quarantined_reasons": dg.MetadataValue.md(
+                markdown_table(reasons) if reasons else "none"
+            ),
             "quarantined": quarantined_total,
             "per_event_day": dg.MetadataValue.md(markdown_table(per_day) if per_day else "nothing new"),
             "stream_offsets": dg.MetadataValue.json(new_offsets),

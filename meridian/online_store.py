@@ -20,6 +20,7 @@ converges to the same row on both, whichever order the merge runs in.
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import threading
 from collections.abc import Iterable, Sequence
@@ -39,6 +40,10 @@ CLOCK = HybridLogicalClock()  # one per process: every store it opens stamps fro
 
 class OnlineStoreUnavailable(RuntimeError):
     """The backend cannot be reached; callers answer 503 or fall back, never guess."""
+
+
+class StoreReplaced(OnlineStoreUnavailable):
+    """The store's file is another file than the one opened (restored, or swapped in)."""
 
 
 @dataclass(frozen=True)
@@ -67,6 +72,8 @@ class OnlineStore(Protocol):
     def count(self, view: str) -> int: ...
     def iter_rows(self, view: str) -> Iterable[OnlineRow]: ...
     def ping(self) -> None: ...
+    def probe(self) -> None: ...
+    def drop_future(self, view: str, after_us: int) -> int: ...
     def close(self) -> None: ...
 
 
@@ -137,37 +144,90 @@ class SqliteOnlineStore:
             > (online_features.event_time_us, online_features.hlc, online_features.origin)
     """
 
-    def __init__(self, path: Path, timeout_seconds: float = 30.0, origin: str = ""):
+    def __init__(self, path: Path, timeout_seconds: float = 30.0, origin: str = "", create: bool = True):
+        """`create=False` (readers such as the scoring service): a missing file is an error
+        (OnlineStoreUnavailable), never a new empty store that answers "unknown" for everyone."""
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self.origin = origin
         self._timeout = timeout_seconds
         self._local = threading.local()
+        self._generation = 0  # bumped by `reopen`: every thread's connection is then renewed
+        if not create and not self.path.is_file():
+            raise OnlineStoreUnavailable(
+                f"online store {self.path} does not exist: materialize online_features for the region"
+            )
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._inode = None
         con = self._con()
-        con.execute("pragma journal_mode=wal")
-        con.execute(self.SCHEMA)
-        columns = {row[1] for row in con.execute("pragma table_info(online_features)")}
-        for name, ddl in (("hlc", "integer not null default 0"), ("origin", "text not null default ''")):
-            if name not in columns:  # a store written before stamps existed
-                con.execute(f"alter table online_features add column {name} {ddl}")
-        con.commit()
+        with self._errors("cannot be opened"):
+            if create:
+                con.execute("pragma journal_mode=wal")
+                con.execute(self.SCHEMA)
+                columns = {row[1] for row in con.execute("pragma table_info(online_features)")}
+                for name, ddl in (
+                    ("hlc", "integer not null default 0"),
+                    ("origin", "text not null default ''"),
+                ):
+                    if name not in columns:  # a store written before stamps existed
+                        con.execute(f"alter table online_features add column {name} {ddl}")
+                con.commit()
+            else:
+                con.execute("select 1 from online_features limit 1").fetchall()
+        self._inode = self.path.stat().st_ino
+
+    @contextlib.contextmanager
+    def _errors(self, doing: str):
+        try:
+            yield
+        except sqlite3.Error as error:  # corrupt, replaced, locked for too long, schema gone
+            raise OnlineStoreUnavailable(f"online store {self.path} {doing}: {error}") from error
 
     def _con(self) -> sqlite3.Connection:
         con = getattr(self._local, "con", None)
+        if con is not None and getattr(self._local, "generation", 0) != self._generation:
+            con.close()
+            con = None
         if con is None:
             try:
                 con = sqlite3.connect(self.path, timeout=self._timeout, isolation_level="DEFERRED")
+                con.execute("pragma synchronous=normal")
             except sqlite3.Error as error:
                 raise OnlineStoreUnavailable(f"online store {self.path} cannot be opened: {error}") from error
-            con.execute("pragma synchronous=normal")
             self._local.con = con
+            self._local.generation = self._generation
         return con
+
+    def probe(self) -> None:
+        """Raise OnlineStoreUnavailable unless the file is the one opened and answers a real lookup.
+
+        A fresh read-only connection each time: a connection opened earlier keeps reading a
+        file that was moved away, deleted or overwritten, and would say all is well.
+        """
+        try:
+            inode = self.path.stat().st_ino
+        except FileNotFoundError:
+            raise OnlineStoreUnavailable(f"online store {self.path} is missing") from None
+        try:
+            con = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=2.0)
+            try:
+                con.execute("select view, entity, payload from online_features limit 1").fetchall()
+            finally:
+                con.close()
+        except sqlite3.Error as error:
+            raise OnlineStoreUnavailable(f"online store {self.path} is unreadable: {error}") from error
+        if inode != self._inode:
+            raise StoreReplaced(f"online store {self.path} was replaced since it was opened")
+
+    def reopen(self) -> None:
+        """Follow the file now at `path` (after `probe` said it was replaced and is readable)."""
+        self._inode = self.path.stat().st_ino
+        self._generation += 1
 
     def write(self, rows: Iterable[OnlineRow]) -> WriteResult:
         con = self._con()
         total = 0
         before = con.total_changes
-        with con:  # one transaction: a batch lands whole or not at all
+        with self._errors("cannot be written"), con:  # one transaction: a batch lands whole or not at all
             for chunk in _chunks(rows, 10_000):
                 total += len(chunk)
                 now = CLOCK.now()
@@ -193,7 +253,7 @@ class SqliteOnlineStore:
         """Bulk write of an encoded frame (`encode_frame`), one transaction, same rule as `write`."""
         con = self._con()
         before = con.total_changes
-        with con:
+        with self._errors("cannot be written"), con:
             for chunk in frame.iter_slices(50_000):
                 now = CLOCK.now()
                 con.executemany(
@@ -207,15 +267,16 @@ class SqliteOnlineStore:
         return WriteResult(applied=applied, stale=frame.height - applied)
 
     def read(self, view: str, entity: str) -> OnlineRow | None:
-        found = (
-            self._con()
-            .execute(
-                "select event_time_us, version, payload, hlc, origin from online_features "
-                "where view = ? and entity = ?",
-                (view, entity),
+        with self._errors("cannot be read"):
+            found = (
+                self._con()
+                .execute(
+                    "select event_time_us, version, payload, hlc, origin from online_features "
+                    "where view = ? and entity = ?",
+                    (view, entity),
+                )
+                .fetchone()
             )
-            .fetchone()
-        )
         if found is None:
             return None
         return OnlineRow(view, entity, found[0], found[1], orjson.loads(found[2]), found[3], found[4])
@@ -223,14 +284,15 @@ class SqliteOnlineStore:
     def read_many(self, view: str, entities: Sequence[str]) -> dict[str, OnlineRow]:
         out: dict[str, OnlineRow] = {}
         con = self._con()
-        for chunk in _chunks(entities, 500):
-            marks = ",".join("?" * len(chunk))
-            for entity, t, version, payload in con.execute(
-                f"select entity, event_time_us, version, payload from online_features "
-                f"where view = ? and entity in ({marks})",
-                (view, *chunk),
-            ):
-                out[entity] = OnlineRow(view, entity, t, version, orjson.loads(payload))
+        with self._errors("cannot be read"):
+            for chunk in _chunks(entities, 500):
+                marks = ",".join("?" * len(chunk))
+                for entity, t, version, payload in con.execute(
+                    f"select entity, event_time_us, version, payload from online_features "
+                    f"where view = ? and entity in ({marks})",
+                    (view, *chunk),
+                ):
+                    out[entity] = OnlineRow(view, entity, t, version, orjson.loads(payload))
         return out
 
     def count(self, view: str) -> int:
@@ -247,10 +309,21 @@ class SqliteOnlineStore:
             yield OnlineRow(view, entity, t, version, orjson.loads(payload), hlc, origin)
 
     def ping(self) -> None:
-        try:
-            self._con().execute("select 1").fetchone()
-        except sqlite3.Error as error:
-            raise OnlineStoreUnavailable(f"online store {self.path}: {error}") from error
+        with self._errors("does not answer"):
+            self._con().execute("select 1 from online_features limit 1").fetchone()
+
+    def drop_future(self, view: str, after_us: int) -> int:
+        """Delete the view's rows stamped after `after_us`: no write could ever replace them.
+
+        A row from the future (a clock gone wrong, an event time nobody should have
+        accepted) would win every later comparison of the monotone upsert; the batch path
+        removes it before it writes, so the offline value takes its place.
+        """
+        con = self._con()
+        with self._errors("cannot be repaired"), con:
+            return con.execute(
+                "delete from online_features where view = ? and event_time_us > ?", (view, after_us)
+            ).rowcount
 
     def close(self) -> None:
         con = getattr(self._local, "con", None)
@@ -312,6 +385,8 @@ class RedisOnlineStore:
             raise OnlineStoreUnavailable(f"online store {self._url} is unreachable: {error}") from error
         except redis.exceptions.TimeoutError as error:
             raise OnlineStoreUnavailable(f"online store {self._url} timed out: {error}") from error
+        except redis.exceptions.RedisError as error:  # e.g. a key of the wrong type: not a 500
+            raise OnlineStoreUnavailable(f"online store {self._url} failed: {error}") from error
 
     def write(self, rows: Iterable[OnlineRow]) -> WriteResult:
         applied = total = 0
@@ -406,6 +481,27 @@ class RedisOnlineStore:
 
     def ping(self) -> None:
         self._guard(self._client.ping)
+
+    def probe(self) -> None:
+        """A real lookup, not only PING: the key space answers reads."""
+        self._guard(lambda: self._client.srandmember(self._index("customer_spend")))
+
+    def drop_future(self, view: str, after_us: int) -> int:
+        """Delete the view's rows stamped after `after_us` (see SqliteOnlineStore.drop_future)."""
+        dropped = 0
+        for row in list(self.iter_rows(view)):
+            if row.event_time_us > after_us:
+                key = self._key(view, row.entity)
+
+                def run(key=key):
+                    pipe = self._client.pipeline(transaction=True)
+                    pipe.delete(key)
+                    pipe.srem(self._index(view), key)
+                    return pipe.execute()
+
+                self._guard(run)
+                dropped += 1
+        return dropped
 
     def close(self) -> None:
         self._client.close()

@@ -30,6 +30,7 @@ import queue
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -129,16 +130,36 @@ class StreamLogWriter:
         self._thread.join(timeout)
 
 
-def read_new(directory: Path, offsets: dict[str, int]) -> tuple[list[dict], dict[str, int], int]:
-    """Complete entries past `offsets` in every segment; the new offsets; lines that failed to parse.
+@dataclass(frozen=True)
+class BadLine:
+    """A complete line of the log that is no entry: kept with its place and reason, never dropped."""
 
-    A partial last line (a writer killed mid-write, or one still writing) is left for
-    the next read: the offset stops at the last newline. A complete line that is not
-    valid JSON cannot be fixed by waiting; it is counted and skipped.
+    segment: str
+    byte_offset: int
+    text: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class StreamBatch:
+    entries: list[dict]
+    positions: list[tuple[str, int]]  # (segment, byte offset) of each entry
+    offsets: dict[str, int]  # where the next read starts
+    bad: list[BadLine]
+
+
+def read_batch(directory: Path, offsets: dict[str, int]) -> StreamBatch:
+    """Complete entries past `offsets` in every segment, with their positions; the new offsets.
+
+    A partial last line (a writer killed mid-write, or one still writing) is left for the
+    next read: the offset stops at the last newline. A complete line that is not a JSON
+    object cannot be fixed by waiting: it is returned in `bad` with its position and reason,
+    for the caller to quarantine, and the read goes past it.
     """
     entries: list[dict] = []
+    positions: list[tuple[str, int]] = []
+    bad: list[BadLine] = []
     new_offsets = dict(offsets)
-    bad = 0
     for path in sorted(Path(directory).glob("*.jsonl")) if Path(directory).exists() else []:
         start = offsets.get(path.name, 0)
         if path.stat().st_size <= start:
@@ -147,15 +168,30 @@ def read_new(directory: Path, offsets: dict[str, int]) -> tuple[list[dict], dict
             handle.seek(start)
             chunk = handle.read()
         end = chunk.rfind(b"\n") + 1
-        for line in chunk[:end].splitlines():
+        position = start
+        for line in chunk[:end].split(b"\n")[:-1]:
+            here, position = position, position + len(line) + 1
+            if not line.strip():
+                continue
             try:
-                entries.append(orjson.loads(line))
-            except orjson.JSONDecodeError:
-                bad += 1
+                entry = orjson.loads(line)
+                reason = None if isinstance(entry, dict) else f"a JSON {type(entry).__name__}, not an object"
+            except orjson.JSONDecodeError as error:
+                reason = f"not JSON: {error}"
+            if reason is None:
+                entries.append(entry)
+                positions.append((path.name, here))
+            else:
+                bad.append(BadLine(path.name, here, line[:4096].decode("utf-8", "replace"), reason))
         new_offsets[path.name] = start + end
-    return entries, new_offsets, bad
+    return StreamBatch(entries, positions, new_offsets, bad)
+
+
+def read_new(directory: Path, offsets: dict[str, int]) -> tuple[list[dict], dict[str, int], int]:
+    """`read_batch` as (entries, new offsets, number of bad lines)."""
+    batch = read_batch(directory, offsets)
+    return batch.entries, batch.offsets, len(batch.bad)
 
 
 def iter_all(directory: Path) -> Iterator[dict]:
-    entries, _, _ = read_new(directory, {})
-    yield from entries
+    yield from read_batch(directory, {}).entries

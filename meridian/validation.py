@@ -50,7 +50,15 @@ LABEL_COLUMNS = ("transaction_id", "chargeback_at", "reason_code", "amount", "cu
 KNOWN_CHANNELS = ("pos", "contactless", "ecom")
 # What makes two rows with one transaction_id the same payment: the source and the scoring
 # service both deliver these (the service never sees e-mail or card fingerprint).
-TRANSACTION_IDENTITY = ("customer_id", "merchant_id", "amount", "currency", "event_time", "channel", "country")
+TRANSACTION_IDENTITY = (
+    "customer_id",
+    "merchant_id",
+    "amount",
+    "currency",
+    "event_time",
+    "channel",
+    "country",
+)
 LABEL_IDENTITY = ("chargeback_at", "reason_code", "amount", "currency")
 
 # Event times the platform accepts, from anyone (source or scoring service): at most this

@@ -50,19 +50,35 @@ from zoneinfo import ZoneInfo
 
 import numpy as np
 import orjson
-from fastapi import FastAPI, HTTPException, Path, Request, Response
+from fastapi import FastAPI, HTTPException, Request, Response
 from fastapi.exceptions import RequestValidationError
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError, create_model, field_validator
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from meridian import deployment, dr, registry
+from meridian.countries import ISO_COUNTRIES
 from meridian.feature_store import feature_history_path, read_complete_from
 from meridian.feature_views import feature_views
-from meridian.online_store import OnlineRow, OnlineStore, OnlineStoreUnavailable, serve, to_micros
+from meridian.generator import CATEGORIES, HISTORY_START, USD_RATES
+from meridian.online_store import (
+    OnlineRow,
+    OnlineStore,
+    OnlineStoreUnavailable,
+    StoreReplaced,
+    serve,
+    to_micros,
+)
 from meridian.paths import meridian_home
 from meridian.push import PushQueue, fold
 from meridian.stream_log import StreamLogWriter, stream_dir
 from meridian.topology import Region, Topology
-from meridian.validation import currency_rates
+from meridian.validation import (
+    MAX_AMOUNT_USD,
+    MAX_CLOCK_SKEW,
+    MAX_LATENESS,
+    check_event_time,
+    currency_rates,
+)
 
 log = logging.getLogger("meridian.serving")
 
@@ -70,16 +86,65 @@ VIEWS = {view.name: view for view in feature_views()}
 
 
 class Transaction(BaseModel):
+    """A transaction to score. `transaction_model(region)` narrows currency to the region's."""
+
     transaction_id: str = Field(min_length=1, max_length=64)
     customer_id: str = Field(min_length=1, max_length=64)
     merchant_id: str = Field(min_length=1, max_length=64)
-    amount: float = Field(gt=0, lt=1e9, description="in `currency`, strictly positive")
+    amount: float = Field(gt=0, lt=1e9, allow_inf_nan=False, description="in `currency`, strictly positive")
     currency: str = Field(pattern=r"^[A-Z]{3}$")
     channel: Literal["pos", "contactless", "ecom"]
-    country: str = Field(pattern=r"^[A-Z]{2}$")
-    event_time: datetime | None = Field(default=None, description="default: now (UTC)")
+    country: Literal[tuple(sorted(ISO_COUNTRIES))] = Field(description="ISO 3166-1 alpha-2")  # type: ignore[valid-type]
+    event_time: datetime | None = Field(
+        default=None,
+        description=f"default: now (UTC); naive = UTC. Accepted from {MAX_LATENESS.days} days back (never "
+        f"before the lake's first day, {HISTORY_START}) to {int(MAX_CLOCK_SKEW.total_seconds() // 60)} "
+        "minutes ahead of the service's clock",
+    )
     device_id: str | None = Field(default=None, max_length=64, description="when known")
-    merchant_category: str | None = Field(default=None, max_length=64, description="when known")
+    merchant_category: Literal[CATEGORIES] | None = Field(default=None, description="when known")  # type: ignore[valid-type]
+
+    @field_validator("transaction_id", "customer_id", "merchant_id", "device_id")
+    @classmethod
+    def _text_is_unicode(cls, value: str | None) -> str | None:
+        # JSON may escape a lone surrogate ("\\ud800"): not text, and not storable as UTF-8.
+        if value is not None:
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ValueError("not valid Unicode text (a lone surrogate)") from None
+        return value
+
+    @field_validator("event_time")
+    @classmethod
+    def _within_the_accepted_window(cls, at: datetime | None) -> datetime | None:
+        # Checked at the edge: a time nobody should accept would poison the customer's online
+        # row and every stream micro-batch after it (meridian.validation.check_event_time).
+        return None if at is None else check_event_time(at)
+
+
+def transaction_model(region: Region) -> type[Transaction]:
+    """The request body of `region`'s score endpoint, as strict as the lake's validation.
+
+    Currencies are the region's; the amount stays under the lake's ceiling
+    (MAX_AMOUNT_USD) in whichever of them has the fewest units per USD, so a body the
+    schema calls valid is never quarantined when the stream reaches the lake.
+    """
+    ceiling = MAX_AMOUNT_USD * min(USD_RATES[c] for c in region.currencies)
+    return create_model(
+        f"Transaction_{region.name.replace('-', '_')}",
+        __base__=Transaction,
+        currency=(Literal[tuple(region.currencies)], Field(description=f"{region.name}'s currencies")),
+        amount=(
+            float,
+            Field(
+                gt=0,
+                lt=ceiling,
+                allow_inf_nan=False,
+                description=f"in `currency`, strictly positive, under {MAX_AMOUNT_USD:,.0f} USD",
+            ),
+        ),
+    )
 
 
 class Score(BaseModel):
@@ -155,11 +220,82 @@ class ModelHolder:
         return True
 
 
+class ServedStore:
+    """The region's online store as the service holds it: probed, never created, followed.
+
+    The service opens the store without creating it: a missing file is a failed readiness
+    check naming the file, never a new empty store that answers "unknown customer" for
+    everyone. `check` (every poll interval) probes it with a real lookup on a fresh
+    connection, so a store moved away, deleted, overwritten or corrupted is noticed even
+    though open connections would keep reading the old file; while `error` is set every
+    read raises OnlineStoreUnavailable (503). A store that comes back (the same file, or a
+    new one at the path) is reopened and served again.
+    """
+
+    def __init__(self, open_store):
+        self._open = open_store
+        self._store: OnlineStore | None = None
+        self.error: str | None = "not checked yet"
+        self.check()
+
+    def check(self) -> str | None:
+        had_error = self.error is not None
+        if self._store is None:
+            try:
+                self._store = self._open()
+            except Exception as error:  # missing, unreadable, unreachable: not ready, retried
+                self.error = str(error) if isinstance(error, OnlineStoreUnavailable) else repr(error)
+                return self.error
+        try:
+            try:
+                self._store.probe()
+            except StoreReplaced:
+                self._store.reopen()  # a file put back or swapped in: follow it
+                had_error = True
+                self._store.probe()
+            if had_error and hasattr(self._store, "reopen"):
+                self._store.reopen()  # connections opened before the fault read stale state
+            self.error = None
+        except OnlineStoreUnavailable as error:
+            self.error = str(error)
+        return self.error
+
+    def _current(self) -> OnlineStore:
+        if self.error is not None or self._store is None:
+            raise OnlineStoreUnavailable(self.error or "online store is not open")
+        return self._store
+
+    def read(self, view: str, entity: str) -> OnlineRow | None:
+        return self._current().read(view, entity)
+
+    def read_many(self, view, entities):
+        return self._current().read_many(view, entities)
+
+    def write(self, rows):
+        return self._current().write(rows)
+
+    def write_frame(self, view, version, frame):
+        return self._current().write_frame(view, version, frame)
+
+    def count(self, view: str) -> int:
+        return self._current().count(view)
+
+    def iter_rows(self, view: str):
+        return self._current().iter_rows(view)
+
+    def ping(self) -> None:
+        self._current().ping()
+
+    def close(self) -> None:
+        if self._store is not None:
+            self._store.close()
+
+
 class RegionService:
     def __init__(
         self,
         region: Region,
-        store: OnlineStore,
+        store: ServedStore,
         models: ModelHolder,
         rates: dict[str, float],
         region_root,
@@ -196,6 +332,10 @@ class RegionService:
         self.complete_from_us = to_micros(warm_from.replace(tzinfo=UTC)) if warm_from else None
         self._history_stamp = stamp
         return True
+
+    def unavailable(self) -> str | None:
+        """Why the region cannot answer now (its storage is gone, its store is lost), else None."""
+        return self.down or self.store.error
 
     def features_complete(self, at_us: int) -> bool:
         """The transaction's feature windows are covered by history (unknown history: no)."""
@@ -320,7 +460,7 @@ def create_app(
             holder.refresh()
         except Exception as error:  # not ready until a model loads; /readyz says why
             holder.last_error = f"{type(error).__name__}: {error}"
-        store = open_store(paths)
+        store = ServedStore(lambda: open_store(paths))
         return RegionService(
             region,
             store,
@@ -378,6 +518,10 @@ def create_app(
                 log.error("failover state unreadable: %s", error)
             for service in services.values():
                 try:
+                    service.store.check()  # a lost, corrupt or returned store within one interval
+                except Exception as error:  # never let the poller die
+                    log.error("online store check of %s failed: %s", service.region.name, error)
+                try:
                     service.models.refresh()
                     service.models.last_error = None
                 except Exception as error:  # keep serving the models we have
@@ -427,14 +571,14 @@ def create_app(
         status = {}
         for name, service in services.items():
             models = service.models.models
-            try:
-                service.store.ping()
-                store = "ok"
-            except OnlineStoreUnavailable as error:
-                store = str(error)
+            store = service.unavailable()
+            if store is None:
+                try:
+                    service.store.ping()
+                    store = "ok"
+                except OnlineStoreUnavailable as error:
+                    store = str(error)
             config = service.deployment
-            if service.down:
-                store = service.down
             status[name] = {
                 "site": service.site,
                 "model_version": models[registry.CHAMPION].version if registry.CHAMPION in models else None,
@@ -454,32 +598,64 @@ def create_app(
 
     errors = {
         404: {"description": "region not served here, or customer unknown to the region"},
+        415: {"description": "the body is not JSON (Content-Type must be application/json, UTF-8)"},
         422: {"description": "invalid request: the body names the field"},
-        503: {"description": "no model loaded for the region, or its online store is unavailable"},
+        503: {"description": "no model loaded for the region, or its storage or online store is unavailable"},
     }
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(_request: Request, error: RequestValidationError) -> Response:
+        # FastAPI's own handler echoes each bad input back, and fails on the inputs an
+        # attacker sends (NaN, 1e999, 5,000-digit numbers, bytes that are not UTF-8): the
+        # error document names the field and the problem, never the value.
+        return _json(422, {"detail": [_error_entry(e) for e in error.errors()]})
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_request: Request, error: StarletteHTTPException) -> Response:
+        return _json(error.status_code, {"detail": error.detail}, getattr(error, "headers", None))
 
     # The hot path parses its own body (pydantic's JSON validator, in Rust) and returns
     # pre-serialized JSON: FastAPI's generic body and response handling cost more than the
-    # scoring itself. The OpenAPI schema is the same (request body and response model are
-    # declared), and validation errors are FastAPI's own 422 shape, naming the field.
-    @app.post(
-        "/v1/{region}/score",
-        response_model=Score,
-        responses=errors,
-        openapi_extra={
-            "requestBody": {
-                "required": True,
-                "content": {"application/json": {"schema": Transaction.model_json_schema()}},
-            }
-        },
-    )
-    async def score(request: Request, region: str = Path(pattern=r"^[a-z]+-[a-z]+$")) -> Response:
+    # scoring itself. Each served region has its own route, whose schema is exact: its
+    # currencies are the region's (as the lake validates them), so a body the schema calls
+    # valid is one the service takes. Validation errors are FastAPI's 422 shape, naming the field.
+    def score_route(name: str):
+        model = transaction_model(topology.region(name))
+
+        async def score(request: Request) -> Response:
+            return await score_one(request, name, model)
+
+        app.add_api_route(
+            f"/v1/{name}/score",
+            score,
+            methods=["POST"],
+            name=f"score_{name.replace('-', '_')}",
+            summary=f"Score a transaction in {name}",
+            response_model=Score,
+            responses=errors,
+            openapi_extra={
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": model.model_json_schema()}},
+                }
+            },
+        )
+
+    async def score_one(request: Request, region: str, model: type[Transaction]) -> Response:
         started = time.perf_counter()
         service = service_for(region)
-        if service.down:
-            raise HTTPException(503, detail=f"region {region} unavailable: {service.down}")
+        media = request.headers.get("content-type", "")
+        kind, _, params = media.partition(";")
+        kind = kind.strip().lower()
+        charset = params.lower().replace(" ", "").partition("charset=")[2].strip('"')
+        if not (kind == "application/json" or (kind.startswith("application/") and kind.endswith("+json"))):
+            raise HTTPException(415, detail=f"Content-Type must be application/json, got {media[:100]!r}")
+        if charset not in ("", "utf-8", "utf8"):
+            raise HTTPException(415, detail=f"the body must be UTF-8 JSON, got charset {charset[:40]!r}")
+        if reason := service.unavailable():
+            raise HTTPException(503, detail=f"region {region} unavailable: {reason}")
         try:
-            txn = Transaction.model_validate_json(await request.body())
+            txn = model.model_validate_json(await request.body())
         except ValidationError as error:
             raise RequestValidationError(
                 [{**e, "loc": ("body", *e["loc"])} for e in error.errors(include_url=False)]
@@ -546,9 +722,19 @@ def create_app(
             )
         return Response(orjson.dumps(result), media_type="application/json")
 
+    for name in served:
+        score_route(name)
+
+    @app.post("/v1/{region}/score", include_in_schema=False)
+    async def score_elsewhere(region: str) -> Response:
+        service_for(region)  # 404: a region this service does not serve
+        raise HTTPException(404, detail=f"region {region!r} is not served here")
+
     @app.get("/v1/{region}/features/{customer_id}", responses=errors)
     def features(region: str, customer_id: str) -> dict[str, object]:
         service = service_for(region)
+        if reason := service.unavailable():
+            raise HTTPException(503, detail=f"region {region} unavailable: {reason}")
         try:
             row = service.customer_row(customer_id)
         except OnlineStoreUnavailable as error:
@@ -566,6 +752,37 @@ def create_app(
         }
 
     return app
+
+
+def _text(value: object) -> str:
+    """Any value as text that is valid UTF-8 (lone surrogates replaced)."""
+    return str(value).encode("utf-8", "replace").decode("utf-8")
+
+
+def _error_entry(error: dict) -> dict[str, object]:
+    return {
+        "loc": [part if isinstance(part, int) else _text(part) for part in error.get("loc", ())],
+        "msg": _text(error.get("msg", "")),
+        "type": _text(error.get("type", "")),
+    }
+
+
+def _json_safe(value: object) -> object:
+    if isinstance(value, dict):
+        return {_text(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, str):
+        return _text(value)
+    if isinstance(value, bool | int | float) or value is None:
+        return value
+    return _text(value)
+
+
+def _json(status: int, body: dict, headers: dict | None = None) -> Response:
+    return Response(
+        orjson.dumps(_json_safe(body)), status_code=status, media_type="application/json", headers=headers
+    )
 
 
 def _number(value: object) -> float:

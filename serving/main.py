@@ -38,7 +38,7 @@ def build_app(
 
     return create_app(
         load_topology(config.topology_path),
-        store.open,
+        lambda paths: store.open(paths, create=False),  # a missing store is not ready, never new
         tracking.client(),
         load_model,
         home=meridian_home(),

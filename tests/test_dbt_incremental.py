@@ -257,7 +257,9 @@ def test_a_transaction_id_in_two_files_or_on_two_days_is_reconciled_never_blocki
         "select email from stg_transactions where transaction_id in (?, ?)", list(agreeing["transaction_id"])
     ).fetchall()
     assert sorted(r[0] for r in kept) == sorted(agreeing.join(source0, on="transaction_id")["email_right"])
-    conflicts = con.execute("select transaction_id, versions, lake_file from transaction_id_conflicts order by 3").fetchall()
+    conflicts = con.execute(
+        "select transaction_id, versions, lake_file from transaction_id_conflicts order by 3"
+    ).fetchall()
     assert conflicts == [
         (moved["transaction_id"][0], 2, "data.parquet"),
         (moved["transaction_id"][0], 2, "served.parquet"),

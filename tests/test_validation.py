@@ -63,7 +63,9 @@ def test_conflicting_copies_are_all_quarantined_whatever_their_order(topology):
         assert victim not in result.accepted["transaction_id"].to_list()
         held = result.quarantined.filter(pl.col("transaction_id") == victim)
         assert held.height == 2
-        assert held["reason"].unique().to_list() == ["conflicting copies of transaction_id (2 versions): none accepted"]
+        assert held["reason"].unique().to_list() == [
+            "conflicting copies of transaction_id (2 versions): none accepted"
+        ]
         assert result.accepted.height == 39
         assert accepted_conflicts(ordered, result.accepted, TRANSACTION_IDENTITY) == 0
 
@@ -103,7 +105,10 @@ def test_every_column_is_validated_and_the_reason_names_it(topology, column, val
     region = topology.region("us-east")
     rows = generate_transactions(GeneratorConfig(rows_per_day=30), region, DAY).rows
     bad = rows.with_columns(
-        pl.when(pl.int_range(pl.len()) == 0).then(pl.lit(value, dtype=pl.String)).otherwise(pl.col(column)).alias(column)
+        pl.when(pl.int_range(pl.len()) == 0)
+        .then(pl.lit(value, dtype=pl.String))
+        .otherwise(pl.col(column))
+        .alias(column)
     )
     result = validate_transactions(bad, DAY, region)
     assert result.reasons() == {reason: 1}
