@@ -32,6 +32,7 @@ from pydantic import Field
 
 from assets.partitions import REGION_DIMENSION, REGION_PARTITIONS
 from meridian import dr, governance
+from meridian.replication import UnreadableSource
 from meridian.report import markdown_table
 from resources.alerting import AlertingResource
 from resources.lake import RegionalLakeResource
@@ -138,6 +139,19 @@ def build_replica_asset(cls: str) -> dg.AssetsDefinition:
         except governance.ResidencyViolation as error:
             alerting.send("ERROR", region, f"{cls}_replica", f"residency:{region}:{cls}", str(error))
             raise dg.Failure(str(error)) from error
+        except UnreadableSource as error:
+            alerting.send(
+                "ERROR",
+                region,
+                f"{cls}_replica",
+                f"corrupt-source:{region}:{cls}",
+                f"{cls} of {region} has unreadable files; the replica at {topo.dr_region(region).name} "
+                "keeps its last good version",
+                {"files": dict(sorted(error.problems.items())[:20])},
+            )
+            raise dg.Failure(
+                str(error), metadata={"unreadable": dg.MetadataValue.json(error.problems)}
+            ) from error
         except FileNotFoundError as error:
             raise dg.Failure(f"{region} {cls}: nothing to replicate yet: {error}") from error
         finally:

@@ -49,6 +49,55 @@ class ReplicationError(RuntimeError):
     """A replica cannot be written or read; the message names the replica and the cause."""
 
 
+class UnreadableSource(ReplicationError):
+    """Source files that are not what their name says (a truncated Parquet file, broken JSON):
+    nothing was published, the previous replica version stays current."""
+
+    def __init__(self, replica: Path, problems: dict[str, str]):
+        self.problems = problems
+        listed = "; ".join(f"{rel}: {why}" for rel, why in sorted(problems.items())[:10])
+        super().__init__(
+            f"{len(problems)} unreadable source file(s) for {replica}; the replica keeps its current "
+            f"version: {listed}"
+        )
+
+
+def verify_readable(path: Path, name: str) -> str | None:
+    """Why the file at `path` (named `name` at the source) cannot be read as what it is, or None.
+
+    Parquet: both magic numbers, a footer that parses and a row count the row groups agree
+    with. JSON: it parses (JSON lines: every complete line does). SQLite and DuckDB: their
+    header. Other kinds are taken as bytes.
+    """
+    try:
+        if name.endswith(".parquet"):
+            import pyarrow.parquet as pq
+
+            with open(path, "rb") as handle:
+                head = handle.read(4)
+                handle.seek(-4, os.SEEK_END)
+                tail = handle.read(4)
+            if head != b"PAR1" or tail != b"PAR1":
+                return "not a complete Parquet file (magic number missing: truncated?)"
+            meta = pq.read_metadata(path)
+            if meta.num_rows != sum(meta.row_group(i).num_rows for i in range(meta.num_row_groups)):
+                return "Parquet footer row count disagrees with its row groups"
+        elif name.endswith(".json"):
+            orjson.loads(path.read_bytes())
+        elif name.endswith(".db"):
+            with open(path, "rb") as handle:
+                if handle.read(16) != b"SQLite format 3\x00":
+                    return "not an SQLite database (header)"
+        elif name.endswith(".duckdb"):
+            with open(path, "rb") as handle:
+                handle.seek(8)
+                if handle.read(4) != b"DUCK":
+                    return "not a DuckDB database (header)"
+    except (OSError, ValueError) as error:  # pyarrow's ArrowInvalid is a ValueError
+        return f"{type(error).__name__}: {error}"
+    return None
+
+
 @dataclass(frozen=True)
 class SourceFile:
     rel: str  # path inside the replica (usually the path under the region root)
@@ -98,6 +147,10 @@ def walk(root: Path, rels: Iterable[str]) -> list[SourceFile]:
                 path = Path(dirpath) / name
                 out.append(SourceFile(str(path.relative_to(root)), path))
     return out
+
+
+class _Unreadable(Exception):
+    pass
 
 
 class Replica:
@@ -208,6 +261,11 @@ class Replica:
                 dst.flush()
                 if durable:  # on disk before any manifest can name it
                     os.fsync(dst.fileno())
+            # What is published must be readable: the copy itself is checked, not the source,
+            # which a writer may replace meanwhile.
+            problem = verify_readable(tmp, source.rel)
+            if problem is not None:
+                raise _Unreadable(problem)
             checksum = digest.hexdigest()
             stat = (st.st_size, st.st_mtime_ns, st.st_ino)
             final = self.object_path(checksum)
@@ -257,11 +315,21 @@ class Replica:
             check([s.path for s in to_copy])  # refuse before any byte moves
         result = ReplicationResult(version=0, files=0, bytes=0, unchanged_files=unchanged)
         new_index = {rel: index[rel] for rel in entries}
+        problems: dict[str, str] = {}
+
+        def copy(source: SourceFile):
+            try:
+                return self._copy(source, durable)
+            except _Unreadable as error:
+                problems[source.rel] = str(error)
+                return None
+
         if to_copy:
             with ThreadPoolExecutor(max(1, min(threads, len(to_copy)))) as pool:
-                for source, (checksum, size, stat, copied) in zip(
-                    to_copy, pool.map(lambda s: self._copy(s, durable), to_copy), strict=True
-                ):
+                for source, copied_file in zip(to_copy, pool.map(copy, to_copy), strict=True):
+                    if copied_file is None:
+                        continue
+                    checksum, size, stat, copied = copied_file
                     entries[source.rel] = {"size": size, "checksum": checksum}
                     new_index[source.rel] = [*stat, checksum]
                     if copied:
@@ -269,6 +337,10 @@ class Replica:
                         result.copied_bytes += size
                     else:
                         result.reused_files += 1
+        if problems:
+            # Never a version with an unreadable file: the good copies are journalled (the
+            # next run reuses them), CURRENT stays where it was, and the caller alerts.
+            raise UnreadableSource(self.root, problems)
         result.changed = sorted(
             rel
             for rel, e in entries.items()

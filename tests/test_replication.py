@@ -14,7 +14,7 @@ import pytest
 from meridian import dr, governance
 from meridian.lake import write_parquet_atomic
 from meridian.paths import REPO_ROOT, region_paths
-from meridian.replication import Replica, hash_file, walk
+from meridian.replication import Replica, UnreadableSource, hash_file, walk
 from meridian.topology import load_topology
 
 
@@ -61,6 +61,34 @@ def test_only_new_or_changed_files_are_copied_and_every_copy_is_verified(tmp_pat
     os.remove(src / "lake" / "raw_transactions" / "day=2026-01-06" / "data.parquet")
     fourth = rep.replicate(walk(src, ["lake"]))
     assert fourth.removed_files == 1 and len(rep.manifest()["files"]) == 5
+
+
+def test_a_corrupt_source_file_is_never_published_and_the_good_version_stays_current(tmp_path):
+    """Before: a truncated Parquet file in the primary lake was replicated and CURRENT moved to
+    a version whose file could not be read; the good copy survived only in an older manifest."""
+    src, rep = tmp_path / "src", Replica(tmp_path / "replica")
+    _table(src, 3)
+    assert rep.replicate(walk(src, ["lake"])).version == 1
+    good = _read_version(rep)
+    _table(src, 2, seed=5)  # days 1 and 2 rewritten...
+    broken = src / "lake" / "raw_transactions" / "day=2026-01-02" / "data.parquet"
+    broken.write_bytes(broken.read_bytes()[:-100])  # ...and day 2 then truncated in place
+    (src / "lake" / "notes.json").write_text("{not json")
+    with pytest.raises(UnreadableSource) as raised:
+        rep.replicate(walk(src, ["lake"]))
+    assert set(raised.value.problems) == {
+        "lake/raw_transactions/day=2026-01-02/data.parquet",
+        "lake/notes.json",
+    }
+    assert "truncated" in raised.value.problems["lake/raw_transactions/day=2026-01-02/data.parquet"]
+    assert rep.current_version() == 1 and _read_version(rep) == good  # readers see the last good version
+    for rel in good:
+        pl.read_parquet(rep.resolve(rel))
+    # Once the source is repaired, the next run publishes, reusing what already arrived.
+    _table(src, 2, seed=5)
+    (src / "lake" / "notes.json").write_text("{}")
+    fixed = rep.replicate(walk(src, ["lake"]))
+    assert fixed.version == 2 and fixed.reused_files == 1 and fixed.copied_files == 2
 
 
 def _kill_midway(src: Path, replica: Path, failpoint: str) -> subprocess.CompletedProcess:
@@ -124,7 +152,10 @@ def test_checkout_is_a_plain_copy_whose_databases_do_not_alias_the_objects(tmp_p
     src, rep = tmp_path / "src", Replica(tmp_path / "replica")
     _table(src, 2)
     (src / "online").mkdir()
-    (src / "online" / "online_store.db").write_bytes(b"sqlite-ish")
+    import sqlite3
+
+    with sqlite3.connect(src / "online" / "online_store.db") as con:
+        con.execute("create table t (x)")
     rep.replicate(walk(src, ["lake", "online"]))
     out = tmp_path / "checkout"
     assert rep.checkout(out) == 3
