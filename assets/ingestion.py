@@ -20,6 +20,7 @@ from assets.partitions import (
     days_by_region,
 )
 from meridian.generator import GeneratedBatch
+from meridian.lake import sweep_temporaries
 from meridian.report import markdown_table
 from meridian.topology import Region
 from meridian.validation import (
@@ -53,12 +54,16 @@ def _ingest(
     rows: list[dict[str, object]] = []
     lake_dirs: set[str] = set()
     reasons: dict[str, int] = {}
+    swept: list[str] = []
     failures = RegionFailures(context)
     run_days = days_by_region(context)
     for region_name, days in run_days.items():
         with failures.region(region_name):
             region = topo.region(region_name)
             paths = lake.paths(topo, region_name)
+            # Temporary files of writers that were killed before renaming them into place.
+            for leftover in sweep_temporaries(paths.lake):
+                swept.append(str(leftover.relative_to(paths.root)))
             for day in days:
                 batch = fetch(source, region, date.fromisoformat(day))
                 result = validate(batch.rows, date.fromisoformat(day), region)
@@ -115,6 +120,8 @@ def _ingest(
             "partitions_in_run": len(rows),
             "partitions": dg.MetadataValue.md(markdown_table(rows)),
             "lake_tables": dg.MetadataValue.json(sorted(lake_dirs)),
+            "leftover_temporaries_removed": len(swept),
+            **({"leftovers": dg.MetadataValue.json(swept[:50])} if swept else {}),
         },
     )
     yield dg.MaterializeResult(

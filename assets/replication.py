@@ -200,6 +200,7 @@ def build_replica_asset(cls: str) -> dg.AssetsDefinition:
                 "reused_files": result.reused_files,
                 "unchanged_files": result.unchanged_files,
                 "removed_files": result.removed_files,
+                "leftover_temporaries_removed": result.temporaries_removed,
                 "repaired_files": len(done.repaired),
                 "unreplicated_files_before": done.unreplicated_before,
                 "lag_closed_seconds": round(done.oldest_unreplicated_age_s, 3),

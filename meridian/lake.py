@@ -9,6 +9,9 @@ temporary name.
 from __future__ import annotations
 
 import os
+import re
+import socket
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -17,16 +20,63 @@ from pathlib import Path
 import polars as pl
 import pyarrow.parquet as pq
 
+from meridian.faults import failpoint
+
 PARTITION_FILE = "data.parquet"
+# A temporary file of a dead writer older than this is removed even when its owner cannot be
+# checked (written on another host, or before names carried their owner): no write of
+# Meridian's takes hours between creating its temporary file and renaming it.
+ORPHAN_AGE_S = 6 * 3600.0
+_OWNED = re.compile(r"\.(?P<host>[^.~]+)~(?P<pid>[0-9]+)~[0-9a-f]{32}\.tmp$")
+
+
+def temporary_name(directory: Path, name: str) -> Path:
+    """A hidden temporary name in `directory` that says who writes it (host and process)."""
+    host = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())[:63] or "host"
+    return directory / f".{name}.{host}~{os.getpid()}~{uuid.uuid4().hex}.tmp"
+
+
+def _orphaned(path: Path, now: float, here: str) -> bool:
+    from meridian.locks import pid_alive
+
+    owned = _OWNED.search(path.name)
+    if owned and owned["host"] == here:
+        return not pid_alive(int(owned["pid"]))  # its writer is gone: it will never be renamed
+    try:
+        return now - path.stat().st_mtime > ORPHAN_AGE_S
+    except FileNotFoundError:
+        return False  # renamed into place meanwhile
+
+
+def sweep_temporaries(root: Path) -> list[Path]:
+    """Remove what dead writers left under `root`: hidden `*.tmp` files no live writer owns.
+
+    A file whose name carries a writer on this host is removed when that process is gone;
+    any other temporary file only when it is older than ORPHAN_AGE_S. Returns what was removed.
+    """
+    if not root.is_dir():
+        return []
+    here = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())[:63] or "host"
+    now = time.time()
+    removed = []
+    for dirpath, _dirnames, filenames in os.walk(root):
+        for name in filenames:
+            if name.startswith(".") and name.endswith(".tmp"):
+                path = Path(dirpath) / name
+                if _orphaned(path, now, here):
+                    path.unlink(missing_ok=True)
+                    removed.append(path)
+    return removed
 
 
 @contextmanager
 def _atomic_target(path: Path) -> Iterator[Path]:
     """A hidden temporary name beside `path`; on success it is fsynced and renamed over `path`."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
+    tmp = temporary_name(path.parent, path.name)
     try:
         yield tmp
+        failpoint("lake.temporary_written")
         with open(tmp, "rb") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, path)

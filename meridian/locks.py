@@ -17,6 +17,19 @@ from contextlib import contextmanager
 from pathlib import Path
 
 
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this id exists on this host (it may be a later one reusing it)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
 class LockTimeout(TimeoutError):
     """The lock was still held by someone else when the wait ran out."""
 

@@ -27,7 +27,6 @@ from __future__ import annotations
 import os
 import shutil
 import time
-import uuid
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -37,7 +36,7 @@ import orjson
 import xxhash
 
 from meridian.faults import failpoint
-from meridian.lake import write_bytes_atomic
+from meridian.lake import sweep_temporaries, temporary_name, write_bytes_atomic
 
 CHUNK = 1 << 20
 KEEP_VERSIONS = 3
@@ -117,6 +116,7 @@ class ReplicationResult:
     seconds: float = 0.0
     published: bool = True
     changed: list[str] = field(default_factory=list)
+    temporaries_removed: int = 0  # left by a killed run
 
 
 def hash_file(path: Path) -> tuple[str, int]:
@@ -201,7 +201,7 @@ class Replica:
                 continue
             dest = target / rel
             dest.parent.mkdir(parents=True, exist_ok=True)
-            tmp = dest.parent / f".{dest.name}.{uuid.uuid4().hex}.tmp"
+            tmp = temporary_name(dest.parent, dest.name)
             source = self.object_path(entry["checksum"])
             if rel.endswith(LINKABLE):
                 os.link(source, tmp)
@@ -248,7 +248,7 @@ class Replica:
     def _copy(self, source: SourceFile, durable: bool = True) -> tuple[str, int, tuple[int, int, int], bool]:
         """Read `source` once: hash and write to a temporary object; rename it into place."""
         self.objects.mkdir(parents=True, exist_ok=True)
-        tmp = self.objects / f".{uuid.uuid4().hex}.tmp"
+        tmp = temporary_name(self.objects, "object")
         digest = xxhash.xxh3_128()
         size = 0
         try:
@@ -263,6 +263,7 @@ class Replica:
                     os.fsync(dst.fileno())
             # What is published must be readable: the copy itself is checked, not the source,
             # which a writer may replace meanwhile.
+            failpoint("replication.object_copied")
             problem = verify_readable(tmp, source.rel)
             if problem is not None:
                 raise _Unreadable(problem)
@@ -291,6 +292,7 @@ class Replica:
         """Publish a new version holding exactly `sources`; copy only what the replica lacks."""
         started = time.perf_counter()
         self.root.mkdir(parents=True, exist_ok=True)
+        swept = sweep_temporaries(self.root)  # objects a killed run never renamed into place
         index = self._load_index()
         previous = self.manifest() or {"files": {}}
         entries: dict[str, dict] = {}
@@ -313,7 +315,9 @@ class Replica:
                 to_copy.append(source)
         if check is not None:
             check([s.path for s in to_copy])  # refuse before any byte moves
-        result = ReplicationResult(version=0, files=0, bytes=0, unchanged_files=unchanged)
+        result = ReplicationResult(
+            version=0, files=0, bytes=0, unchanged_files=unchanged, temporaries_removed=len(swept)
+        )
         new_index = {rel: index[rel] for rel in entries}
         problems: dict[str, str] = {}
 

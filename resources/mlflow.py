@@ -29,7 +29,7 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -38,11 +38,23 @@ from urllib.parse import urlparse
 import dagster as dg
 from pydantic import Field
 
+from meridian.locks import file_lock, pid_alive
 from meridian.paths import meridian_home
 
 # An unreachable server must fail in seconds, not after MLflow's default ~2 minutes of retries.
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+
+
+# Who owns an MLflow run while it is RUNNING: a run whose process is gone was abandoned
+# (the process was killed), and the next stage of the region marks it FAILED.
+OWNER_HOST_TAG = "meridian.host"
+OWNER_PID_TAG = "meridian.pid"
+ABANDONED_TAG = "meridian.abandoned"
+
+
+def owner_tags() -> dict[str, str]:
+    return {OWNER_HOST_TAG: socket.gethostname(), OWNER_PID_TAG: str(os.getpid())}
 
 
 class MlflowUnavailable(RuntimeError):
@@ -74,6 +86,13 @@ def _stage_run_class() -> type:
             return None if found.empty else found.run_id.values[0]
 
     return StageRun
+
+
+def _dagster_run_ended(context, run_id: str) -> bool:
+    if run_id == context.run_id:
+        return False
+    run = context.instance.get_run_by_id(run_id)
+    return run is not None and run.is_finished
 
 
 @dataclass
@@ -133,9 +152,20 @@ class MlflowTrackingResource(dg.ConfigurableResource):
                 raise MlflowUnavailable(
                     f"MLflow backend store {uri} is unusable ({error}); nothing was trained or registered"
                 ) from error
-        # Fail here rather than mid-run if the store answers but is broken.
+        # Fail here rather than mid-run if the store answers but is broken. The first use of
+        # a SQLite store creates its schema; two processes doing that at once collide
+        # ("table ... already exists"), so the first touch of each store happens under a
+        # lock beside the database, as the Dagster instance's own initialisation does.
+        init_lock = (
+            file_lock(Path(parsed.path).parent / ".mlflow-init.lock", timeout_s=300)
+            if parsed.scheme == "sqlite"
+            else nullcontext()
+        )
         try:
-            self.client().search_experiments(max_results=1)
+            with init_lock:
+                client = self.client()
+                client.search_experiments(max_results=1)
+                client.search_registered_models(max_results=1)
         except Exception as error:
             raise MlflowUnavailable(
                 f"MLflow backend {uri} did not answer ({type(error).__name__}: {error}); nothing was "
@@ -161,6 +191,35 @@ class MlflowTrackingResource(dg.ConfigurableResource):
                 raise
             return found.experiment_id
 
+    def fail_abandoned_runs(self, region: str, run_ended=None) -> list[str]:
+        """Mark FAILED the region's runs still RUNNING whose owner is gone; their ids.
+
+        Abandoned: the process that opened the run (its host and pid tags) no longer exists
+        on this host, or `run_ended(dagster_run_id)` says its Dagster run has finished
+        (for runs owned by another host). A run of a live process is never touched.
+        """
+        client = self.client()
+        experiment = client.get_experiment_by_name(self.experiment_name(region))
+        if experiment is None:
+            return []
+        here = socket.gethostname()
+        failed = []
+        for run in client.search_runs(
+            [experiment.experiment_id], filter_string="attributes.status = 'RUNNING'", max_results=1000
+        ):
+            tags = run.data.tags
+            reason = None
+            pid = tags.get(OWNER_PID_TAG, "")
+            if tags.get(OWNER_HOST_TAG) == here and pid.isdigit() and not pid_alive(int(pid)):
+                reason = f"its process {pid} on {here} is gone (killed before the run ended)"
+            elif run_ended is not None and tags.get("dagster_run_id") and run_ended(tags["dagster_run_id"]):
+                reason = f"its Dagster run {tags['dagster_run_id']} has ended"
+            if reason:
+                client.set_tag(run.info.run_id, ABANDONED_TAG, reason)
+                client.set_terminated(run.info.run_id, status="FAILED")
+                failed.append(run.info.run_id)
+        return failed
+
     @contextmanager
     def start_run(
         self,
@@ -179,6 +238,11 @@ class MlflowTrackingResource(dg.ConfigurableResource):
 
         local = urlparse(self.uri()).scheme in ("sqlite", "file", "")
         self.ensure_experiment(region, artifact_root if local else None)
+        abandoned = self.fail_abandoned_runs(region, lambda run_id: _dagster_run_ended(context, run_id))
+        if abandoned:
+            context.log.warning(
+                f"{region}: marked {len(abandoned)} abandoned MLflow run(s) FAILED: {abandoned}"
+            )
         if mlflow.active_run() is not None:
             mlflow.end_run()
         shim = _InitContextShim(
@@ -188,10 +252,11 @@ class MlflowTrackingResource(dg.ConfigurableResource):
             resource_config={
                 "experiment_name": self.experiment_name(region),
                 "mlflow_tracking_uri": self.uri(),
-                "extra_tags": {"region": region, "stage": stage, **(tags or {})},
+                "extra_tags": {"region": region, "stage": stage, **owner_tags(), **(tags or {})},
             },
         )
         run = _stage_run_class()(shim)
+        mlflow.set_tags(owner_tags())  # a resumed run (a retry) is owned by this process now
         try:
             yield run
         except BaseException:

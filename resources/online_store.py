@@ -22,7 +22,9 @@ class OnlineStoreResource(dg.ConfigurableResource):
         if paths.host != paths.region:
             # Failed over: the region is served from its read replica in the DR site, a
             # SQLite snapshot checked out there (meridian.dr), whatever the primary's backend.
-            return SqliteOnlineStore(paths.root / "online" / "online_store.db", origin=paths.host, create=create)
+            return SqliteOnlineStore(
+                paths.root / "online" / "online_store.db", origin=paths.host, create=create
+            )
         if self.backend == "redis":
             if not self.redis_url:
                 raise ValueError("online store backend is redis but no redis_url is configured")

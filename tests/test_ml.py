@@ -356,10 +356,38 @@ def test_a_training_run_killed_midway_leaves_the_registry_as_it_was(home: Path):
         f"name = '{name}' and tags.`{registry.STATUS_TAG}` = 'registering'"
     )
     assert int(orphan.version) == 2
+    # The killed process's MLflow run was left RUNNING (before: forever).
+    experiment = client.get_experiment_by_name(f"fraud-{REGION}").experiment_id
+    [abandoned] = client.search_runs([experiment], filter_string="attributes.status = 'RUNNING'")
     assert _score(home, DAYS[-1], DAYS[-1]).success  # still the champion
-    # The next training run discards the orphan and registers cleanly.
+    # The next training run discards the orphan, marks the abandoned run FAILED, registers cleanly.
     again = _train(home, {"fraud_model_promotion": {"config": {"min_pr_auc_gain": 1.0}}})
     assert again.success
+    left = client.get_run(abandoned.info.run_id)
+    assert left.info.status == "FAILED" and "is gone" in left.data.tags["meridian.abandoned"]
+    assert client.search_runs([experiment], filter_string="attributes.status = 'RUNNING'") == []
     assert _metadata(again, "fraud_model")["model_version"] == 3
     assert {int(v.version) for v in client.search_model_versions(f"name = '{name}'")} == {1, 3}
     assert registry.alias_version(client, name, registry.CHAMPION) == 1
+
+
+def test_two_first_runs_on_a_fresh_root_both_initialise_mlflow(tmp_path: Path):
+    """Before: two processes touching a new SQLite tracking store at once collided on schema
+    creation ("table ... already exists") and one failed with "MLflow backend did not answer"."""
+    script = "import sys\nfrom resources.mlflow import MlflowTrackingResource\nMlflowTrackingResource(home=sys.argv[1]).preflight()\n"
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    for attempt in range(2):
+        home = tmp_path / f"fresh-{attempt}"
+        runs = [
+            subprocess.Popen(
+                [sys.executable, "-c", script, str(home)],
+                env=env,
+                cwd=REPO_ROOT,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for _ in range(3)
+        ]
+        results = [(run.wait(timeout=300), run.stderr.read()) for run in runs]
+        assert all(code == 0 for code, _ in results), [err[-1500:] for code, err in results if code]
