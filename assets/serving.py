@@ -12,9 +12,12 @@ transactions into `raw_transactions/day=D/served.parquet` (by event day, validat
 the source's; rejected rows into `quarantined_transactions/day=D/served.parquet`), so the
 next dbt run of day D computes features with them; decisions into
 `scoring_decisions/day=D/data.parquet` (by the day they were served). The sensor
-`serving_stream_sensor` launches them when the log has grown. Each file is merged (dedup
-by id) and replaced atomically, and the consumed offsets are written last: a run that
-dies midway is re-done by the next one with the same result.
+`serving_stream_sensor` launches them when the log has grown. Each file is merged (an
+identical copy once; copies of an id that disagree are kept for dbt's stg_transactions to
+reconcile, never decided by arrival) and replaced atomically, and the consumed offsets
+are written last: a run that dies midway is re-done by the next one with the same
+result. Entries that are no valid decision + transaction (meridian.served) go to
+`quarantined_stream_entries` with their position and reason; the stream moves past them.
 """
 
 import json

@@ -195,6 +195,33 @@ def merge_region_events(
 DBT_MANIFEST_PATH = ensure_manifest(dbt_project)
 
 
+def first_stale_day(warehouse: Path, start_day: str) -> str | None:
+    """The earliest day before `start_day` whose built rows hold a transaction that is no
+    longer in stg_transactions (a copy that disagrees with it arrived later, on another day).
+
+    Such a row would fail the relationships tests and leave the features of that day and of
+    every window reaching past it stale; the build then starts from that day instead.
+    """
+    if not warehouse.exists():
+        return None
+    try:
+        with duckdb.connect(str(warehouse), read_only=True) as con:
+            found = con.execute(
+                """
+                select min(event_day) from (
+                    select event_day, transaction_id from customer_spend_features
+                    union all select event_day, transaction_id from labelled_events
+                ) as built
+                where event_day < cast(? as date)
+                  and transaction_id in (select transaction_id from transaction_id_conflicts)
+                """,
+                [start_day],
+            ).fetchone()[0]
+    except duckdb.Error:  # a warehouse built before these models existed: nothing to repair
+        return None
+    return found.isoformat() if found is not None else None
+
+
 @dbt_assets(
     manifest=DBT_MANIFEST_PATH,
     project=dbt_project,
@@ -223,6 +250,13 @@ def regional_dbt_models(
             context.log.info(f"waiting for the {region} warehouse: another run is writing it")
 
         with file_lock(paths.warehouse_lock, on_wait=waiting):
+            stale = first_stale_day(paths.warehouse, days[0])
+            if stale is not None:
+                context.log.warning(
+                    f"{region}: rows built for {stale} hold transactions whose id now has conflicting "
+                    f"copies in the lake (transaction_id_conflicts); rebuilding from {stale}"
+                )
+                dbt_run_vars = {**dbt_run_vars, "min_day": stale}
             started = time.perf_counter()
             invocation = dbt.cli(
                 ["build", "--vars", json.dumps(dbt_run_vars)],

@@ -143,6 +143,34 @@ def _day_bounds(day: date) -> tuple[datetime, datetime]:
     return start, start + timedelta(days=1)
 
 
+def _timestamp(column: str, dtype: pl.DataType) -> pl.Expr:
+    """A column of event times as UTC, whatever form the source used.
+
+    Text: ISO-8601 with `Z` (the contract) or with a numeric offset; a typed datetime:
+    converted to UTC (naive = UTC); a date: midnight UTC. Anything else is null, which the
+    rules quarantine as unparseable.
+    """
+    col = pl.col(column)
+    if isinstance(dtype, pl.Datetime):
+        typed = col.dt.cast_time_unit("us")
+        return typed.dt.convert_time_zone("UTC") if dtype.time_zone else typed.dt.replace_time_zone("UTC")
+    if dtype == pl.Date:
+        return col.cast(pl.Datetime("us")).dt.replace_time_zone("UTC")
+    text = col.cast(pl.String).str.strip_chars()
+    return pl.coalesce(
+        text.str.to_datetime(TIMESTAMP_FORMAT, time_zone="UTC", strict=False),
+        text.str.to_datetime("%Y-%m-%dT%H:%M:%S%.f%z", strict=False).dt.convert_time_zone("UTC"),
+    )
+
+
+def _as_text(raw: pl.DataFrame, columns: tuple[str, ...], keep: tuple[str, ...]) -> pl.DataFrame:
+    """Every column as the text a source would send, except `keep` (parsed by their own rule):
+    a source that sends integers or typed values is validated, not crashed on."""
+    return raw.with_columns(
+        pl.col(c).cast(pl.String) for c in columns if c not in keep and raw.schema[c] != pl.String
+    )
+
+
 def _first_reason(rules: list[tuple[pl.Expr, str]]) -> pl.Expr:
     expr = pl.lit(None, dtype=pl.String)
     for condition, reason in reversed(rules):
@@ -217,10 +245,9 @@ def validate_transactions(raw: pl.DataFrame, day: date, region: Region) -> Valid
     _require_columns(raw, TRANSACTION_COLUMNS, "transactions")
     start, end = _day_bounds(day)
     allowed = list(region.currencies)
+    raw = _as_text(raw, TRANSACTION_COLUMNS, keep=("event_time", "amount"))
     frame = raw.with_columns(
-        _ts=pl.col("event_time")
-        .cast(pl.String)
-        .str.to_datetime(TIMESTAMP_FORMAT, time_zone="UTC", strict=False),
+        _ts=_timestamp("event_time", raw.schema["event_time"]),
         _amount=pl.col("amount").cast(pl.Float64, strict=False),
         _rate=pl.col("currency").replace_strict(USD_RATES, default=None, return_dtype=pl.Float64),
     )
@@ -271,11 +298,8 @@ def validate_labels(raw: pl.DataFrame, day: date) -> ValidatedBatch:
     """Split a region-day of raw chargebacks into typed accepted rows and quarantined rows."""
     _require_columns(raw, LABEL_COLUMNS, "labels")
     start, end = _day_bounds(day)
-    frame = raw.with_columns(
-        _ts=pl.col("chargeback_at")
-        .cast(pl.String)
-        .str.to_datetime(TIMESTAMP_FORMAT, time_zone="UTC", strict=False),
-    )
+    raw = _as_text(raw, LABEL_COLUMNS, keep=("chargeback_at", "amount"))
+    frame = raw.with_columns(_ts=_timestamp("chargeback_at", raw.schema["chargeback_at"]))
     rules = [
         (pl.col("transaction_id").is_null() | (pl.col("transaction_id") == ""), "missing transaction_id"),
         (pl.col("_ts").is_null(), "unparseable chargeback_at"),

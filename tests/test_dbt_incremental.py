@@ -265,3 +265,41 @@ def test_a_transaction_id_in_two_files_or_on_two_days_is_reconciled_never_blocki
         (moved["transaction_id"][0], 2, "served.parquet"),
     ]
     assert moved["transaction_id"][0] not in ids
+
+
+def test_a_conflicting_copy_arriving_later_rebuilds_the_days_built_with_the_original(tmp_path, topology):
+    """A copy of a day-0 transaction, with other content, lands on day 2 after days 0-2 were
+    built. Building day 2 alone would leave day 0's features holding a transaction that is
+    no longer in stg_transactions (the relationships test fails: the region blocks); the dbt
+    asset finds the first stale day (first_stale_day) and builds from there: it passes."""
+    from assets.transforms import first_stale_day
+
+    region = topology.region("eu-west")
+    paths = region_paths(region, tmp_path)
+    days = day_range(date(2026, 1, 1), 3)
+    write_lake(paths, region, GeneratorConfig(rows_per_day=300), days)
+    base = {"region": region.name, "lake_root": str(paths.lake), "warehouse_path": str(tmp_path / "w.duckdb")}
+    assert dbt(["build"], base, tmp_path / "target").returncode == 0
+    assert first_stale_day(tmp_path / "w.duckdb", days[2].isoformat()) is None
+    day0 = pl.read_parquet(partition_file(paths.table("raw_transactions"), days[0].isoformat()))
+    forged = day0[0:1].with_columns(
+        event_time=pl.col("event_time") + pl.duration(days=2), amount=pl.lit(999.0)
+    )
+    write_parquet_atomic(
+        forged, partition_file(paths.table("raw_transactions"), days[2].isoformat()).parent / "served.parquet"
+    )
+    d2 = days[2].isoformat()
+    stale = first_stale_day(tmp_path / "w.duckdb", d2)
+    assert stale == days[0].isoformat()
+    only_day2 = dbt(["build"], {**base, "min_day": d2, "max_day": d2}, tmp_path / "target")
+    assert only_day2.returncode != 0 and "relationships" in only_day2.stdout  # why the rebuild is needed
+    rebuilt = dbt(["build"], {**base, "min_day": stale, "max_day": d2}, tmp_path / "target")
+    assert rebuilt.returncode == 0, rebuilt.stdout[-3000:]
+    con = duckdb.connect(str(tmp_path / "w.duckdb"), read_only=True)
+    forged_id = forged["transaction_id"][0]
+    for table in ("stg_transactions", "customer_spend_features", "labelled_events"):
+        assert (
+            con.execute(f"select count(*) from {table} where transaction_id = ?", [forged_id]).fetchone()[0]
+            == 0
+        )
+    assert first_stale_day(tmp_path / "w.duckdb", d2) is None

@@ -163,7 +163,12 @@ def test_accepted_plus_quarantined_equals_generated_for_every_partition(graph, t
             accepted = pl.read_parquet(partition_file(lake / "raw_transactions", day))
             quarantined = pl.read_parquet(partition_file(lake / "quarantined_transactions", day))
             assert accepted.height + quarantined.height == delivered.rows.height
-            assert quarantined.height == delivered.injected_total > 0
+            # Every injected row, plus the genuine rows whose id an injected copy took: conflicting
+            # copies of an id are all quarantined, whichever came first.
+            conflicted = quarantined.filter(pl.col("reason").str.starts_with("conflicting copies"))
+            genuine = conflicted.height - delivered.injected_malformed.get("duplicate_transaction_id", 0)
+            assert quarantined.height == delivered.injected_total + genuine > 0
+            assert 0 < genuine <= delivered.injected_malformed["duplicate_transaction_id"]
             assert quarantined["reason"].null_count() == 0
             partition = str(dg.MultiPartitionKey({"region": region_name, "day": day}))
             assert observed[("raw_transactions", partition)] == accepted.height
@@ -215,12 +220,14 @@ def test_rerunning_a_partition_is_idempotent(graph):
 def test_a_failing_error_severity_dbt_test_blocks_the_downstream_models(graph):
     home, instance, _ = graph
     day = "2026-01-04"
-    # Land a day that bypassed validation: a duplicated transaction id reaches the lake.
+    # Land a day that bypassed validation: a negative amount reaches the lake. (A repeated id
+    # no longer does this: stg_transactions reconciles copies; see test_dbt_incremental.)
     lake = home / "regions" / "eu-west" / "lake"
     good = pl.read_parquet(partition_file(lake / "raw_transactions", DAYS[-1])).with_columns(
-        pl.col("event_time").dt.offset_by("1d")
+        pl.col("event_time").dt.offset_by("1d"), pl.col("transaction_id") + "-moved"
     )
-    write_parquet_atomic(pl.concat([good, good.head(1)]), partition_file(lake / "raw_transactions", day))
+    bad = good.with_columns(amount=pl.when(pl.int_range(pl.len()) == 0).then(-5.0).otherwise("amount"))
+    write_parquet_atomic(bad, partition_file(lake / "raw_transactions", day))
     write_parquet_atomic(
         pl.read_parquet(partition_file(lake / "raw_labels", DAYS[0])).head(0),
         partition_file(lake / "raw_labels", day),
@@ -230,7 +237,7 @@ def test_a_failing_error_severity_dbt_test_blocks_the_downstream_models(graph):
     assert not result.success
     failed = [e for e in result.get_asset_check_evaluations() if not e.passed]
     assert [(e.check_name, e.severity) for e in failed] == [
-        ("unique_stg_transactions_transaction_id", dg.AssetCheckSeverity.ERROR)
+        ("meridian_positive_stg_transactions_amount_usd", dg.AssetCheckSeverity.ERROR)
     ]
     key = str(dg.MultiPartitionKey({"region": "eu-west", "day": day}))
     assert key not in instance.get_materialized_partitions(dg.AssetKey("customer_spend_features"))

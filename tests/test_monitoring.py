@@ -227,10 +227,11 @@ def test_drift_in_one_region_alerts_and_retrains_that_region_only(tmp_path: Path
         import orjson
 
         from assets.ml import load_booster, prediction_features
-        from assets.serving import _decisions_frame
         from meridian import modeling
         from meridian.lake import partition_file, write_parquet_atomic
         from meridian.paths import region_paths
+        from meridian.served import served_rows
+        from meridian.stream_log import StreamBatch
         from meridian.topology import load_topology
 
         for region in REGIONS:
@@ -245,7 +246,16 @@ def test_drift_in_one_region_alerts_and_retrains_that_region_only(tmp_path: Path
                     "request_id": f"r-{i}",
                     "served_at": f"{DAYS[-1]}T12:00:00+00:00",
                     "transaction_id": row["transaction_id"],
-                    "transaction": {"customer_id": row["customer_id"]},
+                    "transaction": {
+                        "transaction_id": row["transaction_id"],
+                        "customer_id": row["customer_id"],
+                        "merchant_id": "m-1",
+                        "amount": 10.0,
+                        "currency": load_topology().region(region).currencies[0],
+                        "channel": "pos",
+                        "country": load_topology().region(region).countries[0],
+                        "event_time": f"{DAYS[-1]}T11:59:00+00:00",
+                    },
                     "strategy": "champion",
                     "experiment_id": "none",
                     "challenger_share": 0.0,
@@ -259,7 +269,9 @@ def test_drift_in_one_region_alerts_and_retrains_that_region_only(tmp_path: Path
                 }
                 for i, row in enumerate(frame.iter_rows(named=True))
             ]
-            decisions = _decisions_frame(entries).drop("day")
+            served = served_rows(StreamBatch(entries, [("test", i) for i in range(len(entries))], {}, []))
+            assert served.quarantined.is_empty()
+            decisions = served.decisions.drop("day")
             write_parquet_atomic(decisions, partition_file(paths.table("scoring_decisions"), DAYS[-1]))
             assert dg.materialize(
                 [feature_drift], resources=resources, partition_key=_key(region, DAYS[-1]), instance=instance

@@ -394,7 +394,9 @@ def test_a_canary_step_that_passes_its_guardrails_advances_itself(service):
         [deployment_analysis],
         resources=_resources(home),
         partition_key=REGION,
-        run_config={"ops": {"deployment_analysis": {"config": {"min_requests": 50}}}},
+        # The latency guardrail compares p99s of ~100 requests on a shared machine: noise, not
+        # the mechanism under test (unit-tested in test_experiments.py). It is widened here.
+        run_config={"ops": {"deployment_analysis": {"config": {"min_requests": 50, "latency_factor": 20.0}}}},
     )
     assert result.success
     metadata = result.asset_materializations_for_node("deployment_analysis")[0].metadata

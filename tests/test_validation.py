@@ -181,3 +181,31 @@ def test_chargebacks_with_bad_rows_are_split_with_reasons(topology):
         "duplicate transaction_id (identical copy of an accepted row)",
     }
     assert result.accepted["transaction_id"].n_unique() == result.accepted.height
+
+
+def test_other_dtypes_and_offsets_are_validated_not_crashed_on(topology):
+    """A source that sends integers, typed datetimes in another zone, or ISO times with an
+    offset is validated by value; an offset moves the UTC day, as it should."""
+    from datetime import timezone
+
+    region = topology.region("us-east")
+    rows = generate_transactions(GeneratorConfig(rows_per_day=6), region, DAY).rows
+    texts = rows.with_columns(
+        event_time=pl.Series(["2026-01-12T05:00:00-05:00", "2026-01-12T23:30:00-05:00", "garbage"] * 2)
+    )
+    result = validate_transactions(texts, DAY, region)
+    assert result.accepted.height == 2
+    assert result.accepted["event_time"].dt.hour().to_list() == [10, 10]
+    assert result.reasons() == {
+        "event_time after the partition day (future timestamp)": 2,
+        "unparseable event_time": 2,
+    }
+    tokyo = timezone(timedelta(hours=9))
+    typed = rows.with_columns(
+        transaction_id=pl.Series(range(6)),
+        amount=pl.Series([1, 2, 3, 4, 5, 6]),
+        event_time=pl.Series([datetime(2026, 1, 12, 9, tzinfo=tokyo)] * 6),
+    )
+    accepted = validate_transactions(typed, DAY, region).accepted
+    assert accepted.height == 6 and accepted["event_time"].dt.hour().unique().to_list() == [0]
+    assert accepted.schema["transaction_id"] == pl.String and accepted["amount"].sum() == 21.0

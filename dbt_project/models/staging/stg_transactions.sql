@@ -20,15 +20,32 @@ repeated as (
     having count(*) > 1
 ),
 
-copies as (
-    select
-        transaction_id,
-        count(distinct ({{ transaction_identity('l') }})) as versions,
-        -- the source's file before the service's, then by name: deterministic
-        min(case when l.filename like '%served.parquet' then 'z' || l.filename else 'a' || l.filename end) as kept
+agreeing as (
+    select l.transaction_id
     from lake as l
     semi join repeated using (transaction_id)
-    group by transaction_id
+    group by l.transaction_id
+    having count(distinct ({{ transaction_identity('l') }})) = 1
+),
+
+-- One row per id that agrees: the source's copy before the service's, then by file and
+-- by the fields only the source carries (deterministic whatever the arrival order).
+kept as (
+    select l.*
+    from lake as l
+    semi join agreeing using (transaction_id)
+    qualify row_number() over (
+        partition by l.transaction_id
+        order by l.filename like '%served.parquet', l.filename,
+                 l.email nulls last, l.card_fingerprint nulls last, l.device_id nulls last,
+                 l.merchant_category nulls last
+    ) = 1
+),
+
+reconciled as (
+    select * from lake anti join repeated using (transaction_id)
+    union all by name
+    select * from kept
 )
 
 select
@@ -46,9 +63,5 @@ select
     t.country,
     t.email,
     t.card_fingerprint
-from lake as t
-left join copies as c using (transaction_id)
+from reconciled as t
 left join {{ ref('currency_rates') }} as r using (currency)
-where c.transaction_id is null
-   or (c.versions = 1
-       and c.kept = case when t.filename like '%served.parquet' then 'z' || t.filename else 'a' || t.filename end)
