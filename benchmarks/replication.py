@@ -207,6 +207,8 @@ def drill(home: Path, rows_per_day: int, probe_interval: float) -> dict:
     from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
     os.environ["MERIDIAN_HOME"] = str(home)
+    from datetime import date, timedelta
+
     from assets.features import feature_view_assets
     from assets.ingestion import labels_ingestion, transactions_ingestion
     from assets.ml import fraud_model, fraud_model_hyperparameters, fraud_model_promotion, training_set
@@ -214,7 +216,7 @@ def drill(home: Path, rows_per_day: int, probe_interval: float) -> dict:
     from assets.replication import REPLICA_ASSETS, region_failover, region_health_sensor
     from assets.serving import deployment_config
     from assets.transforms import regional_dbt_models
-    from meridian.cli import load_definitions_module
+    from meridian.cli import LABEL_MATURITY_DAYS, load_definitions_module, warmup_days
     from meridian.lake import partition_file
     from meridian.paths import region_paths
     from meridian.topology import load_topology
@@ -224,7 +226,9 @@ def drill(home: Path, rows_per_day: int, probe_interval: float) -> dict:
     from resources.source import TransactionSourceResource
     from serving.main import build_app
 
-    days = [f"2026-01-{d:02d}" for d in range(1, 15)]
+    # The views' warm-up (rows before it are never trained on), 4 trainable days, their maturity.
+    n_days = warmup_days() + 4 + LABEL_MATURITY_DAYS
+    days = [(date(2026, 1, 1) + timedelta(days=i)).isoformat() for i in range(n_days)]
     resources = {
         **load_definitions_module().build_resources("local"),
         "lake": RegionalLakeResource(home=str(home)),
@@ -242,24 +246,43 @@ def drill(home: Path, rows_per_day: int, probe_interval: float) -> dict:
     redirect = contextlib.ExitStack()
     redirect.enter_context(contextlib.redirect_stdout(setup_log))
     redirect.enter_context(contextlib.redirect_stderr(setup_log))
-    assert dg.materialize(
-        [transactions_ingestion, labels_ingestion, regional_dbt_models, feature_view_assets, online_features],
-        resources=resources,
-        tags={ASSET_PARTITION_RANGE_START_TAG: key(days[0]), ASSET_PARTITION_RANGE_END_TAG: key(days[-1])},
-        run_config=quiet,
-    ).success
-    assert dg.materialize(
-        [training_set, fraud_model_hyperparameters, fraud_model, fraud_model_promotion, deployment_config],
-        resources=resources,
-        partition_key=REGION,
-        run_config={
-            "ops": {"fraud_model_hyperparameters": {"config": {"n_trials": 2, "max_rounds": 60}}},
-            **quiet,
-        },
-    ).success
-    replicated = dg.materialize(REPLICA_ASSETS, resources=resources, partition_key=REGION, run_config=quiet)
-    assert replicated.success
-    redirect.close()
+    try:  # a failed set-up step must show on the terminal, not only in the log
+        assert dg.materialize(
+            [
+                transactions_ingestion,
+                labels_ingestion,
+                regional_dbt_models,
+                feature_view_assets,
+                online_features,
+            ],
+            resources=resources,
+            tags={
+                ASSET_PARTITION_RANGE_START_TAG: key(days[0]),
+                ASSET_PARTITION_RANGE_END_TAG: key(days[-1]),
+            },
+            run_config=quiet,
+        ).success
+        assert dg.materialize(
+            [
+                training_set,
+                fraud_model_hyperparameters,
+                fraud_model,
+                fraud_model_promotion,
+                deployment_config,
+            ],
+            resources=resources,
+            partition_key=REGION,
+            run_config={
+                "ops": {"fraud_model_hyperparameters": {"config": {"n_trials": 2, "max_rounds": 60}}},
+                **quiet,
+            },
+        ).success
+        replicated = dg.materialize(
+            REPLICA_ASSETS, resources=resources, partition_key=REGION, run_config=quiet
+        )
+        assert replicated.success
+    finally:
+        redirect.close()
     topology = load_topology()
     primary = region_paths(topology.region(REGION), home)
     with duckdb.connect(str(primary.warehouse), read_only=True) as con:
@@ -293,7 +316,8 @@ def drill(home: Path, rows_per_day: int, probe_interval: float) -> dict:
             assert list(region_health_sensor(context) or []) == []
             cursor = context.cursor
             # Data that lands after the last replication: what a loss of the site would lose.
-            late = partition_file(primary.table("raw_transactions"), "2026-01-15")
+            after = (date.fromisoformat(days[-1]) + timedelta(days=1)).isoformat()  # a day past the replica
+            late = partition_file(primary.table("raw_transactions"), after)
             late.parent.mkdir(parents=True)
             shutil.copyfile(partition_file(primary.table("raw_transactions"), days[-1]), late)
             time.sleep(0.05)

@@ -123,6 +123,7 @@ class RegionOutcome:
     steps: dict[str, str] = field(default_factory=dict)
     checks_passed: int = 0
     checks_failed: int = 0
+    checks_warned: int = 0  # warn-severity checks that did not pass: alerts, not failures
     error: str | None = None
     started: float = 0.0
     captured: dict[str, object] = field(default_factory=dict)
@@ -175,8 +176,11 @@ def _progress_listener(outcome: RegionOutcome, started: float, out: TextIO):
                 if key in metadata:
                     outcome.captured[key] = metadata[key].value
         elif kind == "ASSET_CHECK_EVALUATION":
-            if event.event_specific_data.passed:
+            evaluation = event.event_specific_data
+            if evaluation.passed:
                 outcome.checks_passed += 1
+            elif evaluation.severity.value == "WARN":
+                outcome.checks_warned += 1
             else:
                 outcome.checks_failed += 1
 
@@ -326,7 +330,7 @@ def summarize(outcomes: list[RegionOutcome], days: list[str], topology: Topology
                 "champion": f"v{o.captured['champion_version']}" if "champion_version" in o.captured else "-",
                 "scored": o.captured.get("run_total_rows", "-"),
                 "drift days ok/warn/error": _drift_days(o.captured.get("region_days_by_worst_status")),
-                "checks": f"{o.checks_passed} ok / {o.checks_failed} failed",
+                "checks": f"{o.checks_passed} ok / {o.checks_warned} warn / {o.checks_failed} failed",
                 "seconds": f"{o.seconds:.1f}",
             }
         )
