@@ -24,12 +24,14 @@ from meridian.lake import sweep_temporaries
 from meridian.report import markdown_table
 from meridian.topology import Region
 from meridian.validation import (
+    CONFLICT_REASON,
     TRANSACTION_IDENTITY,
     ValidatedBatch,
     accepted_conflicts,
     validate_labels,
     validate_transactions,
 )
+from resources.alerting import AlertingResource
 from resources.lake import RegionalLakeResource
 from resources.source import TransactionSourceResource
 from resources.topology import RegionTopologyResource
@@ -49,6 +51,7 @@ def _ingest(
     accepted_key: dg.AssetKey,
     quarantine_key: dg.AssetKey,
     identity: tuple[str, ...] | None,
+    alerting: AlertingResource,
 ) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult | dg.AssetObservation]:
     topo = topology.load()
     rows: list[dict[str, object]] = []
@@ -71,6 +74,17 @@ def _ingest(
                 quarantined = lake.write_partition(paths, quarantine_key.path[-1], day, result.quarantined)
                 for reason, n in result.reasons().items():
                     reasons[reason] = reasons.get(reason, 0) + n
+                conflicting = result.quarantined.filter(pl.col("reason").str.starts_with(CONFLICT_REASON))
+                if conflicting.height:  # someone sent another payment's content under an id
+                    alerting.send(
+                        "WARN",
+                        region_name,
+                        accepted_key.to_user_string(),
+                        f"conflicting-ids:{region_name}:{accepted_key.to_user_string()}:{day}",
+                        f"{conflicting['transaction_id'].n_unique()} id(s) of {day} were delivered with "
+                        "conflicting content; all their copies are quarantined",
+                        {"transaction_ids": conflicting["transaction_id"].unique().sort().head(20).to_list()},
+                    )
                 rows.append(
                     {
                         "region": region_name,
@@ -192,9 +206,10 @@ def _ingestion_asset(
         topology: RegionTopologyResource,
         lake: RegionalLakeResource,
         source: TransactionSourceResource,
+        alerting: AlertingResource,
     ) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult | dg.AssetObservation]:
         yield from _ingest(
-            context, topology, lake, source, fetch, validate, accepted_key, quarantine_key, identity
+            context, topology, lake, source, fetch, validate, accepted_key, quarantine_key, identity, alerting
         )
 
     return _asset

@@ -35,7 +35,8 @@ from meridian.paths import RegionPaths
 from meridian.report import markdown_table
 from meridian.served import served_rows
 from meridian.stream_log import read_batch, stream_dir
-from meridian.validation import TRANSACTION_IDENTITY, validate_transactions
+from meridian.validation import CONFLICT_REASON, TRANSACTION_IDENTITY, validate_transactions
+from resources.alerting import AlertingResource
 from resources.lake import RegionalLakeResource
 from resources.mlflow import MlflowTrackingResource
 from resources.topology import RegionTopologyResource
@@ -143,10 +144,24 @@ def _offsets_path(paths: RegionPaths):
     return paths.root / "stream" / "offsets.json"
 
 
-def _merge(path, new: pl.DataFrame, key: list[str], sort: str) -> int:
-    """Existing file ∪ new rows, first occurrence of each key kept, replaced atomically."""
+def _merge(path, new: pl.DataFrame, key: list[str], sort: str, set_aside: list[str] | None = None) -> int:
+    """Existing file ∪ new rows, first occurrence of each key kept, replaced atomically.
+
+    An existing file that cannot be read (truncated by a storage fault) would fail every
+    later micro-batch: it is renamed aside (`<name>.unreadable-<utc>`, outside every glob
+    of the lake), named in `set_aside`, and the merge goes on with the new rows.
+    """
+    existing = None
+    if path.exists():
+        try:
+            existing = pl.read_parquet(path)
+        except Exception as error:  # polars raises ComputeError / OSError variants
+            aside = path.with_name(f"{path.name}.unreadable-{datetime.now(UTC):%Y%m%dT%H%M%S%f}")
+            path.rename(aside)
+            if set_aside is not None:
+                set_aside.append(f"{aside}: {type(error).__name__}: {str(error)[:200]}")
     # diagonal: a file written before a column was added gets nulls in it, not an error
-    frame = pl.concat([pl.read_parquet(path), new], how="diagonal_relaxed") if path.exists() else new
+    frame = pl.concat([existing, new], how="diagonal_relaxed") if existing is not None else new
     frame = frame.unique(subset=key, keep="first", maintain_order=True).sort(sort)
     write_parquet_atomic(frame, path)
     return frame.height
@@ -175,7 +190,10 @@ def _merge(path, new: pl.DataFrame, key: list[str], sort: str) -> int:
     can_subset=False,
 )
 def serving_stream(
-    context: dg.AssetExecutionContext, topology: RegionTopologyResource, lake: RegionalLakeResource
+    context: dg.AssetExecutionContext,
+    topology: RegionTopologyResource,
+    lake: RegionalLakeResource,
+    alerting: AlertingResource,
 ):
     topo = topology.load()
     region = topo.region(context.partition_key)
@@ -187,6 +205,7 @@ def serving_stream(
         served = served_rows(batch)
         decisions, transactions = served.decisions, served.transactions
         per_day: list[dict[str, object]] = []
+        set_aside: list[str] = []
         quarantined_total = 0
         for (day,), group in transactions.group_by("day", maintain_order=True):
             checked = validate_transactions(group.drop("day"), date.fromisoformat(day), region)
@@ -196,11 +215,26 @@ def serving_stream(
             accepted, quarantined = checked.accepted, checked.quarantined
             day_dir = partition_file(paths.table("raw_transactions"), day).parent
             held = _merge(
-                day_dir / SERVED_FILE, accepted, ["transaction_id", *TRANSACTION_IDENTITY], "event_time"
+                day_dir / SERVED_FILE,
+                accepted,
+                ["transaction_id", *TRANSACTION_IDENTITY],
+                "event_time",
+                set_aside,
             )
             if quarantined.height:
                 qfile = paths.table("quarantined_transactions") / f"day={day}" / SERVED_FILE
-                _merge(qfile, quarantined, ["transaction_id", "reason"], "transaction_id")
+                _merge(qfile, quarantined, ["transaction_id", "reason"], "transaction_id", set_aside)
+                conflicting = quarantined.filter(pl.col("reason").str.starts_with(CONFLICT_REASON))
+                if conflicting.height:
+                    alerting.send(
+                        "WARN",
+                        region.name,
+                        "served_transactions",
+                        f"conflicting-ids:{region.name}:served:{day}",
+                        f"the service logged {conflicting['transaction_id'].n_unique()} id(s) of {day} with "
+                        "conflicting content; all their copies are quarantined",
+                        {"transaction_ids": conflicting["transaction_id"].unique().sort().head(20).to_list()},
+                    )
             quarantined_total += quarantined.height
             per_day.append(
                 {
@@ -218,6 +252,7 @@ def serving_stream(
                 served.quarantined,
                 ["segment", "byte_offset"],
                 "byte_offset",
+                set_aside,
             )
         decision_days = []
         for (day,), group in decisions.group_by("day", maintain_order=True):
@@ -226,9 +261,19 @@ def serving_stream(
                 group.drop("day"),
                 ["request_id"],
                 "served_at",
+                set_aside,
             )
             decision_days.append(
                 {"served_day": day, "new_decisions": group.height, "decisions_in_lake": held}
+            )
+        if set_aside:
+            alerting.send(
+                "ERROR",
+                region.name,
+                "served_transactions",
+                f"unreadable-lake-file:{region.name}",
+                f"{len(set_aside)} unreadable lake file(s) set aside; the stream log still holds their entries",
+                {"files": set_aside[:20]},
             )
         # Last: once this lands, the entries above count as consumed.
         new_offsets = batch.offsets
@@ -254,6 +299,7 @@ def serving_stream(
                 markdown_table(reasons) if reasons else "none"
             ),
             "quarantined": quarantined_total,
+            "unreadable_files_set_aside": dg.MetadataValue.json(set_aside),
             "per_event_day": dg.MetadataValue.md(markdown_table(per_day) if per_day else "nothing new"),
             "stream_offsets": dg.MetadataValue.json(new_offsets),
         },

@@ -75,7 +75,12 @@ def _time(value: object, field: str) -> datetime:
 
 
 def _rows(entry: dict) -> tuple[dict, dict]:
-    served_at = _time(entry.get("served_at"), "served_at").astimezone(UTC)
+    # The service's own clock, checked against the consumer's: a corrupt entry must not
+    # create a decision partition in year 9999 either.
+    try:
+        served_at = check_event_time(_time(entry.get("served_at"), "served_at"))
+    except ValueError as error:
+        raise ValueError(f"served_at: {error}".replace("event_time ", "")) from error
     t = entry.get("transaction")
     if not isinstance(t, dict):
         raise ValueError("transaction: missing or not an object")
@@ -145,7 +150,10 @@ def served_rows(batch: StreamBatch) -> ServedRows:
         try:
             decision, transaction = _rows(entry)
         except (ValueError, TypeError, OverflowError, KeyError) as error:
-            text = orjson.dumps(entry, default=str).decode()[:4096]
+            try:
+                text = orjson.dumps(entry, default=str).decode()[:4096]
+            except TypeError:  # e.g. an integer beyond 64 bits
+                text = json.dumps(entry, default=str)[:4096]
             quarantined.append(
                 {"segment": segment, "byte_offset": offset, "entry": text, "reason": str(error)}
             )

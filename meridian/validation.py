@@ -61,6 +61,8 @@ TRANSACTION_IDENTITY = (
 )
 LABEL_IDENTITY = ("chargeback_at", "reason_code", "amount", "currency")
 
+CONFLICT_REASON = "conflicting copies of transaction_id"
+
 # Event times the platform accepts, from anyone (source or scoring service): at most this
 # far ahead of the receiving clock (card terminals' clocks drift; minutes, not days)...
 MAX_CLOCK_SKEW = timedelta(minutes=5)
@@ -197,7 +199,7 @@ def _resolve_duplicates(frame: pl.DataFrame, identity: tuple[str, ...], among_va
     frame = frame.with_columns(_versions=pl.when(by_id).then(versions).otherwise(1))
     return frame.with_columns(
         reason=pl.when(valid & by_id & (pl.col("_versions") > 1))
-        .then(pl.format("conflicting copies of transaction_id ({} versions): none accepted", "_versions"))
+        .then(pl.format(CONFLICT_REASON + " ({} versions): none accepted", "_versions"))
         .when(valid & by_id & earlier_valid)
         .then(pl.lit("duplicate transaction_id (identical copy of an accepted row)"))
         .otherwise(pl.col("reason"))

@@ -23,6 +23,7 @@ from meridian.lake import (
 )
 from meridian.paths import REPO_ROOT, region_paths
 from meridian.replication import Replica, walk
+from resources.alerting import AlertingResource
 from resources.lake import RegionalLakeResource
 from resources.source import TransactionSourceResource
 
@@ -58,7 +59,9 @@ def test_a_killed_lake_write_leaves_a_temporary_that_the_next_ingestion_removes(
     resources = {
         **load_definitions_module().build_resources("local"),
         "lake": RegionalLakeResource(home=str(home)),
-        "source": TransactionSourceResource(rows_per_day=100),
+        # 7 % malformed: one row of each kind, one of them another payment's copy under an id.
+        "source": TransactionSourceResource(rows_per_day=100, malformed_rate=0.07),
+        "alerting": AlertingResource(path=str(tmp_path / "alerts.jsonl")),
     }
     key = str(dg.MultiPartitionKey({"region": "us-east", "day": "2026-01-01"}))
     result = dg.materialize([transactions_ingestion], resources=resources, partition_key=key)
@@ -66,6 +69,8 @@ def test_a_killed_lake_write_leaves_a_temporary_that_the_next_ingestion_removes(
     assert _temporaries(paths.lake) == []
     metadata = result.asset_materializations_for_node("transactions_ingestion")[0].metadata
     assert metadata["leftover_temporaries_removed"].value == 1
+    # The conflicting copies were quarantined, and said so.
+    assert "conflicting-ids:us-east:raw_transactions:2026-01-01" in (tmp_path / "alerts.jsonl").read_text()
 
 
 def test_a_killed_replication_leaves_an_object_temporary_that_the_next_run_removes(tmp_path):
