@@ -19,8 +19,10 @@ from dagster_dbt import DagsterDbtTranslator, DbtCliResource, DbtProject, dbt_as
 
 from assets.partitions import REGION_DAY_PARTITIONS, days_by_region
 from meridian.feature_store import dbt_sources_newer_than
+from meridian.lake import set_aside_unreadable
 from meridian.locks import file_lock
 from meridian.paths import REPO_ROOT
+from resources.alerting import AlertingResource
 from resources.lake import RegionalLakeResource
 from resources.topology import RegionTopologyResource
 from resources.warehouse import WarehouseDbtPreparer
@@ -235,6 +237,7 @@ def regional_dbt_models(
     dbt: DbtCliResource,
     topology: RegionTopologyResource,
     lake: RegionalLakeResource,
+    alerting: AlertingResource,
 ) -> Iterator[Any]:
     """dbt build of the run's days, one invocation per region against that region's warehouse."""
     topo = topology.load()
@@ -250,6 +253,23 @@ def regional_dbt_models(
             context.log.info(f"waiting for the {region} warehouse: another run is writing it")
 
         with file_lock(paths.warehouse_lock, on_wait=waiting):
+            # One unreadable lake file would fail every build of the region: set it aside.
+            for aside, why in set_aside_unreadable(paths.lake):
+                partition = aside.parent.name.removeprefix("day=")
+                table = aside.parent.parent.name
+                message = (
+                    f"{region}: unreadable lake file set aside as {aside.name} ({why}); "
+                    f"re-materialize the ingestion of {table} for {partition} to write it again"
+                )
+                context.log.error(message)
+                alerting.send(
+                    "ERROR",
+                    region,
+                    table,
+                    f"unreadable-lake-file:{region}:{table}:{partition}",
+                    message,
+                    {"file": str(aside)},
+                )
             stale = first_stale_day(paths.warehouse, days[0])
             if stale is not None:
                 context.log.warning(

@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import orjson
 import polars as pl
 import pyarrow.parquet as pq
 
@@ -100,6 +101,63 @@ def write_bytes_atomic(payload: bytes, path: Path) -> None:
 def parquet_row_count(path: Path) -> int:
     """Rows in a Parquet file from its footer, without reading the data."""
     return pq.ParquetFile(path).metadata.num_rows
+
+
+def verify_readable(path: Path, name: str) -> str | None:
+    """Why the file at `path` (named `name` at the source) cannot be read as what it is, or None.
+
+    Parquet: both magic numbers, a footer that parses and a row count the row groups agree
+    with. JSON: it parses (JSON lines: every complete line does). SQLite and DuckDB: their
+    header. Other kinds are taken as bytes.
+    """
+    try:
+        if name.endswith(".parquet"):
+            import pyarrow.parquet as pq
+
+            with open(path, "rb") as handle:
+                head = handle.read(4)
+                handle.seek(-4, os.SEEK_END)
+                tail = handle.read(4)
+            if head != b"PAR1" or tail != b"PAR1":
+                return "not a complete Parquet file (magic number missing: truncated?)"
+            meta = pq.read_metadata(path)
+            if meta.num_rows != sum(meta.row_group(i).num_rows for i in range(meta.num_row_groups)):
+                return "Parquet footer row count disagrees with its row groups"
+        elif name.endswith(".json"):
+            orjson.loads(path.read_bytes())
+        elif name.endswith(".db"):
+            with open(path, "rb") as handle:
+                if handle.read(16) != b"SQLite format 3\x00":
+                    return "not an SQLite database (header)"
+        elif name.endswith(".duckdb"):
+            with open(path, "rb") as handle:
+                handle.seek(8)
+                if handle.read(4) != b"DUCK":
+                    return "not a DuckDB database (header)"
+    except (OSError, ValueError) as error:  # pyarrow's ArrowInvalid is a ValueError
+        return f"{type(error).__name__}: {error}"
+    return None
+
+
+def set_aside_unreadable(lake: Path) -> list[tuple[Path, str]]:
+    """Rename aside every Parquet file of the lake that cannot be read; (new path, why) of each.
+
+    Every reader of the lake globs `day=*/*.parquet`, so one truncated file (a storage
+    fault) would fail every build of the region. Set aside as `<name>.unreadable-<utc>`
+    (outside every glob, kept for inspection) it costs only its own partition, which a
+    re-run of that partition's ingestion writes again.
+    """
+    found: list[tuple[Path, str]] = []
+    if not lake.is_dir():
+        return found
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    for path in sorted(lake.glob("*/day=*/*.parquet")):
+        problem = verify_readable(path, path.name)
+        if problem is not None:
+            aside = path.with_name(f"{path.name}.unreadable-{stamp}")
+            path.rename(aside)
+            found.append((aside, problem))
+    return found
 
 
 def partition_file(table_dir: Path, day: str) -> Path:

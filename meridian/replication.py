@@ -36,7 +36,7 @@ import orjson
 import xxhash
 
 from meridian.faults import failpoint
-from meridian.lake import sweep_temporaries, temporary_name, write_bytes_atomic
+from meridian.lake import sweep_temporaries, temporary_name, verify_readable, write_bytes_atomic
 
 CHUNK = 1 << 20
 KEEP_VERSIONS = 3
@@ -59,42 +59,6 @@ class UnreadableSource(ReplicationError):
             f"{len(problems)} unreadable source file(s) for {replica}; the replica keeps its current "
             f"version: {listed}"
         )
-
-
-def verify_readable(path: Path, name: str) -> str | None:
-    """Why the file at `path` (named `name` at the source) cannot be read as what it is, or None.
-
-    Parquet: both magic numbers, a footer that parses and a row count the row groups agree
-    with. JSON: it parses (JSON lines: every complete line does). SQLite and DuckDB: their
-    header. Other kinds are taken as bytes.
-    """
-    try:
-        if name.endswith(".parquet"):
-            import pyarrow.parquet as pq
-
-            with open(path, "rb") as handle:
-                head = handle.read(4)
-                handle.seek(-4, os.SEEK_END)
-                tail = handle.read(4)
-            if head != b"PAR1" or tail != b"PAR1":
-                return "not a complete Parquet file (magic number missing: truncated?)"
-            meta = pq.read_metadata(path)
-            if meta.num_rows != sum(meta.row_group(i).num_rows for i in range(meta.num_row_groups)):
-                return "Parquet footer row count disagrees with its row groups"
-        elif name.endswith(".json"):
-            orjson.loads(path.read_bytes())
-        elif name.endswith(".db"):
-            with open(path, "rb") as handle:
-                if handle.read(16) != b"SQLite format 3\x00":
-                    return "not an SQLite database (header)"
-        elif name.endswith(".duckdb"):
-            with open(path, "rb") as handle:
-                handle.seek(8)
-                if handle.read(4) != b"DUCK":
-                    return "not a DuckDB database (header)"
-    except (OSError, ValueError) as error:  # pyarrow's ArrowInvalid is a ValueError
-        return f"{type(error).__name__}: {error}"
-    return None
 
 
 @dataclass(frozen=True)

@@ -110,3 +110,38 @@ def test_only_temporaries_no_live_writer_owns_are_removed(tmp_path):
     removed = sweep_temporaries(tmp_path)
     assert sorted(removed) == sorted([gone, unowned_old])
     assert mine.exists() and other_host.exists() and unowned_young.exists()
+
+
+def test_an_unreadable_lake_file_costs_its_partition_not_the_region(tmp_path, topology):
+    """A truncated Parquet file anywhere in the lake failed every later dbt build of the region
+    (every model globs the whole table). It is set aside with an ERROR alert naming the
+    partition to re-ingest, and the build of the other days goes on."""
+    from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
+
+    from assets.transforms import regional_dbt_models
+
+    home = tmp_path / "home"
+    alerts = tmp_path / "alerts.jsonl"
+    resources = {
+        **load_definitions_module().build_resources("local"),
+        "lake": RegionalLakeResource(home=str(home)),
+        "source": TransactionSourceResource(rows_per_day=200),
+        "alerting": AlertingResource(path=str(alerts)),
+    }
+    key = lambda day: str(dg.MultiPartitionKey({"region": "eu-west", "day": day}))  # noqa: E731
+    from assets.ingestion import labels_ingestion
+
+    days = ("2026-01-01", "2026-01-02", "2026-01-03")
+    assert dg.materialize(
+        [transactions_ingestion, labels_ingestion],
+        resources=resources,
+        tags={ASSET_PARTITION_RANGE_START_TAG: key(days[0]), ASSET_PARTITION_RANGE_END_TAG: key(days[-1])},
+    ).success
+    paths = region_paths(topology.region("eu-west"), home)
+    broken = partition_file(paths.table("raw_transactions"), days[1])
+    broken.write_bytes(broken.read_bytes()[:-50])
+    result = dg.materialize([regional_dbt_models], resources=resources, partition_key=key(days[2]))
+    assert result.success
+    assert not broken.exists() and len(list(broken.parent.glob("data.parquet.unreadable-*"))) == 1
+    text = alerts.read_text()
+    assert "unreadable-lake-file:eu-west:raw_transactions:2026-01-02" in text and "re-materialize" in text
