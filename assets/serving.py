@@ -30,6 +30,7 @@ from pydantic import Field
 from assets.ml import REGION_PARTITIONS, fraud_model_promotion
 from meridian import deployment, dr, registry
 from meridian.lake import partition_file, write_bytes_atomic, write_parquet_atomic
+from meridian.lake import set_aside as set_aside_file
 from meridian.locks import file_lock
 from meridian.paths import RegionPaths
 from meridian.report import markdown_table
@@ -156,8 +157,7 @@ def _merge(path, new: pl.DataFrame, key: list[str], sort: str, set_aside: list[s
         try:
             existing = pl.read_parquet(path)
         except Exception as error:  # polars raises ComputeError / OSError variants
-            aside = path.with_name(f"{path.name}.unreadable-{datetime.now(UTC):%Y%m%dT%H%M%S%f}")
-            path.rename(aside)
+            aside = set_aside_file(path)
             if set_aside is not None:
                 set_aside.append(f"{aside}: {type(error).__name__}: {str(error)[:200]}")
     # diagonal: a file written before a column was added gets nulls in it, not an error

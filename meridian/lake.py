@@ -15,6 +15,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 
 import orjson
@@ -31,10 +32,14 @@ ORPHAN_AGE_S = 6 * 3600.0
 _OWNED = re.compile(r"\.(?P<host>[^.~]+)~(?P<pid>[0-9]+)~[0-9a-f]{32}\.tmp$")
 
 
+def _host() -> str:
+    """This host's name as it appears in temporary names (no dots, tildes or slashes)."""
+    return re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())[:63] or "host"
+
+
 def temporary_name(directory: Path, name: str) -> Path:
     """A hidden temporary name in `directory` that says who writes it (host and process)."""
-    host = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())[:63] or "host"
-    return directory / f".{name}.{host}~{os.getpid()}~{uuid.uuid4().hex}.tmp"
+    return directory / f".{name}.{_host()}~{os.getpid()}~{uuid.uuid4().hex}.tmp"
 
 
 def _orphaned(path: Path, now: float, here: str) -> bool:
@@ -57,7 +62,7 @@ def sweep_temporaries(root: Path) -> list[Path]:
     """
     if not root.is_dir():
         return []
-    here = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())[:63] or "host"
+    here = _host()
     now = time.time()
     removed = []
     for dirpath, _dirnames, filenames in os.walk(root):
@@ -150,14 +155,19 @@ def set_aside_unreadable(lake: Path) -> list[tuple[Path, str]]:
     found: list[tuple[Path, str]] = []
     if not lake.is_dir():
         return found
-    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     for path in sorted(lake.glob("*/day=*/*.parquet")):
         problem = verify_readable(path, path.name)
         if problem is not None:
-            aside = path.with_name(f"{path.name}.unreadable-{stamp}")
-            path.rename(aside)
-            found.append((aside, problem))
+            found.append((set_aside(path), problem))
     return found
+
+
+def set_aside(path: Path) -> Path:
+    """Rename an unreadable file to `<name>.unreadable-<utc>`: outside every glob of the lake,
+    kept for inspection. Returns the new path."""
+    aside = path.with_name(f"{path.name}.unreadable-{datetime.now(UTC):%Y%m%dT%H%M%S%fZ}")
+    path.rename(aside)
+    return aside
 
 
 def partition_file(table_dir: Path, day: str) -> Path:

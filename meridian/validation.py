@@ -48,17 +48,10 @@ TRANSACTION_COLUMNS = (
 )
 LABEL_COLUMNS = ("transaction_id", "chargeback_at", "reason_code", "amount", "currency")
 KNOWN_CHANNELS = ("pos", "contactless", "ecom")
-# What makes two rows with one transaction_id the same payment: the source and the scoring
-# service both deliver these (the service never sees e-mail or card fingerprint).
-TRANSACTION_IDENTITY = (
-    "customer_id",
-    "merchant_id",
-    "amount",
-    "currency",
-    "event_time",
-    "channel",
-    "country",
-)
+# What makes two rows with one transaction_id the same payment: every required column
+# but the id itself. The source and the scoring service both deliver these (the service
+# never sees e-mail or card fingerprint).
+TRANSACTION_IDENTITY = tuple(c for c in TRANSACTION_REQUIRED if c != "transaction_id")
 LABEL_IDENTITY = ("chargeback_at", "reason_code", "amount", "currency")
 
 CONFLICT_REASON = "conflicting copies of transaction_id"

@@ -249,12 +249,11 @@ class ServedStore:
         try:
             try:
                 self._store.probe()
+                if had_error and hasattr(self._store, "reopen"):
+                    self._store.reopen()  # connections opened before the fault read stale state
             except StoreReplaced:
-                self._store.reopen()  # a file put back or swapped in: follow it
-                had_error = True
+                self._store.reopen()  # a file put back or swapped in: follow it (new connections)
                 self._store.probe()
-            if had_error and hasattr(self._store, "reopen"):
-                self._store.reopen()  # connections opened before the fault read stale state
             self.error = None
         except OnlineStoreUnavailable as error:
             self.error = str(error)
