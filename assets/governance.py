@@ -28,7 +28,7 @@ from meridian import governance
 from meridian.lake import write_bytes_atomic, write_parquet_atomic
 from meridian.paths import region_paths
 from meridian.report import markdown_table
-from meridian.run_coordinator import region_of_run_tags
+from meridian.run_tags import region_of_run_tags
 from meridian.validation import currency_rates
 from resources.alerting import AlertingResource
 from resources.lake import RegionalLakeResource
@@ -268,7 +268,7 @@ def _asset_graph(context: dg.AssetExecutionContext):
     try:
         return context.repository_def.asset_graph
     except Exception:  # execute_in_process carries no repository (a CheckError): load the file
-        from meridian.cli import load_definitions_module
+        from assets.definitions_file import load_definitions_module
 
         return load_definitions_module().defs.resolve_asset_graph()
 

@@ -52,7 +52,7 @@ from meridian.feature_store import complete_from, history_start
 from meridian.lake import partition_file, write_bytes_atomic
 from meridian.locks import file_lock
 from meridian.report import markdown_table
-from meridian.run_coordinator import region_of_run_tags
+from meridian.run_tags import region_of_run_tags
 from resources.alerting import AlertingResource
 from resources.lake import RegionalLakeResource
 from resources.mlflow import MlflowTrackingResource

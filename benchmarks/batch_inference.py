@@ -54,9 +54,10 @@ def prepare(home: Path, rows: int) -> None:
     import lightgbm as lgb
     import mlflow
 
+    from assets.definitions_file import load_definitions_module
     from assets.ml import VIEW_TUPLE, prediction_features
+    from cli.runs import RunPlan, prepare_environment, run_region
     from meridian import modeling, registry
-    from meridian.cli import RunPlan, load_definitions_module, prepare_environment, run_region
     from meridian.topology import load_topology
     from resources.mlflow import MlflowTrackingResource
 
@@ -100,12 +101,12 @@ def measure(home: Path, repeat: int) -> dict[str, float]:
 
     import dagster as dg
     import duckdb
-    from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
+    from assets.definitions_file import load_definitions_module
     from assets.ml import fraud_predictions, load_booster, prediction_features, score_frame
     from meridian import modeling, registry
-    from meridian.cli import load_definitions_module
     from meridian.lake import write_parquet_atomic
+    from meridian.run_tags import PARTITION_RANGE_END_TAG, PARTITION_RANGE_START_TAG
     from meridian.topology import load_topology
     from resources.lake import RegionalLakeResource
     from resources.mlflow import MlflowTrackingResource
@@ -117,7 +118,7 @@ def measure(home: Path, repeat: int) -> dict[str, float]:
         "mlflow_tracking": MlflowTrackingResource(home=str(home)),
     }
     key = str(dg.MultiPartitionKey({"region": REGION, "day": DAYS[1]}))
-    tags = {ASSET_PARTITION_RANGE_START_TAG: key, ASSET_PARTITION_RANGE_END_TAG: key}
+    tags = {PARTITION_RANGE_START_TAG: key, PARTITION_RANGE_END_TAG: key}
 
     breakdown: list[dict] = []
 

@@ -58,7 +58,8 @@ def _profile_settings() -> dict[str, object]:
 # ---------------------------------------------------------------- child phases
 def phase_dagster(home: Path, rows: int, n_days: int) -> None:
     os.environ["MERIDIAN_HOME"] = str(home)
-    from meridian.cli import RunPlan, load_definitions_module, prepare_environment, run_region
+    from assets.definitions_file import load_definitions_module
+    from cli.runs import RunPlan, prepare_environment, run_region
 
     prepare_environment(home)
     import dagster as dg

@@ -39,10 +39,10 @@ DAY = "2026-01-01"
 def prepare(home: Path, rows: int) -> None:
     import dagster as dg
 
+    from assets.definitions_file import load_definitions_module, prepare_environment
     from assets.features import feature_view_assets
     from assets.ingestion import labels_ingestion, transactions_ingestion
     from assets.transforms import regional_dbt_models
-    from meridian.cli import load_definitions_module, prepare_environment
     from resources.lake import RegionalLakeResource
     from resources.source import TransactionSourceResource
 

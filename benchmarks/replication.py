@@ -204,11 +204,13 @@ def drill(home: Path, rows_per_day: int, probe_interval: float) -> dict:
     import dagster as dg
     import duckdb
     import uvicorn
-    from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
+
+    from meridian.run_tags import PARTITION_RANGE_END_TAG, PARTITION_RANGE_START_TAG
 
     os.environ["MERIDIAN_HOME"] = str(home)
     from datetime import date, timedelta
 
+    from assets.definitions_file import load_definitions_module
     from assets.features import feature_view_assets
     from assets.ingestion import labels_ingestion, transactions_ingestion
     from assets.ml import fraud_model, fraud_model_hyperparameters, fraud_model_promotion, training_set
@@ -216,9 +218,9 @@ def drill(home: Path, rows_per_day: int, probe_interval: float) -> dict:
     from assets.replication import REPLICA_ASSETS, region_failover, region_health_sensor
     from assets.serving import deployment_config
     from assets.transforms import regional_dbt_models
-    from meridian.cli import LABEL_MATURITY_DAYS, load_definitions_module, warmup_days
     from meridian.lake import partition_file
     from meridian.paths import region_paths
+    from meridian.run_window import LABEL_MATURITY_DAYS, warmup_days
     from meridian.topology import load_topology
     from resources.alerting import AlertingResource
     from resources.lake import RegionalLakeResource
@@ -257,8 +259,8 @@ def drill(home: Path, rows_per_day: int, probe_interval: float) -> dict:
             ],
             resources=resources,
             tags={
-                ASSET_PARTITION_RANGE_START_TAG: key(days[0]),
-                ASSET_PARTITION_RANGE_END_TAG: key(days[-1]),
+                PARTITION_RANGE_START_TAG: key(days[0]),
+                PARTITION_RANGE_END_TAG: key(days[-1]),
             },
             run_config=quiet,
         ).success

@@ -228,7 +228,7 @@ def start_meridian(home: Path, env: dict) -> tuple[subprocess.Popen, int]:
         [
             sys.executable,
             "-m",
-            "meridian.cli",
+            "cli",
             "serve",
             "--regions",
             REGION,
@@ -286,7 +286,7 @@ def _stop_group(proc: subprocess.Popen) -> None:
 
 
 def prepare(home: Path, days: int, rows: int, env: dict) -> None:
-    cmd = [sys.executable, "-m", "meridian.cli", "run", "--regions", REGION, "--days", str(days)]
+    cmd = [sys.executable, "-m", "cli", "run", "--regions", REGION, "--days", str(days)]
     cmd += ["--rows-per-day", str(rows), "--trials", "5", "--tuning-seconds", "60", "--score-days", "0"]
     cmd += ["--home", str(home)]
     subprocess.run(cmd, cwd=REPO_ROOT, env=env, check=True, stdout=subprocess.DEVNULL)

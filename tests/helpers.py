@@ -95,7 +95,7 @@ def trainable_days(matured_days: int, start: date = date(2026, 1, 1), after: int
     """Days from `start` that give `matured_days` days of trainable rows: the feature views'
     warm-up (rows before it are never trained on), those days, then their labels' maturity,
     then `after` more days (to score, say)."""
-    from meridian.cli import LABEL_MATURITY_DAYS, warmup_days
+    from meridian.run_window import LABEL_MATURITY_DAYS, warmup_days
 
     n = warmup_days() + matured_days + LABEL_MATURITY_DAYS + after
     return [(start + timedelta(days=i)).isoformat() for i in range(n)]

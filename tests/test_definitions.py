@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 import dagster as dg
 import pytest
 
-from meridian.cli import load_definitions_module
+from assets.definitions_file import load_definitions_module
 from tests.helpers import REGIONAL_ASSETS
 
 

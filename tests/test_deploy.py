@@ -17,7 +17,7 @@ def _load(name: str) -> dict:
 
 
 def _definitions():
-    from meridian.cli import load_definitions_module
+    from assets.definitions_file import load_definitions_module
 
     return load_definitions_module()
 
@@ -36,7 +36,7 @@ def test_the_helm_values_run_on_kubernetes_with_postgres_and_per_region_pools():
     coordinator = values["dagsterDaemon"]["runCoordinator"]
     assert coordinator["type"] == "CustomRunCoordinator"
     custom = coordinator["config"]["customRunCoordinator"]
-    assert (custom["module"], custom["class"]) == ("meridian.run_coordinator", "RegionRunCoordinator")
+    assert (custom["module"], custom["class"]) == ("instance.run_coordinator", "RegionRunCoordinator")
     limits = custom["config"]["tag_concurrency_limits"]
     local = yaml.safe_load((REPO_ROOT / "platform" / "dagster.yaml").read_text())
     production = yaml.safe_load((REPO_ROOT / "platform" / "dagster.production.yaml").read_text())

@@ -18,10 +18,10 @@ import polars as pl
 import pytest
 from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
+from assets.definitions_file import load_definitions_module
 from assets.features import feature_view_assets
 from assets.ingestion import RECONCILIATION_CHECK, labels_ingestion, transactions_ingestion
 from assets.transforms import regional_dbt_models
-from meridian.cli import load_definitions_module
 from meridian.lake import partition_file, write_parquet_atomic
 from meridian.paths import REPO_ROOT
 from resources.lake import RegionalLakeResource
@@ -273,7 +273,7 @@ def test_the_readme_main_command_runs_regions_in_parallel_and_records_them_in_th
     cmd = [
         sys.executable,
         "-m",
-        "meridian.cli",
+        "cli",
         "run",
         "--days",
         str(CLI_DAYS),
@@ -407,7 +407,7 @@ def _the_readme_serve_command_answers_after_the_main_job(home: Path, env: dict[s
         [
             sys.executable,
             "-m",
-            "meridian.cli",
+            "cli",
             "serve",
             "--regions",
             "ap-southeast,eu-west",
@@ -467,7 +467,7 @@ def _the_readme_serve_command_answers_after_the_main_job(home: Path, env: dict[s
 
 def test_the_main_command_refuses_an_unknown_region_before_any_work(tmp_path: Path):
     env = {**os.environ, "MERIDIAN_HOME": str(tmp_path / "home")}
-    cmd = [sys.executable, "-m", "meridian.cli", "run", "--regions", "eu-west,mars-north,us-west"]
+    cmd = [sys.executable, "-m", "cli", "run", "--regions", "eu-west,mars-north,us-west"]
     run = subprocess.run(
         cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120, check=False
     )

@@ -19,6 +19,7 @@ import polars as pl
 import pytest
 from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
+from assets.definitions_file import load_definitions_module
 from assets.features import feature_view_assets
 from assets.ingestion import labels_ingestion, transactions_ingestion
 from assets.ml import fraud_model, fraud_model_hyperparameters, fraud_model_promotion, training_set
@@ -27,7 +28,6 @@ from assets.replication import REPLICA_ASSETS, region_failover, region_health_se
 from assets.serving import deployment_config, serving_stream
 from assets.transforms import regional_dbt_models
 from meridian import dr
-from meridian.cli import load_definitions_module
 from meridian.lake import partition_file
 from meridian.online_store import OnlineRow, SqliteOnlineStore
 from meridian.paths import REPO_ROOT, region_paths
@@ -288,7 +288,7 @@ def test_failover_drill_serves_from_dr_within_the_rto_and_fails_back_losing_only
 def test_manual_failover_from_the_cli_refuses_a_region_without_replicas(tmp_path):
     env = {**os.environ, "MERIDIAN_HOME": str(tmp_path / "home")}
     out = subprocess.run(
-        [sys.executable, "-m", "meridian.cli", "failover", "--region", "us-east"],
+        [sys.executable, "-m", "cli", "failover", "--region", "us-east"],
         cwd=REPO_ROOT,
         env=env,
         capture_output=True,
@@ -298,7 +298,7 @@ def test_manual_failover_from_the_cli_refuses_a_region_without_replicas(tmp_path
     assert out.returncode == 1
     assert "us-west cannot serve us-east: no replica of" in out.stderr
     bad = subprocess.run(
-        [sys.executable, "-m", "meridian.cli", "failover", "--region", "us-west"],
+        [sys.executable, "-m", "cli", "failover", "--region", "us-west"],
         cwd=REPO_ROOT,
         env=env,
         capture_output=True,

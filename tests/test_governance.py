@@ -57,7 +57,7 @@ def test_every_column_of_every_table_and_asset_is_classified():
 
 
 def test_classification_shows_as_tags_and_metadata_in_the_definitions():
-    from meridian.cli import load_definitions_module
+    from assets.definitions_file import load_definitions_module
 
     graph = load_definitions_module().defs.resolve_asset_graph()
     spec = graph.get(dg.AssetKey("raw_transactions"))

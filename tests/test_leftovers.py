@@ -12,8 +12,8 @@ from pathlib import Path
 import dagster as dg
 import polars as pl
 
+from assets.definitions_file import load_definitions_module
 from assets.ingestion import transactions_ingestion
-from meridian.cli import load_definitions_module
 from meridian.lake import (
     ORPHAN_AGE_S,
     partition_file,

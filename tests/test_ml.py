@@ -17,6 +17,7 @@ import polars as pl
 import pytest
 from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
+from assets.definitions_file import load_definitions_module
 from assets.features import feature_view_assets
 from assets.ingestion import labels_ingestion, transactions_ingestion
 from assets.ml import (
@@ -31,7 +32,6 @@ from assets.ml import (
 )
 from assets.transforms import regional_dbt_models
 from meridian import modeling, registry
-from meridian.cli import load_definitions_module
 from meridian.paths import REPO_ROOT
 from resources.lake import RegionalLakeResource
 from resources.mlflow import MlflowTrackingResource, MlflowUnavailable
@@ -310,7 +310,7 @@ def test_train_promote_predict_then_reject_promote_and_roll_back(home: Path):
     assert _metadata(third, "fraud_model_promotion")["champion_version"] == 3
 
     # Rollback is one job (here launched by the CLI): back to version 1, and scoring follows.
-    from meridian.cli import main
+    from cli.main import main
 
     assert main(["rollback", "--region", "mars", "--home", str(home)]) == 2
     bad = rollback_champion.execute_in_process(
@@ -340,7 +340,7 @@ def test_a_training_run_killed_midway_leaves_the_registry_as_it_was(home: Path):
     name = registry.model_name(REGION)
     script = (
         "import dagster as dg\n"
-        "from meridian.cli import load_definitions_module\n"
+        "from assets.definitions_file import load_definitions_module\n"
         "m = load_definitions_module()\n"
         f"dg.materialize([m.fraud_model], resources=m.build_resources('local'), partition_key={REGION!r})\n"
     )

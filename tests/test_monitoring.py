@@ -9,6 +9,7 @@ import polars as pl
 import pytest
 from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
+from assets.definitions_file import load_definitions_module
 from assets.features import feature_view_assets
 from assets.ingestion import labels_ingestion, transactions_ingestion
 from assets.ml import (
@@ -26,7 +27,6 @@ from assets.monitoring import (
     predictions_drift_sensor,
 )
 from assets.transforms import regional_dbt_models
-from meridian.cli import load_definitions_module
 from resources.alerting import AlertingResource
 from resources.lake import RegionalLakeResource
 from resources.mlflow import MlflowTrackingResource

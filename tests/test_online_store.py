@@ -13,11 +13,11 @@ from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PART
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from assets.definitions_file import load_definitions_module
 from assets.features import VIEWS, feature_view_assets
 from assets.ingestion import labels_ingestion, transactions_ingestion
 from assets.online import online_features
 from assets.transforms import regional_dbt_models
-from meridian.cli import load_definitions_module
 from meridian.online_store import (
     OnlineRow,
     OnlineStoreUnavailable,

@@ -61,7 +61,7 @@ def production(tmp_path_factory, redis_url):
 
 
 def _definitions():
-    from meridian.cli import load_definitions_module
+    from assets.definitions_file import load_definitions_module
 
     return load_definitions_module()
 

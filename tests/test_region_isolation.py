@@ -7,8 +7,8 @@ from datetime import date
 import dagster as dg
 from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
+from assets.definitions_file import load_definitions_module
 from assets.ingestion import transactions_ingestion
-from meridian.cli import load_definitions_module
 from meridian.lake import partition_file
 from meridian.paths import region_paths
 from meridian.topology import Region

@@ -11,8 +11,9 @@ from dagster._core.run_coordinator import SubmitRunContext
 from dagster._core.storage.dagster_run import DagsterRun
 from dagster._utils.tags import TagConcurrencyLimitsCounter
 
+from instance.run_coordinator import RegionRunCoordinator
 from meridian.paths import REPO_ROOT
-from meridian.run_coordinator import REGION_TAG, RegionRunCoordinator, region_of_run_tags
+from meridian.run_tags import REGION_TAG, region_of_run_tags
 
 REGIONS = ["us-east", "eu-west", "ap-southeast", "us-west"]
 RANGE_START, RANGE_END = "dagster/asset_partition_range_start", "dagster/asset_partition_range_end"
@@ -69,7 +70,7 @@ def _run(tags: dict[str, str], job_name: str = "ml_training", **kwargs) -> Dagst
 
 def _limits() -> list[dict]:
     config = yaml.safe_load((REPO_ROOT / "platform" / "dagster.yaml").read_text())["run_coordinator"]
-    assert (config["module"], config["class"]) == ("meridian.run_coordinator", "RegionRunCoordinator")
+    assert (config["module"], config["class"]) == ("instance.run_coordinator", "RegionRunCoordinator")
     return config["config"]["tag_concurrency_limits"]
 
 
@@ -79,7 +80,7 @@ def test_a_ui_launched_training_queues_behind_a_sensor_launched_one_of_the_same_
     registry aliases."""
     overrides = {
         "run_coordinator": {
-            "module": "meridian.run_coordinator",
+            "module": "instance.run_coordinator",
             "class": "RegionRunCoordinator",
             "config": {"tag_concurrency_limits": _limits()},
         }
@@ -126,3 +127,14 @@ def test_the_retraining_sensor_sees_a_training_run_however_it_was_launched(tmp_p
         assert _retraining_state(instance, "eu-west")[0]
         assert _retraining_state(instance, "ap-southeast")[0]
         assert not _retraining_state(instance, "us-east")[0]
+
+
+def test_the_range_tags_the_cli_sets_are_dagsters_own() -> None:
+    from dagster._core.storage import tags
+
+    from meridian.run_tags import PARTITION_RANGE_END_TAG, PARTITION_RANGE_START_TAG
+
+    assert (PARTITION_RANGE_START_TAG, PARTITION_RANGE_END_TAG) == (
+        tags.ASSET_PARTITION_RANGE_START_TAG,
+        tags.ASSET_PARTITION_RANGE_END_TAG,
+    )

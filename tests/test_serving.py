@@ -15,13 +15,13 @@ import duckdb
 import pytest
 from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
+from assets.definitions_file import load_definitions_module
 from assets.features import VIEWS, feature_view_assets
 from assets.ingestion import labels_ingestion, transactions_ingestion
 from assets.ml import fraud_model, fraud_model_hyperparameters, fraud_model_promotion, training_set
 from assets.online import online_features
 from assets.transforms import regional_dbt_models
 from meridian import modeling, registry
-from meridian.cli import load_definitions_module
 from meridian.paths import region_paths
 from meridian.topology import load_topology
 from resources.lake import RegionalLakeResource

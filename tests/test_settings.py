@@ -17,7 +17,7 @@ PRODUCTION = {
 def test_the_service_reads_the_online_store_the_production_definitions_write(monkeypatch):
     """Regression: `meridian serve` read MERIDIAN_ONLINE_STORE (default SQLite) while the
     production definitions forced Redis, so in production it answered 404 from an empty store."""
-    from meridian.cli import load_definitions_module
+    from assets.definitions_file import load_definitions_module
     from serving.main import online_store_resource
 
     for name, value in {**PRODUCTION, "MERIDIAN_ONLINE_STORE": "sqlite"}.items():

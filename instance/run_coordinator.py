@@ -13,37 +13,10 @@ takes each region's warehouse lock in turn instead (assets/transforms.py).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-
 from dagster._core.run_coordinator import QueuedRunCoordinator, SubmitRunContext
 from dagster._core.storage.dagster_run import DagsterRun
 
-REGION_TAG = "meridian/region"
-_PARTITION = "dagster/partition"
-_PARTITION_REGION = "dagster/partition/region"
-_RANGE = ("dagster/asset_partition_range_start", "dagster/asset_partition_range_end")
-
-
-def _region_in_key(key: str, regions: Sequence[str] | None) -> str | None:
-    # Serialized region x day keys join the dimensions by "|", ordered by name: "day|region".
-    candidate = key.split("|")[-1] if key else ""
-    if not candidate:
-        return None
-    return candidate if regions is None or candidate in regions else None
-
-
-def region_of_run_tags(tags: Mapping[str, str], regions: Sequence[str] | None = None) -> str | None:
-    """The one region a run works on, from its tags; None for a run over several regions or none."""
-    if tags.get(REGION_TAG):
-        return tags[REGION_TAG]
-    if tags.get(_PARTITION_REGION):
-        return _region_in_key(tags[_PARTITION_REGION], regions)
-    if tags.get(_PARTITION):
-        return _region_in_key(tags[_PARTITION], regions)
-    if all(tags.get(t) for t in _RANGE):
-        first, last = (_region_in_key(tags[t], regions) for t in _RANGE)
-        return first if first == last else None
-    return None
+from meridian.run_tags import REGION_TAG, region_of_run_tags
 
 
 class RegionRunCoordinator(QueuedRunCoordinator):

@@ -1,0 +1,68 @@
+"""The summary table `meridian run` prints: counted from what landed in each region's lake and warehouse."""
+
+from __future__ import annotations
+
+from cli.runs import RegionOutcome
+from meridian.paths import RegionPaths, region_paths
+from meridian.topology import Topology
+
+
+def _lake_rows(paths: RegionPaths, table: str, days: list[str]) -> int:
+    from meridian.lake import parquet_row_count, partition_file
+
+    files = [partition_file(paths.table(table), d) for d in days]
+    return sum(parquet_row_count(f) for f in files if f.exists())
+
+
+def _warehouse_rows(paths: RegionPaths, table: str, days: list[str]) -> int | str:
+    import duckdb
+
+    from meridian.locks import file_lock
+
+    if not paths.warehouse.exists():
+        return "-"
+    try:
+        with (
+            file_lock(paths.warehouse_lock, shared=True),
+            duckdb.connect(str(paths.warehouse), read_only=True) as con,
+        ):
+            query = f"select count(*) from {table} where event_day between ? and ?"
+            return con.execute(query, [days[0], days[-1]]).fetchall()[0][0]
+    except duckdb.Error:
+        return "-"
+
+
+def summarize(outcomes: list[RegionOutcome], days: list[str], topology: Topology) -> list[dict[str, object]]:
+    """One row per region, counted from what landed in its lake and warehouse."""
+    rows = []
+    for o in outcomes:
+        paths = region_paths(topology.region(o.region))
+        rows.append(
+            {
+                "region": o.region,
+                "status": "ok" if o.success else "FAILED",
+                "days": len(days),
+                "transactions": _lake_rows(paths, "raw_transactions", days),
+                "quarantined": _lake_rows(paths, "quarantined_transactions", days),
+                "chargebacks": _lake_rows(paths, "raw_labels", days),
+                "feature_rows": _warehouse_rows(paths, "customer_spend_features", days),
+                "model": f"v{o.captured['model_version']}" if "model_version" in o.captured else "-",
+                "test_pr_auc": o.captured.get("test_pr_auc", "-"),
+                "test_roc_auc": o.captured.get("test_roc_auc", "-"),
+                "promotion": o.captured.get("decision", "-"),
+                "champion": f"v{o.captured['champion_version']}" if "champion_version" in o.captured else "-",
+                "scored": o.captured.get("run_total_rows", "-"),
+                "drift days ok/warn/error": _drift_days(o.captured.get("region_days_by_worst_status")),
+                "checks": f"{o.checks_passed} ok / {o.checks_warned} warn / {o.checks_failed} failed",
+                "seconds": f"{o.seconds:.1f}",
+            }
+        )
+    return rows
+
+
+def _drift_days(counts: object) -> str:
+    if not isinstance(counts, dict):
+        return "-"
+    return (
+        f"{counts.get('ok', 0) + counts.get('no_data', 0)}/{counts.get('warn', 0)}/{counts.get('error', 0)}"
+    )
