@@ -22,11 +22,11 @@ from datetime import UTC, date, datetime, timedelta
 import dagster as dg
 import polars as pl
 
-from assets.monitoring import _png
 from assets.replication import CLASS_UPSTREAM, REPLICA_ASSETS, replication_status
 from meridian import governance
 from meridian.lake import write_bytes_atomic, write_parquet_atomic
 from meridian.paths import region_paths
+from meridian.plots import figure_png
 from meridian.report import markdown_table
 from meridian.run_tags import region_of_run_tags
 from meridian.validation import currency_rates
@@ -543,7 +543,7 @@ def cost_report(
     ax.tick_params(axis="x", labelsize=8)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    png = _png(fig)
+    png = figure_png(fig)
     path = home / "platform" / "cost_report.json"
     doc = {
         "at": datetime.now(UTC).isoformat(),

@@ -2,8 +2,8 @@
 
 import dagster as dg
 
-from assets.ml import INFERENCE_GROUP, ML_GROUP
-from assets.monitoring import MONITORING_GROUP
+from assets.drift import MONITORING_GROUP
+from assets.ml_shared import INFERENCE_GROUP, ML_GROUP
 from assets.partitions import REGION_DAY_PARTITIONS, REGION_PARTITIONS, TOPOLOGY
 from assets.serving import SERVING_GROUP
 

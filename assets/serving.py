@@ -27,7 +27,8 @@ import dagster as dg
 import polars as pl
 from pydantic import Field
 
-from assets.ml import REGION_PARTITIONS, fraud_model_promotion
+from assets.partitions import REGION_PARTITIONS
+from assets.promotion import fraud_model_promotion
 from meridian import deployment, dr, registry
 from meridian.lake import partition_file, write_bytes_atomic, write_parquet_atomic
 from meridian.lake import set_aside as set_aside_file

@@ -55,9 +55,9 @@ def prepare(home: Path, rows: int) -> None:
     import mlflow
 
     from assets.definitions_file import load_definitions_module
-    from assets.ml import VIEW_TUPLE, prediction_features
     from cli.runs import RunPlan, prepare_environment, run_region
     from meridian import modeling, registry
+    from meridian.batch_scoring import VIEW_TUPLE, prediction_features
     from meridian.topology import load_topology
     from resources.mlflow import MlflowTrackingResource
 
@@ -103,8 +103,10 @@ def measure(home: Path, repeat: int) -> dict[str, float]:
     import duckdb
 
     from assets.definitions_file import load_definitions_module
-    from assets.ml import fraud_predictions, load_booster, prediction_features, score_frame
+    from assets.inference import fraud_predictions
+    from assets.ml_shared import load_booster
     from meridian import modeling, registry
+    from meridian.batch_scoring import prediction_features, score_frame
     from meridian.lake import write_parquet_atomic
     from meridian.run_tags import PARTITION_RANGE_END_TAG, PARTITION_RANGE_START_TAG
     from meridian.topology import load_topology
@@ -124,9 +126,9 @@ def measure(home: Path, repeat: int) -> dict[str, float]:
 
     def run_asset() -> None:
         # A fresh process would load the model from the registry; clear the per-process cache.
-        import assets.ml
+        import assets.ml_shared
 
-        assets.ml._BOOSTERS.clear()
+        assets.ml_shared._BOOSTERS.clear()
         result = dg.materialize([fraud_predictions], resources=resources, tags=tags)
         assert result.success
         [observation] = [

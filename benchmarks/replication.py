@@ -213,10 +213,11 @@ def drill(home: Path, rows_per_day: int, probe_interval: float) -> dict:
     from assets.definitions_file import load_definitions_module
     from assets.features import feature_view_assets
     from assets.ingestion import labels_ingestion, transactions_ingestion
-    from assets.ml import fraud_model, fraud_model_hyperparameters, fraud_model_promotion, training_set
     from assets.online import online_features
+    from assets.promotion import fraud_model_promotion
     from assets.replication import REPLICA_ASSETS, region_failover, region_health_sensor
     from assets.serving import deployment_config
+    from assets.training import fraud_model, fraud_model_hyperparameters, training_set
     from assets.transforms import regional_dbt_models
     from meridian.lake import partition_file
     from meridian.paths import region_paths

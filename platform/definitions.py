@@ -14,6 +14,8 @@ from datetime import timedelta
 import dagster as dg
 from dagster_shared.utils.warnings import PreviewWarning
 
+from assets.deployment_analysis import deployment_analysis, deployment_analysis_job
+from assets.drift import feature_drift, monitoring_job
 from assets.features import feature_view_assets
 from assets.governance import (
     cost_report,
@@ -23,6 +25,7 @@ from assets.governance import (
     governance_job,
     residency_audit,
 )
+from assets.inference import fraud_predictions
 from assets.ingestion import labels_ingestion, transactions_ingestion
 from assets.jobs import (
     batch_inference,
@@ -32,28 +35,16 @@ from assets.jobs import (
     regional_pipeline,
     weekly_retraining_schedule,
 )
-from assets.ml import (
-    fraud_model,
-    fraud_model_hyperparameters,
-    fraud_model_promotion,
-    fraud_predictions,
-    rollback_champion,
-    training_set,
-)
-from assets.monitoring import (
-    deployment_analysis,
-    deployment_analysis_job,
+from assets.monitoring_sensors import (
     deployment_analysis_sensor,
     drift_retraining_sensor,
-    feature_drift,
-    model_performance,
-    monitoring_job,
-    performance_job,
-    platform_health,
     predictions_drift_sensor,
     run_failure_alert_sensor,
 )
 from assets.online import online_features
+from assets.performance import model_performance, performance_job
+from assets.platform_health import platform_health
+from assets.promotion import fraud_model_promotion, rollback_champion
 from assets.replication import (
     REPLICA_ASSETS,
     region_failover,
@@ -63,6 +54,7 @@ from assets.replication import (
     replication_status,
 )
 from assets.serving import deployment_config, serving_stream, serving_stream_job, serving_stream_sensor
+from assets.training import fraud_model, fraud_model_hyperparameters, training_set
 from assets.transforms import dbt_project, regional_dbt_models
 from meridian import settings as meridian_settings
 from meridian.governance import default_policy

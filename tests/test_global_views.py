@@ -9,7 +9,8 @@ import pytest
 
 from assets import governance as governance_assets
 from assets.governance import cost_report
-from assets.monitoring import champion_test_pr_auc, platform_health
+from assets.platform_health import platform_health
+from meridian.performance import champion_test_pr_auc
 from resources.alerting import AlertingResource
 from resources.lake import RegionalLakeResource
 from resources.mlflow import MlflowTrackingResource

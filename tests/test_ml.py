@@ -19,20 +19,14 @@ from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PART
 
 from assets.definitions_file import load_definitions_module
 from assets.features import feature_view_assets
+from assets.inference import fraud_predictions
 from assets.ingestion import labels_ingestion, transactions_ingestion
-from assets.ml import (
-    PromotionConfig,
-    decide,
-    fraud_model,
-    fraud_model_hyperparameters,
-    fraud_model_promotion,
-    fraud_predictions,
-    rollback_champion,
-    training_set,
-)
+from assets.promotion import PromotionConfig, fraud_model_promotion, rollback_champion
+from assets.training import fraud_model, fraud_model_hyperparameters, training_set
 from assets.transforms import regional_dbt_models
 from meridian import modeling, registry
 from meridian.paths import REPO_ROOT
+from meridian.promotion import decide
 from resources.lake import RegionalLakeResource
 from resources.mlflow import MlflowTrackingResource, MlflowUnavailable
 from resources.source import TransactionSourceResource

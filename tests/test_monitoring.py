@@ -10,22 +10,15 @@ import pytest
 from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
 from assets.definitions_file import load_definitions_module
+from assets.drift import feature_drift
 from assets.features import feature_view_assets
+from assets.inference import fraud_predictions
 from assets.ingestion import labels_ingestion, transactions_ingestion
-from assets.ml import (
-    fraud_model,
-    fraud_model_hyperparameters,
-    fraud_model_promotion,
-    fraud_predictions,
-    training_set,
-)
-from assets.monitoring import (
-    drift_retraining_sensor,
-    feature_drift,
-    model_performance,
-    platform_health,
-    predictions_drift_sensor,
-)
+from assets.monitoring_sensors import drift_retraining_sensor, predictions_drift_sensor
+from assets.performance import model_performance
+from assets.platform_health import platform_health
+from assets.promotion import fraud_model_promotion
+from assets.training import fraud_model, fraud_model_hyperparameters, training_set
 from assets.transforms import regional_dbt_models
 from resources.alerting import AlertingResource
 from resources.lake import RegionalLakeResource
@@ -226,8 +219,9 @@ def test_drift_in_one_region_alerts_and_retrains_that_region_only(tmp_path: Path
         import duckdb
         import orjson
 
-        from assets.ml import load_booster, prediction_features
+        from assets.ml_shared import load_booster
         from meridian import modeling
+        from meridian.batch_scoring import prediction_features
         from meridian.lake import partition_file, write_parquet_atomic
         from meridian.paths import region_paths
         from meridian.served import served_rows

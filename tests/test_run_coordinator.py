@@ -110,7 +110,7 @@ def test_a_ui_launched_training_queues_behind_a_sensor_launched_one_of_the_same_
 
 
 def test_the_retraining_sensor_sees_a_training_run_however_it_was_launched(tmp_path):
-    from assets.monitoring import _retraining_state
+    from assets.monitoring_sensors import _retraining_state
 
     with dg.instance_for_test(temp_dir=str(tmp_path)) as instance:
         # A UI launch not yet through the coordinator: only Dagster's partition tag.

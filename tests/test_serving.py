@@ -18,8 +18,9 @@ from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PART
 from assets.definitions_file import load_definitions_module
 from assets.features import VIEWS, feature_view_assets
 from assets.ingestion import labels_ingestion, transactions_ingestion
-from assets.ml import fraud_model, fraud_model_hyperparameters, fraud_model_promotion, training_set
 from assets.online import online_features
+from assets.promotion import fraud_model_promotion
+from assets.training import fraud_model, fraud_model_hyperparameters, training_set
 from assets.transforms import regional_dbt_models
 from meridian import modeling, registry
 from meridian.paths import region_paths
@@ -382,7 +383,7 @@ def test_ab_canary_and_shadow_route_as_configured_over_http(service):
 def test_a_canary_step_that_passes_its_guardrails_advances_itself(service):
     """Canary at 25 % → requests over HTTP → the stream micro-batch → deployment_analysis: the
     step passed its guardrails, so the config moves to 50 % and the live service follows."""
-    from assets.monitoring import deployment_analysis
+    from assets.deployment_analysis import deployment_analysis
     from assets.serving import serving_stream
 
     home = service["home"]

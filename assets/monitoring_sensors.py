@@ -1,0 +1,163 @@
+"""The monitoring sensors.
+
+Automation:
+- `predictions_drift_sensor` watches `fraud_predictions` materializations (an asset
+  sensor over the event log, cursor = last storage id) and requests `feature_drift` for
+  the same region-days;
+- `drift_retraining_sensor` watches `feature_drift` materializations and launches
+  `ml_training` for a region whose drift reached ERROR — at most one run per region in
+  flight, and not again within `RETRAIN_DEBOUNCE` of the last one it launched;
+- `run_failure_alert_sensor` sends an ERROR alert for any failed run, with its region.
+- `deployment_analysis_sensor` analyses A/B and canary deployments as decisions arrive.
+"""
+
+from datetime import UTC, datetime, timedelta
+
+import dagster as dg
+
+from assets.drift import feature_drift, monitoring_job
+from assets.inference import fraud_predictions
+from meridian.run_tags import region_of_run_tags
+from resources.alerting import AlertingResource
+
+RETRAIN_DEBOUNCE = timedelta(hours=12)
+
+
+TRAINING_ASSETS = frozenset(
+    {"training_set", "fraud_model_hyperparameters", "fraud_model", "fraud_model_promotion"}
+)
+
+
+def _drift_is_newer(instance: dg.DagsterInstance, partition: str, storage_id: int) -> bool:
+    """feature_drift of `partition` was materialized after the predictions record `storage_id`."""
+    latest = instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=dg.AssetKey("feature_drift"), asset_partitions=[partition]), limit=1
+    ).records
+    return bool(latest) and latest[0].storage_id > storage_id
+
+
+def _new_materializations(context: dg.SensorEvaluationContext, key: dg.AssetKey) -> list:
+    """Materializations of `key` since the sensor's cursor (a storage id), oldest first; the
+    cursor moves past them."""
+    after = int(context.cursor) if context.cursor else None
+    records = context.instance.fetch_materializations(
+        dg.AssetRecordsFilter(asset_key=key, after_storage_id=after), limit=1000, ascending=True
+    ).records
+    if records:
+        context.update_cursor(str(records[-1].storage_id))
+    return list(records)
+
+
+@dg.sensor(
+    job=monitoring_job,
+    minimum_interval_seconds=60,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="Runs the drift checks for every region-day whose predictions were just materialized.",
+)
+def predictions_drift_sensor(context: dg.SensorEvaluationContext):
+    for record in _new_materializations(context, fraud_predictions.key):
+        partition = record.partition_key
+        # Drift already measured on these predictions (the main job runs it): nothing to catch up.
+        if partition and not _drift_is_newer(context.instance, partition, record.storage_id):
+            yield dg.RunRequest(
+                run_key=f"drift-{partition}-{record.storage_id}",
+                partition_key=partition,
+                tags={"meridian/region": partition.split("|")[1], "meridian/trigger": "predictions"},
+            )
+
+
+def _retraining_state(instance: dg.DagsterInstance, region: str) -> tuple[bool, datetime | None]:
+    """(a training run of the region is queued or running, when a drift retraining last started)."""
+    active = [
+        dg.DagsterRunStatus.QUEUED,
+        dg.DagsterRunStatus.NOT_STARTED,
+        dg.DagsterRunStatus.STARTING,
+        dg.DagsterRunStatus.STARTED,
+    ]
+    # Whatever launched it (UI, schedule, CLI, another sensor) and whatever tags it carries: a
+    # run of the region that trains (the ml_training job, or an asset run selecting a training asset).
+    in_flight = any(
+        region_of_run_tags(run.tags) == region
+        and (
+            run.job_name == "ml_training"
+            or bool({k.to_user_string() for k in (run.asset_selection or ())} & TRAINING_ASSETS)
+        )
+        for run in instance.get_runs(dg.RunsFilter(statuses=active))
+    )
+    launched = instance.get_run_records(
+        dg.RunsFilter(tags={"meridian/region": region, "meridian/trigger": "drift"}), limit=1
+    )
+    last = None
+    if launched:
+        last = launched[0].create_timestamp
+        last = last if last.tzinfo else last.replace(tzinfo=UTC)
+    return in_flight, last
+
+
+@dg.sensor(
+    job_name="ml_training",
+    minimum_interval_seconds=60,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="Retrains a region whose drift reached ERROR: one run per region at a time, debounced.",
+)
+def drift_retraining_sensor(context: dg.SensorEvaluationContext, alerting: AlertingResource):
+    records = _new_materializations(context, feature_drift.key)
+    regions: dict[str, str] = {}
+    for record in records:
+        metadata = record.asset_materialization.metadata
+        for region in metadata["regions_in_error"].value if "regions_in_error" in metadata else []:
+            regions[region] = record.partition_key or ""
+    now = datetime.now(UTC)
+    for region, partition in sorted(regions.items()):
+        in_flight, last = _retraining_state(context.instance, region)
+        if in_flight:
+            context.log.info(f"{region}: drift in error, a training run is already queued or running")
+            continue
+        if last and now - last < RETRAIN_DEBOUNCE:
+            context.log.info(f"{region}: drift in error, retrained at {last:%Y-%m-%d %H:%M}; debounced")
+            continue
+        alerting.send(
+            "WARN",
+            region,
+            "drift_retraining_sensor",
+            f"retrain:{region}",
+            f"{region}: drift reached ERROR ({partition}); retraining launched",
+        )
+        yield dg.RunRequest(
+            run_key=f"retrain-{region}-{records[-1].storage_id}",
+            partition_key=region,
+            tags={"meridian/region": region, "meridian/trigger": "drift"},
+        )
+
+
+@dg.run_failure_sensor(
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="An ERROR alert for every failed run, with its region.",
+)
+def run_failure_alert_sensor(context: dg.RunFailureSensorContext, alerting: AlertingResource):
+    run = context.dagster_run
+    region = region_of_run_tags(run.tags) or "global"
+    alerting.send(
+        "ERROR",
+        region,
+        "run_failure",
+        f"run-failure:{run.job_name}:{region}",
+        f"{run.job_name} failed for {region}: {context.failure_event.message}",
+        {"run_id": run.run_id},
+    )
+
+
+@dg.sensor(
+    job_name="deployment_analysis_job",
+    minimum_interval_seconds=300,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="Analyses a region's running experiment whenever new scoring decisions land.",
+)
+def deployment_analysis_sensor(context: dg.SensorEvaluationContext):
+    records = _new_materializations(context, dg.AssetKey("scoring_decisions"))
+    for region in sorted({r.partition_key for r in records if r.partition_key}):
+        yield dg.RunRequest(
+            run_key=f"analysis-{region}-{records[-1].storage_id}",
+            partition_key=region,
+            tags={"meridian/region": region},
+        )

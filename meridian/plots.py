@@ -1,0 +1,85 @@
+"""The plots the monitoring and governance assets attach: matplotlib figures to PNG bytes."""
+
+import io
+
+
+def figure_png(fig) -> bytes:
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=80)
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def drift_plot(rows: list[dict], title: str) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    colours = {"ok": "#4c9a2a", "warn": "#e0a100", "error": "#c0392b", "no_data": "#999999"}
+    fig, ax = plt.subplots(figsize=(9, 0.28 * len(rows) + 1.2))
+    names = [r["column"] for r in rows]
+    values = [r["value"] or 0.0 for r in rows]
+    ax.barh(names, values, color=[colours[r["status"]] for r in rows])
+    ax.set_xlabel("drift statistic (PSI for numeric, Jensen-Shannon for categorical)")
+    ax.axvline(0.1, color="#e0a100", linestyle="--", linewidth=1)
+    ax.axvline(0.25, color="#c0392b", linestyle="--", linewidth=1)
+    ax.invert_yaxis()
+    ax.set_title(title)
+    fig.tight_layout()
+    return figure_png(fig)
+
+
+def performance_plot(rows: list[dict], region: str) -> bytes | None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    scored = [r for r in rows if r.get("pr_auc") is not None]
+    if not scored:
+        return None
+    fig, ax = plt.subplots(figsize=(8, 3.2))
+    for version in sorted({r["model_version"] for r in scored}):
+        mine = [r for r in scored if r["model_version"] == version]
+        ax.plot([r["day"] for r in mine], [r["pr_auc"] for r in mine], marker="o", label=f"v{version} PR-AUC")
+        ax.plot(
+            [r["day"] for r in mine],
+            [r["roc_auc"] for r in mine],
+            linestyle="--",
+            label=f"v{version} ROC-AUC",
+        )
+    ax.set_ylim(0, 1.02)
+    ax.set_title(f"fraud-{region}: matured performance by day")
+    ax.tick_params(axis="x", rotation=45, labelsize=7)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return figure_png(fig)
+
+
+def health_plot(rows: list[dict]) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3))
+    regions = [r["region"] for r in rows]
+    ax.bar(regions, [r["alerts_error_24h"] for r in rows], color="#c0392b", label="ERROR")
+    ax.bar(
+        regions,
+        [r["alerts_warn_24h"] for r in rows],
+        bottom=[r["alerts_error_24h"] for r in rows],
+        color="#e0a100",
+        label="WARN",
+    )
+    for i, r in enumerate(rows):
+        ax.annotate(
+            f"drift: {r['drift']}\nv{r['champion_version']}", (i, 0), ha="center", va="bottom", fontsize=8
+        )
+    ax.set_ylabel("alerts, last 24 h")
+    ax.legend()
+    fig.tight_layout()
+    return figure_png(fig)
