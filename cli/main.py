@@ -201,7 +201,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from serving.main import build_app
 
     regions = args.regions.split(",") if args.regions else None
-    app = build_app(poll_seconds=args.poll_seconds, regions=regions)
+    app = build_app(poll_seconds=args.poll_seconds, regions=regions, scoring_threads=args.scoring_threads)
     print(
         f"Meridian scoring service on http://{args.host}:{args.port} (OpenAPI: /docs, /openapi.json)",
         flush=True,
@@ -259,6 +259,11 @@ def main(argv: list[str] | None = None) -> int:
     srv.add_argument("--port", type=int, default=8000)
     srv.add_argument("--regions", help="comma-separated regions to serve (default: every active region)")
     srv.add_argument("--poll-seconds", type=float, default=2.0, help="how often model aliases are checked")
+    srv.add_argument(
+        "--scoring-threads",
+        type=int,
+        help="threads that score off the event loop (default 4; 0 scores on the loop)",
+    )
     srv.add_argument("--home", help="data root (default $MERIDIAN_HOME or .meridian/)")
     srv.set_defaults(func=cmd_serve)
     args = parser.parse_args(argv)

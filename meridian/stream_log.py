@@ -60,6 +60,8 @@ class StreamLogWriter:
         self.max_batch = max_batch
         self.segment_bytes = segment_bytes
         self.dropped = 0
+        self.accepted = 0
+        self._count_lock = threading.Lock()
         self.written = 0
         self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=max_queue)
         self._segment = 0
@@ -81,10 +83,14 @@ class StreamLogWriter:
     def append(self, entry: dict[str, object]) -> bool:
         """Queue one entry; never blocks. False (and counted) when the queue is full."""
         try:
-            self._queue.put_nowait(orjson.dumps(entry, default=str))
+            line = orjson.dumps(entry, default=str)
+            with self._count_lock:  # scoring threads append concurrently
+                self._queue.put_nowait(line)
+                self.accepted += 1
             return True
         except queue.Full:
-            self.dropped += 1
+            with self._count_lock:
+                self.dropped += 1
             if self.dropped == 1 or self.dropped % 10_000 == 0:
                 log.error("stream log %s is not keeping up: %d entries dropped", self.directory, self.dropped)
             return False
@@ -123,6 +129,15 @@ class StreamLogWriter:
             os.fsync(self._handle.fileno())
             self._handle.close()
             self._handle = self._open()
+
+    def wait_written(self, timeout: float = 10.0) -> bool:
+        """Wait until every entry accepted so far is written to the segment; False on timeout."""
+        deadline = time.monotonic() + timeout
+        while self.written < self.accepted:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.01)
+        return True
 
     def close(self, timeout: float = 10.0) -> None:
         """Write everything queued, fsync, stop the thread."""

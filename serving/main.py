@@ -16,7 +16,11 @@ def online_store_resource(config):
 
 
 def build_app(
-    poll_seconds: float = 2.0, regions: list[str] | None = None, stream_log: bool = True, push: bool = True
+    poll_seconds: float = 2.0,
+    regions: list[str] | None = None,
+    stream_log: bool = True,
+    push: bool = True,
+    scoring_threads: int | None = None,
 ) -> FastAPI:
     import mlflow
 
@@ -24,7 +28,7 @@ def build_app(
     from meridian.settings import settings
     from meridian.topology import load_topology
     from resources.mlflow import MlflowTrackingResource
-    from serving.app import create_app
+    from serving.app import SCORING_THREADS, create_app
 
     config = settings()
     if config.production:
@@ -46,4 +50,5 @@ def build_app(
         regions=regions,
         stream_log=stream_log,
         push=push,
+        scoring_threads=SCORING_THREADS if scoring_threads is None else scoring_threads,
     )

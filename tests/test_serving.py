@@ -167,8 +167,65 @@ def test_a_customer_unknown_to_the_region_is_a_404_never_a_lookup_elsewhere(serv
     assert status == 200 and body["version"] == VIEWS["customer_spend"].version
 
 
+def test_score_transaction_is_the_plain_function_behind_the_route(service):
+    """The HTTP route and a direct call score the same transaction the same way."""
+    from serving.region_service import ScoringRefused
+    from serving.schemas import Transaction
+    from serving.scoring import score_transaction
+
+    # Older than the customer's online row: scored on the stored row, nothing pushed, so
+    # both calls see the same features.
+    body = {**_known_transaction(service["home"]), "event_time": f"{DAYS[3]}T12:00:00Z"}
+    status, over_http = _call(f"{service['url']}/v1/{REGION}/score", body)
+    assert status == 200, over_http
+    region_service = service["app"].state.services[REGION]
+    direct = score_transaction(region_service, Transaction(**body))
+    assert direct["score"] == over_http["score"]
+    assert (direct["model_version"], direct["variant"], direct["feature_versions"]) == (
+        over_http["model_version"],
+        over_http["variant"],
+        over_http["feature_versions"],
+    )
+    with pytest.raises(ScoringRefused) as refused:
+        score_transaction(region_service, Transaction(**{**body, "customer_id": "c-nobody"}))
+    assert refused.value.status == 404 and "unknown in eu-west" in refused.value.detail
+
+
+def test_a_score_blocked_in_the_store_does_not_hold_up_other_requests(service):
+    """Scoring runs off the event loop: while one request waits on a store read, others answer."""
+    body = _known_transaction(service["home"])
+    store = service["app"].state.services[REGION].store
+    entered, release = threading.Event(), threading.Event()
+    original = store.read
+
+    def blocked_read(view, entity):
+        if entity == body["customer_id"]:
+            entered.set()
+            release.wait(10)  # on the event loop, this would hold every request for 10 s
+        return original(view, entity)
+
+    store.read = blocked_read
+    answers: dict[str, tuple[int, dict]] = {}
+    scoring = threading.Thread(
+        target=lambda: answers.update(score=_call(f"{service['url']}/v1/{REGION}/score", body))
+    )
+    try:
+        scoring.start()
+        assert entered.wait(10), "the score request never reached the store"
+        assert _call(service["url"] + "/healthz") == (200, {"status": "ok"})
+        other = {**body, "customer_id": "c-nobody", "transaction_id": "t-other"}
+        assert _call(f"{service['url']}/v1/{REGION}/score", other)[0] == 404  # a store read of its own
+        # Both answered while the first request is still inside its store read.
+        assert scoring.is_alive() and not release.is_set()
+    finally:
+        release.set()
+        scoring.join(15)
+        del store.read
+    assert answers["score"][0] == 200
+
+
 def test_request_features_match_the_offline_sql(service):
-    from serving.app import Transaction
+    from serving.schemas import Transaction
 
     home = service["home"]
     region = load_topology().region(REGION)
@@ -232,7 +289,7 @@ def test_an_alias_move_is_picked_up_live_without_a_failed_request(service):
 
 def test_an_unreachable_online_store_is_a_503_naming_it_not_a_guess(service):
     from meridian.online_store import RedisOnlineStore
-    from serving.app import ServedStore
+    from serving.store import ServedStore
     from tests.conftest import free_port
 
     live = service["app"].state.services[REGION]
@@ -356,7 +413,7 @@ def test_ab_canary_and_shadow_route_as_configured_over_http(service):
     # transactions into the lake, where the batch graph (the dbt staging view) reads them.
     from assets.serving import serving_stream
 
-    time.sleep(0.5)  # two flush intervals of the stream log
+    assert service["app"].state.services[REGION].stream.wait_written()
     result = dg.materialize([serving_stream], resources=_resources(home), partition_key=REGION)
     assert result.success
     paths = region_paths(load_topology().region(REGION), home)
@@ -389,7 +446,7 @@ def test_a_canary_step_that_passes_its_guardrails_advances_itself(service):
     home = service["home"]
     _deploy(service, strategy="canary", canary_step=1)
     _score_all(service, _customers(home, 400), "canary-analysis")
-    time.sleep(0.5)  # two flush intervals of the stream log
+    assert service["app"].state.services[REGION].stream.wait_written()
     assert dg.materialize([serving_stream], resources=_resources(home), partition_key=REGION).success
     result = dg.materialize(
         [deployment_analysis],
