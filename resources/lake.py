@@ -35,7 +35,7 @@ class RegionalLakeResource(dg.ConfigurableResource):
 
     def paths(self, topology: Topology, region: str) -> RegionPaths:
         """Where `region`'s data lives now: its own root, or its DR site while failed over."""
-        from meridian.dr import active_paths
+        from meridian.dr.state import active_paths
 
         return active_paths(topology, self.root(), region)
 

@@ -231,11 +231,11 @@ def test_a_partition_written_on_both_sides_during_a_failover_is_merged_by_key(tm
             "reason_code": ["c", "d", "dr"],
         }
     ).write_parquet(failover)
-    merged = dr._merge_parquet(primary, failover, "eu-west", "eu-central")
+    merged = dr.failover._merge_parquet(primary, failover, "eu-west", "eu-central")
     assert merged.sort("transaction_id").rows() == [
         ("t1", at(11), "c"),
         ("t2", at(9), "b"),
         ("t3", at(12), "d"),
         ("t4", at(8), "dr"),
     ]
-    assert dr._merge_parquet(primary, failover, "eu-west", "eu-central").equals(merged)
+    assert dr.failover._merge_parquet(primary, failover, "eu-west", "eu-central").equals(merged)

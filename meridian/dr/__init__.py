@@ -1,0 +1,71 @@
+"""Disaster recovery of a region: replicas per asset class, health probes, failover, failback.
+
+Replicas (meridian.replication) of active region R live in its DR region D (same
+residency zone, enforced when the topology loads and again before every transfer):
+
+    <D root>/replicas/<R>/<class>/          one replica per asset class (regions.yaml)
+    <D root>/failover/<R>/                  R's root while R is failed over to D
+
+    state.py             the control plane's failover state; where a region's data lives now
+    replicas.py          replication of each class to the DR region, replica lag
+    registry_replica.py  the registry replica, read like MLflow's while failed over
+    probes.py            health probes of a site
+    failover.py          failover, and failback with reconciliation
+
+Callers use the package (`from meridian import dr; dr.active_paths(...)`): the names
+below are its interface.
+"""
+
+from meridian.dr.failover import FailoverReport, fail_back, fail_over
+from meridian.dr.probes import Probe, probe
+from meridian.dr.registry_replica import ReplicaRegistryClient, load_replica_booster
+from meridian.dr.replicas import (
+    ClassReplication,
+    class_sources,
+    read_replica_staleness,
+    replicate_class,
+    replication_lag,
+    sync_model_registry,
+    sync_write_deployment,
+)
+from meridian.dr.state import (
+    HEARTBEAT,
+    STAGING,
+    FailoverError,
+    active_paths,
+    failover_root,
+    is_failed_over,
+    load_state,
+    primary_paths,
+    replica,
+    save_state,
+    state_path,
+)
+
+__all__ = [
+    "HEARTBEAT",
+    "STAGING",
+    "ClassReplication",
+    "FailoverError",
+    "FailoverReport",
+    "Probe",
+    "ReplicaRegistryClient",
+    "active_paths",
+    "class_sources",
+    "fail_back",
+    "fail_over",
+    "failover_root",
+    "is_failed_over",
+    "load_replica_booster",
+    "load_state",
+    "primary_paths",
+    "probe",
+    "read_replica_staleness",
+    "replica",
+    "replicate_class",
+    "replication_lag",
+    "save_state",
+    "state_path",
+    "sync_model_registry",
+    "sync_write_deployment",
+]

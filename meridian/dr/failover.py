@@ -1,0 +1,235 @@
+"""Failover to the DR region and failback with reconciliation (meridian.conflicts' rule)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import orjson
+import polars as pl
+
+from meridian.dr.probes import probe
+from meridian.dr.state import FailoverError, failover_root, load_state, primary_paths, replica, save_state
+from meridian.paths import RegionPaths
+from meridian.replication import hash_file, walk
+from meridian.topology import Topology
+
+
+@dataclass
+class FailoverReport:
+    region: str
+    serving_region: str
+    action: str
+    seconds: float
+    replica_versions: dict[str, int | None]
+    replica_published_at: dict[str, float | None]
+    files: int = 0
+    rpo_seconds: float | None = None
+    reconciled: dict[str, int] = field(default_factory=dict)
+    rpo_partitions: int | None = None
+    rpo_files: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def fail_over(
+    topology: Topology, home: Path, region: str, reason: str, *, by: str = "manual"
+) -> FailoverReport:
+    """Promote R's DR region for R: check out every replica into R's failover root, then switch."""
+    started = time.perf_counter()
+    dr = topology.dr_region(region)
+    state = load_state(home)
+    if state.get(region, {}).get("state") == "failed_over":
+        raise FailoverError(f"{region} is already failed over to {state[region]['serving_region']}")
+    replicas = {cls: replica(topology, home, region, cls) for cls in topology.replication.classes}
+    empty = [cls for cls, rep in replicas.items() if rep.current_version() is None]
+    if "model_registry" in empty or "online_store" in empty:
+        raise FailoverError(
+            f"{dr.name} cannot serve {region}: no replica of {', '.join(sorted(empty))} "
+            "(materialize the replica assets first)"
+        )
+    missing = {cls: rep.missing() for cls, rep in replicas.items() if rep.current_version() is not None}
+    missing = {cls: m for cls, m in missing.items() if m}
+    if missing:
+        raise FailoverError(f"{dr.name}'s replicas of {region} lack files: {missing}; re-run replication")
+    target = failover_root(topology, home, region)
+    staging = target.with_name(f".{region}.checkout")
+    shutil.rmtree(staging, ignore_errors=True)
+    files = sum(rep.checkout(staging) for rep in replicas.values() if rep.current_version() is not None)
+    shutil.rmtree(target, ignore_errors=True)
+    os.replace(staging, target)
+    doc = orjson.loads((target / "models" / "registry.json").read_bytes())
+    if "champion" not in doc["aliases"]:
+        raise FailoverError(f"the registry replica of {region} has no champion")
+    published = {cls: (rep.manifest() or {}).get("published_at") for cls, rep in replicas.items()}
+    async_times = [
+        published[c]
+        for c, spec in topology.replication.classes.items()
+        if spec.mode == "async" and published[c]
+    ]
+    report = FailoverReport(
+        region,
+        dr.name,
+        "failover",
+        0.0,
+        {cls: rep.current_version() for cls, rep in replicas.items()},
+        published,
+        files,
+        rpo_seconds=(time.time() - min(async_times)) if async_times else None,
+    )
+    state[region] = {
+        "state": "failed_over",
+        "serving_region": dr.name,
+        "since": datetime.now(UTC).isoformat(),
+        "since_ts": time.time(),
+        "reason": reason,
+        "by": by,
+        "replica_versions": report.replica_versions,
+        "replica_published_at": published,
+    }
+    save_state(home, state)
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def _merge_parquet(primary: Path, failover: Path, primary_site: str, dr_site: str) -> pl.DataFrame:
+    """Rows of both versions of one partition; on a key both hold, the conflict rule decides.
+
+    Lake rows carry no HLC: the order is (event time, site), the site breaking ties the
+    same way on every run (the DR site's row wins a tie: it is the newer write of the two).
+    """
+    a = pl.read_parquet(primary).with_columns(_site=pl.lit(primary_site), _rank=pl.lit(0))
+    b = pl.read_parquet(failover).with_columns(_site=pl.lit(dr_site), _rank=pl.lit(1))
+    both = pl.concat([a, b], how="diagonal_relaxed")
+    key = next((k for k in ("request_id", "transaction_id") if k in both.columns), None)
+    if key is None:
+        return both.drop("_site", "_rank").unique(maintain_order=True)
+    order = [c for c in ("chargeback_at", "event_time") if c in both.columns]
+    return (
+        both.sort([*order, "_rank"], nulls_last=False)
+        .unique(subset=[key], keep="last", maintain_order=False)
+        .sort(key)
+        .drop("_site", "_rank")
+    )
+
+
+def fail_back(
+    topology: Topology,
+    home: Path,
+    region: str,
+    *,
+    open_store: Callable[[RegionPaths], object] | None = None,
+    drain_seconds: float = 5.0,
+) -> FailoverReport:
+    """Serve R from R again, then reconcile what R's DR site wrote into R's own root.
+
+    `drain_seconds` must exceed the serving layer's poll interval: pushes and log lines a
+    service writes at the DR site until it notices the switch are merged, not lost.
+    """
+    from meridian.feature_views import feature_views
+    from meridian.lake import write_parquet_atomic
+
+    started = time.perf_counter()
+    state = load_state(home)
+    entry = state.get(region)
+    if not entry or entry.get("state") != "failed_over":
+        raise FailoverError(f"{region} is not failed over")
+    health = probe(topology, home, region)
+    if not health.ok:
+        raise FailoverError(f"{region} is still unhealthy: {'; '.join(health.problems)}")
+    dr_name = entry["serving_region"]
+    primary = primary_paths(topology, home, region)
+    site = failover_root(topology, home, region)
+    since = entry["since_ts"]
+    reconciled = {"copied_back": 0, "merged": 0, "online_rows": 0, "warehouse": 0}
+    replicas = {cls: replica(topology, home, region, cls) for cls in topology.replication.classes}
+    used = {
+        cls: (rep.manifest(entry["replica_versions"][cls]) or {"files": {}})
+        if entry["replica_versions"].get(cls)
+        else {"files": {}}
+        for cls, rep in replicas.items()
+    }
+    at_failover = {rel for m in used.values() for rel in m["files"]}
+    # RPO, measured now that the primary is readable again: what it held at the fault that
+    # no replica had (in a real loss of the site these would be gone).
+    lost = []
+    for cls, spec in topology.replication.classes.items():
+        if cls in ("online_store", "model_registry"):
+            continue
+        published = entry["replica_published_at"].get(cls) or 0.0
+        for source in walk(primary.root, spec.paths):
+            mtime = source.path.stat().st_mtime
+            if mtime > since:
+                continue  # written after the fault: not part of what the failover lost
+            had = used[cls]["files"].get(source.rel)
+            if had is None or (mtime > published and hash_file(source.path)[0] != had["checksum"]):
+                lost.append(source.rel)
+    # Switch first: from here R's writers (assets, the service within its poll interval) write
+    # to R's own root, where the merge below is safe against them (last writer wins). Then
+    # wait for writers still on the DR site to drain, and merge what they wrote.
+    state[region] = {
+        "state": "primary",
+        "serving_region": region,
+        "since": datetime.now(UTC).isoformat(),
+        "since_ts": time.time(),
+        "reason": f"failback from {dr_name}",
+        "previous_failover": {k: v for k, v in entry.items() if k != "previous_failover"},
+    }
+    save_state(home, state)
+    time.sleep(drain_seconds)
+    # Files written at the DR site during the failover (lake and stream): back to the primary.
+    for cls, spec in topology.replication.classes.items():
+        if cls in ("online_store", "model_registry", "deployment_config"):
+            continue
+        for source in walk(site, spec.paths):
+            if source.path.stat().st_mtime < since and source.rel in at_failover:
+                continue  # checked out from the replica and never touched at the DR site
+            dest = primary.root / source.rel
+            if source.rel == "warehouse.duckdb":
+                # Derived data: the DR site's warehouse is newer than anything the primary
+                # holds for the failover period; the next dbt run re-derives the rest.
+                tmp = dest.with_name(f".{dest.name}.failback.tmp")
+                shutil.copyfile(source.path, tmp)
+                os.replace(tmp, dest)
+                reconciled["warehouse"] += 1
+            elif dest.exists() and dest.suffix == ".parquet":
+                merged = _merge_parquet(dest, source.path, region, dr_name)
+                write_parquet_atomic(merged, dest)
+                reconciled["merged"] += 1
+            else:
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                tmp = dest.with_name(f".{dest.name}.failback.tmp")
+                shutil.copyfile(source.path, tmp)
+                os.replace(tmp, dest)
+                reconciled["copied_back"] += 1
+    # Online rows: last-writer-wins on (event time, HLC, site), stamps kept both ways.
+    from meridian.online_store import SqliteOnlineStore
+
+    dr_store = SqliteOnlineStore(site / "online" / "online_store.db", origin=dr_name)
+    primary_store = (
+        open_store(primary)
+        if open_store
+        else SqliteOnlineStore(primary.root / "online" / "online_store.db", origin=region)
+    )
+    for view in feature_views():
+        reconciled["online_rows"] += primary_store.write(dr_store.iter_rows(view.name)).applied
+    dr_store.close()
+    primary_store.close()
+    shutil.rmtree(site, ignore_errors=True)
+    return FailoverReport(
+        region,
+        region,
+        "failback",
+        time.perf_counter() - started,
+        {cls: rep.current_version() for cls, rep in replicas.items()},
+        {cls: (rep.manifest() or {}).get("published_at") for cls, rep in replicas.items()},
+        reconciled=reconciled,
+        rpo_partitions=len({str(Path(r).parent) for r in lost if "day=" in r}),
+        rpo_files=sorted(lost),
+    )
