@@ -83,3 +83,25 @@ def health_plot(rows: list[dict]) -> bytes:
     ax.legend()
     fig.tight_layout()
     return figure_png(fig)
+
+
+def cost_plot(per_region: list[dict]) -> bytes:
+    """Stacked storage, transfer and compute cost per region."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 3.2))
+    labels = [r["region"] for r in per_region]
+    bottom = [0.0] * len(labels)
+    for part in ("storage_usd_month", "transfer_usd", "compute_usd"):
+        values = [r[part] for r in per_region]
+        ax.bar(labels, values, bottom=bottom, label=part.replace("_usd", "").replace("_", " "))
+        bottom = [b + v for b, v in zip(bottom, values, strict=True)]
+    ax.set_ylabel("USD")
+    ax.set_title("Meridian cost by region (storage per month, transfer and compute over 30 days)")
+    ax.tick_params(axis="x", labelsize=8)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return figure_png(fig)

@@ -14,17 +14,12 @@ from datetime import timedelta
 import dagster as dg
 from dagster_shared.utils.warnings import PreviewWarning
 
+from assets.catalog import governance_catalog
+from assets.cost import cost_report
 from assets.deployment_analysis import deployment_analysis, deployment_analysis_job
 from assets.drift import feature_drift, monitoring_job
 from assets.features import feature_view_assets
-from assets.governance import (
-    cost_report,
-    daily_governance_schedule,
-    global_merchant_risk,
-    governance_catalog,
-    governance_job,
-    residency_audit,
-)
+from assets.governance import daily_governance_schedule, governance_job
 from assets.inference import fraud_predictions
 from assets.ingestion import labels_ingestion, transactions_ingestion
 from assets.jobs import (
@@ -53,7 +48,9 @@ from assets.replication import (
     replication_sensor,
     replication_status,
 )
+from assets.residency import residency_audit
 from assets.serving import deployment_config, serving_stream, serving_stream_job, serving_stream_sensor
+from assets.sharing import global_merchant_risk
 from assets.training import fraud_model, fraud_model_hyperparameters, training_set
 from assets.transforms import dbt_project, regional_dbt_models
 from meridian import settings as meridian_settings

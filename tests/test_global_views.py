@@ -7,8 +7,8 @@ import json
 import dagster as dg
 import pytest
 
-from assets import governance as governance_assets
-from assets.governance import cost_report
+from assets import cost as cost_assets
+from assets.cost import cost_report
 from assets.platform_health import platform_health
 from meridian.performance import champion_test_pr_auc
 from resources.alerting import AlertingResource
@@ -57,7 +57,7 @@ def test_the_cost_report_prices_global_compute_from_regions_yaml_and_pages_throu
     history queries stopped at their first page without saying so."""
     from meridian.topology import load_topology
 
-    monkeypatch.setattr(governance_assets, "HISTORY_PAGE", 2)  # five earlier runs: three pages
+    monkeypatch.setattr(cost_assets, "HISTORY_PAGE", 2)  # five earlier runs: three pages
     root = tmp_path / "root"
     rate = load_topology().global_cost.compute_vcpu_hour
     with dg.instance_for_test() as instance:

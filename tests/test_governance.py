@@ -12,10 +12,11 @@ import dagster as dg
 import polars as pl
 import pytest
 
-from assets.governance import aggregate_shared, residency_audit
+from assets.residency import residency_audit
 from meridian import governance
 from meridian.generator import GeneratorConfig
 from meridian.paths import region_paths
+from meridian.sharing import aggregate_shared
 from meridian.topology import load_topology
 from resources.alerting import AlertingResource
 from resources.lake import RegionalLakeResource
