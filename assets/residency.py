@@ -8,7 +8,7 @@ import dagster as dg
 from assets.governance import GLOBAL_GROUP
 from assets.replication import REPLICA_ASSETS
 from assets.sharing import global_merchant_risk
-from meridian import governance
+from meridian import governance, residency
 from meridian.lake import write_bytes_atomic
 from meridian.report import markdown_table
 from resources.alerting import AlertingResource
@@ -42,7 +42,7 @@ def residency_audit(
 ):
     topo = topology.load()
     home = lake.root()
-    report = governance.residency_audit(topo, governance.default_policy(), home)
+    report = residency.residency_audit(topo, governance.default_policy(), home)
     findings = [
         {"path": f.path, "zone of location": f.location_zone, "problem": f.problem} for f in report.findings
     ]

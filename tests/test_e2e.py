@@ -345,10 +345,10 @@ def test_the_readme_main_command_runs_regions_in_parallel_and_records_them_in_th
     assert by_asset["global_merchant_risk"]["classification"] == "aggregate"
     _the_readme_serve_command_answers_after_the_main_job(home, env)
     # ... and still passes after the service wrote its stream logs.
-    from meridian import governance
+    from meridian import governance, residency
     from meridian.topology import load_topology
 
-    report = governance.residency_audit(load_topology(), governance.default_policy(), home)
+    report = residency.residency_audit(load_topology(), governance.default_policy(), home)
     assert report.passed, report.findings[:5]
 
 

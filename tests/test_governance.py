@@ -13,7 +13,7 @@ import polars as pl
 import pytest
 
 from assets.residency import residency_audit
-from meridian import governance
+from meridian import governance, residency
 from meridian.generator import GeneratorConfig
 from meridian.paths import region_paths
 from meridian.sharing import aggregate_shared
@@ -68,7 +68,7 @@ def test_classification_shows_as_tags_and_metadata_in_the_definitions():
 
 
 def test_the_audit_passes_on_clean_data_and_names_every_planted_leak(home):
-    assert governance.residency_audit(TOPOLOGY, POLICY, home).passed
+    assert residency.residency_audit(TOPOLOGY, POLICY, home).passed
     eu = region_paths(TOPOLOGY.region("eu-west"), home)
     us = region_paths(TOPOLOGY.region("us-east"), home)
     source = next(eu.table("raw_transactions").glob("day=*/data.parquet"))
@@ -90,7 +90,7 @@ def test_the_audit_passes_on_clean_data_and_names_every_planted_leak(home):
         customer = pl.read_parquet(source, columns=["customer_id"])["customer_id"][0]
         con.execute("insert into notes values (?)", [f"escalated by support for {customer}, see ticket"])
     con.close()
-    report = governance.residency_audit(TOPOLOGY, POLICY, home)
+    report = residency.residency_audit(TOPOLOGY, POLICY, home)
     assert not report.passed
     problems = _problems_by_path(report)
     assert (
@@ -111,7 +111,7 @@ def test_the_audit_passes_on_clean_data_and_names_every_planted_leak(home):
     )
     eu_central.parent.mkdir(parents=True)
     shutil.copyfile(source, eu_central)
-    assert governance.residency_audit(TOPOLOGY, POLICY, home).passed
+    assert residency.residency_audit(TOPOLOGY, POLICY, home).passed
 
 
 def test_the_audit_asset_fails_its_blocking_check_and_alerts_on_a_leak(home):
@@ -200,7 +200,7 @@ def test_the_audit_reads_every_row_and_finds_personal_values_of_any_shape_and_fi
     blob = home / "regions" / "us-west" / "replicas" / "stray" / "objects" / "ab" / "ab12cd34"
     blob.parent.mkdir(parents=True)
     source.select("device_id").rename({"device_id": "payload_ref"}).write_parquet(blob)
-    report = governance.residency_audit(TOPOLOGY, POLICY, home)
+    report = residency.residency_audit(TOPOLOGY, POLICY, home)
     problems = _problems_by_path(report)
     assert (
         "column 'token' holds 1 personal or pseudonymous value(s) of zone(s) ['eu']"

@@ -1,0 +1,386 @@
+"""The residency audit: proves that no personal or pseudonymous data of zone Z exists outside Z.
+
+It scans every file under the data root, every row — by column name, and by value: every
+value a zone holds in the columns the policy classifies as personal or pseudonymous is
+looked for in every text value (tokenised) of every file outside that zone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sqlite3
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pyarrow.parquet as pq
+
+from meridian.governance import Policy
+from meridian.topology import Topology
+
+
+@dataclass
+class AuditFinding:
+    path: str
+    location_zone: str
+    problem: str
+
+
+@dataclass
+class AuditReport:
+    files_scanned: int = 0
+    bytes_scanned: int = 0
+    files_with_zone_bound_columns: int = 0
+    findings: list[AuditFinding] = field(default_factory=list)
+    by_zone: dict[str, int] = field(default_factory=dict)
+    personal_values_indexed: dict[str, int] = field(default_factory=dict)
+    files_unreadable: int = 0  # inside a zone (outside every zone, an unreadable file is a finding)
+
+    @property
+    def passed(self) -> bool:
+        return not self.findings
+
+
+def _location_zone(topology: Topology, home: Path, path: Path) -> str | None:
+    """The zone a file lives in: the zone of the region root it is under, else None (global)."""
+    from meridian.paths import region_paths
+
+    for region in topology.regions:
+        root = region_paths(region, home).root
+        if path.is_relative_to(root):
+            return region.zone
+    return None
+
+
+# A token of free text that could be an identifier or an address: ids, e-mails, fingerprints.
+TOKEN = r"[A-Za-z0-9_@.+\-]{4,}"
+
+
+_MAGIC = ((0, b"PAR1", "parquet"), (0, b"SQLite format 3\x00", "sqlite"), (8, b"DUCK", "duckdb"))
+
+
+_SUFFIXES = {
+    ".parquet": "parquet",
+    ".jsonl": "jsonl",
+    ".json": "json",
+    ".csv": "csv",
+    ".db": "sqlite",
+    ".duckdb": "duckdb",
+}
+
+
+def file_kind(path: Path) -> str | None:
+    """What a data file is, by its suffix or, for content-addressed objects (replicas), its magic bytes."""
+    kind = _SUFFIXES.get(path.suffix)
+    if kind is not None or path.suffix:
+        return kind
+    with open(path, "rb") as handle:
+        head = handle.read(16)
+    return next((k for offset, magic, k in _MAGIC if head[offset : offset + len(magic)] == magic), None)
+
+
+@dataclass
+class _Table:
+    name: str  # "" for a file that is one table
+    frame: pl.DataFrame
+    strict: bool  # a data table (every column must be classified) or free-form records
+
+
+def _records_frame(records: list[dict]) -> pl.DataFrame:
+    if not records:
+        return pl.DataFrame()
+    names = list(dict.fromkeys(k for r in records for k in r))
+    rows = [[None if r.get(n) is None else str(r.get(n)) for n in names] for r in records]
+    return pl.DataFrame(rows, schema={n: pl.String for n in names}, orient="row")
+
+
+def _flatten_all(value: object, prefix: str = "") -> dict[str, object]:
+    """Every scalar of a JSON document, keyed by its field name (nested names kept as they are)."""
+    out: dict[str, object] = {}
+    if isinstance(value, dict):
+        for key, inner in value.items():
+            if isinstance(inner, dict | list):
+                for k, v in _flatten_all(inner, f"{key}.").items():
+                    out.setdefault(k, v)
+            else:
+                out[str(key)] = inner
+    elif isinstance(value, list):
+        for i, inner in enumerate(value):
+            for k, v in _flatten_all(inner, prefix).items():
+                out.setdefault(k if k not in out else f"{k}[{i}]", v)
+    return out
+
+
+def _tables(path: Path, kind: str, columns: Callable[[list[str]], list[str] | None]) -> Iterable[_Table]:
+    """Every table of a file, all rows; `columns(names)` picks the columns to read (None: all)."""
+    if kind == "parquet":
+        names = list(pq.read_schema(path).names)
+        yield _Table("", pl.read_parquet(path, columns=columns(names)), True)
+    elif kind == "csv":
+        yield _Table("", pl.read_csv(path, infer_schema=False), False)
+    elif kind in ("jsonl", "json"):
+        records = []
+        text = path.read_bytes()
+        documents = text.splitlines() if kind == "jsonl" else [text]
+        for line in documents:
+            with contextlib.suppress(ValueError):
+                records.append(_flatten_all(json.loads(line)))
+        yield _Table("", _records_frame(records), False)
+    elif kind == "duckdb":
+        import duckdb
+
+        try:
+            con = duckdb.connect(str(path), read_only=True)
+        except duckdb.Error:
+            return  # held by a writer: audited on the next run
+        try:
+            tables = con.sql(
+                "select table_schema, table_name from information_schema.tables where table_type = 'BASE TABLE'"
+            ).fetchall()
+            for schema, table in tables:
+                qualified = f'"{schema}"."{table}"'
+                names = [r[0] for r in con.sql(f"describe {qualified}").fetchall()]
+                picked = columns(names)
+                if picked == []:
+                    continue
+                select = ", ".join(f'"{c}"' for c in picked) if picked is not None else "*"
+                yield _Table(f"{schema}.{table}", con.sql(f"select {select} from {qualified}").pl(), True)
+        finally:
+            con.close()
+    elif kind == "sqlite":
+        con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            tables = [r[0] for r in con.execute("select name from sqlite_master where type = 'table'")]
+            for table in tables:
+                cur = con.execute(f'select * from "{table}"')
+                names = [d[0] for d in cur.description]
+                rows = cur.fetchall()
+                frame = pl.DataFrame(
+                    [[None if v is None else str(v) for v in row] for row in rows],
+                    schema={n: pl.String for n in names},
+                    orient="row",
+                )
+                yield _Table(table, frame, False)
+                if "payload" in frame.columns:
+                    payloads = []
+                    for payload in frame["payload"].drop_nulls():
+                        with contextlib.suppress(ValueError):
+                            payloads.append(_flatten_all(json.loads(payload)))
+                    yield _Table(f"{table}.payload", _records_frame(payloads), False)
+        finally:
+            con.close()
+
+
+def _zone_bound_columns(policy: Policy, names: Iterable[str]) -> list[str]:
+    return policy.zone_bound(names, strict=False)
+
+
+_SEPARATOR = r"[^A-Za-z0-9_@.+\-]"
+
+
+def _text_columns(frame: pl.DataFrame) -> list[str]:
+    return [
+        c
+        for c, t in frame.schema.items()
+        if t in (pl.String, pl.Categorical) or isinstance(t, pl.List | pl.Struct)
+    ]
+
+
+def _tokens(frame: pl.DataFrame, columns: list[str]) -> pl.DataFrame:
+    """Every distinct (column, token) of the text columns, in one pass over the table: a value
+    without separators is its own token (ids, e-mails: no regex needed), free text is split."""
+    if not columns or frame.is_empty():
+        return pl.DataFrame(schema={"column": pl.String, "token": pl.String})
+    # Positional names inside: a table's own column may be called "column" or "token".
+    names = {f"c{i}": c for i, c in enumerate(columns)}
+    long = (
+        frame.select(pl.col(c).cast(pl.String, strict=False).alias(f"c{i}") for i, c in enumerate(columns))
+        .unpivot(variable_name="column", value_name="token")
+        .drop_nulls()
+        .unique()
+        .with_columns(pl.col("column").replace_strict(names, return_dtype=pl.String))
+    )
+    split = pl.col("token").str.contains(_SEPARATOR)
+    whole = long.filter(~split & (pl.col("token").str.len_chars() >= 4))
+    parts = (
+        long.filter(split).with_columns(pl.col("token").str.extract_all(TOKEN)).explode("token").drop_nulls()
+    )
+    return pl.concat([whole, parts]).unique()
+
+
+def _data_files(home: Path) -> list[tuple[Path, str]]:
+    found = []
+    for path in sorted(p for p in home.rglob("*") if p.is_file()):
+        if path.name.startswith(".") or "dbt-runs" in path.parts:
+            continue
+        with contextlib.suppress(OSError):
+            kind = file_kind(path)
+            if kind is not None:
+                found.append((path, kind))
+    return found
+
+
+def personal_values_by_zone(topology: Topology, policy: Policy, home: Path) -> dict[str, np.ndarray]:
+    """Every value each zone holds in a column the policy classifies as personal or pseudonymous,
+    from every row of its regions' lake tables of record (policy `tables` stored in the lake:
+    where personal data enters a region): what must never be found outside the zone. Copies
+    elsewhere (scratch files, exports) do not make a value a zone's own."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from meridian.paths import region_paths
+
+    lake_tables = {
+        name: bound
+        for name, table in policy.tables.items()
+        if table.store == "lake" and (bound := _zone_bound_columns(policy, table.columns))
+    }
+    sources = [
+        (region.zone, path, bound)
+        for region in topology.regions
+        for name, bound in lake_tables.items()
+        for path in sorted(region_paths(region, home).table(name).glob("day=*/*.parquet"))
+        if not path.name.startswith(".")
+    ]
+
+    def tokens_of(source: tuple[str, Path, list[str]]) -> pl.Series | None:
+        _, path, bound = source
+        try:
+            present = [c for c in pq.read_schema(path).names if c in bound]
+            return _tokens(pl.read_parquet(path, columns=present), present)["token"]
+        except (OSError, pl.exceptions.PolarsError, ValueError):
+            return None  # unreadable inside its zone: it cannot be found outside it either
+
+    found: dict[str, list[pl.Series]] = {}
+    with ThreadPoolExecutor(max_workers=2) as pool:  # polars releases the GIL
+        for (zone, _, _), tokens in zip(sources, pool.map(tokens_of, sources), strict=True):
+            if tokens is not None:
+                found.setdefault(zone, []).append(tokens)
+    return {zone: np.unique(_hashes(pl.concat(parts))) for zone, parts in found.items() if parts}
+
+
+def _hashes(values: pl.Series) -> np.ndarray:
+    """64-bit hashes of string values (polars' hash, fixed seeds: the same in every call)."""
+    return values.hash(seed=0).to_numpy()
+
+
+def _member_mask(values: pl.Series, sorted_hashes: np.ndarray) -> np.ndarray:
+    """Which `values` have their hash in `sorted_hashes` (a sorted uint64 array), by binary
+    search: a zone's millions of values are hashed once, and each table's distinct tokens are
+    looked up in O(n log m). (A 64-bit collision would report a leak that is not one, never
+    miss one.)"""
+    if values.is_empty() or sorted_hashes.size == 0:
+        return np.zeros(values.len(), dtype=bool)
+    h = _hashes(values)
+    at = np.minimum(np.searchsorted(sorted_hashes, h), sorted_hashes.size - 1)
+    return sorted_hashes[at] == h
+
+
+def _content_problems(
+    table: _Table, zone: str | None, personal: dict[str, np.ndarray], foreign: np.ndarray
+) -> list[str]:
+    tokens = _tokens(table.frame, _text_columns(table.frame))
+    hits = tokens.filter(pl.Series(_member_mask(tokens["token"], foreign)))
+    problems = []
+    for column, found in hits.group_by("column", maintain_order=True):
+        zones = sorted(
+            z for z, own in personal.items() if z != zone and _member_mask(found["token"], own).any()
+        )
+        problems.append(
+            f"column {column[0]!r} holds {found.height} personal or pseudonymous value(s) of zone(s) {zones}"
+        )
+    return problems
+
+
+def _scan_file(
+    path: Path,
+    kind: str,
+    zone: str | None,
+    policy: Policy,
+    personal: dict[str, np.ndarray],
+    foreign: np.ndarray,
+) -> tuple[list[str], bool, bool]:
+    """(problems, holds zone-bound columns, unreadable) of one file."""
+    problems: list[str] = []
+    bound_any = False
+    try:
+        for table in _tables(path, kind, lambda names: None):
+            where = f"table {table.name}: " if table.name else ""
+            # Column names are checked in data tables (Parquet, DuckDB); free-form records
+            # (JSON, logs, SQLite stores) name columns in metadata, so their values are checked.
+            bound = policy.zone_bound(table.frame.columns) if table.strict else []
+            bound_any |= bool(bound)
+            if bound and zone is None:
+                problems.append(f"{where}zone-bound columns {bound} outside every zone")
+            problems += [where + p for p in _content_problems(table, zone, personal, foreign)]
+    except (OSError, sqlite3.DatabaseError, pl.exceptions.PolarsError, ValueError) as error:
+        # Inside its zone an unreadable file is counted (files_unreadable); outside every zone
+        # it cannot be cleared, so it is a finding.
+        if zone is None:
+            return [f"unreadable, cannot prove it holds no personal data: {error}"], bound_any, True
+        return [], bound_any, True
+    return problems, bound_any, False
+
+
+def _content_digest(path: Path) -> str:
+    import xxhash
+
+    digest = xxhash.xxh3_128()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _record(
+    report: AuditReport, home: Path, path: Path, zone: str | None, problems: list[str], bound: bool
+) -> None:
+    report.files_scanned += 1
+    report.bytes_scanned += path.stat().st_size
+    report.files_with_zone_bound_columns += int(bound)
+    key = zone or "global"
+    report.by_zone[key] = report.by_zone.get(key, 0) + 1
+    for problem in problems:
+        report.findings.append(AuditFinding(str(path.relative_to(home)), key, problem))
+
+
+def residency_audit(topology: Topology, policy: Policy, home: Path) -> AuditReport:
+    """Scan every row of every data file under `home` for zone-bound data outside its zone.
+
+    Two passes. First, every value of every column the policy classifies as personal or
+    pseudonymous is collected from each zone's own files (`personal_values_by_zone`): the
+    zone's customers, e-mails, cards, devices and transactions, whatever they look like.
+    Then every text value of every file (tokenised, so an id inside a JSON blob or a log
+    message counts too) is checked against the values of the other zones — or of every
+    zone, for a file outside all zones — and zone-bound column names outside every zone
+    are reported. Files are recognised by suffix or by content (replica objects).
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    report = AuditReport()
+    files = [(path, kind, _location_zone(topology, home, path)) for path, kind in _data_files(home)]
+    personal = personal_values_by_zone(topology, policy, home)
+    every = np.unique(np.concatenate(list(personal.values()))) if personal else np.array([], dtype=np.uint64)
+    foreign_by_zone = {zone: np.setdiff1d(every, own, assume_unique=True) for zone, own in personal.items()}
+    # A replica object is a byte-for-byte copy of a file in the same zone (content-addressed):
+    # the same bytes in the same zone give the same findings, so each is scanned once.
+    keys = [(_content_digest(path), zone) for path, _, zone in files]
+    first = {}
+    for (path, kind, zone), key in zip(files, keys, strict=True):
+        first.setdefault(key, (path, kind, zone))
+
+    def scan(item: tuple[Path, str, str | None]) -> tuple[list[str], bool, bool]:
+        path, kind, zone = item
+        foreign = foreign_by_zone.get(zone, every) if zone is not None else every
+        return _scan_file(path, kind, zone, policy, personal, foreign)
+
+    with ThreadPoolExecutor(max_workers=2) as pool:  # polars and NumPy release the GIL
+        results = dict(zip(first, pool.map(scan, first.values()), strict=True))
+    for (path, _, zone), key in zip(files, keys, strict=True):
+        problems, bound, unreadable = results[key]
+        report.files_unreadable += int(unreadable)
+        _record(report, home, path, zone, problems, bound)
+    report.personal_values_indexed = {z: int(v.size) for z, v in personal.items()}
+    return report
