@@ -111,7 +111,7 @@ def phase_direct(home: Path, rows: int, n_days: int, compiled: Path) -> None:
     # The pipeline also keeps the online store current (assets/online.py): the same writes here.
     from assets.features import VIEWS
     from assets.online import latest_frame
-    from meridian.online_store import SqliteOnlineStore
+    from meridian.online_sqlite import SqliteOnlineStore
 
     store = SqliteOnlineStore(paths.root / "online" / "online_store.db")
     for d in _days(n_days):

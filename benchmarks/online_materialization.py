@@ -76,7 +76,7 @@ def main() -> None:
 
     from assets.features import VIEWS
     from assets.online import latest_frame, online_rows
-    from meridian.online_store import SqliteOnlineStore
+    from meridian.online_sqlite import SqliteOnlineStore
     from meridian.paths import region_paths
     from meridian.topology import load_topology
 

@@ -7,7 +7,9 @@ from typing import Literal
 import dagster as dg
 from pydantic import Field
 
-from meridian.online_store import OnlineStore, RedisOnlineStore, SqliteOnlineStore
+from meridian.online_redis import RedisOnlineStore
+from meridian.online_sqlite import SqliteOnlineStore
+from meridian.online_store import OnlineStore
 from meridian.paths import RegionPaths
 
 

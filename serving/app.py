@@ -52,11 +52,7 @@ from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from meridian import registry
-from meridian.online_store import (
-    OnlineStoreUnavailable,
-    serve,
-    to_micros,
-)
+from meridian.online_store import OnlineStoreUnavailable, serve, to_micros
 from meridian.paths import meridian_home
 from meridian.topology import Topology
 from meridian.validation import (

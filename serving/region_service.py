@@ -7,11 +7,7 @@ from zoneinfo import ZoneInfo
 
 from meridian import deployment
 from meridian.feature_store import feature_history_path, read_complete_from
-from meridian.online_store import (
-    OnlineRow,
-    serve,
-    to_micros,
-)
+from meridian.online_store import OnlineRow, serve, to_micros
 from meridian.push import PushQueue, fold
 from meridian.stream_log import StreamLogWriter
 from meridian.topology import Region

@@ -2,12 +2,7 @@
 
 from __future__ import annotations
 
-from meridian.online_store import (
-    OnlineRow,
-    OnlineStore,
-    OnlineStoreUnavailable,
-    StoreReplaced,
-)
+from meridian.online_store import OnlineRow, OnlineStore, OnlineStoreUnavailable, StoreReplaced
 
 
 class ServedStore:

@@ -92,7 +92,8 @@ _KEY_SPACES = iter(range(1_000_000))
 
 def open_test_store(request, tmp_path: Path):
     """A fresh online store on the backend the test is parametrized with (`sqlite` or `redis`)."""
-    from meridian.online_store import RedisOnlineStore, SqliteOnlineStore
+    from meridian.online_redis import RedisOnlineStore
+    from meridian.online_sqlite import SqliteOnlineStore
 
     if request.param == "sqlite":
         return SqliteOnlineStore(tmp_path / "online.db")
@@ -103,7 +104,8 @@ def open_test_store(request, tmp_path: Path):
 @pytest.fixture(params=["sqlite", "redis"])
 def online_store_pair(request, tmp_path):
     """Two online stores on one backend: a region's (eu-west) and its DR site's (eu-central)."""
-    from meridian.online_store import RedisOnlineStore, SqliteOnlineStore
+    from meridian.online_redis import RedisOnlineStore
+    from meridian.online_sqlite import SqliteOnlineStore
 
     if request.param == "sqlite":
         stores = (

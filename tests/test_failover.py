@@ -30,7 +30,8 @@ from assets.training import fraud_model, fraud_model_hyperparameters, training_s
 from assets.transforms import regional_dbt_models
 from meridian import dr
 from meridian.lake import partition_file
-from meridian.online_store import OnlineRow, SqliteOnlineStore
+from meridian.online_sqlite import SqliteOnlineStore
+from meridian.online_store import OnlineRow
 from meridian.paths import REPO_ROOT, region_paths
 from meridian.topology import load_topology
 from resources.alerting import AlertingResource

@@ -18,13 +18,8 @@ from assets.features import VIEWS, feature_view_assets
 from assets.ingestion import labels_ingestion, transactions_ingestion
 from assets.online import online_features
 from assets.transforms import regional_dbt_models
-from meridian.online_store import (
-    OnlineRow,
-    OnlineStoreUnavailable,
-    RedisOnlineStore,
-    serve,
-    to_micros,
-)
+from meridian.online_redis import RedisOnlineStore
+from meridian.online_store import OnlineRow, OnlineStoreUnavailable, serve, to_micros
 from resources.lake import RegionalLakeResource
 from resources.online_store import OnlineStoreResource
 from resources.source import TransactionSourceResource

@@ -288,7 +288,7 @@ def test_an_alias_move_is_picked_up_live_without_a_failed_request(service):
 
 
 def test_an_unreachable_online_store_is_a_503_naming_it_not_a_guess(service):
-    from meridian.online_store import RedisOnlineStore
+    from meridian.online_redis import RedisOnlineStore
     from serving.store import ServedStore
     from tests.conftest import free_port
 
@@ -741,7 +741,8 @@ def test_a_poison_entry_in_the_stream_log_is_quarantined_and_the_stream_moves_on
 def test_an_online_row_from_the_future_is_repaired_by_the_batch_path(service):
     """Before: a row stamped in year 9999 won every monotone comparison; re-materializing
     online_features reported success and changed nothing."""
-    from meridian.online_store import OnlineRow, SqliteOnlineStore
+    from meridian.online_sqlite import SqliteOnlineStore
+    from meridian.online_store import OnlineRow
 
     home = service["home"]
     good = _known_transaction(home)

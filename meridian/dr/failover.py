@@ -209,7 +209,7 @@ def fail_back(
                 os.replace(tmp, dest)
                 reconciled["copied_back"] += 1
     # Online rows: last-writer-wins on (event time, HLC, site), stamps kept both ways.
-    from meridian.online_store import SqliteOnlineStore
+    from meridian.online_sqlite import SqliteOnlineStore
 
     dr_store = SqliteOnlineStore(site / "online" / "online_store.db", origin=dr_name)
     primary_store = (

@@ -33,7 +33,7 @@ def _snapshot_online_store(paths: RegionPaths, open_store: Callable[[RegionPaths
     backend: every row through the store interface, stamps kept, into a SQLite file.
     """
     from meridian.feature_views import feature_views
-    from meridian.online_store import SqliteOnlineStore
+    from meridian.online_sqlite import SqliteOnlineStore
 
     target = paths.root / STAGING / "online" / "online_store.db"
     target.parent.mkdir(parents=True, exist_ok=True)
