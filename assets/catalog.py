@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 import dagster as dg
 
 from assets.governance import GLOBAL_GROUP
-from assets.replication import replication_status
+from assets.replication_status import replication_status
 from meridian import governance
 from meridian.lake import write_bytes_atomic
 from meridian.report import markdown_table

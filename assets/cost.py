@@ -8,7 +8,8 @@ import dagster as dg
 
 from assets.governance import GLOBAL_GROUP
 from assets.metadata import png_markdown
-from assets.replication import CLASS_UPSTREAM, replication_status
+from assets.replication import CLASS_UPSTREAM
+from assets.replication_status import replication_status
 from meridian import cost
 from meridian.lake import write_bytes_atomic
 from meridian.paths import region_paths

@@ -15,17 +15,12 @@ have unreplicated files. Sync classes (model registry, deployment config) are wr
 to the DR region by the assets that change them, before they report success; their
 replica assets verify and repair.
 
-Failover: `region_failover` (an op job; Launchpad config or `meridian failover`) promotes
-the DR region for a region, or fails it back. `region_health_sensor` probes every active
-region (storage root, heartbeat, online store, failed runs) and, with `failover.mode:
-automated`, launches the failover itself after consecutive failed probes.
+`replication_status` (assets/replication_status.py) reports every replica's lag; failover
+and failback are in assets/failover.py.
 """
 
-import json
 import sqlite3
 import time
-from datetime import UTC, datetime, timedelta
-from typing import Literal
 
 import dagster as dg
 from pydantic import Field
@@ -33,7 +28,6 @@ from pydantic import Field
 from assets.partitions import REGION_DIMENSION, REGION_PARTITIONS
 from meridian import dr, governance
 from meridian.replication import UnreadableSource
-from meridian.report import markdown_table
 from resources.alerting import AlertingResource
 from resources.lake import RegionalLakeResource
 from resources.mlflow import MlflowTrackingResource
@@ -41,7 +35,10 @@ from resources.online_store import OnlineStoreResource
 from resources.topology import RegionTopologyResource
 
 REPLICATION_GROUP = "replication"
+
+
 BY_REGION = dg.MultiToSingleDimensionPartitionMapping(partition_dimension_name=REGION_DIMENSION)
+
 
 # class -> (upstream assets, are they region x day?)
 CLASS_UPSTREAM: dict[str, list[tuple[str, bool]]] = {
@@ -68,6 +65,8 @@ CLASS_UPSTREAM: dict[str, list[tuple[str, bool]]] = {
     "model_registry": [("fraud_model", False), ("fraud_model_promotion", False)],
     "deployment_config": [("deployment_config", False)],
 }
+
+
 KINDS = {
     "online_store": "sqlite",
     "model_registry": "mlflow",
@@ -224,9 +223,12 @@ def build_replica_asset(cls: str) -> dg.AssetsDefinition:
 
 
 REPLICA_ASSETS = [build_replica_asset(cls) for cls in CLASS_UPSTREAM]
+
+
 ASYNC_REPLICA_KEYS = [
     dg.AssetKey(f"{cls}_replica") for cls in ("raw_lake", "features", "predictions", "online_store")
 ]
+
 
 regional_replication = dg.define_asset_job(
     "regional_replication",
@@ -264,236 +266,3 @@ def replication_sensor(
             yield dg.RunRequest(
                 run_key=f"{region}:{window}", partition_key=region, tags={"meridian/region": region}
             )
-
-
-# ---------------------------------------------------------------- replication status
-
-
-@dg.asset(
-    deps=REPLICA_ASSETS,
-    group_name="global",
-    owners=["team:platform"],
-    kinds={"python"},
-    description="Every region x class: replica version, unreplicated files and partitions, lag "
-    "against the class's RPO target. WARN alert on a breach.",
-)
-def replication_status(
-    context: dg.AssetExecutionContext,
-    topology: RegionTopologyResource,
-    lake: RegionalLakeResource,
-    alerting: AlertingResource,
-) -> dg.MaterializeResult:
-    topo = topology.load()
-    home = lake.root()
-    rows = []
-    for region in topo.active_region_names:
-        for cls, spec in topo.replication.classes.items():
-            lag = dr.replication_lag(topo, home, region, cls)
-            # A region whose lake was never written is not provisioned yet: nothing to replicate.
-            lake_dir = dr.primary_paths(topo, home, region).root / "lake"
-            provisioned = lake_dir.exists() or dr.is_failed_over(home, region)
-            breach = provisioned and (
-                lag["version"] is None or lag["lag_seconds"] > spec.max_lag_minutes * 60 + 60
-            )
-            rows.append(
-                {
-                    "region": region,
-                    "dr_region": topo.dr_region(region).name,
-                    "class": cls,
-                    "mode": spec.mode,
-                    "version": lag["version"] or "none",
-                    "unreplicated_files": lag["unreplicated_files"],
-                    "unreplicated_partitions": lag["unreplicated_partitions"],
-                    "lag_s": round(float(lag["lag_seconds"]), 1),
-                    "rpo_target_min": spec.max_lag_minutes,
-                    "status": "BREACH" if breach else ("ok" if provisioned else "not provisioned"),
-                }
-            )
-            if breach:
-                alerting.send(
-                    "WARN",
-                    region,
-                    "replication_status",
-                    f"replication-lag:{region}:{cls}",
-                    f"{cls} replica of {region} is {'missing' if lag['version'] is None else 'behind'}: "
-                    f"{lag['unreplicated_files']} file(s), lag {lag['lag_seconds']:.0f}s "
-                    f"(target {spec.max_lag_minutes} min)",
-                )
-    state = dr.load_state(home)
-    read_replicas = [
-        {
-            "region": region,
-            "dr_region": topo.dr_region(region).name,
-            **dr.read_replica_staleness(topo, home, region),
-        }
-        for region in topo.active_region_names
-    ]
-    return dg.MaterializeResult(
-        metadata={
-            "replicas": dg.MetadataValue.md(markdown_table(rows)),
-            "read_replicas": dg.MetadataValue.md(markdown_table(read_replicas)),
-            "max_read_replica_staleness_s": max(
-                (r["staleness_s"] for r in read_replicas if r["staleness_s"] is not None), default=0.0
-            ),
-            "breaches": sum(r["status"] == "BREACH" for r in rows),
-            "max_lag_seconds": max((r["lag_s"] for r in rows), default=0.0),
-            "failed_over_regions": dg.MetadataValue.json(
-                {r: e for r, e in state.items() if e.get("state") == "failed_over"}
-            ),
-        }
-    )
-
-
-# ---------------------------------------------------------------- failover
-
-
-class FailoverConfig(dg.Config):
-    region: str = Field(description="the active region to fail over or back")
-    action: Literal["failover", "failback"] = Field(default="failover")
-    reason: str = Field(default="manual failover from the Launchpad", description="recorded with the state")
-    drain_seconds: float = Field(
-        default=5.0,
-        description="failback: wait this long after switching back before merging what the DR site "
-        "wrote (longer than the scoring service's poll interval)",
-    )
-
-
-@dg.op(
-    description="Promote the DR region of `region` (failover), or return `region` to its own site (failback)."
-)
-def region_failover_op(
-    context: dg.OpExecutionContext,
-    config: FailoverConfig,
-    topology: RegionTopologyResource,
-    lake: RegionalLakeResource,
-    online_store: OnlineStoreResource,
-    alerting: AlertingResource,
-) -> dict:
-    topo = topology.load()
-    if config.region not in topo.active_region_names:
-        raise dg.Failure(f"unknown or standby region {config.region!r}; active: {topo.active_region_names}")
-    home = lake.root()
-    by = context.run.tags.get("meridian/triggered_by", "manual")
-    try:
-        if config.action == "failover":
-            report = dr.fail_over(topo, home, config.region, config.reason, by=by)
-        else:
-            report = dr.fail_back(
-                topo, home, config.region, open_store=online_store.open, drain_seconds=config.drain_seconds
-            )
-    except dr.FailoverError as error:
-        raise dg.Failure(str(error)) from error
-    summary = report.as_dict()
-    alerting.send(
-        "WARN" if config.action == "failback" else "ERROR",
-        config.region,
-        "region_failover",
-        f"{config.action}:{config.region}:{context.run_id}",
-        f"{config.region} {config.action}: now served from {report.serving_region} ({config.reason})",
-        {
-            k: v
-            for k, v in summary.items()
-            if k in ("replica_versions", "rpo_seconds", "rpo_partitions", "reconciled")
-        },
-    )
-    context.add_output_metadata(
-        {
-            "region": config.region,
-            "action": config.action,
-            "serving_region": report.serving_region,
-            "seconds": round(report.seconds, 3),
-            "rpo_seconds_estimate": round(report.rpo_seconds, 1) if report.rpo_seconds is not None else "n/a",
-            "rpo_partitions": report.rpo_partitions
-            if report.rpo_partitions is not None
-            else "known at failback",
-            "report": dg.MetadataValue.json(json.loads(json.dumps(summary, default=str))),
-        }
-    )
-    context.log.info(
-        f"{config.region}: {config.action} done in {report.seconds:.2f}s → {report.serving_region}"
-    )
-    return summary
-
-
-@dg.job(description="Fail a region over to its DR region, or back. Config: region, action, reason.")
-def region_failover():
-    region_failover_op()
-
-
-def _failed_runs(instance: dg.DagsterInstance, region: str, window: timedelta) -> int:
-    since = (datetime.now(UTC) - window).timestamp()
-    runs = instance.get_run_records(
-        dg.RunsFilter(
-            statuses=[dg.DagsterRunStatus.FAILURE], updated_after=datetime.fromtimestamp(since, UTC)
-        ),
-        limit=200,
-    )
-    count = 0
-    for record in runs:
-        tags = record.dagster_run.tags
-        if region in (
-            tags.get("dagster/partition/region"),
-            tags.get("dagster/partition"),
-            tags.get("meridian/region"),
-        ):
-            count += 1
-    return count
-
-
-@dg.sensor(
-    job=region_failover,
-    minimum_interval_seconds=30,
-    default_status=dg.DefaultSensorStatus.RUNNING,
-    description="Probes every active region (storage root and heartbeat, online store, failed runs). "
-    "failover.mode automated: launches region_failover after consecutive failed probes; manual: alerts.",
-)
-def region_health_sensor(
-    context: dg.SensorEvaluationContext,
-    topology: RegionTopologyResource,
-    lake: RegionalLakeResource,
-    online_store: OnlineStoreResource,
-    alerting: AlertingResource,
-):
-    topo = topology.load()
-    home = lake.root()
-    policy = topo.failover
-    # The cursor remembers consecutive failures and the regions ever seen up: a region that
-    # was never provisioned (no root yet) is not "down", and is never failed over.
-    memory = json.loads(context.cursor) if context.cursor else {}
-    streak: dict[str, int] = memory.get("streak", {})
-    seen_up: set[str] = set(memory.get("seen_up", []))
-    for region in topo.active_region_names:
-        if dr.is_failed_over(home, region):
-            streak[region] = 0
-            continue
-        result = dr.probe(topo, home, region, online_store.open)
-        failed_runs = _failed_runs(
-            context.instance, region, timedelta(minutes=policy.failed_runs_window_minutes)
-        )
-        problems = list(result.problems)
-        if failed_runs >= policy.failed_runs:
-            problems.append(f"{failed_runs} failed runs in {policy.failed_runs_window_minutes:.0f} min")
-        if not problems:
-            seen_up.add(region)
-        if region not in seen_up:
-            continue
-        streak[region] = streak.get(region, 0) + 1 if problems else 0
-        if not problems or streak[region] < policy.probe_failures:
-            continue
-        reason = f"{streak[region]} failed probes: " + "; ".join(problems)
-        alerting.send(
-            "ERROR", region, "region_health_sensor", f"region-down:{region}", f"{region} is down: {reason}"
-        )
-        if policy.mode == "automated":
-            yield dg.RunRequest(
-                run_key=f"failover:{region}:{int(time.time() // 3600)}",
-                run_config={
-                    "ops": {
-                        "region_failover_op": {
-                            "config": {"region": region, "action": "failover", "reason": reason}
-                        }
-                    }
-                },
-                tags={"meridian/region": region, "meridian/triggered_by": "region_health_sensor"},
-            )
-    context.update_cursor(json.dumps({"streak": streak, "seen_up": sorted(seen_up)}))

@@ -18,6 +18,7 @@ from assets.catalog import governance_catalog
 from assets.cost import cost_report
 from assets.deployment_analysis import deployment_analysis, deployment_analysis_job
 from assets.drift import feature_drift, monitoring_job
+from assets.failover import region_failover, region_health_sensor
 from assets.features import feature_view_assets
 from assets.governance import daily_governance_schedule, governance_job
 from assets.inference import fraud_predictions
@@ -40,14 +41,8 @@ from assets.online import online_features
 from assets.performance import model_performance, performance_job
 from assets.platform_health import platform_health
 from assets.promotion import fraud_model_promotion, rollback_champion
-from assets.replication import (
-    REPLICA_ASSETS,
-    region_failover,
-    region_health_sensor,
-    regional_replication,
-    replication_sensor,
-    replication_status,
-)
+from assets.replication import REPLICA_ASSETS, regional_replication, replication_sensor
+from assets.replication_status import replication_status
 from assets.residency import residency_audit
 from assets.serving import deployment_config, serving_stream, serving_stream_job, serving_stream_sensor
 from assets.sharing import global_merchant_risk

@@ -20,11 +20,12 @@ import pytest
 from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
 from assets.definitions_file import load_definitions_module
+from assets.failover import region_failover, region_health_sensor
 from assets.features import feature_view_assets
 from assets.ingestion import labels_ingestion, transactions_ingestion
 from assets.online import online_features
 from assets.promotion import fraud_model_promotion
-from assets.replication import REPLICA_ASSETS, region_failover, region_health_sensor
+from assets.replication import REPLICA_ASSETS
 from assets.serving import deployment_config, serving_stream
 from assets.training import fraud_model, fraud_model_hyperparameters, training_set
 from assets.transforms import regional_dbt_models
