@@ -9,6 +9,11 @@ never by re-reading the lake.
 The fraud mechanism is learnable by good features: stolen-card bursts (several
 transactions within minutes), at compromised or high-risk merchants, from a device the
 customer has never used, often e-commerce, often from abroad, with larger amounts.
+
+Why one module of ~490 lines: every random stream (population, legitimate rows, fraud,
+malformations, chargebacks) is keyed on (seed, region, day, stream) here, and their
+determinism is one property to read and test in one place. It becomes one producer
+into the landing zone (issue 17), which will split the file contract from the simulation.
 """
 
 from __future__ import annotations

@@ -6,4 +6,6 @@ scripts/setup.sh
 scripts/ensure-servers.sh
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
-exec .venv/bin/python -m pytest "$@"
+# Modules run side by side on worker processes, a whole module per worker (module fixtures
+# build a trained region once); MERIDIAN_TEST_WORKERS=0 runs in one process.
+exec .venv/bin/python -m pytest -n "${MERIDIAN_TEST_WORKERS:-3}" --dist loadfile "$@"

@@ -121,3 +121,66 @@ def online_store_pair(request, tmp_path):
     yield stores
     for store in stores:
         store.close()
+
+
+@pytest.fixture(scope="module")
+def production(tmp_path_factory, redis_url):
+    """Postgres (two databases), the MLflow server on one of them, the production environment:
+    one set per test module that asks for it (the two production modules run side by side)."""
+    from meridian.profiles import install_instance_config
+    from tests.servers import MlflowServer, Postgres
+
+    pg = Postgres().init()
+    pg.start()
+    root = tmp_path_factory.mktemp("production")
+    (root / "artifacts").mkdir()
+    server = None
+    try:
+        pg.create_database("dagster")
+        dagster_db = pg.url("dagster", "psycopg2")
+        pg.create_database("mlflow")
+        server = MlflowServer(pg.url("mlflow", "psycopg2"), root / "artifacts")
+        home = root / "home"
+        env = {
+            "MERIDIAN_PROFILE": "production",
+            "MERIDIAN_HOME": str(home),
+            "DAGSTER_HOME": str(home / "dagster"),
+            "DAGSTER_PG_URL": dagster_db,
+            "MERIDIAN_MLFLOW_TRACKING_URI": server.url,
+            "MERIDIAN_REDIS_URL": redis_url,
+        }
+        install_instance_config(home / "dagster", "production")
+        with pytest.MonkeyPatch.context() as patch:
+            for key, value in env.items():
+                patch.setenv(key, value)
+            yield {"pg": pg, "mlflow": server, "home": home, "env": env}
+    finally:
+        if server is not None:
+            server.stop()
+        pg.close()
+
+
+# The most expensive modules first (seconds on a quiet 2-core machine, from --durations):
+# with xdist's --dist loadfile (scripts/test.sh) a worker takes a whole module at a time,
+# so starting the longest ones first keeps one late long module from setting the wall time.
+HEAVY_FIRST = (
+    "test_cli_run",
+    "test_production_daemon",
+    "test_monitoring",
+    "test_production",
+    "test_ml",
+    "test_failover",
+    "test_e2e",
+    "test_serving",
+    "test_dbt_incremental",
+    "test_drift",
+    "test_online_store",
+    "test_leftovers",
+    "test_feature_store",
+    "test_ui",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(HEAVY_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.stem, len(rank)))  # stable: module order kept

@@ -1,0 +1,89 @@
+"""Driving dagster-daemon and the dagster CLI against the production instance (tests only)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import dagster as dg
+from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
+
+from meridian.paths import REPO_ROOT
+
+
+def launch(job: str, region: str, first: str, last: str, env: dict[str, str]) -> None:
+    key = lambda day: str(dg.MultiPartitionKey({"region": region, "day": day}))  # noqa: E731
+    tags = {
+        ASSET_PARTITION_RANGE_START_TAG: key(first),
+        ASSET_PARTITION_RANGE_END_TAG: key(last),
+        "meridian/region": region,
+    }
+    config = {"resources": {"source": {"config": {"rows_per_day": 600}}}}  # as the slice test: one generator
+    out = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "dagster"),
+            "job",
+            "launch",
+            "-w",
+            "workspace.yaml",
+            "-j",
+            job,
+            "--tags",
+            json.dumps(tags),
+            "--config-json",
+            json.dumps(config),
+        ],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+
+
+def wait(instance, predicate, what: str, timeout: float):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = predicate()
+        if found:
+            return found
+        time.sleep(2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def start_daemon(env: dict[str, str], log_path: Path) -> tuple[subprocess.Popen, object]:
+    log = open(log_path, "w")  # noqa: SIM115 - closed by _stop_daemon
+    daemon = subprocess.Popen(
+        [str(Path(sys.executable).parent / "dagster-daemon"), "run", "-w", "workspace.yaml"],
+        cwd=REPO_ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    return daemon, log
+
+
+def stop_daemon(daemon: subprocess.Popen, log) -> None:
+    os.killpg(daemon.pid, 15)
+    try:
+        daemon.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(daemon.pid, 9)
+    log.close()
+
+
+def kill_tree(pid: int) -> None:
+    """A crashed pod: the worker and everything it started (dbt) die at once."""
+    import psutil
+
+    root = psutil.Process(pid)
+    for process in [*root.children(recursive=True), root]:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process.kill()

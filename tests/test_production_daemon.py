@@ -1,0 +1,206 @@
+"""dagster-daemon on the production instance (PostgreSQL, the MLflow server, Redis): the run queue
+with per-region pools, run monitoring and retries after a killed worker, and a due schedule."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import dagster as dg
+import pytest
+from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
+
+from meridian.paths import REPO_ROOT
+from tests.daemon import kill_tree, launch, start_daemon, stop_daemon, wait
+
+pytestmark = pytest.mark.e2e
+
+
+def test_the_daemon_runs_the_queue_with_per_region_pools_and_the_sensors_launch_runs(production, tmp_path):
+    """dagster-daemon against the Postgres instance: three single-run backfills queued at once —
+    two regions in parallel, the same region one after the other — then the replication sensor
+    (not a test calling it: the daemon's own tick) launches a replication run per region."""
+    env = {**os.environ, **production["env"]}
+    daemon, log = start_daemon(env, tmp_path / "daemon.log")
+    terminal = {dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED}
+    try:
+        launch("regional_pipeline", "eu-west", "2026-01-15", "2026-01-16", env)
+        launch("regional_pipeline", "us-east", "2026-01-01", "2026-01-02", env)
+        launch("regional_pipeline", "eu-west", "2026-01-17", "2026-01-18", env)
+        with dg.DagsterInstance.get() as instance:
+
+            def pipelines():
+                records = instance.get_run_records(dg.RunsFilter(job_name="regional_pipeline"))
+                mine = [
+                    r
+                    for r in records
+                    if r.dagster_run.tags.get("meridian/region")
+                    and ASSET_PARTITION_RANGE_START_TAG in r.dagster_run.tags
+                    and "2026-01-14" not in r.dagster_run.tags[ASSET_PARTITION_RANGE_END_TAG]
+                ]
+                return (
+                    mine if len(mine) == 3 and all(r.dagster_run.status in terminal for r in mine) else None
+                )
+
+            records = wait(instance, pipelines, "the three queued runs", 420)
+            assert {r.dagster_run.status for r in records} == {dg.DagsterRunStatus.SUCCESS}, (
+                tmp_path / "daemon.log"
+            ).read_text()[-3000:]
+            spans = {
+                r.dagster_run.run_id: (r.dagster_run.tags["meridian/region"], r.start_time, r.end_time)
+                for r in records
+            }
+            eu = sorted((s, e) for region, s, e in spans.values() if region == "eu-west")
+            (us,) = [(s, e) for region, s, e in spans.values() if region == "us-east"]
+            assert eu[0][1] <= eu[1][0], f"two eu-west runs overlapped: {eu}"  # the pool held
+            assert us[0] < max(e for _, e in eu) and us[1] > min(s for s, _ in eu), (
+                f"us-east did not run beside eu-west: {us} vs {eu}"
+            )
+
+            def replications():
+                records = instance.get_run_records(dg.RunsFilter(job_name="regional_replication"))
+                done = {
+                    r.dagster_run.tags.get("dagster/partition")
+                    for r in records
+                    if r.dagster_run.status in terminal
+                }
+                return records if {"eu-west", "us-east"} <= done else None
+
+            records = wait(instance, replications, "the replication sensor's runs", 240)
+            assert all(r.dagster_run.tags.get("dagster/sensor_name") == "replication_sensor" for r in records)
+            assert {r.dagster_run.status for r in records} == {dg.DagsterRunStatus.SUCCESS}
+            ticks = instance.get_ticks(
+                next(
+                    s for s in instance.all_instigator_state() if s.name == "region_health_sensor"
+                ).instigator_origin_id,
+                next(
+                    s for s in instance.all_instigator_state() if s.name == "region_health_sensor"
+                ).selector_id,
+            )
+            assert ticks, "the region health sensor never ticked"
+    finally:
+        stop_daemon(daemon, log)
+
+
+def test_a_killed_run_worker_fails_its_run_and_the_retry_resumes_from_the_failed_step(production, tmp_path):
+    import yaml
+
+    # The production instance, with the monitor polling every 2 s instead of 30 s.
+    config = yaml.safe_load((REPO_ROOT / "platform" / "dagster.production.yaml").read_text())
+    config["run_monitoring"]["poll_interval_seconds"] = 2
+    dagster_home = tmp_path / "dagster"
+    dagster_home.mkdir()
+    (dagster_home / "dagster.yaml").write_text(yaml.safe_dump(config))
+    env = {**os.environ, **production["env"], "DAGSTER_HOME": str(dagster_home)}
+    daemon, log = start_daemon(env, tmp_path / "daemon.log")
+    terminal = {dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED}
+    try:
+        launch("regional_pipeline", "ap-southeast", "2026-01-01", "2026-01-02", env)
+        with dg.DagsterInstance.from_config(str(dagster_home)) as instance:
+
+            def dbt_started():
+                runs = [
+                    r
+                    for r in instance.get_runs(dg.RunsFilter(job_name="regional_pipeline"))
+                    if r.tags.get("meridian/region") == "ap-southeast"
+                    and "dagster/parent_run_id" not in r.tags
+                ]
+                if not runs:
+                    return None
+                steps = instance.all_logs(runs[0].run_id, of_type=dg.DagsterEventType.STEP_START)
+                return runs[0] if any(e.step_key == "regional_dbt_models" for e in steps) else None
+
+            run = wait(instance, dbt_started, "the dbt step to start", 240)
+            (start,) = instance.all_logs(run.run_id, of_type=dg.DagsterEventType.RUN_START)
+            kill_tree(start.dagster_event.pid)
+            failed = wait(
+                instance,
+                lambda: (r := instance.get_run_by_id(run.run_id)).status in terminal and r,
+                "run monitoring to mark the run",
+                120,
+            )
+            assert failed.status == dg.DagsterRunStatus.FAILURE
+            # Whoever noticed first (the code server that spawned the worker, or the run monitor
+            # asking MonitoredRunLauncher) recorded why.
+            engine = " ".join(e.message for e in instance.all_logs(run.run_id) if e.message)
+            assert "is gone (killed or crashed)" in engine or "marked as failed from outside" in engine
+
+            def retried():
+                children = [
+                    r
+                    for r in instance.get_runs(dg.RunsFilter(job_name="regional_pipeline"))
+                    if r.tags.get("dagster/parent_run_id") == run.run_id
+                ]
+                return children[0] if children and children[0].status in terminal else None
+
+            retry = wait(instance, retried, "the automatic retry", 300)
+            assert retry.status == dg.DagsterRunStatus.SUCCESS, (tmp_path / "daemon.log").read_text()[-3000:]
+            retried_steps = {
+                e.step_key for e in instance.all_logs(retry.run_id, of_type=dg.DagsterEventType.STEP_START)
+            }
+            done_before = {
+                e.step_key for e in instance.all_logs(run.run_id, of_type=dg.DagsterEventType.STEP_SUCCESS)
+            }
+            assert {"transactions_ingestion", "labels_ingestion"} <= done_before
+            assert not retried_steps & done_before  # resumed from the failed step, nothing redone
+            assert "regional_dbt_models" in retried_steps
+    finally:
+        stop_daemon(daemon, log)
+    # No partial output: every file a reader can see is whole.
+    import polars as pl
+
+    lake = production["home"] / "regions" / "ap-southeast" / "lake"
+    for path in lake.rglob("*.parquet"):
+        pl.read_parquet(path)
+    assert not [
+        p for p in lake.rglob("*") if p.is_file() and not p.name.startswith(".") and p.suffix == ".tmp"
+    ]
+
+
+def test_the_daemon_fires_a_due_schedule_and_launches_its_run(production, tmp_path):
+    """A schedule's tick is due (its state says it last ran 26 hours ago, as after a day of
+    downtime): the daemon's scheduler fires it and the run it launches succeeds."""
+    from dagster._core.scheduler.instigation import ScheduleInstigatorData
+
+    env = {**os.environ, **production["env"]}
+    name = "daily_governance_schedule"
+    with dg.DagsterInstance.get() as instance:
+
+        def state():
+            return next((s for s in instance.all_instigator_state() if s.name == name), None)
+
+        if state() is None:  # the daemon records a schedule that runs by default on its first pass
+            daemon, log = start_daemon(env, tmp_path / "daemon-first.log")
+            try:
+                wait(instance, state, "the schedule's state", 120)
+            finally:
+                stop_daemon(daemon, log)
+        current = state()
+        day_ago = time.time() - 26 * 3600
+        data = current.instigator_data
+        instance.update_instigator_state(
+            current.with_data(
+                ScheduleInstigatorData(
+                    data.cron_schedule, start_timestamp=day_ago, last_iteration_timestamp=day_ago
+                )
+            )
+        )
+        instance.purge_ticks(current.instigator_origin_id, current.selector_id, before=time.time() + 1)
+        daemon, log = start_daemon(env, tmp_path / "daemon.log")
+        terminal = {dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED}
+        try:
+
+            def fired():
+                runs = [
+                    r
+                    for r in instance.get_runs(dg.RunsFilter(job_name="global_governance"))
+                    if r.tags.get("dagster/schedule_name") == name
+                ]
+                return runs[0] if runs and runs[0].status in terminal else None
+
+            run = wait(instance, fired, "the scheduled run", 300)
+        finally:
+            stop_daemon(daemon, log)
+        assert run.status == dg.DagsterRunStatus.SUCCESS, (tmp_path / "daemon.log").read_text()[-3000:]
+        audit = instance.get_latest_materialization_event(dg.AssetKey("residency_audit"))
+        assert audit.run_id == run.run_id and audit.asset_materialization.metadata["passed"].value is True
