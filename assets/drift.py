@@ -1,4 +1,4 @@
-"""Monitoring: feature and score drift per region-day, alerts, and drift-triggered retraining.
+"""Drift of every model feature and the score per region-day, with its alerts and asset check.
 
 `feature_drift` (region × day) compares the day against the champion's training data —
 the last `REFERENCE_DAYS` days of the training set it was trained on (found from the
@@ -23,7 +23,7 @@ import polars as pl
 from pydantic import Field
 
 from assets.inference import fraud_predictions
-from assets.metadata import png_image, png_markdown
+from assets.metadata import capped_table, png_image, png_markdown
 from assets.ml_shared import load_booster
 from assets.partitions import REGION_DAY_PARTITIONS, RegionFailures, days_by_region
 from assets.promotion import fraud_model_promotion
@@ -103,7 +103,7 @@ def feature_drift(
     summary: list[dict] = []
     worst_by_region: dict[str, str] = {}
     all_rows: list[dict] = []
-    pictures = []
+    candidates = []
     failures = RegionFailures(context)
     run_days = days_by_region(context)
     for region, days in run_days.items():
@@ -178,10 +178,9 @@ def feature_drift(
                                 "columns": {r["column"]: r["reason"] for r in flagged},
                             },
                         )
-                    if len(pictures) < 3:
-                        pictures.append(
-                            (region, day, drift_plot(rows, f"{region} {day} vs fraud-{region} v{version}"))
-                        )
+                    candidates.append(
+                        (region, day, worst, rows, f"{region} {day} vs fraud-{region} v{version}")
+                    )
     failures.raise_if_any([context.asset_key], run_days)
     table = [
         {
@@ -192,8 +191,14 @@ def feature_drift(
         for r in all_rows
         if r["status"] != "ok"
     ]
-    images = "\n\n".join(
-        f"**{region} {day}**\n\n{png_markdown(png, 'drift').value}" for region, day, png in pictures
+    # Three plots, the worst region-days first, go to MLflow; the metadata shows the worst one.
+    candidates.sort(key=lambda c: -STATUS_RANK[c[2]])
+    pictures = [(region, day, drift_plot(rows, title)) for region, day, _worst, rows, title in candidates[:3]]
+    images = (
+        f"**{pictures[0][0]} {pictures[0][1]}** (the worst of {len(candidates)} region-days; the plots "
+        f"are in each region's MLflow `monitoring` run)\n\n{png_markdown(pictures[0][2], 'drift').value}"
+        if pictures
+        else "nothing scored"
     )
     _log_to_mlflow(context, mlflow_tracking, lake, topo, all_rows, pictures)
     regions_in_error = sorted(r for r, w in worst_by_region.items() if w == "error")
@@ -206,7 +211,11 @@ def feature_drift(
                 {s: sum(r["worst"] == s for r in summary) for s in ("ok", "warn", "error", "no_data")}
             ),
             "by_day": dg.MetadataValue.md(markdown_table(summary)),
-            "drifted_columns": dg.MetadataValue.md(markdown_table(table) if table else "no column drifted"),
+            "drifted_columns": capped_table(
+                sorted(table, key=lambda r: -STATUS_RANK[r["status"]]), "in lake/drift (one file per day)"
+            )
+            if table
+            else dg.MetadataValue.md("no column drifted"),
             "plots": dg.MetadataValue.md(images),
             "regions_in_error": dg.MetadataValue.json(regions_in_error),
             "regions_in_warn": dg.MetadataValue.json(

@@ -1,4 +1,4 @@
-"""Replicas of every regional asset class in the region's DR pair, failover and failback.
+"""Replicas of every regional asset class in the region's DR pair, and the sensor that keeps them current.
 
 One replica asset per class in `platform/regions.yaml` (`raw_lake_replica`,
 `features_replica`, `predictions_replica`, `online_store_replica`,
