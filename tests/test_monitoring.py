@@ -87,16 +87,25 @@ def test_drift_in_one_region_alerts_and_retrains_that_region_only(tmp_path: Path
                     instance=instance,
                 ).success
 
-        # New predictions → the asset sensor asks for drift of exactly those region-days.
-        context = dg.build_sensor_context(instance=instance, resources=resources)
-        requests = list(predictions_drift_sensor(context))
+        # New predictions → the multi-asset sensor asks for drift of exactly those region-days.
+        defs = load_definitions_module().defs
+
+        def tick(sensor, monitored, cursor=None):
+            context = dg.build_multi_asset_sensor_context(
+                monitored_assets=[monitored],
+                instance=instance,
+                resources=resources,
+                definitions=defs,
+                cursor=cursor,
+            )
+            return sensor.evaluate_tick(context)
+
+        first = tick(predictions_drift_sensor, fraud_predictions.key)
+        requests = first.run_requests
         assert sorted(r.partition_key for r in requests) == sorted(
             _key(region, day) for region in REGIONS for day in SCORED
         )
-        assert (
-            list(predictions_drift_sensor(dg.build_sensor_context(instance=instance, cursor=context.cursor)))
-            == []
-        )
+        assert tick(predictions_drift_sensor, fraud_predictions.key, first.cursor).run_requests == []
         for request in requests:
             result = dg.materialize(
                 [feature_drift],
@@ -149,11 +158,11 @@ def test_drift_in_one_region_alerts_and_retrains_that_region_only(tmp_path: Path
         print(f"us-east, no drift injected: {warn_share:.1%} of column-days WARN, none ERROR")
 
         # ERROR drift → retraining of that region only; a second evaluation launches nothing.
-        retrain_context = dg.build_sensor_context(instance=instance, resources=resources)
-        launched = list(drift_retraining_sensor(retrain_context))
+        retrain_tick = tick(drift_retraining_sensor, feature_drift.key)
+        launched = retrain_tick.run_requests
         assert [(r.partition_key, r.tags["meridian/trigger"]) for r in launched] == [(DRIFTED, "drift")]
-        again = dg.build_sensor_context(instance=instance, resources=resources, cursor=retrain_context.cursor)
-        assert list(drift_retraining_sensor(again)) == []
+        again = tick(drift_retraining_sensor, feature_drift.key, retrain_tick.cursor)
+        assert again.run_requests == []
         retrain = dg.materialize(
             [training_set, fraud_model_hyperparameters, fraud_model, fraud_model_promotion],
             resources=resources,
@@ -168,14 +177,7 @@ def test_drift_in_one_region_alerts_and_retrains_that_region_only(tmp_path: Path
             [feature_drift], resources=resources, partition_key=_key(DRIFTED, DAYS[-1]), instance=instance
         )
         assert result.success
-        assert (
-            list(
-                drift_retraining_sensor(
-                    dg.build_sensor_context(instance=instance, resources=resources, cursor=again.cursor)
-                )
-            )
-            == []
-        )
+        assert tick(drift_retraining_sensor, feature_drift.key, again.cursor).run_requests == []
         retrain_alerts = [a for a in resources["alerting"].read() if a["source"] == "drift_retraining_sensor"]
         assert [a["region"] for a in retrain_alerts] == [DRIFTED]
 
