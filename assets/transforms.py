@@ -16,6 +16,7 @@ from typing import Any
 import dagster as dg
 import duckdb
 from dagster_dbt import DagsterDbtTranslator, DbtCliResource, DbtProject, dbt_assets
+from pydantic import Field
 
 from assets.partitions import REGION_DAY_PARTITIONS, days_by_region
 from meridian.feature_store import dbt_sources_newer_than
@@ -224,6 +225,14 @@ def first_stale_day(warehouse: Path, start_day: str) -> str | None:
     return found.isoformat() if found is not None else None
 
 
+class DbtBuildConfig(dg.Config):
+    full_refresh: bool = Field(
+        default=False,
+        description="rebuild every model of the region from every day in its lake (dbt --full-refresh), "
+        "not only the run's days: after a change to a model's logic, or to repair a warehouse",
+    )
+
+
 @dbt_assets(
     manifest=DBT_MANIFEST_PATH,
     project=dbt_project,
@@ -234,6 +243,7 @@ def first_stale_day(warehouse: Path, start_day: str) -> str | None:
 )
 def regional_dbt_models(
     context: dg.AssetExecutionContext,
+    config: DbtBuildConfig,
     dbt: DbtCliResource,
     topology: RegionTopologyResource,
     lake: RegionalLakeResource,
@@ -277,9 +287,19 @@ def regional_dbt_models(
                     f"copies in the lake (transaction_id_conflicts); rebuilding from {stale}"
                 )
                 dbt_run_vars = {**dbt_run_vars, "min_day": stale}
+            args = ["build", "--vars", json.dumps(dbt_run_vars)]
+            if config.full_refresh:
+                # Every day of the lake: the incremental models are rebuilt as a whole.
+                args = [
+                    "build",
+                    "--full-refresh",
+                    "--vars",
+                    json.dumps({**dbt_run_vars, "min_day": None, "max_day": None}),
+                ]
+                context.log.warning(f"{region}: full refresh, every model rebuilt from every day in the lake")
             started = time.perf_counter()
             invocation = dbt.cli(
-                ["build", "--vars", json.dumps(dbt_run_vars)],
+                args,
                 context=context,
                 raise_on_error=False,
                 target_path=dbt_run_dir(paths.root, context.run_id),

@@ -253,3 +253,33 @@ def test_two_concurrent_runs_of_one_region_queue_for_its_warehouse_instead_of_fa
     for thread in threads:
         thread.join(timeout=600)
     assert results == {DAYS[0]: True, DAYS[1]: True}
+
+
+def test_a_full_refresh_from_dagster_rebuilds_every_day_of_the_region(graph):
+    """`full_refresh` (the dbt asset's config, from the launchpad): dbt --full-refresh over every
+    day in the lake, so a one-day run leaves every day's rows as the incremental builds made them."""
+    home, instance, _ = graph
+    region = REGIONS[0]
+    warehouse = home / "regions" / region / "warehouse.duckdb"
+
+    def per_day() -> dict[str, int]:
+        with duckdb.connect(str(warehouse), read_only=True) as con:
+            rows = con.sql(
+                "select event_day::varchar, count(*) from customer_spend_features group by 1 order by 1"
+            ).fetchall()
+        return dict(rows)
+
+    before = per_day()
+    assert sorted(before) == list(DAYS)
+    key = str(dg.MultiPartitionKey({"region": region, "day": DAYS[1]}))
+    result = dg.materialize(
+        [regional_dbt_models],
+        resources=_resources(home),
+        instance=instance,
+        partition_key=key,
+        run_config={"ops": {"regional_dbt_models": {"config": {"full_refresh": True}}}},
+    )
+    assert result.success
+    assert per_day() == before
+    logs = [e.message for e in result.all_events if e.message and "full refresh" in e.message]
+    assert logs, "the run does not say it rebuilt everything"

@@ -304,3 +304,23 @@ def test_retrieval_is_the_same_in_any_session_time_zone_timestamp_type_and_bound
         bounds = tuple(b.replace(tzinfo=ZoneInfo("UTC")).astimezone(ZoneInfo("Asia/Tokyo")) for b in bounds)
     bounded = retrieve(con, "select * from entities", "t", VIEWS, bounds).pl()
     assert comparable(bounded).equals(comparable(expected))
+
+
+def test_every_feature_views_columns_are_in_its_dbt_models_enforced_contract_with_the_same_type():
+    """The views (meridian/feature_views.py) and the dbt contracts (features.yml) declare the
+    same columns twice; this holds them equal, and every contract column is documented."""
+    import yaml
+
+    from meridian.feature_views import feature_views
+    from meridian.paths import REPO_ROOT
+
+    project = yaml.safe_load((REPO_ROOT / "dbt_project" / "dbt_project.yml").read_text())
+    assert project["models"]["meridian"]["features"]["+contract"] == {"enforced": True}
+    spec = yaml.safe_load((REPO_ROOT / "dbt_project" / "models" / "features" / "features.yml").read_text())
+    contracts = {m["name"]: {c["name"]: c for c in m["columns"]} for m in spec["models"]}
+    for view in feature_views():
+        columns = contracts[view.source]
+        assert all(c.get("description") and c.get("data_type") for c in columns.values()), view.source
+        for feature in view.features:
+            assert columns[feature.name]["data_type"] == feature.dtype, (view.source, feature.name)
+        assert view.entity_key in columns

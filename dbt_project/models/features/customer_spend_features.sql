@@ -1,11 +1,4 @@
-{{
-  config(
-    materialized='incremental',
-    incremental_strategy='delete+insert',
-    unique_key='event_day',
-    on_schema_change='fail',
-  )
-}}
+{{ config(unique_key='event_day') }}
 -- Customer spend and velocity at the moment of each transaction (the transaction
 -- itself included: it is known when it is scored). Incremental by day: a run rebuilds
 -- the days [start, end] and reads feature_lookback_days of history before them, which

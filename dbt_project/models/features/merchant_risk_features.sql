@@ -1,11 +1,4 @@
-{{
-  config(
-    materialized='incremental',
-    incremental_strategy='delete+insert',
-    unique_key='as_of_day',
-    on_schema_change='fail',
-  )
-}}
+{{ config(unique_key='as_of_day') }}
 -- Merchant fraud rate as known at the start of each day: chargebacks that landed in
 -- the 30 days before as_of_day over the merchant's transactions in the same window,
 -- smoothed towards a prior. A chargeback that lands on day D only counts from D + 1,

@@ -1,11 +1,4 @@
-{{
-  config(
-    materialized='incremental',
-    incremental_strategy='delete+insert',
-    unique_key='event_day',
-    on_schema_change='fail',
-  )
-}}
+{{ config(unique_key='event_day') }}
 -- Every transaction with the chargeback known for it so far. Chargebacks land up to
 -- label_lookback_days after the transaction, so each run also rebuilds that many days
 -- before its window; after that a day's labels are final (a full refresh picks up any
