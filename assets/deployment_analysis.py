@@ -11,6 +11,7 @@ from pydantic import Field
 from assets.drift import MONITORING_GROUP
 from assets.ml_shared import ALL_DAYS_OF_REGION
 from assets.partitions import REGION_PARTITIONS
+from assets.transforms import LABELLED_EVENTS
 from meridian import registry
 from meridian.batch_scoring import FEATURES_COMPLETE
 from meridian.lake import write_bytes_atomic
@@ -34,7 +35,7 @@ class AnalysisConfig(dg.Config):
 
 @dg.asset(
     partitions_def=REGION_PARTITIONS,
-    deps=["scoring_decisions", dg.AssetDep("labelled_events", partition_mapping=ALL_DAYS_OF_REGION)],
+    deps=["scoring_decisions", dg.AssetDep(LABELLED_EVENTS, partition_mapping=ALL_DAYS_OF_REGION)],
     group_name=MONITORING_GROUP,
     owners=["team:fraud-ml"],
     kinds={"scipy"},

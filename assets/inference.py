@@ -9,6 +9,7 @@ from assets.features import view_asset_key
 from assets.ml_shared import ALL_DAYS_OF_REGION, INFERENCE_GROUP, OWNERS, load_booster
 from assets.partitions import REGION_DAY_PARTITIONS, RegionFailures, days_by_region
 from assets.promotion import fraud_model_promotion
+from assets.transforms import STG_TRANSACTIONS
 from meridian import registry
 from meridian.batch_scoring import (
     FEATURES_COMPLETE,
@@ -29,7 +30,7 @@ from resources.topology import RegionTopologyResource
     partitions_def=REGION_DAY_PARTITIONS,
     backfill_policy=dg.BackfillPolicy.single_run(),
     deps=[
-        dg.AssetDep("stg_transactions"),
+        dg.AssetDep(STG_TRANSACTIONS),
         *(dg.AssetDep(view_asset_key(v.name)) for v in VIEW_TUPLE),
         dg.AssetDep(fraud_model_promotion, partition_mapping=ALL_DAYS_OF_REGION),
     ],

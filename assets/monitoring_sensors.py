@@ -43,7 +43,7 @@ TRAINING_ASSETS = frozenset(
 def _drift_is_newer(instance: dg.DagsterInstance, partition: str, storage_id: int) -> bool:
     """feature_drift of `partition` was materialized after the predictions record `storage_id`."""
     latest = instance.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=dg.AssetKey("feature_drift"), asset_partitions=[partition]), limit=1
+        dg.AssetRecordsFilter(asset_key=feature_drift.key, asset_partitions=[partition]), limit=1
     ).records
     return bool(latest) and latest[0].storage_id > storage_id
 

@@ -12,6 +12,7 @@ from assets.inference import fraud_predictions
 from assets.metadata import png_image, png_markdown
 from assets.ml_shared import ALL_DAYS_OF_REGION
 from assets.partitions import REGION_PARTITIONS
+from assets.transforms import LABELLED_EVENTS
 from meridian import modeling, registry
 from meridian.locks import file_lock
 from meridian.performance import champion_test_pr_auc, matured_predictions, performance_rows
@@ -35,7 +36,7 @@ class PerformanceConfig(dg.Config):
     partitions_def=REGION_PARTITIONS,
     deps=[
         dg.AssetDep(fraud_predictions, partition_mapping=ALL_DAYS_OF_REGION),
-        dg.AssetDep("labelled_events", partition_mapping=ALL_DAYS_OF_REGION),
+        dg.AssetDep(LABELLED_EVENTS, partition_mapping=ALL_DAYS_OF_REGION),
     ],
     group_name=MONITORING_GROUP,
     owners=["team:fraud-ml"],

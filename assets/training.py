@@ -29,6 +29,7 @@ from assets.ml_shared import (
     write_json,
 )
 from assets.partitions import REGION_PARTITIONS
+from assets.transforms import LABELLED_EVENTS
 from meridian import modeling, registry
 from meridian.batch_scoring import VIEW_TUPLE, VIEW_VERSIONS
 from meridian.feature_store import complete_from, history_start
@@ -50,7 +51,7 @@ class TrainingSetConfig(dg.Config):
 @dg.asset(
     partitions_def=REGION_PARTITIONS,
     deps=[
-        dg.AssetDep("labelled_events", partition_mapping=ALL_DAYS_OF_REGION),
+        dg.AssetDep(LABELLED_EVENTS, partition_mapping=ALL_DAYS_OF_REGION),
         *(dg.AssetDep(view_asset_key(v.name), partition_mapping=ALL_DAYS_OF_REGION) for v in VIEW_TUPLE),
     ],
     group_name=ML_GROUP,

@@ -15,7 +15,7 @@ from typing import Any
 
 import dagster as dg
 import duckdb
-from dagster_dbt import DagsterDbtTranslator, DbtCliResource, DbtProject, dbt_assets
+from dagster_dbt import DagsterDbtTranslator, DbtCliResource, DbtProject, dbt_assets, get_asset_key_for_model
 from pydantic import Field
 
 from assets.partitions import REGION_DAY_PARTITIONS, days_by_region
@@ -327,3 +327,8 @@ def regional_dbt_models(
             description="dbt build failed for " + "; ".join(failures),
             metadata={"failed_regions": [f.split(":")[0] for f in failures]},
         )
+
+
+# The dbt models other stages depend on, by their keys in the manifest (not spelled by hand).
+STG_TRANSACTIONS = get_asset_key_for_model([regional_dbt_models], "stg_transactions")
+LABELLED_EVENTS = get_asset_key_for_model([regional_dbt_models], "labelled_events")
