@@ -58,6 +58,14 @@ def _key(region: str, day: str) -> str:
     return str(dg.MultiPartitionKey({"region": region, "day": day}))
 
 
+def _range(region: str, days) -> dict[str, str]:
+    """The tags of one single-run backfill over consecutive `days` of `region`."""
+    return {
+        ASSET_PARTITION_RANGE_START_TAG: _key(region, days[0]),
+        ASSET_PARTITION_RANGE_END_TAG: _key(region, days[-1]),
+    }
+
+
 def test_drift_in_one_region_alerts_and_retrains_that_region_only(tmp_path: Path, monkeypatch):
     home = tmp_path / "home"
     monkeypatch.setenv("MERIDIAN_HOME", str(home))
@@ -79,13 +87,10 @@ def test_drift_in_one_region_alerts_and_retrains_that_region_only(tmp_path: Path
             assert dg.materialize(
                 ml, resources=resources, partition_key=region, run_config={"ops": hp}, instance=instance
             ).success
-            for day in SCORED:
-                assert dg.materialize(
-                    [fraud_predictions],
-                    resources=resources,
-                    partition_key=_key(region, day),
-                    instance=instance,
-                ).success
+            # One ranged run over the scored days, as `meridian run` and the daily job score.
+            assert dg.materialize(
+                [fraud_predictions], resources=resources, tags=_range(region, SCORED), instance=instance
+            ).success
 
         # New predictions → the multi-asset sensor asks for drift of exactly those region-days.
         defs = load_definitions_module().defs
@@ -182,13 +187,9 @@ def test_drift_in_one_region_alerts_and_retrains_that_region_only(tmp_path: Path
         assert [a["region"] for a in retrain_alerts] == [DRIFTED]
 
         # Performance once labels mature: days whose chargeback window has passed.
-        for day in MATURED:
-            assert dg.materialize(
-                [fraud_predictions],
-                resources=resources,
-                partition_key=_key("us-east", day),
-                instance=instance,
-            ).success
+        assert dg.materialize(
+            [fraud_predictions], resources=resources, tags=_range("us-east", MATURED), instance=instance
+        ).success
         result = dg.materialize(
             [model_performance], resources=resources, partition_key="us-east", instance=instance
         )
