@@ -35,6 +35,7 @@ from meridian.batch_scoring import VIEW_TUPLE, VIEW_VERSIONS
 from meridian.feature_store import complete_from, history_start
 from meridian.lake import write_parquet_atomic
 from meridian.locks import file_lock
+from meridian.plots import curves_png
 from meridian.report import markdown_table
 from meridian.training_set import build_training_set, rows_without_features, warmup_excluded_rows
 from resources.lake import RegionalLakeResource
@@ -271,7 +272,7 @@ def fraud_model(
     splits = modeling.Splits.from_frame(frame, columns)
     trained = modeling.train(splits, tuned["best_params"], config.max_rounds)
     test = trained.metrics["test"]
-    png = modeling.curves_png(splits.y["test"], trained.test_scores, f"fraud-{region}: test split")
+    png = curves_png(splits.y["test"], trained.test_scores, f"fraud-{region}: test split")
     importance = modeling.feature_importance(trained.booster)
     # Float columns, as the model sees them (an integer column in a signature rejects missing values).
     example = (

@@ -36,6 +36,9 @@ Defined results for bad input, never NaN:
   WARN with the reason, never `ok`;
 - any column name: values are renamed internally, so no name collides with the
   implementation's own columns; a column absent from one side is `error` ("missing").
+
+Why one module of ~420 lines: the statistics share their binning and null/non-finite
+handling, and are read and tested together (tests/test_drift.py against SciPy and Evidently).
 """
 
 from __future__ import annotations

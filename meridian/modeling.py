@@ -12,7 +12,6 @@ reports the test split, which neither tuning nor early stopping has seen.
 
 from __future__ import annotations
 
-import io
 import time
 from dataclasses import dataclass, field
 
@@ -20,7 +19,7 @@ import lightgbm as lgb
 import numpy as np
 import optuna
 import polars as pl
-from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score, roc_curve
+from sklearn.metrics import average_precision_score, roc_auc_score
 
 from meridian.feature_store import FeatureView
 from meridian.topology import Region
@@ -109,39 +108,6 @@ def evaluate(y: np.ndarray, p: np.ndarray, threshold: float = 0.5) -> dict[str, 
         "rows": float(len(y)),
         "positives": float(positives),
     }
-
-
-def curves_png(y: np.ndarray, p: np.ndarray, title: str) -> bytes:
-    """ROC and precision-recall curves side by side, as PNG bytes."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fpr, tpr, _ = roc_curve(y, p)
-    precision, recall, _ = precision_recall_curve(y, p)
-    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 4), dpi=80)
-    left.plot(fpr, tpr, color="#3b5bdb")
-    left.plot([0, 1], [0, 1], color="#adb5bd", linestyle="--", linewidth=1)
-    left.set(
-        xlabel="false positive rate",
-        ylabel="true positive rate",
-        title=f"ROC (AUC {roc_auc_score(y, p):.3f})",
-    )
-    right.plot(recall, precision, color="#e8590c")
-    right.axhline(y.mean(), color="#adb5bd", linestyle="--", linewidth=1)
-    right.set(
-        xlabel="recall",
-        ylabel="precision",
-        title=f"Precision-recall (AP {average_precision_score(y, p):.3f})",
-        ylim=(0, 1.02),
-    )
-    fig.suptitle(title)
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    plt.close(fig)
-    return buffer.getvalue()
 
 
 # ---------------------------------------------------------------- tuning and training

@@ -1,6 +1,8 @@
-"""The plots the monitoring and governance assets attach: matplotlib figures to PNG bytes."""
+"""Every plot an asset attaches (training curves, drift, performance, health, cost): matplotlib figures to PNG bytes."""
 
 import io
+
+import numpy as np
 
 
 def figure_png(fig) -> bytes:
@@ -103,5 +105,36 @@ def cost_plot(per_region: list[dict]) -> bytes:
     ax.set_title("Meridian cost by region (storage per month, transfer and compute over 30 days)")
     ax.tick_params(axis="x", labelsize=8)
     ax.legend(fontsize=7)
+    fig.tight_layout()
+    return figure_png(fig)
+
+
+def curves_png(y: np.ndarray, p: np.ndarray, title: str) -> bytes:
+    """ROC and precision-recall curves of scores `p` for labels `y`, side by side."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score, roc_curve
+
+    fpr, tpr, _ = roc_curve(y, p)
+    precision, recall, _ = precision_recall_curve(y, p)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 4), dpi=80)
+    left.plot(fpr, tpr, color="#3b5bdb")
+    left.plot([0, 1], [0, 1], color="#adb5bd", linestyle="--", linewidth=1)
+    left.set(
+        xlabel="false positive rate",
+        ylabel="true positive rate",
+        title=f"ROC (AUC {roc_auc_score(y, p):.3f})",
+    )
+    right.plot(recall, precision, color="#e8590c")
+    right.axhline(y.mean(), color="#adb5bd", linestyle="--", linewidth=1)
+    right.set(
+        xlabel="recall",
+        ylabel="precision",
+        title=f"Precision-recall (AP {average_precision_score(y, p):.3f})",
+        ylim=(0, 1.02),
+    )
+    fig.suptitle(title)
     fig.tight_layout()
     return figure_png(fig)
