@@ -132,11 +132,16 @@ def test_the_asset_holds_each_entitys_latest_values_and_a_backfill_never_regress
 
     home = tmp_path / "home"
     monkeypatch.setenv("MERIDIAN_HOME", str(home))
-    resource = (
-        OnlineStoreResource()
-        if backend == "sqlite"
-        else OnlineStoreResource(backend="redis", redis_url=request.getfixturevalue("redis_url"))
-    )
+    if backend == "sqlite":
+        resource = OnlineStoreResource()
+    else:
+        # A database of its own on the worker's shared server: other modules (the production
+        # profile's) write eu-west's key space too.
+        import redis
+
+        url = request.getfixturevalue("redis_url").rsplit("/", 1)[0] + "/7"
+        redis.Redis.from_url(url).flushdb()
+        resource = OnlineStoreResource(backend="redis", redis_url=url)
     pipeline = [transactions_ingestion, labels_ingestion, regional_dbt_models, feature_view_assets]
     _materialize(home, resource, DAYS[0], DAYS[-1], pipeline)
     _materialize(home, resource, DAYS[0], DAYS[-1], [online_features])
