@@ -262,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
     srv.add_argument(
         "--scoring-threads",
         type=int,
-        help="threads that score off the event loop (default 4; 0 scores on the loop)",
+        help="threads that score off the event loop (default 0: on the loop, the lower latency; see serving/app.py)",
     )
     srv.add_argument("--home", help="data root (default $MERIDIAN_HOME or .meridian/)")
     srv.set_defaults(func=cmd_serve)

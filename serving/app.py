@@ -64,9 +64,15 @@ from serving.scoring import score_transaction
 from serving.sites import RegionSites
 
 log = logging.getLogger("meridian.serving")
-# Threads that score off the event loop: two cores, and a request spends most of its
-# scoring time in LightGBM and store reads that release the GIL.
-SCORING_THREADS = 4
+# Scoring on the event loop (0) or on that many threads off it. Measured with
+# benchmarks/serving.py --quick on 2 cores (one script, same bodies): on the loop p99 at
+# 500 rps 2.2-4.1 ms and 979-1,367 rps at most; on 4 threads 10.7 ms and 699 rps; on 1
+# thread 6.7 ms and 699 rps. The GIL hand-off between the loop and a scoring thread costs
+# more than the store read and the predict it moves (0.15 ms together in process), so the
+# default keeps the latency target and scores on the loop. With a store whose reads can
+# stall (a remote Redis), `--scoring-threads N` keeps one slow read from holding up every
+# other request (tests/test_serving.py); async store reads would give both (issue 18).
+SCORING_THREADS = 0
 
 
 def create_app(
@@ -102,8 +108,8 @@ def create_app(
         topology, home, served, open_store, mlflow_client, load_model, rates, stream_log=stream_log, push=push
     )
     services = sites.services  # the dict is updated in place when a region changes site
-    # Scoring blocks (store reads, LightGBM): it runs on this pool, off the event loop, so
-    # one slow store read never holds up other requests (benchmarks/serving.py measures both).
+    # Scoring blocks (store reads, LightGBM). With scoring_threads it runs on that many
+    # threads off the event loop, so one slow store read never holds up other requests.
     limiter = anyio.CapacityLimiter(scoring_threads) if scoring_threads else None
 
     @contextlib.asynccontextmanager

@@ -191,10 +191,15 @@ def test_score_transaction_is_the_plain_function_behind_the_route(service):
     assert refused.value.status == 404 and "unknown in eu-west" in refused.value.detail
 
 
-def test_a_score_blocked_in_the_store_does_not_hold_up_other_requests(service):
-    """Scoring runs off the event loop: while one request waits on a store read, others answer."""
+def test_with_scoring_threads_a_score_blocked_in_the_store_does_not_hold_up_other_requests(service):
+    """`scoring_threads` (meridian serve --scoring-threads) scores off the event loop: while one
+    request waits on a store read, others answer. (The default scores on the loop, which
+    benchmarks/serving.py measures as the lower latency; see serving/app.py SCORING_THREADS.)"""
+    from serving.main import build_app
+
     body = _known_transaction(service["home"])
-    store = service["app"].state.services[REGION].store
+    app = build_app(poll_seconds=0.2, regions=[REGION], stream_log=False, push=False, scoring_threads=2)
+    store = app.state.services[REGION].store
     entered, release = threading.Event(), threading.Event()
     original = store.read
 
@@ -206,21 +211,21 @@ def test_a_score_blocked_in_the_store_does_not_hold_up_other_requests(service):
 
     store.read = blocked_read
     answers: dict[str, tuple[int, dict]] = {}
-    scoring = threading.Thread(
-        target=lambda: answers.update(score=_call(f"{service['url']}/v1/{REGION}/score", body))
-    )
-    try:
-        scoring.start()
-        assert entered.wait(10), "the score request never reached the store"
-        assert _call(service["url"] + "/healthz") == (200, {"status": "ok"})
-        other = {**body, "customer_id": "c-nobody", "transaction_id": "t-other"}
-        assert _call(f"{service['url']}/v1/{REGION}/score", other)[0] == 404  # a store read of its own
-        # Both answered while the first request is still inside its store read.
-        assert scoring.is_alive() and not release.is_set()
-    finally:
-        release.set()
-        scoring.join(15)
-        del store.read
+    with serving(app) as url:
+        scoring = threading.Thread(
+            target=lambda: answers.update(score=_call(f"{url}/v1/{REGION}/score", body))
+        )
+        try:
+            scoring.start()
+            assert entered.wait(10), "the score request never reached the store"
+            assert _call(url + "/healthz") == (200, {"status": "ok"})
+            other = {**body, "customer_id": "c-nobody", "transaction_id": "t-other"}
+            assert _call(f"{url}/v1/{REGION}/score", other)[0] == 404  # a store read of its own
+            # Both answered while the first request is still inside its store read.
+            assert scoring.is_alive() and not release.is_set()
+        finally:
+            release.set()
+            scoring.join(15)
     assert answers["score"][0] == 200
 
 
