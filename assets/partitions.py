@@ -6,7 +6,7 @@ from contextlib import contextmanager
 
 import dagster as dg
 
-from meridian.generator import HISTORY_START
+from meridian.reference_data import HISTORY_START
 from meridian.topology import Topology
 
 REGION_DIMENSION = "region"

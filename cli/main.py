@@ -23,8 +23,8 @@ from types import ModuleType
 from assets.definitions_file import load_definitions_module
 from cli.runs import LAUNCHED_BY, RunPlan, prepare_environment, quiet_libraries, run_global, run_regions
 from cli.summary import summarize
-from meridian.generator import HISTORY_START
 from meridian.paths import REPO_ROOT
+from meridian.reference_data import HISTORY_START
 from meridian.run_tags import REGION_TAG
 from meridian.run_window import DEFAULT_DAYS, LABEL_MATURITY_DAYS, MIN_TRAINING_DAYS
 from meridian.settings import settings

@@ -10,10 +10,8 @@ The fraud mechanism is learnable by good features: stolen-card bursts (several
 transactions within minutes), at compromised or high-risk merchants, from a device the
 customer has never used, often e-commerce, often from abroad, with larger amounts.
 
-Why one module of ~490 lines: every random stream (population, legitimate rows, fraud,
-malformations, chargebacks) is keyed on (seed, region, day, stream) here, and their
-determinism is one property to read and test in one place. It becomes one producer
-into the landing zone (issue 17), which will split the file contract from the simulation.
+The world it simulates (currencies, categories, channels, the first day) is
+meridian.reference_data, which validation and the service read too.
 """
 
 from __future__ import annotations
@@ -27,56 +25,10 @@ from zoneinfo import ZoneInfo
 import numpy as np
 import polars as pl
 
+from meridian import reference_data as ref
 from meridian.topology import Region
 
-# Units of local currency per USD; the dbt seed `currency_rates` carries the same table.
-USD_RATES: dict[str, float] = {
-    "USD": 1.0,
-    "EUR": 0.92,
-    "GBP": 0.79,
-    "CHF": 0.88,
-    "SGD": 1.35,
-    "AUD": 1.52,
-    "JPY": 150.0,
-}
-CATEGORIES: tuple[str, ...] = (
-    "grocery",
-    "dining",
-    "fuel",
-    "travel",
-    "electronics",
-    "apparel",
-    "digital_goods",
-    "jewelry",
-    "gaming",
-    "pharmacy",
-)
-# Typical ticket in USD by category (median of a log-normal).
-CATEGORY_MEDIAN_USD = np.array([38.0, 27.0, 45.0, 310.0, 240.0, 65.0, 18.0, 420.0, 35.0, 22.0])
-HIGH_RISK_CATEGORIES = ("electronics", "digital_goods", "jewelry", "gaming")
-# Category drift moves spend towards these (a new online-electronics trend, say).
-DRIFTING_CATEGORIES = ("electronics", "digital_goods")
-CHANNELS: tuple[str, ...] = ("pos", "contactless", "ecom")
-FOREIGN_COUNTRIES: tuple[str, ...] = ("BR", "NG", "RU", "VN", "UA", "MX", "TR")
-CHARGEBACK_REASONS: tuple[str, ...] = ("10.4", "10.5", "4837", "4863")
-MALFORMED_KINDS: tuple[str, ...] = (
-    "null_customer_id",
-    "negative_amount",
-    "absurd_amount",
-    "unparseable_timestamp",
-    "future_timestamp",
-    "unknown_currency",
-    "duplicate_transaction_id",
-)
-LABEL_MALFORMED_KINDS: tuple[str, ...] = (
-    "null_transaction_id",
-    "unparseable_timestamp",
-    "duplicate_transaction_id",
-)
-TIMESTAMP_FORMAT = "%Y-%m-%dT%H:%M:%S%.6fZ"
 _LEGIT, _FRAUD, _MALFORMED, _LABEL_MALFORMED = 0, 1, 2, 3
-# The first day the simulated payment switch has data for; the day partitions start here too.
-HISTORY_START = date(2026, 1, 1)
 
 
 @dataclass(frozen=True)
@@ -99,7 +51,7 @@ class GeneratorConfig:
     fraud_rate: float = 0.012
     chargeback_report_rate: float = 0.95
     max_chargeback_delay_days: int = 10
-    history_start: date = HISTORY_START
+    history_start: date = ref.HISTORY_START
     malformed_rate: float = 0.0
     drift: DriftSpec | None = None
 
@@ -158,13 +110,13 @@ class _Population:
     customer_ids: pl.Series
     emails: pl.Series
     fingerprints: pl.Series
-    country_vocab: pl.Series  # region countries, then FOREIGN_COUNTRIES
+    country_vocab: pl.Series  # region countries, then ref.FOREIGN_COUNTRIES
     home_country: np.ndarray  # index into country_vocab
     spend_scale: np.ndarray
     activity: np.ndarray  # sampling probabilities
     device_ids: pl.Series  # two per customer: 2*i and 2*i + 1
     merchant_ids: pl.Series
-    merchant_category: np.ndarray  # index into CATEGORIES
+    merchant_category: np.ndarray  # index into ref.CATEGORIES
     merchant_popularity: np.ndarray
     compromised_merchants: np.ndarray  # indices
     high_risk_merchants: np.ndarray  # indices
@@ -186,7 +138,7 @@ def _population(cfg: GeneratorConfig, region: Region) -> _Population:
     emails = "user" + idx + "@" + domains.gather(np.arange(n_customers) % 4)
     fp = _mix64(np.arange(n_customers, dtype=np.uint64) + np.uint64(region_key(region.name) << 20))
     fingerprints = "fp" + pl.Series(fp).cast(pl.String)
-    country_vocab = pl.Series([*region.countries, *FOREIGN_COUNTRIES])
+    country_vocab = pl.Series([*region.countries, *ref.FOREIGN_COUNTRIES])
     country_p = rng.dirichlet(np.full(len(region.countries), 2.0))
     home_country = rng.choice(len(region.countries), n_customers, p=country_p)
     spend_scale = rng.lognormal(0.0, 0.45, n_customers)
@@ -195,15 +147,15 @@ def _population(cfg: GeneratorConfig, region: Region) -> _Population:
     device_ids = "dv" + pl.Series(
         _mix64(np.arange(2 * n_customers, dtype=np.uint64) + np.uint64(region_key(code)))
     ).cast(pl.String)
-    category_mix = rng.dirichlet(np.full(len(CATEGORIES), 3.0))
-    merchant_category = rng.choice(len(CATEGORIES), n_merchants, p=category_mix)
+    category_mix = rng.dirichlet(np.full(len(ref.CATEGORIES), 3.0))
+    merchant_category = rng.choice(len(ref.CATEGORIES), n_merchants, p=category_mix)
     merchant_ids = f"{code}-m" + pl.Series(np.arange(n_merchants)).cast(pl.String)
     popularity = 1.0 / np.arange(1, n_merchants + 1) ** 0.9
     rng.shuffle(popularity)
     popularity /= popularity.sum()
     compromised = rng.choice(n_merchants, max(3, n_merchants // 30), replace=False)
     high_risk = np.flatnonzero(
-        np.isin(merchant_category, [CATEGORIES.index(c) for c in HIGH_RISK_CATEGORIES])
+        np.isin(merchant_category, [ref.CATEGORIES.index(c) for c in ref.HIGH_RISK_CATEGORIES])
     )
     if high_risk.size == 0:
         high_risk = compromised
@@ -261,7 +213,7 @@ def _amounts(
     rng: np.random.Generator, median_usd: np.ndarray, sigma: float, region: Region, currency: np.ndarray
 ) -> np.ndarray:
     usd = median_usd * rng.lognormal(0.0, sigma, median_usd.size)
-    rate = np.array([USD_RATES[c] for c in region.currencies])[currency]
+    rate = np.array([ref.USD_RATES[c] for c in region.currencies])[currency]
     return np.round(np.maximum(usd, 0.5) * rate, 2)
 
 
@@ -284,7 +236,7 @@ def _legit(cfg: GeneratorConfig, region: Region, day: date, n: int) -> pl.DataFr
     cust = rng.choice(pop.customer_ids.len(), n, p=pop.activity)
     merchant_p = pop.merchant_popularity
     if "category" in feats:
-        drifting = [CATEGORIES.index(c) for c in DRIFTING_CATEGORIES]
+        drifting = [ref.CATEGORIES.index(c) for c in ref.DRIFTING_CATEGORIES]
         boost = np.where(np.isin(pop.merchant_category, drifting), 1.0 + 4 * shift, 1.0)
         merchant_p = merchant_p * boost / (merchant_p * boost).sum()
     merch = rng.choice(pop.merchant_ids.len(), n, p=merchant_p)
@@ -293,22 +245,24 @@ def _legit(cfg: GeneratorConfig, region: Region, day: date, n: int) -> pl.DataFr
         channel_p = np.array([0.45 - 0.3 * shift, 0.30, 0.25 + 0.3 * shift]).clip(0.01)
     channel = rng.choice(3, n, p=channel_p / channel_p.sum())
     currency = _currency_for(rng, region, n)
-    median = CATEGORY_MEDIAN_USD[pop.merchant_category[merch]] * pop.spend_scale[cust]
+    median = ref.CATEGORY_MEDIAN_USD[pop.merchant_category[merch]] * pop.spend_scale[cust]
     if "amount" in feats:
         median = median * (1.0 + shift)
     abroad = rng.random(n) < 0.02
     n_home = len(region.countries)
-    country = np.where(abroad, n_home + rng.integers(0, len(FOREIGN_COUNTRIES), n), pop.home_country[cust])
+    country = np.where(
+        abroad, n_home + rng.integers(0, len(ref.FOREIGN_COUNTRIES), n), pop.home_country[cust]
+    )
     device = 2 * cust + (rng.random(n) < 0.2)
     return _frame(
         transaction_id=_transaction_ids(cfg, region.name, day, _LEGIT, n),
         customer_id=_pick(pop.customer_ids, cust),
         merchant_id=_pick(pop.merchant_ids, merch),
-        merchant_category=_pick(CATEGORIES, pop.merchant_category[merch]),
+        merchant_category=_pick(ref.CATEGORIES, pop.merchant_category[merch]),
         amount=_amounts(rng, median, 0.7, region, currency),
         currency=_pick(region.currencies, currency),
         event_time=_timestamps(day, _seconds_of_day(rng, pop, region, day, n)),
-        channel=_pick(CHANNELS, channel),
+        channel=_pick(ref.CHANNELS, channel),
         device_id=_pick(pop.device_ids, device),
         country=_pick(pop.country_vocab, country),
         email=_pick(pop.emails, cust),
@@ -346,11 +300,13 @@ def _fraud(cfg: GeneratorConfig, region: Region, day: date) -> pl.DataFrame:
         pop.high_risk_merchants[rng.integers(0, pop.high_risk_merchants.size, n)],
     )
     currency = _currency_for(rng, region, n)
-    median = CATEGORY_MEDIAN_USD[pop.merchant_category[merch]] * 2.5
-    channel = np.where(rng.random(n) < 0.85, CHANNELS.index("ecom"), rng.integers(0, 2, n))
+    median = ref.CATEGORY_MEDIAN_USD[pop.merchant_category[merch]] * 2.5
+    channel = np.where(rng.random(n) < 0.85, ref.CHANNELS.index("ecom"), rng.integers(0, 2, n))
     abroad = rng.random(bursts)[burst_of] < 0.4
     n_home = len(region.countries)
-    country = np.where(abroad, n_home + rng.integers(0, len(FOREIGN_COUNTRIES), n), pop.home_country[victims])
+    country = np.where(
+        abroad, n_home + rng.integers(0, len(ref.FOREIGN_COUNTRIES), n), pop.home_country[victims]
+    )
     new_device = rng.random(bursts)[burst_of] < 0.8
     fraud_device = "dv" + pl.Series(_mix64(rng.integers(0, 2**62, bursts, dtype=np.uint64))).cast(pl.String)
     device = pl.select(
@@ -362,11 +318,11 @@ def _fraud(cfg: GeneratorConfig, region: Region, day: date) -> pl.DataFrame:
         transaction_id=_transaction_ids(cfg, region.name, day, _FRAUD, n),
         customer_id=_pick(pop.customer_ids, victims),
         merchant_id=_pick(pop.merchant_ids, merch),
-        merchant_category=_pick(CATEGORIES, pop.merchant_category[merch]),
+        merchant_category=_pick(ref.CATEGORIES, pop.merchant_category[merch]),
         amount=_amounts(rng, median, 0.8, region, currency),
         currency=_pick(region.currencies, currency),
         event_time=_timestamps(day, seconds),
-        channel=_pick(CHANNELS, channel),
+        channel=_pick(ref.CHANNELS, channel),
         device_id=device,
         country=_pick(pop.country_vocab, country),
         email=_pick(pop.emails, victims),
@@ -376,7 +332,7 @@ def _fraud(cfg: GeneratorConfig, region: Region, day: date) -> pl.DataFrame:
 
 def _to_source_format(clean: pl.DataFrame) -> pl.DataFrame:
     """As the upstream switch delivers it: timestamps as ISO-8601 strings."""
-    return clean.with_columns(pl.col("event_time").dt.strftime(TIMESTAMP_FORMAT))
+    return clean.with_columns(pl.col("event_time").dt.strftime(ref.TIMESTAMP_FORMAT))
 
 
 def _inject_transactions(cfg: GeneratorConfig, region: str, day: date, clean: pl.DataFrame) -> GeneratedBatch:
@@ -384,7 +340,7 @@ def _inject_transactions(cfg: GeneratorConfig, region: str, day: date, clean: pl
     if n_bad == 0:
         return GeneratedBatch(clean, {})
     rng = _rng(cfg, region, day, _MALFORMED)
-    kinds = np.array(MALFORMED_KINDS)[np.arange(n_bad) % len(MALFORMED_KINDS)]
+    kinds = np.array(ref.MALFORMED_KINDS)[np.arange(n_bad) % len(ref.MALFORMED_KINDS)]
     bad = clean.sample(n_bad, with_replacement=True, seed=int(rng.integers(0, 2**31)))
     bad = bad.with_columns(
         transaction_id=_transaction_ids(cfg, region, day, _MALFORMED, n_bad), kind=pl.Series(kinds)
@@ -442,7 +398,7 @@ def _chargebacks_from(cfg: GeneratorConfig, region: Region, fraud_day: date) -> 
         fraud.select("transaction_id", "amount", "currency")
         .with_columns(
             chargeback_at=pl.Series(lands).cast(pl.Datetime("us", "UTC")),
-            reason_code=_pick(CHARGEBACK_REASONS, rng.integers(0, len(CHARGEBACK_REASONS), n)),
+            reason_code=_pick(ref.CHARGEBACK_REASONS, rng.integers(0, len(ref.CHARGEBACK_REASONS), n)),
         )
         .filter(pl.Series(reported))
     )
@@ -468,7 +424,7 @@ def generate_labels(cfg: GeneratorConfig, region: Region, day: date) -> Generate
         .sort("chargeback_at", "transaction_id")
         .select(
             "transaction_id",
-            pl.col("chargeback_at").dt.strftime(TIMESTAMP_FORMAT),
+            pl.col("chargeback_at").dt.strftime(ref.TIMESTAMP_FORMAT),
             "reason_code",
             "amount",
             "currency",
@@ -478,7 +434,7 @@ def generate_labels(cfg: GeneratorConfig, region: Region, day: date) -> Generate
     if n_bad == 0:
         return GeneratedBatch(labels, {})
     rng = _rng(cfg, region.name, day, _LABEL_MALFORMED)
-    kinds = np.array(LABEL_MALFORMED_KINDS)[np.arange(n_bad) % len(LABEL_MALFORMED_KINDS)]
+    kinds = np.array(ref.LABEL_MALFORMED_KINDS)[np.arange(n_bad) % len(ref.LABEL_MALFORMED_KINDS)]
     bad = labels.sample(n_bad, with_replacement=True, seed=int(rng.integers(0, 2**31))).with_columns(
         kind=pl.Series(kinds)
     )

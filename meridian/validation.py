@@ -16,7 +16,7 @@ from pathlib import Path
 import polars as pl
 
 from meridian.countries import ISO_COUNTRIES
-from meridian.generator import CATEGORIES, HISTORY_START, USD_RATES
+from meridian.reference_data import CATEGORIES, HISTORY_START, USD_RATES
 from meridian.topology import Region
 
 TIMESTAMP_FORMAT = "%Y-%m-%dT%H:%M:%S%.fZ"

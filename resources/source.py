@@ -8,13 +8,13 @@ import dagster as dg
 from pydantic import Field
 
 from meridian.generator import (
-    HISTORY_START,
     DriftSpec,
     GeneratedBatch,
     GeneratorConfig,
     generate_labels,
     generate_transactions,
 )
+from meridian.reference_data import HISTORY_START
 from meridian.topology import Region
 
 

@@ -9,7 +9,7 @@ from pydantic import BaseModel, Field, create_model, field_validator
 
 from meridian.countries import ISO_COUNTRIES
 from meridian.feature_views import feature_views
-from meridian.generator import CATEGORIES, HISTORY_START, USD_RATES
+from meridian.reference_data import CATEGORIES, HISTORY_START, USD_RATES
 from meridian.topology import Region
 from meridian.validation import (
     MAX_AMOUNT_USD,

@@ -7,12 +7,12 @@ import polars as pl
 import pytest
 
 from meridian.generator import (
-    MALFORMED_KINDS,
     DriftSpec,
     GeneratorConfig,
     generate_labels,
     generate_transactions,
 )
+from meridian.reference_data import MALFORMED_KINDS
 
 DAY = date(2026, 1, 12)
 
