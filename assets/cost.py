@@ -111,7 +111,11 @@ def cost_report(
             "top_compute_steps": dg.MetadataValue.md(
                 markdown_table(report.per_asset[:15]) if report.per_asset else "no runs"
             ),
-            "plot": png_markdown(cost_plot(report.per_region), "cost by region"),
+            "plot": png_markdown(
+                cost_plot(report.per_region),
+                "cost by region",
+                "per_region above and cost_report.json hold the figures",
+            ),
             "unpriced": dg.MetadataValue.json(report.unpriced),
             "path": dg.MetadataValue.path(str(path)),
         }

@@ -18,7 +18,8 @@ MAX_TABLE_ROWS = 40
 
 
 def png_markdown(png: bytes, alt: str, elsewhere: str = "in the MLflow run") -> dg.MarkdownMetadataValue:
-    """The plot inline in markdown (the UI renders data URLs), or a note saying where it is."""
+    """The plot inline in markdown (the UI renders data URLs), or a note saying where it is
+    (`elsewhere`: the default fits plots that are also logged to MLflow)."""
     if len(png) > MAX_INLINE_PNG_BYTES:
         return dg.MetadataValue.md(
             f"*{alt}: {len(png) // 1024} KB, over the {MAX_INLINE_PNG_BYTES // 1024} KB inline limit; "

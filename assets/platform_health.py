@@ -88,7 +88,9 @@ def platform_health(
     return dg.MaterializeResult(
         metadata={
             "regions": dg.MetadataValue.md(markdown_table(rows)),
-            "plot": png_markdown(health_plot(rows), "open alerts per region"),
+            "plot": png_markdown(
+                health_plot(rows), "open alerts per region", "the table above holds the same figures"
+            ),
             "regions_with_errors": dg.MetadataValue.json(
                 [r["region"] for r in rows if r["alerts_error_24h"] or r["drift"] == "error"]
             ),
