@@ -68,7 +68,10 @@ def test_the_daemon_runs_the_queue_with_per_region_pools_and_the_sensors_launch_
 
             records = wait(instance, replications, "the replication sensor's runs", 240)
             assert all(r.dagster_run.tags.get("dagster/sensor_name") == "replication_sensor" for r in records)
-            assert {r.dagster_run.status for r in records} == {dg.DagsterRunStatus.SUCCESS}
+            # A later tick may already have launched the next replication of a region (files
+            # landed since): a run still starting is not a result. Every finished one succeeded.
+            finished = [r for r in records if r.dagster_run.status in terminal]
+            assert {r.dagster_run.status for r in finished} == {dg.DagsterRunStatus.SUCCESS}
             ticks = instance.get_ticks(
                 next(
                     s for s in instance.all_instigator_state() if s.name == "region_health_sensor"
