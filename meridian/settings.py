@@ -18,6 +18,7 @@ the tests do, is honoured.
 | MERIDIAN_ALERT_WEBHOOK_URL | alert webhook | none |
 | MERIDIAN_DBT_PROFILES_DIR, MERIDIAN_DBT_TARGET | dbt profile and target | dbt_project/, local |
 | DAGSTER_PG_URL | the production Dagster instance's PostgreSQL | none (required in production) |
+| MERIDIAN_EXECUTOR | how a run executes its steps: `in_process` or `k8s` (each step a Kubernetes Job on its region's node pool) | local: in_process; production: k8s |
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from pathlib import Path
 
 PROFILES = ("local", "production")
 ONLINE_BACKENDS = ("sqlite", "redis")
+EXECUTORS = ("in_process", "k8s")
 # What the production profile cannot run without; checked when the definitions load, so
 # `dagster definitions validate` names the missing setting instead of a run failing later.
 PRODUCTION_REQUIRED = {
@@ -56,6 +58,7 @@ class Settings:
     dbt_profiles_dir: str | None
     dbt_target: str
     dagster_pg_url: str | None
+    executor: str
 
     @property
     def production(self) -> bool:
@@ -93,6 +96,11 @@ def settings(environ: Mapping[str, str] | None = None) -> Settings:
     if online not in ONLINE_BACKENDS:
         raise SettingsError(f"MERIDIAN_ONLINE_STORE={online!r}: choose one of {ONLINE_BACKENDS}")
     tracking = get("MERIDIAN_MLFLOW_TRACKING_URI")
+    # Production runs on Kubernetes: each step a Job pinned to its region's node pool. A
+    # production deployment on plain machines (or these tests) sets MERIDIAN_EXECUTOR.
+    executor = get("MERIDIAN_EXECUTOR") or ("k8s" if profile == "production" else "in_process")
+    if executor not in EXECUTORS:
+        raise SettingsError(f"MERIDIAN_EXECUTOR={executor!r}: choose one of {EXECUTORS}")
     return Settings(
         profile=profile,
         home=Path(get("MERIDIAN_HOME") or REPO_ROOT / ".meridian").resolve(),
@@ -106,4 +114,5 @@ def settings(environ: Mapping[str, str] | None = None) -> Settings:
         dbt_profiles_dir=get("MERIDIAN_DBT_PROFILES_DIR"),
         dbt_target=get("MERIDIAN_DBT_TARGET") or "local",
         dagster_pg_url=get("DAGSTER_PG_URL"),
+        executor=executor,
     )

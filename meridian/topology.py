@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Literal
 
@@ -25,6 +26,36 @@ class CostRates(_Strict):
     compute_vcpu_hour: float = Field(ge=0, description="USD per vCPU-hour")
 
 
+# A Kubernetes resource quantity: "500m", "2", "4Gi", "1.5".
+_QUANTITY = r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|Ki|Mi|Gi|Ti)?$"
+
+
+class Compute(_Strict):
+    """Where a region's steps run and how large they are (the production profile's step pods).
+
+    `node_selector` pins every step pod of the region's runs to the region's own node pool:
+    personal data is processed only on machines in the region's zone.
+    """
+
+    # Node labels as (key, value) pairs, written as a mapping in the file: kept hashable,
+    # since a Region is (it keys caches).
+    node_selector: tuple[tuple[str, str], ...] = Field(min_length=1)
+    cpu: str = Field(default="1", pattern=_QUANTITY)
+    memory: str = Field(default="4Gi", pattern=_QUANTITY)
+    memory_limit: str | None = Field(default=None, pattern=_QUANTITY)
+
+    @field_validator("node_selector", mode="before")
+    @classmethod
+    def _pairs(cls, labels: object) -> object:
+        if isinstance(labels, dict):
+            return tuple(sorted((str(k), str(v)) for k, v in labels.items()))
+        return labels
+
+    @property
+    def labels(self) -> dict[str, str]:
+        return dict(self.node_selector)
+
+
 class Zone(_Strict):
     name: str
     jurisdiction: str
@@ -41,6 +72,7 @@ class Region(_Strict):
     cost: CostRates
     dr_region: str | None = None
     read_replicas: tuple[str, ...] = ()
+    compute: Compute | None = None
 
     @property
     def customer_prefix(self) -> str:
@@ -131,6 +163,8 @@ class Topology(_Strict):
     # Where the global services (governance, catalog, cost, health) run, and at what rates.
     # Without it, their compute is reported unpriced, never priced at a made-up rate.
     global_cost: CostRates | None = None
+    # Where the global services' steps run (no personal data: aggregates and metadata only).
+    global_compute: Compute | None = None
 
     def zone_of(self, region: str) -> str:
         return self.region(region).zone
@@ -213,12 +247,27 @@ def parse_topology(raw: object, source: str = "<memory>") -> Topology:
 
 
 def load_topology(path: str | Path | None = None) -> Topology:
-    """Load and validate the topology file (default: platform/regions.yaml)."""
+    """Load and validate the topology file (default: platform/regions.yaml).
+
+    Parsed once per version of the file: the result is cached on the file's path, size and
+    modification time (a `Topology` is immutable), so callers may ask for it wherever they
+    need it, and an edited file is read again.
+    """
     path = Path(path) if path else DEFAULT_TOPOLOGY_PATH
     try:
-        raw = yaml.safe_load(path.read_text())
+        stat = path.stat()
+    except FileNotFoundError:
+        raise TopologyError(f"{path}: topology file not found") from None
+    version = (str(path.resolve()), stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
+    return _load_topology(str(path), version)
+
+
+@functools.lru_cache(maxsize=16)
+def _load_topology(path: str, version: tuple) -> Topology:
+    try:
+        raw = yaml.safe_load(Path(path).read_text())
     except FileNotFoundError:
         raise TopologyError(f"{path}: topology file not found") from None
     except yaml.YAMLError as exc:
         raise TopologyError(f"{path}: not valid YAML: {exc}") from None
-    return parse_topology(raw, source=str(path))
+    return parse_topology(raw, source=path)

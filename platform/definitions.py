@@ -122,6 +122,24 @@ def build_resources(profile: str) -> dict[str, object]:
     }
 
 
+def build_executor(profile: str) -> dg.ExecutorDefinition:
+    """How a run executes its steps, per profile (MERIDIAN_EXECUTOR overrides).
+
+    local: in one process (the embedded default: one machine, one writer per warehouse).
+    production: `k8s_job_executor` (dagster-k8s), each step a Kubernetes Job on its region's
+    node pool with the CPU and memory of `compute:` in platform/regions.yaml
+    (instance/k8s_executor.py); Dagster validates those settings when the definitions load.
+    """
+    config = meridian_settings.settings({**os.environ, "MERIDIAN_PROFILE": profile})
+    if config.executor == "k8s":
+        from instance.k8s_executor import regional_k8s_job_executor
+        from meridian.placement import step_placements
+        from meridian.topology import load_topology
+
+        return regional_k8s_job_executor(step_placements(load_topology(config.topology_path)))
+    return dg.in_process_executor
+
+
 def with_policies(definitions: dg.Definitions) -> dg.Definitions:
     """Policy applied once to every spec: classification, and freshness on the daily graph.
 
@@ -194,6 +212,6 @@ defs = with_policies(
             daily_governance_schedule,
         ],
         resources=build_resources(meridian_settings.settings().profile),
-        executor=dg.in_process_executor,
+        executor=build_executor(meridian_settings.settings().profile),
     )
 )

@@ -148,6 +148,9 @@ def production(tmp_path_factory, redis_url):
             "DAGSTER_PG_URL": dagster_db,
             "MERIDIAN_MLFLOW_TRACKING_URI": server.url,
             "MERIDIAN_REDIS_URL": redis_url,
+            # The production profile on one machine: no Kubernetes cluster runs here, so runs
+            # execute in their run worker (tests/test_deploy.py checks the k8s executor).
+            "MERIDIAN_EXECUTOR": "in_process",
         }
         install_instance_config(home / "dagster", "production")
         with pytest.MonkeyPatch.context() as patch:

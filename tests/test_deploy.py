@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 
+import pytest
 import yaml
 
 from meridian.paths import REPO_ROOT
@@ -86,7 +87,8 @@ def test_every_region_has_a_node_pool_a_lake_in_its_zone_and_mlflow_has_a_root_p
     topology = load_topology()
     meridian = _load("helm/values.yaml")["meridian"]
     for region in topology.regions:
-        assert meridian["regions"][region.name]["nodeSelector"] == {"meridian/region": region.name}
+        assert region.compute is not None
+        assert meridian["regions"][region.name]["nodeSelector"] == region.compute.labels
         assert meridian["regions"][region.name]["zone"] == region.zone
         assert meridian["lake"][region.name].startswith("s3://")
     assert set(meridian["mlflow"]["artifactRoots"]) == {z.name for z in topology.zones}
@@ -98,3 +100,143 @@ def test_dbt_has_a_production_target_on_a_distributed_engine():
     profiles = yaml.safe_load((DEPLOY / "dbt" / "profiles.yml").read_text())["meridian"]["outputs"]
     assert profiles["production"]["type"] == "trino"
     assert profiles["local"]["type"] == "duckdb"
+
+
+# ---------------------------------------------------------------- the production executor
+
+_KUBECONFIG = """apiVersion: v1
+kind: Config
+clusters: [{name: c, cluster: {server: "https://127.0.0.1:1"}}]
+users: [{name: u, user: {token: t}}]
+contexts: [{name: x, context: {cluster: c, user: u}}]
+current-context: x
+"""
+
+
+def _production_definitions(monkeypatch):
+    for name, value in {
+        "MERIDIAN_PROFILE": "production",
+        "DAGSTER_PG_URL": "postgresql+psycopg2://dagster@127.0.0.1:5432/dagster",
+        "MERIDIAN_MLFLOW_TRACKING_URI": "http://127.0.0.1:5000",
+        "MERIDIAN_REDIS_URL": "redis://127.0.0.1:6379/0",
+    }.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("MERIDIAN_EXECUTOR", raising=False)
+    return _definitions()
+
+
+def test_the_production_profile_runs_each_step_as_a_kubernetes_job_on_its_regions_node_pool(
+    monkeypatch, tmp_path
+):
+    """No cluster runs here: the executor is built and configured as the daemon's run worker
+    would, Dagster validates its config, and the step Job dagster-k8s would submit is
+    constructed for each region and read back."""
+    import dagster as dg
+    from dagster._core.definitions.job_base import InMemoryJob
+    from dagster._core.executor.init import InitExecutorContext
+    from dagster_k8s.container_context import K8sContainerContext
+    from dagster_k8s.executor import _K8S_EXECUTOR_CONFIG_SCHEMA
+    from dagster_k8s.job import DagsterK8sJobConfig, UserDefinedDagsterK8sConfig, construct_dagster_k8s_job
+
+    from instance.k8s_executor import PLACEMENT_FIELD, RegionalK8sStepHandler, placed_container_context
+    from meridian.placement import step_placements
+
+    module = _production_definitions(monkeypatch)
+    job = module.defs.resolve_job_def("regional_pipeline")
+    executor = job.executor_def
+    assert executor.name == "k8s_regional"
+    assert set(_K8S_EXECUTOR_CONFIG_SCHEMA) < set(executor.config_schema.as_field().config_type.fields)
+    # The local profile is unchanged: one process.
+    monkeypatch.setenv("MERIDIAN_EXECUTOR", "in_process")
+    assert module.build_executor("production") is dg.in_process_executor
+
+    kubeconfig = tmp_path / "kubeconfig.yaml"
+    kubeconfig.write_text(_KUBECONFIG)
+    processed = dg.validate_run_config(
+        job,
+        {"execution": {"config": {"kubeconfig_file": str(kubeconfig), "load_incluster_config": False}}},
+    )
+    config = processed["execution"]["k8s_regional"]
+    topology = load_topology()
+    placements = step_placements(topology)
+    assert (
+        config[PLACEMENT_FIELD].keys() == placements.keys() == {r.name for r in topology.regions} | {"global"}
+    )
+    with dg.DagsterInstance.ephemeral() as instance:
+        built = executor.executor_creation_fn(
+            InitExecutorContext(
+                job=InMemoryJob(job), executor_def=executor, executor_config=config, instance=instance
+            )
+        )
+    assert isinstance(built._step_handler, RegionalK8sStepHandler)
+
+    # What an op tag or the executor's own step config says is overridden by the region.
+    elsewhere = K8sContainerContext(
+        namespace="meridian-runs",
+        run_k8s_config=UserDefinedDagsterK8sConfig.from_dict(
+            {
+                "pod_spec_config": {
+                    "node_selector": {"meridian/region": "us-east"},
+                    "priority_class_name": "high",
+                }
+            }
+        ),
+    )
+    job_config = DagsterK8sJobConfig(
+        job_image="registry.internal/meridian:1.0.0", dagster_home="/opt/dagster"
+    )
+
+    def pod(tags):
+        context = placed_container_context(elsewhere, tags, config[PLACEMENT_FIELD])
+        manifest = construct_dagster_k8s_job(job_config, ["dagster"], "step", context.run_k8s_config)
+        return manifest.spec.template.spec
+
+    for region in topology.regions:
+        for tags in (
+            {"meridian/region": region.name},
+            {"dagster/partition": f"2026-01-01|{region.name}"},
+            {"dagster/partition/region": region.name},
+        ):
+            spec = pod(tags)
+            assert spec.node_selector == region.compute.labels, (tags, spec.node_selector)
+            resources = spec.containers[0].resources
+            assert resources.requests == {"cpu": region.compute.cpu, "memory": region.compute.memory}
+            assert resources.limits == {"memory": region.compute.memory_limit}
+            assert spec.priority_class_name == "high"  # the rest of the step's config is kept
+    # A run of no single region (the global services, a range over two regions) lands on the
+    # global pool, never on a region's.
+    assert pod({}).node_selector == topology.global_compute.labels
+    assert pod({"dagster/partition": "us-east"}).node_selector == {"meridian/region": "us-east"}
+
+
+def test_a_bad_placement_fails_when_the_definitions_load_naming_what_is_wrong(monkeypatch, tmp_path):
+    import dagster as dg
+
+    from instance.k8s_executor import regional_k8s_job_executor
+    from meridian.placement import step_placements
+    from meridian.topology import TopologyError
+
+    # Dagster's config system checks the placements when the executor is defined.
+    with pytest.raises(dg.DagsterInvalidConfigError, match="pod_spec_confi"):
+        regional_k8s_job_executor({"us-east": {"pod_spec_confi": {"node_selector": {"a": "b"}}}})
+    # The topology checks what Dagster's permissive pod config does not: quantities, selectors.
+    source = (REPO_ROOT / "platform" / "regions.yaml").read_text()
+    for bad, message in (
+        ('cpu: "1", memory: 4Gi', "cpu: one, memory: 4Gi"),
+        ("node_selector: {meridian/region: eu-west}", "node_selector: {}"),
+    ):
+        assert bad in source
+        broken = tmp_path / "regions.yaml"
+        broken.write_text(source.replace(bad, message, 1))
+        with pytest.raises(TopologyError, match="compute"):
+            load_topology(broken)
+    # A region without `compute:` cannot fall back to another pool.
+    without = tmp_path / "without.yaml"
+    without.write_text(
+        "\n".join(line for line in source.splitlines() if not line.strip().startswith("compute:"))
+    )
+    with pytest.raises(ValueError, match="have no `compute:`"):
+        step_placements(load_topology(without))
+    monkeypatch.setenv("MERIDIAN_TOPOLOGY", str(without))
+    with pytest.raises(ValueError, match="have no `compute:`"):
+        _production_definitions(monkeypatch)

@@ -232,10 +232,11 @@ def test_drift_in_one_region_alerts_and_retrains_that_region_only(tmp_path: Path
         from meridian.topology import load_topology
 
         for region in REGIONS:
-            paths = region_paths(load_topology().region(region), home)
+            where = load_topology().region(region)
+            paths = region_paths(where, home)
             booster = load_booster(resources["mlflow_tracking"], region, 1)
             with duckdb.connect(str(paths.warehouse), read_only=True) as con:
-                frame = prediction_features(con, load_topology().region(region), DAYS[-1])
+                frame = prediction_features(con, where, DAYS[-1])
             columns = booster.feature_name()
             scores = booster.predict(modeling.design_matrix(frame, columns))
             entries = [
@@ -248,9 +249,9 @@ def test_drift_in_one_region_alerts_and_retrains_that_region_only(tmp_path: Path
                         "customer_id": row["customer_id"],
                         "merchant_id": "m-1",
                         "amount": 10.0,
-                        "currency": load_topology().region(region).currencies[0],
+                        "currency": where.currencies[0],
                         "channel": "pos",
-                        "country": load_topology().region(region).countries[0],
+                        "country": where.countries[0],
                         "event_time": f"{DAYS[-1]}T11:59:00+00:00",
                     },
                     "strategy": "champion",
