@@ -22,7 +22,7 @@ def build_region_day_partitions(topology: Topology, start_date: str) -> dg.Multi
     )
 
 
-def days_by_region(context: dg.AssetExecutionContext) -> dict[str, list[str]]:
+def days_by_region(context: dg.AssetExecutionContext | dg.AssetCheckExecutionContext) -> dict[str, list[str]]:
     """The run's partitions grouped by region, days sorted. Works for one key or a range."""
     grouped: dict[str, set[str]] = defaultdict(set)
     for key in context.partition_keys:

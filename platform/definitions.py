@@ -15,6 +15,8 @@ import dagster as dg
 from dagster_shared.utils.warnings import PreviewWarning
 
 from assets.catalog import governance_catalog
+from assets.checks.inference import fraud_predictions_stored_scores
+from assets.checks.ingestion import raw_transactions_stored_contract
 from assets.cost import cost_report
 from assets.deployment_analysis import deployment_analysis, deployment_analysis_job
 from assets.drift import feature_drift, monitoring_job
@@ -182,6 +184,7 @@ defs = with_policies(
             governance_catalog,
             cost_report,
         ],
+        asset_checks=[raw_transactions_stored_contract, fraud_predictions_stored_scores],
         jobs=[
             regional_pipeline,
             ml_training,

@@ -1,0 +1,89 @@
+"""Standalone asset checks, one module per stage, on what the stage stored.
+
+The in-asset checks (ingestion's reconciliation, drift, performance, residency) judge what
+an asset computed while it ran. These re-read the stored partitions afterwards, as their
+own steps: they run after their asset in every job that selects it (the daily pipeline,
+batch inference), and judge the file as stored, whoever wrote it last.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import polars as pl
+from dagster_shared.utils.warnings import PreviewWarning
+
+from assets.partitions import REGION_DAY_PARTITIONS, days_by_region
+from meridian.lake import partition_file
+from meridian.topology import Region
+from resources.lake import RegionalLakeResource
+from resources.topology import RegionTopologyResource
+
+SHOWN = 20  # failing partitions listed in the metadata; the count covers all of them
+
+Problems = Callable[[pl.DataFrame, Region, date], list[str]]
+
+
+def partitioned_check(**kwargs: Any) -> Callable[[Callable[..., Any]], dg.AssetChecksDefinition]:
+    """`dg.asset_check` over the region × day partitions, evaluated and shown per partition.
+
+    A partitioned check is a Dagster preview API; its warning would print on every load of
+    the definitions (the main job's console among them), so it is silenced for this call.
+    """
+
+    def decorate(fn: Callable[..., Any]) -> dg.AssetChecksDefinition:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=PreviewWarning)
+            return dg.asset_check(partitions_def=REGION_DAY_PARTITIONS, **kwargs)(fn)
+
+    return decorate
+
+
+def check_stored_partitions(
+    context: dg.AssetCheckExecutionContext,
+    topology: RegionTopologyResource,
+    lake: RegionalLakeResource,
+    table: str,
+    problems_of: Problems,
+) -> dg.AssetCheckResult:
+    """Every region-day of the run's partitions of `table`, read back and judged."""
+    topo = topology.load()
+    failing: dict[str, list[str]] = {}
+    rows = 0
+    checked = 0
+    for region_name, days in days_by_region(context).items():
+        region = topo.region(region_name)
+        paths = lake.paths(topo, region_name)
+        for day in days:
+            checked += 1
+            path: Path = partition_file(paths.table(table), day)
+            key = f"{day}|{region_name}"
+            if not path.exists():
+                failing[key] = [f"no stored partition at {path}"]
+                continue
+            try:
+                frame = pl.read_parquet(path)
+            except Exception as error:  # an unreadable file is a finding, not a crash of the check
+                failing[key] = [f"unreadable: {type(error).__name__}: {error}"[:300]]
+                continue
+            rows += frame.height
+            found = problems_of(frame, region, date.fromisoformat(day))
+            if found:
+                failing[key] = found
+    shown = dict(sorted(failing.items())[:SHOWN])
+    return dg.AssetCheckResult(
+        passed=not failing,
+        severity=dg.AssetCheckSeverity.ERROR,
+        metadata={
+            "partitions_checked": checked,
+            "rows_checked": rows,
+            "failing_partitions": len(failing),
+            "failures": dg.MetadataValue.json(shown),
+            "failures_not_shown": len(failing) - len(shown),
+        },
+    )
