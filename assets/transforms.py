@@ -125,17 +125,39 @@ def window_row_counts(
     return counts
 
 
+def column_schemas(warehouse: Path, tables: Sequence[str]) -> dict[str, dg.TableSchema]:
+    """Each built table's columns and types as the warehouse holds them.
+
+    dagster-dbt's `fetch_column_metadata` would ask the dbt adapter from this process while
+    `dbt build` still runs, and DuckDB lets no other process open a file one process writes
+    ("Could not set lock on file"): read after the build instead, from the same catalog.
+    """
+    with duckdb.connect(str(warehouse), read_only=True) as con:
+        rows = con.execute(
+            "select table_name, column_name, data_type from information_schema.columns "
+            "where table_name in (select unnest(?)) order by table_name, ordinal_position",
+            [list(tables)],
+        ).fetchall()
+    columns: dict[str, list[dg.TableColumn]] = {}
+    for table, column, data_type in rows:
+        columns.setdefault(table, []).append(dg.TableColumn(column, data_type))
+    return {table: dg.TableSchema(columns=cols) for table, cols in columns.items()}
+
+
 def with_window_row_counts(events: list[Any], warehouse: Path, days: Sequence[str]) -> list[Any]:
-    """Add the rows each model holds for the run's days to its output metadata."""
+    """Add the rows each model holds for the run's days, and its columns, to its output metadata."""
     built = [e.output_name for e in events if isinstance(e, dg.Output) and e.output_name in DAY_COLUMNS]
     if not built or not warehouse.exists():
         return events
     counts = window_row_counts(warehouse, built, days)
+    schemas = column_schemas(warehouse, built)
     out = []
     for event in events:
         if isinstance(event, dg.Output) and event.output_name in counts:
             by_day = counts[event.output_name]
             extra = {"rows_in_run_window": sum(by_day.values()), "rows_by_day": dg.MetadataValue.json(by_day)}
+            if event.output_name in schemas:
+                extra["dagster/column_schema"] = schemas[event.output_name]
             if len(days) == 1:
                 extra["dagster/row_count"] = sum(by_day.values())
             event = dg.Output(value=None, output_name=event.output_name, metadata={**event.metadata, **extra})

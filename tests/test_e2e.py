@@ -110,6 +110,12 @@ def test_dbt_outputs_report_the_rows_each_region_built_for_the_run(graph, topolo
             by_region[region] == con.execute("select count(*) from customer_spend_features").fetchall()[0][0]
         )
         con.close()
+    # The built table's columns as the warehouse holds them, shown as the asset's column schema.
+    from meridian.feature_views import feature_views
+
+    schema = {c.name: c.type for c in mat.metadata["dagster/column_schema"].value.columns}
+    (view,) = [v for v in feature_views() if v.source == "customer_spend_features"]
+    assert {f.name for f in view.features} <= set(schema) and schema["event_time"].startswith("TIMESTAMP")
 
 
 def test_feature_views_carry_their_version_and_are_registered_in_each_region(graph):
