@@ -24,12 +24,16 @@ from resources.topology import RegionTopologyResource
 
 
 class AnalysisConfig(dg.Config):
+    """The guardrails of an experiment; nonsense (a negative rate, a factor of 0) is refused
+    with the setting's name and range before any evidence is read (meridian.experiments)."""
+
     min_requests: int = Field(default=100, description="per variant, before anything but a rollback")
-    max_fallback_rate: float = 0.01
+    max_fallback_rate: float = Field(default=0.01, description="share of challenger requests, in [0, 1]")
     latency_factor: float = Field(
-        default=1.5, description="challenger p99 may be this x the champion's (+1 ms)"
+        default=1.5, description="challenger p99 may be this x the champion's (+ latency_slack_ms); > 0"
     )
-    max_pr_auc_drop: float = 0.02
+    latency_slack_ms: float = Field(default=0.0, description="added to the latency limit; >= 0")
+    max_pr_auc_drop: float = Field(default=0.02, description="PR-AUC the challenger may lose, in [0, 1]")
     apply: bool = Field(default=True, description="write the decision (rollback, next step, promotion)")
 
 
@@ -54,6 +58,14 @@ def deployment_analysis(
     from meridian import deployment
     from meridian.experiments import Guardrails, analyze
 
+    # Checked before any evidence is read: a nonsense setting fails the run naming it.
+    guardrails = Guardrails(
+        min_requests=config.min_requests,
+        max_fallback_rate=config.max_fallback_rate,
+        latency_factor=config.latency_factor,
+        latency_slack_ms=config.latency_slack_ms,
+        max_pr_auc_drop=config.max_pr_auc_drop,
+    )
     region = context.partition_key
     topo = topology.load()
     paths = lake.paths(topo, region)
@@ -81,12 +93,6 @@ def deployment_analysis(
                 "select transaction_id, is_fraud::int as label from labelled_events where label_matures_at <= now()"
             ).pl()
         decisions = decisions.join(labels, on="transaction_id", how="left")
-    guardrails = Guardrails(
-        min_requests=config.min_requests,
-        max_fallback_rate=config.max_fallback_rate,
-        latency_factor=config.latency_factor,
-        max_pr_auc_drop=config.max_pr_auc_drop,
-    )
     if decisions.height:
         result = analyze(decisions, current.strategy, current.canary_ramp, current.canary_step, guardrails)
     else:

@@ -12,8 +12,9 @@ and PR-AUC when both classes are present. Tests at 95 %:
 
 Decision, in this order:
 1. `rollback` when a guardrail fails: the challenger's fallback rate above
-   `max_fallback_rate`, its latency p99 above `latency_factor` × the champion's (+1 ms
-   of slack for noise at sub-millisecond latencies), or — once labels have matured on both
+   `max_fallback_rate`, its latency p99 above `latency_factor` × the champion's plus
+   `latency_slack_ms` (0 by default: a fixed slack would let any factor pass at
+   sub-millisecond latencies), or — once labels have matured on both
    sides — its PR-AUC more than `max_pr_auc_drop` below the champion's;
 2. `hold` while either variant has fewer than `min_requests` requests;
 3. canary: `advance` to the next ramp step when the current step passed the guardrails
@@ -34,14 +35,82 @@ from scipy import stats
 from meridian import modeling
 
 
+class GuardrailError(ValueError):
+    """A guardrail setting that cannot mean anything; the message names it and its range."""
+
+
 @dataclass(frozen=True)
 class Guardrails:
     min_requests: int = 100
     max_fallback_rate: float = 0.01
     latency_factor: float = 1.5
+    latency_slack_ms: float = 0.0
     max_pr_auc_drop: float = 0.02
     threshold: float = 0.5
     alpha: float = 0.05
+
+    def __post_init__(self) -> None:
+        problems = [
+            f"{name}={value!r}: {rule}"
+            for name, value, ok, rule in (
+                (
+                    "min_requests",
+                    self.min_requests,
+                    _int(self.min_requests) and self.min_requests >= 1,
+                    "an integer >= 1",
+                ),
+                (
+                    "max_fallback_rate",
+                    self.max_fallback_rate,
+                    _within(self.max_fallback_rate, 0, 1),
+                    "a share in [0, 1]",
+                ),
+                (
+                    "latency_factor",
+                    self.latency_factor,
+                    _within(self.latency_factor, 0, math.inf) and self.latency_factor > 0,
+                    "a finite factor > 0",
+                ),
+                (
+                    "latency_slack_ms",
+                    self.latency_slack_ms,
+                    _within(self.latency_slack_ms, 0, math.inf),
+                    "finite milliseconds >= 0",
+                ),
+                (
+                    "max_pr_auc_drop",
+                    self.max_pr_auc_drop,
+                    _within(self.max_pr_auc_drop, 0, 1),
+                    "a PR-AUC difference in [0, 1]",
+                ),
+                (
+                    "threshold",
+                    self.threshold,
+                    _within(self.threshold, 0, 1) and 0 < self.threshold < 1,
+                    "a score in (0, 1)",
+                ),
+                (
+                    "alpha",
+                    self.alpha,
+                    _within(self.alpha, 0, 1) and 0 < self.alpha < 1,
+                    "a significance level in (0, 1)",
+                ),
+            )
+            if not ok
+        ]
+        if problems:
+            raise GuardrailError("invalid guardrails: " + "; ".join(problems))
+
+
+def _int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _within(value: object, low: float, high: float) -> bool:
+    """A finite real number (not a bool, NaN or an infinity) in [low, high]."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    return math.isfinite(value) and low <= value <= high
 
 
 def variant_stats(frame: pl.DataFrame, threshold: float) -> dict[str, object]:
@@ -122,12 +191,12 @@ def analyze(
         if fallback_rate > g.max_fallback_rate:
             return decide("rollback", f"challenger fallback rate {fallback_rate:.3f} > {g.max_fallback_rate}")
     if a["requests"] and b["requests"]:
-        limit = g.latency_factor * b["latency_p99_ms"] + 1.0
+        limit = g.latency_factor * b["latency_p99_ms"] + g.latency_slack_ms
         if a["latency_p99_ms"] > limit:
             return decide(
                 "rollback",
                 f"challenger latency p99 {a['latency_p99_ms']:.2f} ms > {g.latency_factor} x champion's "
-                f"{b['latency_p99_ms']:.2f} ms + 1 ms",
+                f"{b['latency_p99_ms']:.2f} ms + {g.latency_slack_ms} ms",
             )
     if a["pr_auc"] is not None and b["pr_auc"] is not None and a["pr_auc"] < b["pr_auc"] - g.max_pr_auc_drop:
         return decide(

@@ -101,3 +101,69 @@ def test_champion_only_and_shadow_have_nothing_to_decide(rng):
     log = _log(300, "champion", rng)
     assert analyze(log, "champion")["decision"] == "none"
     assert analyze(log, "shadow")["decision"] == "none"
+
+
+def test_every_guardrail_can_fail_and_a_tight_latency_factor_is_not_hidden_by_slack(rng):
+    """Regression: the latency limit added a fixed 1 ms, so at sub-millisecond p99s even
+    `latency_factor=0.05` passed a challenger exactly as fast as the champion."""
+    fast = 0.3  # ms: a sub-millisecond service
+    log = pl.concat([_log(400, "champion", rng, latency=fast), _log(400, "challenger", rng, latency=fast)])
+    assert analyze(log, "canary", RAMP, 1)["decision"] == "advance"
+    tight = analyze(log, "canary", RAMP, 1, Guardrails(latency_factor=0.05))
+    assert tight["decision"] == "rollback" and "latency p99" in tight["reason"]
+    # The slack is explicit now, and does what it says.
+    assert analyze(log, "canary", RAMP, 1, Guardrails(latency_factor=0.05, latency_slack_ms=5.0))[
+        "decision"
+    ] == ("advance")
+    one_fallback = pl.concat([_log(400, "champion", rng), _log(400, "challenger", rng, fallbacks=1)])
+    assert (
+        analyze(one_fallback, "canary", RAMP, 1, Guardrails(max_fallback_rate=0.0))["decision"] == "rollback"
+    )
+    assert (
+        analyze(one_fallback, "canary", RAMP, 1, Guardrails(max_fallback_rate=0.01))["decision"] == "advance"
+    )
+
+
+@pytest.mark.parametrize(
+    ("setting", "value"),
+    [
+        ("max_fallback_rate", -0.01),
+        ("max_fallback_rate", 1.5),
+        ("max_fallback_rate", float("nan")),
+        ("latency_factor", 0.0),
+        ("latency_factor", -1.0),
+        ("latency_factor", float("inf")),
+        ("latency_slack_ms", -1.0),
+        ("max_pr_auc_drop", -0.1),
+        ("max_pr_auc_drop", 2.0),
+        ("min_requests", 0),
+        ("min_requests", 1.5),
+        ("threshold", 1.0),
+        ("alpha", 0.0),
+        ("alpha", True),
+    ],
+)
+def test_a_guardrail_that_cannot_mean_anything_is_refused_naming_it(setting, value):
+    from meridian.experiments import GuardrailError
+
+    with pytest.raises(GuardrailError, match=f"{setting}="):
+        Guardrails(**{setting: value})
+
+
+def test_the_analysis_asset_refuses_nonsense_guardrails_before_reading_evidence(meridian_home):
+    import dagster as dg
+
+    from assets.definitions_file import load_definitions_module
+    from assets.deployment_analysis import deployment_analysis
+
+    result = dg.materialize(
+        [deployment_analysis],
+        resources=load_definitions_module().build_resources("local"),
+        partition_key="eu-west",
+        run_config={"ops": {"deployment_analysis": {"config": {"max_fallback_rate": -0.5}}}},
+        raise_on_error=False,
+    )
+    assert not result.success
+    failure = next(e for e in result.all_events if e.is_step_failure)
+    message = str(failure.step_failure_data.error)
+    assert "max_fallback_rate=-0.5: a share in [0, 1]" in message
