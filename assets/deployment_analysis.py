@@ -9,7 +9,7 @@ import polars as pl
 from pydantic import Field
 
 from assets.drift import MONITORING_GROUP
-from assets.ml_shared import ALL_DAYS_OF_REGION
+from assets.ml_shared import ALL_DAYS_OF_REGION, sync_registry_replica
 from assets.partitions import REGION_PARTITIONS
 from assets.transforms import LABELLED_EVENTS
 from meridian import registry
@@ -105,7 +105,7 @@ def deployment_analysis(
         }
     applied = "not applied (apply: false)" if not config.apply else "nothing to apply"
     if config.apply and result["decision"] in ("rollback", "advance", "promote"):
-        applied = _apply(context, result, current, paths, region, mlflow_tracking, alerting)
+        applied = _apply(context, result, current, topo, lake, region, mlflow_tracking, alerting)
     record = {
         "at": datetime.now(UTC).isoformat(),
         "region": region,
@@ -137,21 +137,31 @@ def deployment_analysis(
     )
 
 
-def _apply(context, result, current, paths, region, mlflow_tracking, alerting) -> str:
-    from meridian import deployment
+def _apply(context, result, current, topo, lake, region, mlflow_tracking, alerting) -> str:
+    """Apply a decision through the synchronous DR writes of both classes it touches: the
+    deployment config (`dr.publish_deployment`) and, on promotion, the model registry."""
+    from meridian import deployment, dr
+
+    def publish(config: deployment.DeploymentConfig) -> None:
+        try:
+            dr.publish_deployment(topo, lake.root(), region, config)
+        except (OSError, dr.FailoverError, KeyError) as error:
+            raise dg.Failure(
+                f"{region}: {result['decision']} not applied: the DR copy failed: {error}"
+            ) from error
 
     decision = result["decision"]
     if decision == "advance":
         moved = current.model_copy(
             update={"canary_step": current.canary_step + 1, "written_at": datetime.now(UTC).isoformat()}
         )
-        deployment.save(deployment.DeploymentConfig.model_validate(moved.model_dump()), paths.root)
+        publish(deployment.DeploymentConfig.model_validate(moved.model_dump()))
         return f"canary advanced to {moved.canary_ramp[moved.canary_step]} %"
     back = deployment.DeploymentConfig(
         region=region, strategy="champion", experiment_id=f"{current.experiment_id}-ended"
     )
     if decision == "rollback":
-        deployment.save(back, paths.root)
+        publish(back)
         alerting.send(
             "ERROR",
             region,
@@ -167,7 +177,8 @@ def _apply(context, result, current, paths, region, mlflow_tracking, alerting) -
     registry.promote(
         client, region, challenger, f"online {current.strategy}: {result['reason']}", context.run_id
     )
-    deployment.save(back, paths.root)
+    sync_registry_replica(topo, lake, client, region)
+    publish(back)
     alerting.send(
         "INFO",
         region,

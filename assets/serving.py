@@ -111,9 +111,7 @@ def deployment_config(
         raise dg.Failure(f"invalid deployment config for {region}: {error}") from error
     try:
         # Synchronous class: the DR region holds the config before the region serves it.
-        path = dr.sync_write_deployment(
-            topology.load(), lake.root(), region, lambda root: deployment.save(settings, root)
-        )
+        path = dr.publish_deployment(topology.load(), lake.root(), region, settings)
     except (OSError, dr.FailoverError, KeyError) as error:
         raise dg.Failure(f"deployment config of {region} not written: the DR copy failed: {error}") from error
     previous = context.instance.get_latest_materialization_event(context.asset_key)

@@ -90,6 +90,8 @@ def config_path(region_root: Path) -> Path:
 
 
 def save(config: DeploymentConfig, region_root: Path) -> Path:
+    """Write the config file under `region_root`. Only for the synchronous write: a region's
+    live config changes through `meridian.dr.publish_deployment`, which mirrors it to DR first."""
     path = config_path(region_root)
     write_bytes_atomic(config.model_dump_json(indent=2).encode(), path)
     return path

@@ -479,6 +479,34 @@ def test_a_canary_step_that_passes_its_guardrails_advances_itself(service):
     while _call(service["url"] + "/readyz")[1][REGION]["challenger_share"] != 0.5:
         assert time.monotonic() < deadline, "the service did not follow the advanced canary"
         time.sleep(0.1)
+
+    # The automatic change went through the synchronous DR write: a failover now would serve
+    # 50 %, not the step before. (Regression: the analysis saved the config on the primary only.)
+    from meridian import dr
+
+    def dr_copy() -> dict:
+        rep = dr.replica(load_topology(), home, REGION, "deployment_config")
+        return json.loads(rep.resolve("deployment/config.json").read_text())
+
+    live = json.loads((paths.root / "deployment" / "config.json").read_text())
+    assert dr_copy() == live and live["canary_step"] == 2
+    # A guardrail that fails (no slack hides a factor of 0.01) rolls back, on both sites.
+    _score_all(service, _customers(home, 200), "canary-rollback")
+    assert service["app"].state.services[REGION].stream.wait_written()
+    assert dg.materialize([serving_stream], resources=_resources(home), partition_key=REGION).success
+    result = dg.materialize(
+        [deployment_analysis],
+        resources=_resources(home),
+        partition_key=REGION,
+        run_config={"ops": {"deployment_analysis": {"config": {"min_requests": 1, "latency_factor": 0.01}}}},
+    )
+    metadata = result.asset_materializations_for_node("deployment_analysis")[0].metadata
+    assert metadata["decision"].value == "rollback" and "latency p99" in metadata["reason"].value
+    assert (
+        dr_copy()["strategy"]
+        == "champion"
+        == json.loads((paths.root / "deployment" / "config.json").read_text())["strategy"]
+    )
     _deploy(service, strategy="champion")
 
 

@@ -22,6 +22,7 @@ from meridian.dr.registry_replica import ReplicaRegistryClient, load_replica_boo
 from meridian.dr.replicas import (
     ClassReplication,
     class_sources,
+    publish_deployment,
     read_replica_staleness,
     replicate_class,
     replication_lag,
@@ -60,6 +61,7 @@ __all__ = [
     "load_state",
     "primary_paths",
     "probe",
+    "publish_deployment",
     "read_replica_staleness",
     "replica",
     "replicate_class",

@@ -310,6 +310,18 @@ def sync_write_deployment(topology: Topology, home: Path, region: str, save: Cal
     return save(paths.root)
 
 
+def publish_deployment(topology: Topology, home: Path, region: str, config) -> Path:
+    """The one way to change a region's deployment config: DR copy first, then the region.
+
+    Every writer (the `deployment_config` asset, the analysis's advance, rollback and
+    promotion) calls this, so the DR site never serves a share or a challenger the region
+    has moved on from.
+    """
+    from meridian import deployment
+
+    return sync_write_deployment(topology, home, region, lambda root: deployment.save(config, root))
+
+
 def sync_model_registry(topology: Topology, home: Path, region: str, client) -> ClassReplication:
     """After an alias moved: publish the registry state and the aliased models' files to DR.
 
