@@ -449,20 +449,25 @@ def test_a_canary_step_that_passes_its_guardrails_advances_itself(service):
     from assets.serving import serving_stream
 
     home = service["home"]
+
+    def scored_then_analysed(n: int, prefix: str, guardrails: dict) -> dict:
+        """n requests over HTTP, the stream micro-batch, then the analysis; its metadata."""
+        _score_all(service, _customers(home, n), prefix)
+        assert service["app"].state.services[REGION].stream.wait_written()
+        assert dg.materialize([serving_stream], resources=_resources(home), partition_key=REGION).success
+        result = dg.materialize(
+            [deployment_analysis],
+            resources=_resources(home),
+            partition_key=REGION,
+            run_config={"ops": {"deployment_analysis": {"config": guardrails}}},
+        )
+        assert result.success
+        return result.asset_materializations_for_node("deployment_analysis")[0].metadata
+
     _deploy(service, strategy="canary", canary_step=1)
-    _score_all(service, _customers(home, 400), "canary-analysis")
-    assert service["app"].state.services[REGION].stream.wait_written()
-    assert dg.materialize([serving_stream], resources=_resources(home), partition_key=REGION).success
-    result = dg.materialize(
-        [deployment_analysis],
-        resources=_resources(home),
-        partition_key=REGION,
-        # The latency guardrail compares p99s of ~100 requests on a shared machine: noise, not
-        # the mechanism under test (unit-tested in test_experiments.py). It is widened here.
-        run_config={"ops": {"deployment_analysis": {"config": {"min_requests": 50, "latency_factor": 20.0}}}},
-    )
-    assert result.success
-    metadata = result.asset_materializations_for_node("deployment_analysis")[0].metadata
+    # The latency guardrail compares p99s of ~100 requests on a shared machine: noise, not
+    # the mechanism under test (unit-tested in test_experiments.py). It is widened here.
+    metadata = scored_then_analysed(400, "canary-analysis", {"min_requests": 50, "latency_factor": 20.0})
     assert metadata["decision"].value == "advance", metadata["reason"].value
     assert metadata["applied"].value == "canary advanced to 50 %"
     # Every logged decision carries the model's inputs as scored (for drift of what was served).
@@ -491,16 +496,7 @@ def test_a_canary_step_that_passes_its_guardrails_advances_itself(service):
     live = json.loads((paths.root / "deployment" / "config.json").read_text())
     assert dr_copy() == live and live["canary_step"] == 2
     # A guardrail that fails (no slack hides a factor of 0.01) rolls back, on both sites.
-    _score_all(service, _customers(home, 200), "canary-rollback")
-    assert service["app"].state.services[REGION].stream.wait_written()
-    assert dg.materialize([serving_stream], resources=_resources(home), partition_key=REGION).success
-    result = dg.materialize(
-        [deployment_analysis],
-        resources=_resources(home),
-        partition_key=REGION,
-        run_config={"ops": {"deployment_analysis": {"config": {"min_requests": 1, "latency_factor": 0.01}}}},
-    )
-    metadata = result.asset_materializations_for_node("deployment_analysis")[0].metadata
+    metadata = scored_then_analysed(200, "canary-rollback", {"min_requests": 1, "latency_factor": 0.01})
     assert metadata["decision"].value == "rollback" and "latency p99" in metadata["reason"].value
     assert (
         dr_copy()["strategy"]
