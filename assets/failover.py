@@ -6,17 +6,20 @@ automated`, launches the failover itself after consecutive failed probes.
 
 import json
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Literal
 
 import dagster as dg
 from pydantic import Field
 
 from meridian import dr
+from meridian.run_tags import region_of_run_tags
 from resources.alerting import AlertingResource
 from resources.lake import RegionalLakeResource
 from resources.online_store import OnlineStoreResource
 from resources.topology import RegionTopologyResource
+
+FAILOVER_TAG = "meridian/failover_region"
 
 
 class FailoverConfig(dg.Config):
@@ -65,7 +68,7 @@ def region_failover_op(
         {
             k: v
             for k, v in summary.items()
-            if k in ("replica_versions", "rpo_seconds", "rpo_partitions", "reconciled")
+            if k in ("replica_versions", "rpo_seconds", "rpo_partitions", "rpo_online_rows", "reconciled")
         },
     )
     context.add_output_metadata(
@@ -78,6 +81,10 @@ def region_failover_op(
             "rpo_partitions": report.rpo_partitions
             if report.rpo_partitions is not None
             else "known at failback",
+            "rpo_files": len(report.rpo_files) if config.action == "failback" else "known at failback",
+            "rpo_online_rows": report.rpo_online_rows
+            if report.rpo_online_rows is not None
+            else ("unmeasured (not a SQLite store)" if config.action == "failback" else "known at failback"),
             "report": dg.MetadataValue.json(json.loads(json.dumps(summary, default=str))),
         }
     )
@@ -92,32 +99,37 @@ def region_failover():
     region_failover_op()
 
 
-def _failed_runs(instance: dg.DagsterInstance, region: str, window: timedelta) -> int:
-    since = (datetime.now(UTC) - window).timestamp()
+def _failed_runs(instance: dg.DagsterInstance, region: str, since: float) -> int:
+    """Failed runs of `region` that ended after `since` (epoch seconds)."""
     runs = instance.get_run_records(
         dg.RunsFilter(
             statuses=[dg.DagsterRunStatus.FAILURE], updated_after=datetime.fromtimestamp(since, UTC)
         ),
         limit=200,
     )
-    count = 0
-    for record in runs:
-        tags = record.dagster_run.tags
-        if region in (
-            tags.get("dagster/partition/region"),
-            tags.get("dagster/partition"),
-            tags.get("meridian/region"),
-        ):
-            count += 1
-    return count
+    return sum(
+        1
+        for record in runs
+        if record.dagster_run.job_name != "region_failover"
+        and region_of_run_tags(record.dagster_run.tags) == region
+    )
+
+
+def _recovered_at(home, region: str, memory: dict) -> float:
+    """When the region last came back: its failback, or its first clean probe after an outage.
+    Runs that failed before then failed because the region was down; they do not count."""
+    entry = dr.load_state(home).get(region, {})
+    failback = entry.get("since_ts", 0.0) if entry.get("previous_failover") else 0.0
+    return max(failback, memory.get("recovered_at", {}).get(region, 0.0))
 
 
 @dg.sensor(
     job=region_failover,
-    minimum_interval_seconds=30,
+    minimum_interval_seconds=5,
     default_status=dg.DefaultSensorStatus.RUNNING,
-    description="Probes every active region (storage root and heartbeat, online store, failed runs). "
-    "failover.mode automated: launches region_failover after consecutive failed probes; manual: alerts.",
+    description="Probes every active region (storage identity and heartbeat, lake tables, warehouse, "
+    "online store lookup, failed runs since it last recovered). failover.mode automated: launches "
+    "region_failover after consecutive failed probes, once per outage; manual: alerts.",
 )
 def region_health_sensor(
     context: dg.SensorEvaluationContext,
@@ -126,39 +138,59 @@ def region_health_sensor(
     online_store: OnlineStoreResource,
     alerting: AlertingResource,
 ):
+    """Hand-written (no built-in reacts to the health of storage outside Dagster). The cursor
+    keeps, per region: consecutive failed probes, the outage in progress (when its first
+    failed probe was seen: the failover's run key, so a second outage in the same hour is
+    failed over too and one outage only once), and when the region last recovered."""
     topo = topology.load()
     home = lake.root()
     policy = topo.failover
-    # The cursor remembers consecutive failures and the regions ever seen up: a region that
-    # was never provisioned (no root yet) is not "down", and is never failed over.
+    # Regions never seen up (never provisioned, still being built) are not "down".
     memory = json.loads(context.cursor) if context.cursor else {}
     streak: dict[str, int] = memory.get("streak", {})
     seen_up: set[str] = set(memory.get("seen_up", []))
+    outage: dict[str, float] = memory.get("outage", {})
+    recovered: dict[str, float] = memory.get("recovered_at", {})
+    probe_down: set[str] = set(memory.get("probe_down", []))
+    now = time.time()
     for region in topo.active_region_names:
         if dr.is_failed_over(home, region):
             streak[region] = 0
             continue
         result = dr.probe(topo, home, region, online_store.open)
-        failed_runs = _failed_runs(
-            context.instance, region, timedelta(minutes=policy.failed_runs_window_minutes)
-        )
         problems = list(result.problems)
+        if problems:
+            probe_down.add(region)
+        elif region in probe_down:
+            # The site is back: its outage is over, and the runs it failed stop counting.
+            probe_down.discard(region)
+            outage.pop(region, None)
+            recovered[region] = now
+        window_start = now - policy.failed_runs_window_minutes * 60
+        since = max(window_start, _recovered_at(home, region, {"recovered_at": recovered}))
+        failed_runs = _failed_runs(context.instance, region, since)
         if failed_runs >= policy.failed_runs:
             problems.append(f"{failed_runs} failed runs in {policy.failed_runs_window_minutes:.0f} min")
         if not problems:
             seen_up.add(region)
+            outage.pop(region, None)
         if region not in seen_up:
             continue
         streak[region] = streak.get(region, 0) + 1 if problems else 0
-        if not problems or streak[region] < policy.probe_failures:
+        if not problems:
+            continue
+        outage.setdefault(region, now)
+        if streak[region] < policy.probe_failures:
             continue
         reason = f"{streak[region]} failed probes: " + "; ".join(problems)
+        outage_id = f"{region}:{outage[region]:.3f}"
         alerting.send(
-            "ERROR", region, "region_health_sensor", f"region-down:{region}", f"{region} is down: {reason}"
+            "ERROR", region, "region_health_sensor", f"region-down:{outage_id}", f"{region} is down: {reason}"
         )
         if policy.mode == "automated":
             yield dg.RunRequest(
-                run_key=f"failover:{region}:{int(time.time() // 3600)}",
+                # One failover per outage: the daemon drops a repeated key, never a new outage.
+                run_key=f"failover:{outage_id}",
                 run_config={
                     "ops": {
                         "region_failover_op": {
@@ -166,6 +198,18 @@ def region_health_sensor(
                         }
                     }
                 },
-                tags={"meridian/region": region, "meridian/triggered_by": "region_health_sensor"},
+                # Not `meridian/region`: the failover must not queue behind the region's own
+                # runs (its pool allows one run at a time, and those are stuck on the outage).
+                tags={FAILOVER_TAG: region, "meridian/triggered_by": "region_health_sensor"},
             )
-    context.update_cursor(json.dumps({"streak": streak, "seen_up": sorted(seen_up)}))
+    context.update_cursor(
+        json.dumps(
+            {
+                "streak": streak,
+                "seen_up": sorted(seen_up),
+                "outage": outage,
+                "recovered_at": recovered,
+                "probe_down": sorted(probe_down),
+            }
+        )
+    )

@@ -254,6 +254,9 @@ def replication_sensor(
     for region in topo.active_region_names:
         if dr.is_failed_over(home, region):
             continue
+        if down := dr.site_down(topo, home, region):
+            context.log.warning(f"{region}: no replication run while its storage is down: {down}")
+            continue
         pending = 0
         for cls in ("raw_lake", "features", "predictions", "online_store"):
             try:

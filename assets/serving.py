@@ -343,6 +343,9 @@ def serving_stream_sensor(
 ):
     topo = topology.load()
     for name in topo.active_region_names:
+        if down := dr.site_down(topo, lake.root(), name):
+            context.log.warning(f"{name}: no micro-batch run while its storage is down: {down}")
+            continue
         total, consumed = _stream_bytes(lake.paths(topo, name))
         if total > consumed:
             # One request per log size: a tick that sees the same backlog does not launch twice.

@@ -144,6 +144,21 @@ def _launch_op_job(module: ModuleType, job_name: str, op_name: str, config: dict
     return None
 
 
+def rpo_summary(report: dict, shown: int = 5) -> str:
+    """What a failback found lost, every class counted; the file list cut at `shown`, saying so."""
+    files = report["rpo_files"]
+    online = report.get("rpo_online_rows")
+    text = (
+        f"RPO {report['rpo_partitions']} partition(s), {len(files)} file(s), "
+        f"{'unmeasured' if online is None else online} online row(s) lost"
+    )
+    if files:
+        text += ": " + ", ".join(files[:shown])
+    if len(files) > shown:
+        text += f" and {len(files) - shown} more not shown (all in the run's `report` metadata)"
+    return text
+
+
 def cmd_failover(args: argparse.Namespace) -> int:
     """Launch `region_failover` (failover or failback) on the persistent instance."""
     prepare_environment(Path(args.home) if args.home else None)
@@ -160,8 +175,7 @@ def cmd_failover(args: argparse.Namespace) -> int:
     detail = (
         f"replica versions {report['replica_versions']}"
         if action == "failover"
-        else f"reconciled {report['reconciled']}, RPO {report['rpo_partitions']} partition(s) "
-        f"{report['rpo_files'][:5]}"
+        else f"reconciled {report['reconciled']}, {rpo_summary(report)}"
     )
     print(
         f"{args.region}: {action} done in {report['seconds']:.2f}s, served from {report['serving_region']}; {detail}"

@@ -116,10 +116,15 @@ class SqliteOnlineStore:
         try:
             con = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=2.0)
             try:
-                con.execute("select view, entity, payload from online_features limit 1").fetchall()
+                first = con.execute("select view, entity, payload from online_features limit 1").fetchone()
+                if first is not None:  # a keyed read through the primary key's index, as serving reads
+                    con.execute(
+                        "select payload from online_features where view = ? and entity = ?", first[:2]
+                    ).fetchone()
+                    orjson.loads(first[2])
             finally:
                 con.close()
-        except sqlite3.Error as error:
+        except (sqlite3.Error, orjson.JSONDecodeError) as error:
             raise OnlineStoreUnavailable(f"online store {self.path} is unreadable: {error}") from error
         if inode != self._inode:
             raise StoreReplaced(f"online store {self.path} was replaced since it was opened")
@@ -185,7 +190,13 @@ class SqliteOnlineStore:
             )
         if found is None:
             return None
-        return OnlineRow(view, entity, found[0], found[1], orjson.loads(found[2]), found[3], found[4])
+        try:
+            payload = orjson.loads(found[2])
+        except orjson.JSONDecodeError as error:  # a corrupt row: the store, not the request
+            raise OnlineStoreUnavailable(
+                f"online store {self.path} holds a corrupt row {view}/{entity}: {error}"
+            ) from error
+        return OnlineRow(view, entity, found[0], found[1], payload, found[3], found[4])
 
     def read_many(self, view: str, entities: Sequence[str]) -> dict[str, OnlineRow]:
         out: dict[str, OnlineRow] = {}

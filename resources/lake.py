@@ -34,10 +34,18 @@ class RegionalLakeResource(dg.ConfigurableResource):
         return Path(self.home).resolve() if self.home else meridian_home()
 
     def paths(self, topology: Topology, region: str) -> RegionPaths:
-        """Where `region`'s data lives now: its own root, or its DR site while failed over."""
+        """Where `region`'s data lives now: its own root, or its DR site while failed over.
+
+        A primary root is provisioned on first use; a run for a region whose storage was lost
+        or replaced fails here (RegionStorageUnavailable) before it writes anything.
+        """
+        from meridian.dr.provisioning import ensure_provisioned
         from meridian.dr.state import active_paths
 
-        return active_paths(topology, self.root(), region)
+        paths = active_paths(topology, self.root(), region)
+        if paths.host == region:
+            ensure_provisioned(self.root(), paths)
+        return paths
 
     def primary_paths(self, topology: Topology, region: str) -> RegionPaths:
         return region_paths(topology.region(region), self.root())

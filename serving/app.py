@@ -183,6 +183,17 @@ def create_app(
     async def refused(_request: Request, error: ScoringRefused) -> Response:
         return _json(error.status, {"detail": error.detail})
 
+    @app.exception_handler(OnlineStoreUnavailable)
+    async def store_down(_request: Request, error: OnlineStoreUnavailable) -> Response:
+        # Raised below the endpoints' own handling (a push, a read the probe did not catch):
+        # still the store, never a 500.
+        return _json(503, {"detail": f"online store unavailable: {error}"})
+
+    @app.exception_handler(OSError)
+    async def storage_down(_request: Request, error: OSError) -> Response:
+        # A region's files vanishing or failing mid-request (the storage under a read).
+        return _json(503, {"detail": f"storage unavailable: {type(error).__name__}: {error}"})
+
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_request: Request, error: StarletteHTTPException) -> Response:
         return _json(error.status_code, {"detail": error.detail}, getattr(error, "headers", None))

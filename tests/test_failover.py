@@ -148,6 +148,172 @@ def test_the_read_replica_staleness_is_measured_by_write_clock(region_with_repli
     assert behind["rows_behind"] == 1 and behind["staleness_s"] >= 0.05
 
 
+@pytest.fixture
+def home_copy(region_with_replicas, tmp_path, monkeypatch):
+    """A copy of the module's home: each hostile test breaks its own."""
+    home = tmp_path / "home"
+    shutil.copytree(region_with_replicas["home"], home, symlinks=True)
+    monkeypatch.setenv("MERIDIAN_HOME", str(home))
+    resources = {
+        **region_with_replicas["resources"],
+        "lake": RegionalLakeResource(home=str(home)),
+        "mlflow_tracking": MlflowTrackingResource(home=str(home)),
+        "alerting": AlertingResource(path=str(home / "alerts" / "alerts.jsonl")),
+    }
+    return home, resources, region_paths(load_topology().region(REGION), home)
+
+
+def _open_store(resources):
+    return resources["online_store"].open
+
+
+def test_probes_see_what_the_region_serves_and_builds_from(home_copy):
+    """A missing lake table file's footer, a corrupt warehouse, a corrupt online store and an
+    empty volume in the root's place are each a failed probe naming the failure."""
+    home, resources, primary = home_copy
+    topology = load_topology()
+    assert dr.probe(topology, home, REGION, _open_store(resources)).problems == []
+
+    def broken(path: Path, corrupt) -> list[str]:
+        before = path.read_bytes()
+        corrupt(path, before)
+        try:
+            return dr.probe(topology, home, REGION, _open_store(resources)).problems
+        finally:
+            path.write_bytes(before)
+
+    newest = sorted(primary.table("raw_transactions").glob("day=*/*.parquet"))[-1]
+    problems = broken(newest, lambda p, b: p.write_bytes(b[: len(b) // 2]))
+    assert any("lake table raw_transactions is unreadable" in p for p in problems), problems
+    problems = broken(primary.warehouse, lambda p, b: p.write_bytes(b"\0" * 4096 + b[4096:]))
+    assert any("not a DuckDB database" in p for p in problems), problems
+    db = primary.root / "online" / "online_store.db"
+    problems = broken(db, lambda p, b: p.write_bytes(b[:100] + b"\xff" * (len(b) - 100)))
+    assert any(p.startswith("online store:") for p in problems), problems
+    # The volume replaced by an empty one (a remount elsewhere, a lost disk recreated empty).
+    primary.root.rename(primary.root.with_name("gone"))
+    primary.root.mkdir()
+    (problems,) = [dr.probe(topology, home, REGION, _open_store(resources)).problems]
+    assert any("is not the provisioned volume" in p for p in problems), problems
+    assert not (primary.root / "online").exists()  # the probe created no store there
+
+
+def test_no_run_recreates_a_lost_region_root(home_copy):
+    _home, resources, primary = home_copy
+    primary.root.rename(primary.root.with_name("lost"))
+    result = dg.materialize(
+        [online_features],
+        resources=resources,
+        partition_key=str(dg.MultiPartitionKey({"region": REGION, "day": DAYS[-1]})),
+        raise_on_error=False,
+    )
+    assert not result.success
+    (failure,) = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+    message = failure.event_specific_data.error.to_string()
+    assert "unreachable" in message and "fail the region over" in message, message
+    # The sensors that launch the region's runs skip it while its storage is down.
+    from assets.replication import replication_sensor
+    from assets.serving import serving_stream_sensor
+
+    with dg.instance_for_test() as instance:
+        for sensor in (replication_sensor, serving_stream_sensor):
+            context = dg.build_sensor_context(instance=instance, resources=resources)
+            launched = [r for r in (sensor(context) or []) if r.partition_key == REGION]
+            assert launched == [], sensor.name
+    assert not primary.root.exists()
+
+
+def test_failback_refuses_an_empty_or_partial_primary(home_copy):
+    home, _resources, primary = home_copy
+    topology = load_topology()
+    dr.fail_over(topology, home, REGION, "drill")
+    lost = primary.root.with_name("lost")
+    primary.root.rename(lost)
+    primary.root.mkdir()  # back, but empty
+    with pytest.raises(dr.FailoverError, match="not the provisioned volume"):
+        dr.fail_back(topology, home, REGION, drain_seconds=0)
+    assert dr.is_failed_over(home, REGION)
+    # The right volume, but with a table's day gone: the replicas say it held it.
+    shutil.rmtree(primary.root)
+    lost.rename(primary.root)
+    day = sorted(primary.table("raw_labels").glob("day=*"))[0]
+    shutil.rmtree(day)
+    with pytest.raises(dr.FailoverError, match=r"failback refused: .* lacks 1 of \d+ files .*raw_labels"):
+        dr.fail_back(topology, home, REGION, drain_seconds=0)
+    assert dr.is_failed_over(home, REGION)
+
+
+def test_failback_counts_the_online_rows_the_replica_missed_and_the_cli_says_what_it_cut(home_copy):
+    from cli.main import rpo_summary
+
+    home, _resources, primary = home_copy
+    topology = load_topology()
+    store = SqliteOnlineStore(primary.root / "online" / "online_store.db", origin=REGION)
+    store.write([OnlineRow("customer_spend", f"euwest-unreplicated-{n}", 1, "v", {}) for n in range(2)])
+    store.close()
+    time.sleep(0.01)
+    dr.fail_over(topology, home, REGION, "drill")
+    report = dr.fail_back(topology, home, REGION, drain_seconds=0)
+    assert report.rpo_online_rows == 2
+    text = rpo_summary(
+        {**report.as_dict(), "rpo_files": [f"lake/t/day=2026-01-{d:02d}/data.parquet" for d in range(1, 8)]}
+    )
+    assert "7 file(s), 2 online row(s) lost" in text and text.endswith(
+        "and 2 more not shown (all in the run's `report` metadata)"
+    )
+
+
+def test_the_health_sensor_fails_over_each_outage_once_and_forgets_an_outage_after_recovery(home_copy):
+    """Run keys name the outage, not the clock hour: a second outage within the hour is failed
+    over too. Runs that failed because the region was down stop counting once it is back."""
+    _home, resources, primary = home_copy
+
+    @dg.op
+    def broken_step():
+        raise RuntimeError("the region's storage is gone")
+
+    @dg.job
+    def region_run():
+        broken_step()
+
+    with dg.instance_for_test() as instance:
+        requests, cursor = _evaluate_sensor(instance, resources, None)
+        assert requests == []
+        keys = []
+        for _outage in range(2):
+            lost = primary.root.with_name("lost")
+            primary.root.rename(lost)
+            for _ in range(3):  # the region's runs fail while it is down
+                assert not region_run.execute_in_process(
+                    instance=instance, tags={"meridian/region": REGION}, raise_on_error=False
+                ).success
+            requests, cursor = _evaluate_sensor(instance, resources, cursor)
+            assert requests == []  # one failed probe: not yet
+            (request,), cursor = _evaluate_sensor(instance, resources, cursor)
+            assert request.tags == {
+                "meridian/failover_region": REGION,
+                "meridian/triggered_by": "region_health_sensor",
+            }  # not the region's pool tag: the failover never queues behind the region's stuck runs
+            again, cursor = _evaluate_sensor(instance, resources, cursor)
+            assert [r.run_key for r in again] == [request.run_key]  # the same outage: the same key
+            keys.append(request.run_key)
+            lost.rename(primary.root)
+            # Back: three failed runs within the window, but all from before the recovery.
+            for _ in range(3):
+                requests, cursor = _evaluate_sensor(instance, resources, cursor)
+                assert requests == [], requests[0].run_config
+        assert keys[0] != keys[1]
+        # A run failing after the recovery counts again.
+        for _ in range(3):
+            region_run.execute_in_process(
+                instance=instance, tags={"meridian/region": REGION}, raise_on_error=False
+            )
+        requests, cursor = _evaluate_sensor(instance, resources, cursor)
+        assert requests == []
+        (request,), _ = _evaluate_sensor(instance, resources, cursor)
+        assert "3 failed runs" in request.run_config["ops"]["region_failover_op"]["config"]["reason"]
+
+
 _KNOWN: dict[Path, tuple[str, str]] = {}
 
 

@@ -173,3 +173,24 @@ def test_the_asset_holds_each_entitys_latest_values_and_a_backfill_never_regress
         for entity, t, payload in frame.iter_rows():
             assert t == slow[entity].event_time_us and orjson.loads(payload) == slow[entity].values
     store.close()
+
+
+def test_a_corrupt_row_is_the_store_unavailable_never_a_server_error(tmp_path):
+    """A row whose payload is not JSON (a torn write, a bad restore): reading it, and the health
+    probe's real lookup, raise OnlineStoreUnavailable (the service's 503), not a decode error."""
+    import sqlite3
+
+    from meridian.online_sqlite import SqliteOnlineStore
+
+    store = SqliteOnlineStore(tmp_path / "online.db", origin="eu-west")
+    store.write([OnlineRow("customer_spend", "c1", 1, "v", {"spend_7d": 1.0})])
+    store.probe()
+    con = sqlite3.connect(tmp_path / "online.db")
+    con.execute("update online_features set payload = ? where entity = 'c1'", (b"{not json",))
+    con.commit()
+    con.close()
+    with pytest.raises(OnlineStoreUnavailable, match="corrupt row customer_spend/c1"):
+        store.read("customer_spend", "c1")
+    with pytest.raises(OnlineStoreUnavailable, match="unreadable"):
+        store.probe()
+    store.close()

@@ -9,6 +9,7 @@ residency zone, enforced when the topology loads and again before every transfer
     state.py             the control plane's failover state; where a region's data lives now
     replicas.py          replication of each class to the DR region, replica lag
     registry_replica.py  the registry replica, read like MLflow's while failed over
+    provisioning.py      a region's storage identity: only provisioning creates a root
     probes.py            health probes of a site
     failover.py          failover, and failback with reconciliation
 
@@ -18,6 +19,13 @@ below are its interface.
 
 from meridian.dr.failover import FailoverReport, fail_back, fail_over
 from meridian.dr.probes import Probe, probe
+from meridian.dr.provisioning import (
+    RegionStorageUnavailable,
+    ensure_provisioned,
+    provision,
+    site_down,
+    storage_problem,
+)
 from meridian.dr.registry_replica import ReplicaRegistryClient, load_replica_booster
 from meridian.dr.replicas import (
     ClassReplication,
@@ -50,9 +58,11 @@ __all__ = [
     "FailoverError",
     "FailoverReport",
     "Probe",
+    "RegionStorageUnavailable",
     "ReplicaRegistryClient",
     "active_paths",
     "class_sources",
+    "ensure_provisioned",
     "fail_back",
     "fail_over",
     "failover_root",
@@ -61,13 +71,16 @@ __all__ = [
     "load_state",
     "primary_paths",
     "probe",
+    "provision",
     "publish_deployment",
     "read_replica_staleness",
     "replica",
     "replicate_class",
     "replication_lag",
     "save_state",
+    "site_down",
     "state_path",
+    "storage_problem",
     "sync_model_registry",
     "sync_write_deployment",
 ]

@@ -33,6 +33,9 @@ class FailoverReport:
     reconciled: dict[str, int] = field(default_factory=dict)
     rpo_partitions: int | None = None
     rpo_files: list[str] = field(default_factory=list)
+    # Online rows the primary wrote before the fault that the replica used did not hold
+    # (None: the primary's backend is not a file this check can read, e.g. Redis).
+    rpo_online_rows: int | None = None
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -119,6 +122,64 @@ def _merge_parquet(primary: Path, failover: Path, primary_site: str, dr_site: st
     )
 
 
+def _verify_primary_holds_what_replicas_held(
+    region: str, dr_name: str, primary: RegionPaths, used: dict[str, dict]
+) -> None:
+    """Refuse a failback to storage that is not the one that failed: every file the replicas
+    held at the failover (lake tables, warehouse, registry, deployment config, stream log)
+    must be there again. An empty or other volume would otherwise be "reconciled" into,
+    report an RPO of 0 and serve 503s (no champion) once traffic switched back.
+
+    Not checked here: the online store (a snapshot, compared row by row in the RPO) and the
+    model registry (its replica is an export of the registry, which lives in MLflow, not
+    under the region's root)."""
+    expected = {
+        rel: cls
+        for cls, manifest in used.items()
+        if cls not in ("online_store", "model_registry")
+        for rel in manifest["files"]
+    }
+    missing = sorted(rel for rel in expected if not (primary.root / rel).is_file())
+    if missing:
+        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        raise FailoverError(
+            f"failback refused: {region}'s storage at {primary.root} lacks {len(missing)} of "
+            f"{len(expected)} files its replicas held at the failover ({shown}); it is not the "
+            f"storage that failed. Restore it (or re-provision and re-replicate) and keep serving "
+            f"{region} from {dr_name} meanwhile"
+        )
+
+
+def _online_rows_lost(primary: RegionPaths, rep, used: dict, since: float) -> int | None:
+    """Online rows written at the primary before the fault (by write stamp) that the online
+    replica used at the failover did not hold."""
+    import sqlite3
+
+    from meridian.conflicts import LOGICAL_BITS
+
+    db = primary.root / "online" / "online_store.db"
+    entry = used["files"].get("online/online_store.db")
+    if not db.is_file():
+        return None
+    replica_ms = 0
+    if entry is not None:
+        con = sqlite3.connect(f"file:{rep.object_path(entry['checksum'])}?mode=ro", uri=True)
+        try:
+            replica_ms = (
+                con.execute("select max(hlc) from online_features").fetchone()[0] or 0
+            ) >> LOGICAL_BITS
+        finally:
+            con.close()
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        return con.execute(
+            "select count(*) from online_features where hlc > ? and hlc <= ?",
+            ((replica_ms + 1) << LOGICAL_BITS, (int(since * 1000) + 1) << LOGICAL_BITS),
+        ).fetchone()[0]
+    finally:
+        con.close()
+
+
 def fail_back(
     topology: Topology,
     home: Path,
@@ -155,6 +216,7 @@ def fail_back(
         else {"files": {}}
         for cls, rep in replicas.items()
     }
+    _verify_primary_holds_what_replicas_held(region, dr_name, primary, used)
     at_failover = {rel for m in used.values() for rel in m["files"]}
     # RPO, measured now that the primary is readable again: what it held at the fault that
     # no replica had (in a real loss of the site these would be gone).
@@ -170,6 +232,7 @@ def fail_back(
             had = used[cls]["files"].get(source.rel)
             if had is None or (mtime > published and hash_file(source.path)[0] != had["checksum"]):
                 lost.append(source.rel)
+    rpo_online_rows = _online_rows_lost(primary, replicas["online_store"], used["online_store"], since)
     # Switch first: from here R's writers (assets, the service within its poll interval) write
     # to R's own root, where the merge below is safe against them (last writer wins). Then
     # wait for writers still on the DR site to drain, and merge what they wrote.
@@ -232,4 +295,5 @@ def fail_back(
         reconciled=reconciled,
         rpo_partitions=len({str(Path(r).parent) for r in lost if "day=" in r}),
         rpo_files=sorted(lost),
+        rpo_online_rows=rpo_online_rows,
     )

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import orjson
 
+from meridian.dr.provisioning import storage_problem
 from meridian.dr.state import HEARTBEAT, primary_paths
 from meridian.lake import write_bytes_atomic
 from meridian.paths import RegionPaths
@@ -25,9 +26,16 @@ class Probe:
 
 
 def probe(
-    topology: Topology, home: Path, region: str, open_store: Callable[[RegionPaths], object] | None = None
+    topology: Topology, home: Path, region: str, open_store: Callable[..., object] | None = None
 ) -> Probe:
-    """Is R's own site up? Its root is reachable and writable (heartbeat), its store answers."""
+    """Is R's own site up? What it serves and builds from, not only its folder:
+
+    - the root is the provisioned volume (its marker, meridian.dr.provisioning) and takes a
+      heartbeat write;
+    - the newest partition of every lake table is readable (its Parquet footer);
+    - the warehouse is a DuckDB file (its header: opening it would contend with dbt's lock);
+    - the online store answers a real lookup (`probe`: a fresh read of the table's rows).
+    """
     paths = primary_paths(topology, home, region)
     problems: list[str] = []
     beat = paths.root / HEARTBEAT
@@ -39,16 +47,59 @@ def probe(
         pass
     if not paths.root.is_dir():
         problems.append(f"storage root {paths.root} is unreachable")
+    elif problem := storage_problem(home, paths):
+        problems.append(problem)
     else:
         try:
             write_bytes_atomic(orjson.dumps({"at": time.time(), "pid": os.getpid()}), beat)
         except OSError as error:
             problems.append(f"storage root {paths.root} is not writable: {error}")
+        problems.extend(_lake_problems(paths))
+        problems.extend(_warehouse_problems(paths))
         if open_store is not None:
             try:
-                store = open_store(paths)
-                store.ping()
-                store.close()
+                store = open_store(paths, create=False)
+                try:
+                    (store.probe if hasattr(store, "probe") else store.ping)()
+                finally:
+                    store.close()
             except Exception as error:
                 problems.append(f"online store: {error}")
     return Probe(region, not problems, problems, age)
+
+
+DUCKDB_MAGIC = b"DUCK"  # bytes 8..12 of every DuckDB database file
+
+
+def _lake_problems(paths: RegionPaths) -> list[str]:
+    """The newest partition of each lake table must be a readable Parquet file."""
+    import pyarrow.parquet as pq
+
+    problems = []
+    if not paths.lake.is_dir():
+        return [f"lake {paths.lake} is missing"] if paths.warehouse.exists() else []
+    for table in sorted(p for p in paths.lake.iterdir() if p.is_dir()):
+        days = sorted(table.glob("day=*"))
+        files = sorted(days[-1].glob("*.parquet")) if days else []
+        for file in files:
+            try:
+                pq.read_metadata(file)
+            except (OSError, ValueError) as error:
+                problems.append(
+                    f"lake table {table.name} is unreadable ({file.name} of {days[-1].name}: {error})"
+                )
+                break
+    return problems
+
+
+def _warehouse_problems(paths: RegionPaths) -> list[str]:
+    if not paths.warehouse.exists():
+        return []
+    try:
+        with paths.warehouse.open("rb") as f:
+            header = f.read(12)
+    except OSError as error:
+        return [f"warehouse {paths.warehouse} cannot be read: {error}"]
+    if header[8:12] != DUCKDB_MAGIC:
+        return [f"warehouse {paths.warehouse} is not a DuckDB database (corrupt header)"]
+    return []
