@@ -5,7 +5,6 @@ automated`, launches the failover itself after consecutive failed probes.
 """
 
 import json
-import time
 from datetime import UTC, datetime
 from typing import Literal
 
@@ -13,6 +12,7 @@ import dagster as dg
 from pydantic import Field
 
 from meridian import dr
+from meridian.dr import health
 from meridian.run_tags import region_of_run_tags
 from resources.alerting import AlertingResource
 from resources.lake import RegionalLakeResource
@@ -51,7 +51,8 @@ def region_failover_op(
     by = context.run.tags.get("meridian/triggered_by", "manual")
     try:
         if config.action == "failover":
-            report = dr.fail_over(topo, home, config.region, config.reason, by=by)
+            with health.failover_lock(home, config.region):
+                report = dr.fail_over(topo, home, config.region, config.reason, by=by)
         else:
             report = dr.fail_back(
                 topo, home, config.region, open_store=online_store.open, drain_seconds=config.drain_seconds
@@ -115,14 +116,6 @@ def _failed_runs(instance: dg.DagsterInstance, region: str, since: float) -> int
     )
 
 
-def _recovered_at(home, region: str, memory: dict) -> float:
-    """When the region last came back: its failback, or its first clean probe after an outage.
-    Runs that failed before then failed because the region was down; they do not count."""
-    entry = dr.load_state(home).get(region, {})
-    failback = entry.get("since_ts", 0.0) if entry.get("previous_failover") else 0.0
-    return max(failback, memory.get("recovered_at", {}).get(region, 0.0))
-
-
 @dg.sensor(
     job=region_failover,
     minimum_interval_seconds=5,
@@ -138,78 +131,48 @@ def region_health_sensor(
     online_store: OnlineStoreResource,
     alerting: AlertingResource,
 ):
-    """Hand-written (no built-in reacts to the health of storage outside Dagster). The cursor
-    keeps, per region: consecutive failed probes, the outage in progress (when its first
-    failed probe was seen: the failover's run key, so a second outage in the same hour is
-    failed over too and one outage only once), and when the region last recovered."""
+    """Hand-written (no built-in reacts to the health of storage outside Dagster). The rule is
+    meridian.dr.health's, its state the cursor. The fallback of the health loop: while the
+    loop's heartbeat is fresh, the sensor stands aside (the loop probes every second; a
+    daemon tick is 5 s at best)."""
     topo = topology.load()
     home = lake.root()
     policy = topo.failover
-    # Regions never seen up (never provisioned, still being built) are not "down".
-    memory = json.loads(context.cursor) if context.cursor else {}
-    streak: dict[str, int] = memory.get("streak", {})
-    seen_up: set[str] = set(memory.get("seen_up", []))
-    outage: dict[str, float] = memory.get("outage", {})
-    recovered: dict[str, float] = memory.get("recovered_at", {})
-    probe_down: set[str] = set(memory.get("probe_down", []))
-    now = time.time()
+    if loop := health.loop_alive(home):
+        return dg.SkipReason(
+            f"the health loop (pid {loop['pid']}, every {loop['interval_seconds']} s) probes and fails over"
+        )
+    tracker = health.HealthTracker(policy, json.loads(context.cursor) if context.cursor else None)
     for region in topo.active_region_names:
         if dr.is_failed_over(home, region):
-            streak[region] = 0
+            tracker.failed_over(region)
             continue
         result = dr.probe(topo, home, region, online_store.open)
-        problems = list(result.problems)
-        if problems:
-            probe_down.add(region)
-        elif region in probe_down:
-            # The site is back: its outage is over, and the runs it failed stop counting.
-            probe_down.discard(region)
-            outage.pop(region, None)
-            recovered[region] = now
-        window_start = now - policy.failed_runs_window_minutes * 60
-        since = max(window_start, _recovered_at(home, region, {"recovered_at": recovered}))
-        failed_runs = _failed_runs(context.instance, region, since)
-        if failed_runs >= policy.failed_runs:
-            problems.append(f"{failed_runs} failed runs in {policy.failed_runs_window_minutes:.0f} min")
-        if not problems:
-            seen_up.add(region)
-            outage.pop(region, None)
-        if region not in seen_up:
+        verdict = tracker.observe(
+            home, region, result.problems, lambda since, r=region: _failed_runs(context.instance, r, since)
+        )
+        if not verdict.due:
             continue
-        streak[region] = streak.get(region, 0) + 1 if problems else 0
-        if not problems:
-            continue
-        outage.setdefault(region, now)
-        if streak[region] < policy.probe_failures:
-            continue
-        reason = f"{streak[region]} failed probes: " + "; ".join(problems)
-        outage_id = f"{region}:{outage[region]:.3f}"
         alerting.send(
-            "ERROR", region, "region_health_sensor", f"region-down:{outage_id}", f"{region} is down: {reason}"
+            "ERROR",
+            region,
+            "region_health_sensor",
+            f"region-down:{verdict.outage_id}",
+            f"{region} is down: {verdict.reason}",
         )
         if policy.mode == "automated":
             yield dg.RunRequest(
                 # One failover per outage: the daemon drops a repeated key, never a new outage.
-                run_key=f"failover:{outage_id}",
-                run_config={
-                    "ops": {
-                        "region_failover_op": {
-                            "config": {"region": region, "action": "failover", "reason": reason}
-                        }
-                    }
-                },
+                run_key=f"failover:{verdict.outage_id}",
+                run_config=failover_run_config(region, verdict.reason),
                 # Not `meridian/region`: the failover must not queue behind the region's own
                 # runs (its pool allows one run at a time, and those are stuck on the outage).
                 tags={FAILOVER_TAG: region, "meridian/triggered_by": "region_health_sensor"},
             )
-    context.update_cursor(
-        json.dumps(
-            {
-                "streak": streak,
-                "seen_up": sorted(seen_up),
-                "outage": outage,
-                "recovered_at": recovered,
-                "probe_down": sorted(probe_down),
-            }
-        )
-    )
+    context.update_cursor(json.dumps(tracker.to_json()))
+
+
+def failover_run_config(region: str, reason: str) -> dict:
+    return {
+        "ops": {"region_failover_op": {"config": {"region": region, "action": "failover", "reason": reason}}}
+    }

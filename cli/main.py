@@ -159,6 +159,15 @@ def rpo_summary(report: dict, shown: int = 5) -> str:
     return text
 
 
+def cmd_health_loop(args: argparse.Namespace) -> int:
+    from cli.health import main as health_main
+
+    argv = ["--interval", str(args.interval)]
+    argv += ["--max-seconds", str(args.max_seconds)] if args.max_seconds else []
+    argv += ["--home", args.home] if args.home else []
+    return health_main(argv)
+
+
 def cmd_failover(args: argparse.Namespace) -> int:
     """Launch `region_failover` (failover or failback) on the persistent instance."""
     prepare_environment(Path(args.home) if args.home else None)
@@ -207,13 +216,18 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """The scoring service (serving/) on the embedded default, after `meridian run`."""
-    prepare_environment(Path(args.home) if args.home else None)
+    home = prepare_environment(Path(args.home) if args.home else None)
     if str(REPO_ROOT) not in sys.path:
         sys.path.insert(0, str(REPO_ROOT))
     import uvicorn
+    from dagster import DagsterInstance
 
+    from cli.health import operations_warnings
     from serving.main import build_app
 
+    with DagsterInstance.get() as instance:
+        for warning in operations_warnings(home, instance):
+            print(f"meridian serve: warning: {warning}", file=sys.stderr, flush=True)
     regions = args.regions.split(",") if args.regions else None
     app = build_app(poll_seconds=args.poll_seconds, regions=regions, scoring_threads=args.scoring_threads)
     print(
@@ -268,6 +282,14 @@ def main(argv: list[str] | None = None) -> int:
     fo.add_argument("--reason", default="manual failover from the CLI")
     fo.add_argument("--home", help="data root (default $MERIDIAN_HOME or .meridian/)")
     fo.set_defaults(func=cmd_failover)
+    hl = sub.add_parser(
+        "health-loop",
+        help="probe every region each second and fail over when one is down (run beside the daemon)",
+    )
+    hl.add_argument("--interval", type=float, default=1.0, help="seconds between probes of every region")
+    hl.add_argument("--max-seconds", type=float, help="stop after this long (drills, tests)")
+    hl.add_argument("--home", help="data root (default $MERIDIAN_HOME or .meridian/)")
+    hl.set_defaults(func=cmd_health_loop)
     srv = sub.add_parser("serve", help="start the scoring service (after `meridian run`)")
     srv.add_argument("--host", default="127.0.0.1")
     srv.add_argument("--port", type=int, default=8000)

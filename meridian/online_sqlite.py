@@ -62,7 +62,15 @@ class SqliteOnlineStore:
             raise OnlineStoreUnavailable(
                 f"online store {self.path} does not exist: materialize online_features for the region"
             )
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            # The store's own folder only: a region root that is gone stays gone (only
+            # provisioning creates one, meridian.dr.provisioning) instead of coming back empty
+            # under a run that was in flight when the storage was lost.
+            self.path.parent.mkdir(exist_ok=True)
+        except FileNotFoundError:
+            raise OnlineStoreUnavailable(
+                f"online store {self.path} cannot be created: {self.path.parent.parent} is missing"
+            ) from None
         self._inode = None
         con = self._con()
         with self._errors("cannot be opened"):

@@ -185,6 +185,13 @@ def test_each_regions_files_and_personal_data_stay_in_its_own_folder(graph):
     home, _, _ = graph
     files = [p for p in home.rglob("*") if p.is_file()]
     assert files
+    # Outside the regions only the control plane's provisioning records: a region's name, its
+    # volume id, its root and when (meridian.dr.provisioning), never data.
+    records = [p for p in files if p.relative_to(home).parts[:2] == ("platform", "provisioned")]
+    assert sorted(p.stem for p in records) == sorted(REGIONS)
+    for record in records:
+        assert set(json.loads(record.read_bytes())) == {"region", "id", "root", "provisioned_at"}
+    files = [p for p in files if p not in records]
     assert {p.relative_to(home).parts[:2] for p in files} == {("regions", r) for r in REGIONS}
     for path in home.glob("regions/*/lake/**/*.parquet"):
         region = path.relative_to(home).parts[1]

@@ -26,6 +26,16 @@ from meridian.replication import Replica, ReplicationResult, SourceFile, walk
 from meridian.topology import Topology
 
 
+def _staging(paths: RegionPaths, name: str) -> Path:
+    """`<root>/.replication/<name>`, created under a root that exists: a replication run in
+    flight when the region's storage is lost fails here instead of recreating the root."""
+    if not paths.root.is_dir():
+        raise FileNotFoundError(f"storage root {paths.root} of {paths.region} is unreachable")
+    folder = paths.root / STAGING / name
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
 def _snapshot_online_store(paths: RegionPaths, open_store: Callable[[RegionPaths], object] | None) -> Path:
     """A consistent copy of the region's online store, as one SQLite file.
 
@@ -35,8 +45,7 @@ def _snapshot_online_store(paths: RegionPaths, open_store: Callable[[RegionPaths
     from meridian.feature_views import feature_views
     from meridian.online_sqlite import SqliteOnlineStore
 
-    target = paths.root / STAGING / "online" / "online_store.db"
-    target.parent.mkdir(parents=True, exist_ok=True)
+    target = _staging(paths, "online") / "online_store.db"
     tmp = target.with_name(f".{target.name}.tmp")
     tmp.unlink(missing_ok=True)
     store = open_store(paths) if open_store else None
@@ -76,7 +85,8 @@ def _local_model_dir(paths: RegionPaths, client, name: str, version: int, uri: s
     if not local.is_dir():
         tmp = local.with_name(f".v{version}.{os.getpid()}.tmp")
         shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
+        _staging(paths, "model-downloads")
+        tmp.mkdir()
         mlflow.artifacts.download_artifacts(
             artifact_uri=uri, dst_path=str(tmp), tracking_uri=client.tracking_uri
         )
@@ -111,7 +121,7 @@ def _model_sources(paths: RegionPaths, client) -> list[SourceFile]:
         "aliases": aliases,
         "versions": versions,
     }  # deterministic: unchanged state, same bytes
-    target = paths.root / STAGING / "models" / "registry.json"
+    target = _staging(paths, "models") / "registry.json"
     write_bytes_atomic(orjson.dumps(doc, option=orjson.OPT_INDENT_2), target)
     return [*sources, SourceFile("models/registry.json", target)]
 
@@ -290,7 +300,7 @@ def sync_write_deployment(topology: Topology, home: Path, region: str, save: Cal
     DR write fails the primary keeps its previous config and the caller reports failure.
     """
     paths = active_paths(topology, home, region)
-    staged_root = paths.root / STAGING / "deployment-next"
+    staged_root = _staging(paths, "deployment-next")
     staged = save(staged_root)
     rel = str(staged.relative_to(staged_root))
     if paths.host == region:  # while failed over, the DR site is the live copy: nothing to mirror
