@@ -157,9 +157,7 @@ def _apply(context, result, current, topo, lake, region, mlflow_tracking, alerti
         )
         publish(deployment.DeploymentConfig.model_validate(moved.model_dump()))
         return f"canary advanced to {moved.canary_ramp[moved.canary_step]} %"
-    back = deployment.DeploymentConfig(
-        region=region, strategy="champion", experiment_id=f"{current.experiment_id}-ended"
-    )
+    back = deployment.end_experiment(current, f"deployment_analysis {decision}: {result['reason']}")
     if decision == "rollback":
         publish(back)
         alerting.send(

@@ -9,7 +9,7 @@ import polars as pl
 from assets.drift import MONITORING_GROUP, feature_drift
 from assets.metadata import png_markdown
 from assets.performance import model_performance
-from meridian import registry
+from meridian import deployment, dr, registry
 from meridian.drift_rules import STATUS_RANK
 from meridian.lake import partition_file, write_bytes_atomic
 from meridian.plots import health_plot
@@ -53,7 +53,32 @@ def platform_health(
         client, registry_error = None, f"registry unavailable: {error}"
     rows = []
     for region in topo.active_region_names:
-        paths = lake.paths(topo, region)
+        config = None
+        try:
+            paths = lake.paths(topo, region)
+            site = dr.active_paths(topo, lake.root(), region).host
+            config = deployment.load(paths.root, region)
+            storage = "ok"
+        except dr.RegionStorageUnavailable as error:  # shown, not a failed view
+            paths, site, storage = None, region, str(error)
+        if paths is None:
+            mine = [a for a in alerts if a["region"] == region]
+            rows.append(
+                {
+                    "region": region,
+                    "zone": topo.region(region).zone,
+                    "site": site,
+                    "storage": storage,
+                    **dict.fromkeys(
+                        ("deployment", "last_ended_experiment", "latest_lake_day", "latest_scored_day"),
+                        "unavailable",
+                    ),
+                    **dict.fromkeys(("latest_drift_day", "drift", "champion_version"), "unavailable"),
+                    "alerts_error_24h": sum(a["severity"] == "ERROR" for a in mine),
+                    "alerts_warn_24h": sum(a["severity"] == "WARN" for a in mine),
+                }
+            )
+            continue
         drift_day = _latest_day(paths.table("drift"))
         drift = "none yet"
         if drift_day:
@@ -71,6 +96,13 @@ def platform_health(
             {
                 "region": region,
                 "zone": topo.region(region).zone,
+                "site": site,
+                "storage": storage,
+                "deployment": config.strategy
+                + (f" ({config.experiment_id})" if config.strategy != "champion" else ""),
+                "last_ended_experiment": f"{config.ended_experiment}: {config.ended_reason}"
+                if config.ended_experiment
+                else "none",
                 "latest_lake_day": _latest_day(paths.table("raw_transactions")) or "none",
                 "latest_scored_day": _latest_day(paths.table("predictions")) or "none",
                 "latest_drift_day": drift_day or "none",

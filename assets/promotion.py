@@ -104,6 +104,9 @@ def fraud_model_promotion(
             change = registry.promote(client, region, challenger_v, reason, context.run_id)
         decision = "promoted"
         replicated = sync_registry_replica(topology.load(), lake, client, region)
+        replicated["experiment"] = _end_running_experiment(
+            topology.load(), lake, region, f"v{challenger_v} promoted to champion by fraud_model_promotion"
+        )
     else:
         change = None
         decision = "kept champion"
@@ -154,6 +157,19 @@ def fraud_model_promotion(
     )
 
 
+def _end_running_experiment(topo, lake: RegionalLakeResource, region: str, reason: str) -> str:
+    """End the region's A/B test, canary or shadow after its models changed (through the one
+    synchronous DR write of the deployment config); what happened, for the metadata."""
+    from meridian import deployment, dr
+
+    current = deployment.load(lake.paths(topo, region).root, region)
+    ended = deployment.end_experiment(current, reason)
+    if ended is None:
+        return "no experiment was running"
+    dr.publish_deployment(topo, lake.root(), region, ended)
+    return f"{current.strategy} experiment {current.experiment_id} ended: {reason}"
+
+
 class RollbackConfig(dg.Config):
     region: str
     to_version: int | None = None  # default: the champion before the current one
@@ -178,6 +194,10 @@ def rollback_champion_op(
     except registry.RegistryError as error:
         raise dg.Failure(str(error)) from error
     sync_registry_replica(topo, lake, mlflow_tracking.client(), config.region)
+    ended = _end_running_experiment(
+        topo, lake, config.region, f"champion rolled back v{change.previous} → v{change.current}"
+    )
+    context.log.info(f"{config.region}: {ended}")
     at = datetime.now(UTC)
     write_json(
         {

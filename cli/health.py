@@ -6,7 +6,7 @@ region every `--interval` seconds with the sensor's rule (meridian.dr.health), a
 failover is due (failover.mode automated) runs the `region_failover` job in this process on
 the persistent instance: the run shows in the UI like the sensor's, without waiting for the
 queue or a run worker to start. While it runs, the sensor stands aside (the loop's heartbeat
-in `$MERIDIAN_HOME/platform/health.json`); if it stops, the sensor takes over.
+in `$MERIDIAN_HOME/platform/health_loop.json`); if it stops, the sensor takes over.
 
 Run it beside dagster-daemon (the Helm chart's `health` deployment; locally
 `meridian health-loop &`). It writes nothing into any region's storage but the heartbeat

@@ -44,6 +44,11 @@ class DeploymentConfig(BaseModel):
     champion_version: int | None = None  # the versions the aliases held when written (display)
     challenger_version: int | None = None
     written_at: str = Field(default_factory=lambda: datetime.now(UTC).isoformat())
+    # The experiment that ended last, and why (a promotion, a rollback, the analysis): shown
+    # on /readyz and platform_health, so a strategy never silently stops scoring.
+    ended_experiment: str | None = None
+    ended_strategy: Strategy | None = None
+    ended_reason: str | None = None
 
     @model_validator(mode="after")
     def _check(self) -> DeploymentConfig:
@@ -83,6 +88,23 @@ def bucket(experiment_id: str, customer_id: str) -> float:
         customer_id.encode(), key=experiment_id.encode()[:64], digest_size=8, person=b"meridian-ab"
     ).digest()
     return int.from_bytes(digest, "big") / 2**64
+
+
+def end_experiment(config: DeploymentConfig, reason: str) -> DeploymentConfig | None:
+    """The champion-only config that ends `config`'s running experiment, saying why; None when
+    none runs. A promotion or a champion rollback changes the models an A/B test, canary or
+    shadow compares: the experiment ends explicitly instead of running on without its challenger."""
+    if config.strategy == "champion":
+        return None
+    return DeploymentConfig(
+        region=config.region,
+        strategy="champion",
+        experiment_id=f"{config.experiment_id}-ended",
+        canary_ramp=config.canary_ramp,
+        ended_experiment=config.experiment_id,
+        ended_strategy=config.strategy,
+        ended_reason=reason,
+    )
 
 
 def config_path(region_root: Path) -> Path:

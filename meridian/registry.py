@@ -21,6 +21,7 @@ from meridian.faults import failpoint
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
+ROLLED_BACK = "rolled_back"  # the champion a rollback withdrew, kept to be tried again
 STATUS_TAG = "meridian.status"
 HISTORY_TAG = "meridian.champion_history"
 HISTORY_LIMIT = 25  # MLflow caps tag values at a few kB; older entries stay in the lake's decision log
@@ -173,4 +174,7 @@ def rollback(client, region: str, run_id: str, to_version: int | None = None) ->
     _write_history(client, name, entries)
     client.set_registered_model_alias(name, CHAMPION, str(target))
     client.set_model_version_tag(name, str(current), "meridian.rolled_back_at", datetime.now(UTC).isoformat())
+    # The withdrawn model keeps an alias: it can be tried again (set `challenger` to it, or
+    # `models:/<name>@rolled_back`) without retraining.
+    client.set_registered_model_alias(name, ROLLED_BACK, str(current))
     return ChampionChange(name, current, target, f"rollback from version {current} (run {run_id})")

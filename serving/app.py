@@ -157,6 +157,8 @@ def create_app(
                 "strategy": config.strategy,
                 "experiment_id": config.experiment_id,
                 "challenger_share": config.challenger_share,
+                "ended_experiment": config.ended_experiment,
+                "ended_reason": config.ended_reason,
                 "online_store": store,
                 "stream_log_dropped": service.stream.dropped if service.stream else 0,
                 "pending_pushes": service.push.pending if service.push else 0,

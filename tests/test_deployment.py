@@ -91,3 +91,14 @@ def test_saved_config_round_trips_and_belongs_to_its_region(tmp_path):
     assert deployment.load(tmp_path, "us-east") == config
     with pytest.raises(ValueError, match="not eu-west"):
         deployment.load(tmp_path, "eu-west")
+
+
+def test_ending_an_experiment_says_what_ended_and_why():
+    assert deployment.end_experiment(deployment.DeploymentConfig(region="eu-west"), "promoted") is None
+    running = deployment.DeploymentConfig(
+        region="eu-west", strategy="ab", experiment_id="ab-7", challenger_weight=0.5
+    )
+    ended = deployment.end_experiment(running, "v4 promoted")
+    assert ended is not None and ended.strategy == "champion" and ended.challenger_share == 0.0
+    assert (ended.ended_experiment, ended.ended_strategy, ended.ended_reason) == ("ab-7", "ab", "v4 promoted")
+    assert ended.experiment_id == "ab-7-ended"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import dagster as dg
 import pytest
@@ -34,6 +35,27 @@ def test_platform_health_writes_under_the_lake_resources_root_not_meridian_home(
         assert dg.materialize([platform_health], resources=_resources(root), instance=instance).success
     assert (root / "platform" / "health.json").exists()
     assert not (elsewhere / "platform" / "health.json").exists()
+
+
+def test_platform_health_shows_a_region_whose_storage_is_lost_instead_of_failing(tmp_path):
+    """A provisioned region whose root is gone is a row saying so; the view still lands, and
+    shows each region's deployment and the last experiment that ended."""
+    from meridian.dr import provision
+    from meridian.paths import region_paths
+    from meridian.topology import load_topology
+
+    root = tmp_path / "home"
+    paths = region_paths(load_topology().region("eu-west"), root)
+    provision(root, paths)
+    shutil.rmtree(paths.root)  # the volume is lost
+    with dg.instance_for_test() as instance:
+        result = dg.materialize([platform_health], resources=_resources(root), instance=instance)
+    assert result.success
+    rows = {r["region"]: r for r in json.loads((root / "platform" / "health.json").read_bytes())["regions"]}
+    assert "storage root" in rows["eu-west"]["storage"] and "unreachable" in rows["eu-west"]["storage"]
+    assert rows["us-east"]["storage"] == "ok" and rows["us-east"]["deployment"] == "champion"
+    assert rows["us-east"]["last_ended_experiment"] == "none"
+    assert not paths.root.exists()  # the view created nothing
 
 
 @pytest.mark.parametrize(

@@ -299,9 +299,44 @@ def test_train_promote_predict_then_reject_promote_and_roll_back(home: Path):
     assert kept["decision"] == "kept champion" and kept["champion_version"] == 1
     assert "below the required margin" in kept["reason"]
     assert registry.alias_version(client, registry.model_name(REGION), registry.CHALLENGER) == 2
-    # ... and one that only needs to match the champion is.
+    # ... and one that only needs to match the champion is. The shadow test of v2 running
+    # meanwhile ends with the promotion, explicitly, on the live config and its DR copy.
+    from meridian import deployment, dr
+    from meridian.topology import load_topology
+
+    topology = load_topology()
+    region_root = home / "regions" / REGION
+
+    def live_and_dr() -> tuple[deployment.DeploymentConfig, dict]:
+        rep = dr.replica(topology, home, REGION, "deployment_config")
+        return deployment.load(region_root, REGION), json.loads(
+            rep.resolve("deployment/config.json").read_bytes()
+        )
+
+    dr.publish_deployment(
+        topology,
+        home,
+        REGION,
+        deployment.DeploymentConfig(region=REGION, strategy="shadow", experiment_id="sh-1"),
+    )
     third = _train(home, {"fraud_model_promotion": {"config": {"min_pr_auc_gain": -1.0}}})
-    assert _metadata(third, "fraud_model_promotion")["champion_version"] == 3
+    promoted = _metadata(third, "fraud_model_promotion")
+    assert promoted["champion_version"] == 3
+    assert (
+        promoted["experiment"]
+        == "shadow experiment sh-1 ended: v3 promoted to champion by fraud_model_promotion"
+    )
+    live, dr_copy = live_and_dr()
+    assert (live.strategy, live.ended_experiment, live.ended_strategy) == ("champion", "sh-1", "shadow")
+    assert dr_copy == json.loads(live.model_dump_json())
+    # A canary running when the champion is rolled back ends too, and the withdrawn model
+    # keeps an alias to be tried again.
+    dr.publish_deployment(
+        topology,
+        home,
+        REGION,
+        deployment.DeploymentConfig(region=REGION, strategy="canary", experiment_id="can-1"),
+    )
 
     # Rollback is one job (here launched by the CLI): back to version 1, and scoring follows.
     from cli.main import main
@@ -316,6 +351,14 @@ def test_train_promote_predict_then_reject_promote_and_roll_back(home: Path):
     assert registry.alias_version(client, registry.model_name(REGION), registry.CHAMPION) == 3
     assert main(["rollback", "--region", REGION, "--home", str(home)]) == 0
     assert registry.alias_version(client, registry.model_name(REGION), registry.CHAMPION) == 1
+    assert registry.alias_version(client, registry.model_name(REGION), registry.ROLLED_BACK) == 3
+    live, dr_copy = live_and_dr()
+    assert (live.strategy, live.ended_experiment, live.ended_reason) == (
+        "champion",
+        "can-1",
+        "champion rolled back v3 → v1",
+    )
+    assert dr_copy == json.loads(live.model_dump_json())
     assert _score(home, DAYS[-1], DAYS[-1]).success
     assert pl.read_parquet(paths[-1])["model_version"].unique().to_list() == [1]
     decisions = sorted((home / "regions" / REGION / "lake" / "model_decisions").glob("*.json"))

@@ -12,7 +12,7 @@ verdict. It keeps, per region:
 - the regions ever seen up: a region never provisioned or still being built is not "down".
 
 The loop (`meridian health-loop`, probing every second: the RTO's cadence) keeps its
-tracker in `$MERIDIAN_HOME/platform/health.json` with a heartbeat; the sensor (the fallback
+tracker in `$MERIDIAN_HOME/platform/health_loop.json` with a heartbeat; the sensor (the fallback
 when no loop runs; the daemon ticks it every 5 s at best) keeps its own in its cursor and
 stands aside while the loop's heartbeat is fresh, so one outage is failed over by one of them.
 """
@@ -121,7 +121,7 @@ def failover_lock(home: Path, region: str):
 
 
 def state_path(home: Path) -> Path:
-    return home / "platform" / "health.json"
+    return home / "platform" / "health_loop.json"
 
 
 def load(home: Path) -> dict:

@@ -11,8 +11,8 @@ marker carries the recorded id:
 - the health probe reports such a root as down;
 - failback refuses to switch serving back to it.
 
-A region never provisioned is provisioned on its first run (the embedded default's first
-`meridian run`); a root that predates markers is adopted once, the same way.
+A region never provisioned (the embedded default's first `meridian run`) is adopted once
+its first write made its root; a root that predates markers is adopted the same way.
 """
 
 from __future__ import annotations
@@ -98,9 +98,15 @@ def provision(home: Path, paths: RegionPaths) -> dict:
 
 
 def ensure_provisioned(home: Path, paths: RegionPaths) -> RegionPaths:
-    """The region's primary root, provisioned on first use; raise if it was lost or replaced."""
+    """The region's primary root; raise if it was provisioned and is now lost or replaced.
+
+    A region never provisioned is adopted once its root exists (its first write created it);
+    resolving it creates nothing, so read-only consumers (platform health, the catalog) never
+    make roots for regions nobody has run.
+    """
     if read_record(home, paths.region) is None:
-        provision(home, paths)
+        if paths.root.is_dir():
+            provision(home, paths)
         return paths
     if problem := storage_problem(home, paths):
         raise RegionStorageUnavailable(
