@@ -61,23 +61,16 @@ def platform_health(
             storage = "ok"
         except dr.RegionStorageUnavailable as error:  # shown, not a failed view
             paths, site, storage = None, region, str(error)
+        where = {"region": region, "zone": topo.region(region).zone, "site": site, "storage": storage}
+        mine = [a for a in alerts if a["region"] == region]
+        counts = {
+            "alerts_error_24h": sum(a["severity"] == "ERROR" for a in mine),
+            "alerts_warn_24h": sum(a["severity"] == "WARN" for a in mine),
+        }
         if paths is None:
-            mine = [a for a in alerts if a["region"] == region]
-            rows.append(
-                {
-                    "region": region,
-                    "zone": topo.region(region).zone,
-                    "site": site,
-                    "storage": storage,
-                    **dict.fromkeys(
-                        ("deployment", "last_ended_experiment", "latest_lake_day", "latest_scored_day"),
-                        "unavailable",
-                    ),
-                    **dict.fromkeys(("latest_drift_day", "drift", "champion_version"), "unavailable"),
-                    "alerts_error_24h": sum(a["severity"] == "ERROR" for a in mine),
-                    "alerts_warn_24h": sum(a["severity"] == "WARN" for a in mine),
-                }
-            )
+            columns = ("deployment", "last_ended_experiment", "latest_lake_day", "latest_scored_day")
+            columns += ("latest_drift_day", "drift", "champion_version")
+            rows.append({**where, **dict.fromkeys(columns, "unavailable"), **counts})
             continue
         drift_day = _latest_day(paths.table("drift"))
         drift = "none yet"
@@ -91,13 +84,9 @@ def platform_health(
             if client
             else registry_error
         )
-        mine = [a for a in alerts if a["region"] == region]
         rows.append(
             {
-                "region": region,
-                "zone": topo.region(region).zone,
-                "site": site,
-                "storage": storage,
+                **where,
                 "deployment": config.strategy
                 + (f" ({config.experiment_id})" if config.strategy != "champion" else ""),
                 "last_ended_experiment": f"{config.ended_experiment}: {config.ended_reason}"
@@ -108,8 +97,7 @@ def platform_health(
                 "latest_drift_day": drift_day or "none",
                 "drift": drift,
                 "champion_version": champion if champion is not None else "none",
-                "alerts_error_24h": sum(a["severity"] == "ERROR" for a in mine),
-                "alerts_warn_24h": sum(a["severity"] == "WARN" for a in mine),
+                **counts,
             }
         )
     home = lake.root()  # the lake resource's data root, as every other global asset writes
