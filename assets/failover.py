@@ -100,7 +100,7 @@ def region_failover():
     region_failover_op()
 
 
-def _failed_runs(instance: dg.DagsterInstance, region: str, since: float) -> int:
+def failed_runs_since(instance: dg.DagsterInstance, region: str, since: float) -> int:
     """Failed runs of `region` that ended after `since` (epoch seconds)."""
     runs = instance.get_run_records(
         dg.RunsFilter(
@@ -149,7 +149,10 @@ def region_health_sensor(
             continue
         result = dr.probe(topo, home, region, online_store.open)
         verdict = tracker.observe(
-            home, region, result.problems, lambda since, r=region: _failed_runs(context.instance, r, since)
+            home,
+            region,
+            result.problems,
+            lambda since, r=region: failed_runs_since(context.instance, r, since),
         )
         if not verdict.due:
             continue

@@ -25,16 +25,10 @@ from assets.definitions_file import load_definitions_module
 from cli.runs import prepare_environment, quiet_libraries
 
 
-def _failed_runs(instance, region: str, since: float) -> int:
-    from assets.failover import _failed_runs as count
-
-    return count(instance, region, since)
-
-
 def run_loop(interval: float, max_seconds: float | None = None) -> int:
     from dagster import DagsterInstance
 
-    from assets.failover import FAILOVER_TAG, failover_run_config
+    from assets.failover import FAILOVER_TAG, failed_runs_since, failover_run_config
     from meridian import dr
     from meridian.dr import health
     from meridian.settings import settings
@@ -64,7 +58,10 @@ def run_loop(interval: float, max_seconds: float | None = None) -> int:
                     continue
                 result = dr.probe(topology, home, region, open_store)
                 verdict = tracker.observe(
-                    home, region, result.problems, lambda since, r=region: _failed_runs(instance, r, since)
+                    home,
+                    region,
+                    result.problems,
+                    lambda since, r=region: failed_runs_since(instance, r, since),
                 )
                 if not verdict.due:
                     continue
@@ -79,7 +76,7 @@ def run_loop(interval: float, max_seconds: float | None = None) -> int:
                     continue
                 # The op takes the region's failover lock: a sensor's run or an operator's
                 # that comes second finds the region failed over and stops.
-                if dr.is_failed_over(home, region) or verdict.outage_id in attempted:
+                if verdict.outage_id in attempted:
                     continue  # one failover run per outage, as the sensor's run key
                 attempted.add(verdict.outage_id)
                 print(f"{region}: failing over ({verdict.reason})", flush=True)
@@ -97,21 +94,6 @@ def run_loop(interval: float, max_seconds: float | None = None) -> int:
             health.save(home, tracker, loop_interval=interval)
             time.sleep(max(0.0, interval - (time.monotonic() - tick)))
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="meridian health-loop")
-    parser.add_argument("--interval", type=float, default=1.0, help="seconds between probes of every region")
-    parser.add_argument("--max-seconds", type=float, help="stop after this long (drills, tests)")
-    parser.add_argument("--home", help="data root (default $MERIDIAN_HOME or .meridian/)")
-    args = parser.parse_args(argv)
-    prepare_environment(Path(args.home) if args.home else None)
-    quiet_libraries()
-    return run_loop(args.interval, args.max_seconds)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
 
 
 def operations_warnings(home: Path, instance, now: float | None = None) -> list[str]:
@@ -136,3 +118,18 @@ def operations_warnings(home: Path, instance, now: float | None = None) -> list[
             "ticks and a queued run (tens of seconds) instead of about 4 s. Start `meridian health-loop`."
         )
     return warnings
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="meridian health-loop")
+    parser.add_argument("--interval", type=float, default=1.0, help="seconds between probes of every region")
+    parser.add_argument("--max-seconds", type=float, help="stop after this long (drills, tests)")
+    parser.add_argument("--home", help="data root (default $MERIDIAN_HOME or .meridian/)")
+    args = parser.parse_args(argv)
+    prepare_environment(Path(args.home) if args.home else None)
+    quiet_libraries()
+    return run_loop(args.interval, args.max_seconds)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -60,7 +60,7 @@ def probe(
             try:
                 store = open_store(paths, create=False)
                 try:
-                    (store.probe if hasattr(store, "probe") else store.ping)()
+                    store.probe()  # a keyed lookup on a fresh connection
                 finally:
                     store.close()
             except Exception as error:
