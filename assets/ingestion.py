@@ -21,6 +21,7 @@ from assets.partitions import (
 )
 from meridian.generator import GeneratedBatch
 from meridian.lake import sweep_temporaries
+from meridian.paths import RegionPaths
 from meridian.report import markdown_table
 from meridian.topology import Region
 from meridian.validation import (
@@ -46,7 +47,7 @@ def _ingest(
     topology: RegionTopologyResource,
     lake: RegionalLakeResource,
     source: TransactionSourceResource,
-    fetch: Callable[[TransactionSourceResource, Region, date], GeneratedBatch],
+    fetch: Callable[[TransactionSourceResource, Region, date, RegionPaths], GeneratedBatch],
     validate: Callable[[pl.DataFrame, date, Region], ValidatedBatch],
     accepted_key: dg.AssetKey,
     quarantine_key: dg.AssetKey,
@@ -68,7 +69,7 @@ def _ingest(
             for leftover in sweep_temporaries(paths.lake):
                 swept.append(str(leftover.relative_to(paths.root)))
             for day in days:
-                batch = fetch(source, region, date.fromisoformat(day))
+                batch = fetch(source, region, date.fromisoformat(day), paths)
                 result = validate(batch.rows, date.fromisoformat(day), region)
                 accepted = lake.write_partition(paths, accepted_key.path[-1], day, result.accepted)
                 quarantined = lake.write_partition(paths, quarantine_key.path[-1], day, result.quarantined)
@@ -167,7 +168,7 @@ def _ingestion_asset(
     accepted: str,
     quarantined: str,
     description: str,
-    fetch: Callable[[TransactionSourceResource, Region, date], GeneratedBatch],
+    fetch: Callable[[TransactionSourceResource, Region, date, RegionPaths], GeneratedBatch],
     validate: Callable[[pl.DataFrame, date, Region], ValidatedBatch],
     identity: tuple[str, ...] | None,
 ) -> dg.AssetsDefinition:
@@ -220,7 +221,7 @@ transactions_ingestion = _ingestion_asset(
     "raw_transactions",
     "quarantined_transactions",
     "Validated card transactions of one region-day, as Parquet in the region's lake.",
-    lambda source, region, day: source.transactions(region, day),
+    lambda source, region, day, paths: source.transactions(region, day),
     lambda raw, day, region: validate_transactions(raw, day, region),
     TRANSACTION_IDENTITY,
 )
@@ -228,8 +229,10 @@ labels_ingestion = _ingestion_asset(
     "labels_ingestion",
     "raw_labels",
     "quarantined_labels",
-    "Chargebacks that landed on one region-day, as Parquet in the region's lake.",
-    lambda source, region, day: source.labels(region, day),
+    "Chargebacks that landed on one region-day, as Parquet in the region's lake: the source's "
+    "feed covers what the scoring service served too (meridian.served_labels).",
+    # The feed reads what was served from the region's own lake: nothing leaves the zone.
+    lambda source, region, day, paths: source.labels(region, day, paths.table("raw_transactions")),
     lambda raw, day, region: validate_labels(raw, day),
     None,  # a garbled copy of a chargeback does not cost the genuine one: repeats only
 )

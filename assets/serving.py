@@ -35,7 +35,7 @@ from meridian.lake import set_aside as set_aside_file
 from meridian.locks import file_lock
 from meridian.paths import RegionPaths
 from meridian.report import markdown_table
-from meridian.served import served_rows
+from meridian.served import SERVED_FILE, served_rows
 from meridian.stream_log import read_batch, stream_dir
 from meridian.validation import CONFLICT_REASON, TRANSACTION_IDENTITY, validate_transactions
 from resources.alerting import AlertingResource
@@ -44,7 +44,6 @@ from resources.mlflow import MlflowTrackingResource
 from resources.topology import RegionTopologyResource
 
 SERVING_GROUP = "serving"
-SERVED_FILE = "served.parquet"
 DECISIONS_TABLE = "scoring_decisions"
 # Log entries that are no valid decision + transaction (by the day they were consumed).
 STREAM_QUARANTINE_TABLE = "quarantined_stream_entries"

@@ -226,7 +226,7 @@ def analyze(
         and p < g.alpha
         and a["flagged_fraud"] / a["flagged_matured"] > b["flagged_fraud"] / b["flagged_matured"]
     ):
-        return decide("promote", f"challenger precision higher, p = {p:.4f} < {g.alpha}")
+        return decide("promote", f"challenger precision higher, p = {p:.3g} < {g.alpha}")
     return decide(
         "hold", f"no significant difference in outcomes yet (p = {p if p is not None else 'undefined'})"
     )

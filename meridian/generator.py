@@ -30,6 +30,20 @@ from meridian.topology import Region
 
 _LEGIT, _FRAUD, _MALFORMED, _LABEL_MALFORMED = 0, 1, 2, 3
 
+# The fraud mechanism, and the legitimate behaviour it stands out from. Named once:
+# meridian.served_labels judges the transactions the service served by the same numbers.
+FRAUD_AT_COMPROMISED = 0.6  # share of frauds at a compromised merchant; the rest at high-risk ones
+FRAUD_AMOUNT_FACTOR = 2.5  # fraud amounts: lognormal around this x the category's median
+FRAUD_AMOUNT_SIGMA = 0.8
+FRAUD_ECOM = 0.85  # else pos or contactless, evenly
+FRAUD_ABROAD = 0.4  # per burst: a foreign country
+FRAUD_NEW_DEVICE = 0.8  # per burst: a device the customer never used; else the customer's first
+LEGIT_CHANNEL_P = (0.45, 0.30, 0.25)  # pos, contactless, ecom
+LEGIT_ABROAD = 0.02
+LEGIT_SECOND_DEVICE = 0.2  # else the customer's first device
+LEGIT_AMOUNT_SIGMA = 0.7  # lognormal around the category's median x the customer's spend scale
+CHARGEBACK_DELAY_P = 0.3  # delay in days: 1 + geometric(p) - 1, capped at max_chargeback_delay_days
+
 
 @dataclass(frozen=True)
 class DriftSpec:
@@ -106,7 +120,7 @@ def _transaction_ids(cfg: GeneratorConfig, region: str, day: date, stream: int, 
 
 
 @dataclass(frozen=True)
-class _Population:
+class Population:
     customer_ids: pl.Series
     emails: pl.Series
     fingerprints: pl.Series
@@ -128,7 +142,7 @@ def _population_size(rows_per_day: int) -> tuple[int, int]:
 
 
 @lru_cache(maxsize=16)
-def _population(cfg: GeneratorConfig, region: Region) -> _Population:
+def population(cfg: GeneratorConfig, region: Region) -> Population:
     rng = _rng(cfg, region.name, None, 99)
     n_customers, n_merchants = _population_size(cfg.rows_per_day)
     code = region.name.replace("-", "")  # seeds the device ids: unchanged, so is the data
@@ -162,7 +176,7 @@ def _population(cfg: GeneratorConfig, region: Region) -> _Population:
     # Daily seasonality in local time: quiet nights, lunch and evening peaks.
     hours = np.arange(24)
     weights = 0.15 + np.exp(-((hours - 12.5) ** 2) / 6) + 1.2 * np.exp(-((hours - 19) ** 2) / 8)
-    return _Population(
+    return Population(
         customer_ids,
         emails,
         fingerprints,
@@ -187,7 +201,7 @@ def _utc_offset_hours(region: Region, day: date) -> int:
 
 
 def _seconds_of_day(
-    rng: np.random.Generator, pop: _Population, region: Region, day: date, n: int
+    rng: np.random.Generator, pop: Population, region: Region, day: date, n: int
 ) -> np.ndarray:
     local_hour = rng.choice(24, n, p=pop.local_hour_weights)
     utc_hour = (local_hour - _utc_offset_hours(region, day)) % 24
@@ -228,7 +242,7 @@ def _frame(**columns: object) -> pl.DataFrame:
 
 
 def _legit(cfg: GeneratorConfig, region: Region, day: date, n: int) -> pl.DataFrame:
-    pop = _population(cfg, region)
+    pop = population(cfg, region)
     rng = _rng(cfg, region.name, day, _LEGIT)
     drifted = cfg.drift is not None and cfg.drift.applies(region.name, day)
     shift = cfg.drift.magnitude if drifted and cfg.drift else 0.0
@@ -240,7 +254,7 @@ def _legit(cfg: GeneratorConfig, region: Region, day: date, n: int) -> pl.DataFr
         boost = np.where(np.isin(pop.merchant_category, drifting), 1.0 + 4 * shift, 1.0)
         merchant_p = merchant_p * boost / (merchant_p * boost).sum()
     merch = rng.choice(pop.merchant_ids.len(), n, p=merchant_p)
-    channel_p = np.array([0.45, 0.30, 0.25])
+    channel_p = np.array(LEGIT_CHANNEL_P)
     if "channel" in feats:
         channel_p = np.array([0.45 - 0.3 * shift, 0.30, 0.25 + 0.3 * shift]).clip(0.01)
     channel = rng.choice(3, n, p=channel_p / channel_p.sum())
@@ -248,18 +262,18 @@ def _legit(cfg: GeneratorConfig, region: Region, day: date, n: int) -> pl.DataFr
     median = ref.CATEGORY_MEDIAN_USD[pop.merchant_category[merch]] * pop.spend_scale[cust]
     if "amount" in feats:
         median = median * (1.0 + shift)
-    abroad = rng.random(n) < 0.02
+    abroad = rng.random(n) < LEGIT_ABROAD
     n_home = len(region.countries)
     country = np.where(
         abroad, n_home + rng.integers(0, len(ref.FOREIGN_COUNTRIES), n), pop.home_country[cust]
     )
-    device = 2 * cust + (rng.random(n) < 0.2)
+    device = 2 * cust + (rng.random(n) < LEGIT_SECOND_DEVICE)
     return _frame(
         transaction_id=_transaction_ids(cfg, region.name, day, _LEGIT, n),
         customer_id=_pick(pop.customer_ids, cust),
         merchant_id=_pick(pop.merchant_ids, merch),
         merchant_category=_pick(ref.CATEGORIES, pop.merchant_category[merch]),
-        amount=_amounts(rng, median, 0.7, region, currency),
+        amount=_amounts(rng, median, LEGIT_AMOUNT_SIGMA, region, currency),
         currency=_pick(region.currencies, currency),
         event_time=_timestamps(day, _seconds_of_day(rng, pop, region, day, n)),
         channel=_pick(ref.CHANNELS, channel),
@@ -276,7 +290,7 @@ def _n_fraud(cfg: GeneratorConfig) -> int:
 
 def _fraud(cfg: GeneratorConfig, region: Region, day: date) -> pl.DataFrame:
     """Stolen-card bursts: the part of the day a model should learn to catch."""
-    pop = _population(cfg, region)
+    pop = population(cfg, region)
     rng = _rng(cfg, region.name, day, _FRAUD)
     target = _n_fraud(cfg)
     if target == 0:
@@ -293,21 +307,21 @@ def _fraud(cfg: GeneratorConfig, region: Region, day: date) -> pl.DataFrame:
     first = np.r_[0, np.cumsum(sizes)[:-1]]
     offsets = np.cumsum(gaps) - np.repeat(np.cumsum(gaps)[first] - gaps[first], sizes)
     seconds = np.minimum(start + offsets, 86_399.0)
-    use_compromised = rng.random(n) < 0.6
+    use_compromised = rng.random(n) < FRAUD_AT_COMPROMISED
     merch = np.where(
         use_compromised,
         pop.compromised_merchants[rng.integers(0, pop.compromised_merchants.size, n)],
         pop.high_risk_merchants[rng.integers(0, pop.high_risk_merchants.size, n)],
     )
     currency = _currency_for(rng, region, n)
-    median = ref.CATEGORY_MEDIAN_USD[pop.merchant_category[merch]] * 2.5
-    channel = np.where(rng.random(n) < 0.85, ref.CHANNELS.index("ecom"), rng.integers(0, 2, n))
-    abroad = rng.random(bursts)[burst_of] < 0.4
+    median = ref.CATEGORY_MEDIAN_USD[pop.merchant_category[merch]] * FRAUD_AMOUNT_FACTOR
+    channel = np.where(rng.random(n) < FRAUD_ECOM, ref.CHANNELS.index("ecom"), rng.integers(0, 2, n))
+    abroad = rng.random(bursts)[burst_of] < FRAUD_ABROAD
     n_home = len(region.countries)
     country = np.where(
         abroad, n_home + rng.integers(0, len(ref.FOREIGN_COUNTRIES), n), pop.home_country[victims]
     )
-    new_device = rng.random(bursts)[burst_of] < 0.8
+    new_device = rng.random(bursts)[burst_of] < FRAUD_NEW_DEVICE
     fraud_device = "dv" + pl.Series(_mix64(rng.integers(0, 2**62, bursts, dtype=np.uint64))).cast(pl.String)
     device = pl.select(
         pl.when(pl.Series(new_device))
@@ -319,7 +333,7 @@ def _fraud(cfg: GeneratorConfig, region: Region, day: date) -> pl.DataFrame:
         customer_id=_pick(pop.customer_ids, victims),
         merchant_id=_pick(pop.merchant_ids, merch),
         merchant_category=_pick(ref.CATEGORIES, pop.merchant_category[merch]),
-        amount=_amounts(rng, median, 0.8, region, currency),
+        amount=_amounts(rng, median, FRAUD_AMOUNT_SIGMA, region, currency),
         currency=_pick(region.currencies, currency),
         event_time=_timestamps(day, seconds),
         channel=_pick(ref.CHANNELS, channel),
@@ -388,7 +402,7 @@ def _chargebacks_from(cfg: GeneratorConfig, region: Region, fraud_day: date) -> 
     rng = _rng(cfg, region.name, fraud_day, _FRAUD + 20)
     n = fraud.height
     reported = rng.random(n) < cfg.chargeback_report_rate
-    delay_days = 1 + np.minimum(rng.geometric(0.3, n) - 1, cfg.max_chargeback_delay_days - 1)
+    delay_days = 1 + np.minimum(rng.geometric(CHARGEBACK_DELAY_P, n) - 1, cfg.max_chargeback_delay_days - 1)
     fraud_start = datetime(fraud_day.year, fraud_day.month, fraud_day.day, tzinfo=UTC)
     lands = (
         int((fraud_start + timedelta(days=1)).timestamp() * 1e6)
@@ -404,12 +418,37 @@ def _chargebacks_from(cfg: GeneratorConfig, region: Region, fraud_day: date) -> 
     )
 
 
-def generate_labels(cfg: GeneratorConfig, region: Region, day: date) -> GeneratedBatch:
-    """Chargebacks that land on `day`, for frauds of the previous days."""
+def _own_ids(cfg: GeneratorConfig, region: Region, day: date) -> pl.Series:
+    """The ids of every payment the source delivers for `day` (ids are a function of the
+    day, the stream and the row's index: no rows are generated)."""
+    n_fraud = _fraud(cfg, region, day).height
+    return pl.concat(
+        [
+            _transaction_ids(cfg, region.name, day, _FRAUD, n_fraud),
+            _transaction_ids(cfg, region.name, day, _LEGIT, max(0, cfg.rows_per_day - n_fraud)),
+        ]
+    )
+
+
+def generate_labels(
+    cfg: GeneratorConfig, region: Region, day: date, served: pl.DataFrame | None = None
+) -> GeneratedBatch:
+    """Chargebacks that land on `day`, for frauds of the previous days: the generator's own,
+    and those of the transactions the service `served` on those days (meridian.served_labels
+    judges them by the same fraud mechanism; a payment of the source's own that was served
+    again keeps the source's verdict)."""
+    from meridian import served_labels
+
     if day < cfg.history_start:
         raise ValueError(f"{day} is before the generator's history_start {cfg.history_start}")
     first = max(cfg.history_start, day - timedelta(days=cfg.max_chargeback_delay_days))
     parts = [_chargebacks_from(cfg, region, first + timedelta(days=i)) for i in range((day - first).days)]
+    if served is not None and served.height:
+        days = [first + timedelta(days=i) for i in range((day - first).days)]
+        own = pl.concat([_own_ids(cfg, region, d) for d in days]) if days else None
+        if own is not None:  # a payment of the source's own, served again, keeps the source's verdict
+            served = served.join(own.to_frame("transaction_id"), on="transaction_id", how="anti")
+        parts.append(served_labels.chargebacks(cfg, region, served))
     schema = {
         "transaction_id": pl.String,
         "amount": pl.Float64,

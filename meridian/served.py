@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
+from pathlib import Path
 
 import orjson
 import polars as pl
@@ -40,6 +41,9 @@ DECISION_SCHEMA = {
     "features_complete": pl.Boolean,
     "day": pl.String,
 }
+# The served transactions of event day D: raw_transactions/day=D/served.parquet, beside
+# the source's data.parquet, so every reader of the table sees both.
+SERVED_FILE = "served.parquet"
 QUARANTINE_SCHEMA = {"segment": pl.String, "byte_offset": pl.Int64, "entry": pl.String, "reason": pl.String}
 
 
@@ -165,3 +169,12 @@ def served_rows(batch: StreamBatch) -> ServedRows:
         pl.DataFrame(transactions, schema={c: pl.String for c in (*TRANSACTION_COLUMNS, "day")}),
         pl.DataFrame(quarantined, schema=QUARANTINE_SCHEMA),
     )
+
+
+def read_served_transactions(raw_transactions: Path, days: list[date]) -> pl.DataFrame | None:
+    """The accepted served transactions of `days` from the region's raw_transactions table
+    (None when none of those days has any)."""
+    files = [f for d in days if (f := raw_transactions / f"day={d.isoformat()}" / SERVED_FILE).is_file()]
+    if not files:
+        return None
+    return pl.concat([pl.read_parquet(f) for f in files], how="diagonal_relaxed")

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from datetime import date
+from pathlib import Path
 
 import dagster as dg
 from pydantic import Field
 
+from meridian import served_labels
 from meridian.generator import (
     DriftSpec,
     GeneratedBatch,
@@ -15,6 +17,7 @@ from meridian.generator import (
     generate_transactions,
 )
 from meridian.reference_data import HISTORY_START
+from meridian.served import read_served_transactions
 from meridian.topology import Region
 
 
@@ -58,5 +61,12 @@ class TransactionSourceResource(dg.ConfigurableResource):
     def transactions(self, region: Region, day: date) -> GeneratedBatch:
         return generate_transactions(self.config(), region, day)
 
-    def labels(self, region: Region, day: date) -> GeneratedBatch:
-        return generate_labels(self.config(), region, day)
+    def labels(self, region: Region, day: date, raw_transactions: Path | None = None) -> GeneratedBatch:
+        """Chargebacks landing on `day`: the generator's own, and, given the region's
+        raw_transactions table, those of what the scoring service served on the days before
+        (meridian.served_labels: the feed covers every transaction the switch processed)."""
+        cfg = self.config()
+        served = None
+        if raw_transactions is not None:
+            served = read_served_transactions(raw_transactions, served_labels.feed_days(cfg, day))
+        return generate_labels(cfg, region, day, served)

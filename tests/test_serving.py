@@ -7,7 +7,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import dagster as dg
@@ -933,3 +933,168 @@ def test_an_unreadable_lake_file_does_not_stop_the_stream(service):
     assert "after-the-fault" in pl.read_parquet(served)["transaction_id"].to_list()
     alerts = (home / "alerts" / "alerts.jsonl").read_text()
     assert "unreadable-lake-file:eu-west" in alerts
+
+
+# ------------------------------------------------- the label loop on served traffic
+
+
+def _register_amount_model(home: Path) -> int:
+    """A valid but poor model of the region's inputs: it learned "a large amount" instead of
+    fraud (the real training set, that target). Registered as the region's challenger."""
+    import lightgbm as lgb
+    import mlflow
+    import polars as pl
+
+    from assets.ml_shared import current_training_set, load_training_frame
+
+    paths = region_paths(load_topology().region(REGION), home)
+    manifest = current_training_set(paths)
+    columns = manifest["feature_columns"]
+    frame = load_training_frame(manifest)
+    large = (frame["amount_usd"] > frame["amount_usd"].quantile(0.6)).cast(pl.Int8).to_numpy()
+    features = frame.select(pl.col(columns).cast(pl.Float64)).to_numpy()
+    booster = lgb.train(
+        {"objective": "binary", "num_leaves": 7, "verbose": -1},
+        lgb.Dataset(features, large, feature_name=columns),
+        num_boost_round=20,
+    )
+    tracking = MlflowTrackingResource(home=str(home))
+    client = tracking.client()
+    experiment = tracking.ensure_experiment(REGION, paths.root / "mlflow-artifacts")
+    with mlflow.start_run(experiment_id=experiment) as run:
+        logged = mlflow.lightgbm.log_model(booster, name="model")
+    return registry.register_challenger(
+        client, REGION, logged.model_uri, run.info.run_id, {"purpose": "test"}
+    )
+
+
+def _live_payments(home: Path, days: list[str], tag: str) -> list[dict]:
+    """Traffic of days after the lake: the payments the source would deliver on them at
+    compromised merchants (where most frauds happen) and 150 others a day, in event-time
+    order, under new ids: the service scores them; the source never delivers them itself."""
+    import polars as pl
+
+    from meridian import generator as gen
+
+    cfg, region = _resources(home)["source"].config(), load_topology().region(REGION)
+    population = gen.population(cfg, region)
+    compromised = population.merchant_ids.gather(population.compromised_merchants).implode()
+    rows = []
+    for day in days:
+        delivered = gen.generate_transactions(cfg, region, date.fromisoformat(day)).rows
+        at_risk = pl.col("merchant_id").is_in(compromised)
+        rows.append(pl.concat([delivered.filter(at_risk), delivered.filter(~at_risk).head(150)]))
+    return [
+        {
+            "transaction_id": f"{tag}-{i}",
+            **{k: r[k] for k in ("customer_id", "merchant_id", "amount", "currency", "channel", "country")},
+            **{k: r[k] for k in ("device_id", "event_time")},
+        }
+        for i, r in enumerate(pl.concat(rows).sort("event_time").iter_rows(named=True))
+    ]
+
+
+def _send(service, payments: list[dict]) -> list[dict]:
+    """Score every payment over HTTP; a customer the region has no features for yet is a 404."""
+    answered = []
+    for payment in payments:
+        status, body = _call(f"{service['url']}/v1/{REGION}/score", payment)
+        assert status in (200, 404), body
+        if status == 200:
+            answered.append(body)
+    assert len(answered) >= 0.8 * len(payments)
+    return answered
+
+
+def _analysis(service) -> dict:
+    from assets.deployment_analysis import deployment_analysis
+
+    result = dg.materialize(
+        [deployment_analysis],
+        resources=_resources(service["home"]),
+        partition_key=REGION,
+        # p99s of a few hundred requests on a shared machine: noise, not what is tested here.
+        run_config={"ops": {"deployment_analysis": {"config": {"latency_factor": 20.0}}}},
+    )
+    assert result.success
+    metadata = result.asset_materializations_for_node("deployment_analysis")[0].metadata
+    return {k: v.value for k, v in metadata.items()}
+
+
+def test_an_ab_test_on_served_traffic_reaches_a_significant_decision_once_labels_mature(service):
+    """Before: chargebacks covered only the source's own ids, so a transaction sent to the
+    service never got a label: A/B could only `hold` ("p = undefined") and the PR-AUC
+    guardrail could never fire. Now the source's chargeback feed covers what was served
+    (meridian.served_labels), and both decisions happen on served traffic over HTTP."""
+    import polars as pl
+
+    from assets.serving import serving_stream
+    from meridian import served_labels
+
+    home = service["home"]
+    client = MlflowTrackingResource(home=str(home)).client()
+    name = registry.model_name(REGION)
+    good = registry.alias_version(client, name, registry.CHAMPION)
+    weak = _register_amount_model(home)
+    # Live traffic on the 8 days after the lake; their chargebacks land on the next 10 days.
+    after = [(date.fromisoformat(DAYS[-1]) + timedelta(days=k)).isoformat() for k in range(1, 19)]
+    try:
+        client.set_registered_model_alias(name, registry.CHAMPION, weak)
+        client.set_registered_model_alias(name, registry.CHALLENGER, good)
+        _until(lambda: _call(service["url"] + "/readyz")[1][REGION]["model_version"] == weak, "the swap")
+        _deploy(service, strategy="ab", challenger_weight=0.5, experiment_id="served-good-challenger")
+        served = _send(service, _live_payments(home, after[:4], "good-challenger"))
+        assert {b["variant"] for b in served} == {"champion", "challenger"}
+        client.set_registered_model_alias(name, registry.CHAMPION, good)
+        client.set_registered_model_alias(name, registry.CHALLENGER, weak)
+        _until(lambda: _call(service["url"] + "/readyz")[1][REGION]["model_version"] == good, "the swap")
+        _deploy(service, strategy="ab", challenger_weight=0.5, experiment_id="served-weak-challenger")
+        _send(service, _live_payments(home, after[4:8], "weak-challenger"))
+        assert service["app"].state.services[REGION].stream.wait_written()
+        assert dg.materialize([serving_stream], resources=_resources(home), partition_key=REGION).success
+        analysis = _analysis(service)  # before any chargeback of those days arrived: nothing matured
+        assert analysis["decision"] == "hold" and "undefined" in analysis["reason"], analysis["reason"]
+
+        # The chargeback feeds of the following days (covering what was served), then dbt.
+        key = lambda d: str(dg.MultiPartitionKey({"region": REGION, "day": d}))  # noqa: E731
+        assert dg.materialize(
+            [labels_ingestion, regional_dbt_models],
+            resources=_resources(home),
+            tags={
+                ASSET_PARTITION_RANGE_START_TAG: key(after[0]),
+                ASSET_PARTITION_RANGE_END_TAG: key(after[-1]),
+            },
+        ).success
+        paths = region_paths(load_topology().region(REGION), home)
+        lake_served = pl.read_parquet(paths.table("raw_transactions") / "day=*" / "served.parquet").filter(
+            pl.col("transaction_id").str.contains("-challenger-")
+        )
+        cfg = _resources(home)["source"].config()
+        fate = served_labels.outcomes(cfg, load_topology().region(REGION), lake_served)
+        with duckdb.connect(str(paths.warehouse), read_only=True) as con:
+            labelled = con.sql(
+                "select transaction_id, is_fraud from labelled_events where transaction_id like '%-challenger-%' "
+                "and label_matures_at <= now()"
+            ).pl()
+        # Every served transaction is labelled, exactly as the world decided (reported frauds).
+        assert labelled.height == lake_served.height
+        expected = set(fate.filter("reported")["transaction_id"])
+        assert set(labelled.filter("is_fraud")["transaction_id"]) == expected and len(expected) > 100
+
+        analysis = _analysis(service)  # the current experiment: the weak challenger
+        assert analysis["decision"] == "rollback" and "PR-AUC" in analysis["reason"], analysis["reason"]
+        assert analysis["applied"] == "challenger withdrawn: champion only", analysis["applied"]
+
+        # The other experiment, the good challenger against the weak champion: promoted.
+        client.set_registered_model_alias(name, registry.CHAMPION, weak)
+        client.set_registered_model_alias(name, registry.CHALLENGER, good)
+        _deploy(service, strategy="ab", challenger_weight=0.5, experiment_id="served-good-challenger")
+        analysis = _analysis(service)
+        p = analysis["tests"]["precision_p"]
+        assert analysis["decision"] == "promote" and p < 0.05, (analysis["reason"], analysis["evidence"])
+        assert analysis["applied"] == f"v{good} promoted to champion; champion only", analysis["applied"]
+        assert registry.alias_version(client, name, registry.CHAMPION) == good
+        print(f"\nA/B on served traffic: {analysis['reason']}\n{analysis['evidence']}")
+    finally:
+        client.set_registered_model_alias(name, registry.CHAMPION, good)
+        _deploy(service, strategy="champion")
