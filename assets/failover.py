@@ -16,6 +16,7 @@ from meridian.dr import health
 from meridian.run_tags import region_of_run_tags
 from resources.alerting import AlertingResource
 from resources.lake import RegionalLakeResource
+from resources.mlflow import MlflowTrackingResource
 from resources.online_store import OnlineStoreResource
 from resources.topology import RegionTopologyResource
 
@@ -43,6 +44,7 @@ def region_failover_op(
     lake: RegionalLakeResource,
     online_store: OnlineStoreResource,
     alerting: AlertingResource,
+    mlflow_tracking: MlflowTrackingResource,
 ) -> dict:
     topo = topology.load()
     if config.region not in topo.active_region_names:
@@ -55,7 +57,12 @@ def region_failover_op(
                 report = dr.fail_over(topo, home, config.region, config.reason, by=by)
         else:
             report = dr.fail_back(
-                topo, home, config.region, open_store=online_store.open, drain_seconds=config.drain_seconds
+                topo,
+                home,
+                config.region,
+                open_store=online_store.open,
+                drain_seconds=config.drain_seconds,
+                registry_client=mlflow_tracking.client(),
             )
     except dr.FailoverError as error:
         raise dg.Failure(str(error)) from error

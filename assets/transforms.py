@@ -23,6 +23,7 @@ from meridian.feature_store import dbt_sources_newer_than
 from meridian.lake import set_aside_unreadable
 from meridian.locks import file_lock
 from meridian.paths import REPO_ROOT
+from meridian.roots import make_dirs
 from resources.alerting import AlertingResource
 from resources.lake import RegionalLakeResource
 from resources.topology import RegionTopologyResource
@@ -277,7 +278,7 @@ def regional_dbt_models(
     failures: list[str] = []
     for region, days in days_by_region(context).items():
         paths = lake.paths(topo, region)
-        paths.root.mkdir(parents=True, exist_ok=True)
+        make_dirs(paths.root)  # adopts a region never provisioned; never recreates a lost root
         dbt_run_vars = dbt_vars(region, days, paths.lake, paths.warehouse)
         context.log.info(f"dbt build for {region}, days {days[0]}..{days[-1]}")
 

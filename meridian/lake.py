@@ -23,6 +23,7 @@ import polars as pl
 import pyarrow.parquet as pq
 
 from meridian.faults import failpoint
+from meridian.roots import make_dirs
 
 PARTITION_FILE = "data.parquet"
 # A temporary file of a dead writer older than this is removed even when its owner cannot be
@@ -78,7 +79,7 @@ def sweep_temporaries(root: Path) -> list[Path]:
 @contextmanager
 def _atomic_target(path: Path) -> Iterator[Path]:
     """A hidden temporary name beside `path`; on success it is fsynced and renamed over `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_dirs(path.parent)
     tmp = temporary_name(path.parent, path.name)
     try:
         yield tmp

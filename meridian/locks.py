@@ -16,6 +16,8 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from meridian.roots import make_dirs
+
 
 def pid_alive(pid: int) -> bool:
     """Whether a process with this id exists on this host (it may be a later one reusing it)."""
@@ -44,7 +46,7 @@ def file_lock(
     on_wait: Callable[[], None] | None = None,
 ) -> Iterator[None]:
     """Hold an exclusive (or shared) flock on `path`, waiting up to `timeout_s` for it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_dirs(path.parent)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     mode = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
     deadline = time.monotonic() + timeout_s

@@ -36,6 +36,8 @@ from pathlib import Path
 
 import orjson
 
+from meridian.roots import make_dirs
+
 log = logging.getLogger("meridian.stream_log")
 
 
@@ -54,7 +56,7 @@ class StreamLogWriter:
         segment_bytes: int = 64 * 2**20,
     ):
         self.directory = Path(directory)
-        self.directory.mkdir(parents=True, exist_ok=True)
+        make_dirs(self.directory)
         self.flush_seconds = flush_seconds
         self.fsync_seconds = fsync_seconds
         self.max_batch = max_batch

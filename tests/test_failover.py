@@ -243,6 +243,36 @@ def test_failback_refuses_an_empty_or_partial_primary(home_copy):
     assert dr.is_failed_over(home, REGION)
 
 
+def test_failback_refuses_a_registry_that_lacks_what_its_replica_held(home_copy):
+    """Before: failback checked the lake's files only; a registry that lost the champion's
+    model files or its alias switched serving back to a region that loads no champion."""
+    from meridian import registry
+
+    home, resources, _primary = home_copy
+    topology = load_topology()
+    client = resources["mlflow_tracking"].client()
+    name = registry.model_name(REGION)
+    champion = registry.alias_version(client, name, registry.CHAMPION)
+    dr.fail_over(topology, home, REGION, "drill")
+    files = Path(client.get_model_version_download_uri(name, str(champion)).removeprefix("file://"))
+    aside = files.with_name(files.name + ".aside")
+    files.rename(aside)
+    try:
+        with pytest.raises(
+            dr.FailoverError, match=rf"registry of {REGION} lacks .*v{champion}: no model files"
+        ):
+            dr.fail_back(topology, home, REGION, drain_seconds=0, registry_client=client)
+    finally:
+        aside.rename(files)
+    client.delete_registered_model_alias(name, registry.CHAMPION)
+    with pytest.raises(dr.FailoverError, match="alias 'champion' is gone"):
+        dr.fail_back(topology, home, REGION, drain_seconds=0, registry_client=client)
+    assert dr.is_failed_over(home, REGION)
+    client.set_registered_model_alias(name, registry.CHAMPION, champion)  # restored: back home
+    dr.fail_back(topology, home, REGION, drain_seconds=0, registry_client=client)
+    assert not dr.is_failed_over(home, REGION)
+
+
 def test_failback_counts_the_online_rows_the_replica_missed_and_the_cli_says_what_it_cut(home_copy):
     from cli.main import rpo_summary
 

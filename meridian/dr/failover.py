@@ -131,8 +131,8 @@ def _verify_primary_holds_what_replicas_held(
     report an RPO of 0 and serve 503s (no champion) once traffic switched back.
 
     Not checked here: the online store (a snapshot, compared row by row in the RPO) and the
-    model registry (its replica is an export of the registry, which lives in MLflow, not
-    under the region's root)."""
+    model registry (its replica is an export of MLflow's registry, which lives in MLflow, not
+    under the region's root: `_verify_registry_holds_what_its_replica_held`)."""
     expected = {
         rel: cls
         for cls, manifest in used.items()
@@ -147,6 +147,48 @@ def _verify_primary_holds_what_replicas_held(
             f"{len(expected)} files its replicas held at the failover ({shown}); it is not the "
             f"storage that failed. Restore it (or re-provision and re-replicate) and keep serving "
             f"{region} from {dr_name} meanwhile"
+        )
+
+
+def _verify_registry_holds_what_its_replica_held(region: str, dr_name: str, rep, used: dict, client) -> None:
+    """Refuse a failback while the primary's registry lacks what its replica held at the
+    failover: every version it exported (with its model files readable where the registry
+    says they are) and an alias for each alias it held. Serving back would load no champion."""
+    import mlflow
+
+    from meridian import registry
+
+    entry = used["files"].get("models/registry.json")
+    if entry is None:
+        return
+    doc = orjson.loads(rep.object_path(entry["checksum"]).read_bytes())
+    name, problems = doc["name"], []
+    for version in sorted(doc["versions"], key=int):
+        try:
+            uri = client.get_model_version_download_uri(name, version)
+        except Exception as error:  # MlflowException (missing), or the server is unreachable
+            problems.append(f"v{version}: {type(error).__name__}: {str(error).splitlines()[0]}")
+            continue
+        local = Path(uri.removeprefix("file://")) if uri.startswith(("file://", "/")) else None
+        try:
+            has_files = (
+                local.is_dir() and any(local.iterdir())
+                if local is not None
+                else bool(mlflow.artifacts.list_artifacts(artifact_uri=uri, tracking_uri=client.tracking_uri))
+            )
+        except Exception as error:
+            problems.append(f"v{version}: its model files at {uri}: {type(error).__name__}")
+            continue
+        if not has_files:
+            problems.append(f"v{version}: no model files at {uri}")
+    for alias in doc["aliases"]:
+        if registry.alias_version(client, name, alias) is None:
+            problems.append(f"alias {alias!r} is gone")
+    if problems:
+        raise FailoverError(
+            f"failback refused: the model registry of {region} lacks what its replica held at the "
+            f"failover ({'; '.join(problems)}); serving back would load no model. Restore the "
+            f"registry and its artifacts, and keep serving {region} from {dr_name} meanwhile"
         )
 
 
@@ -187,11 +229,14 @@ def fail_back(
     *,
     open_store: Callable[[RegionPaths], object] | None = None,
     drain_seconds: float = 5.0,
+    registry_client=None,
 ) -> FailoverReport:
     """Serve R from R again, then reconcile what R's DR site wrote into R's own root.
 
     `drain_seconds` must exceed the serving layer's poll interval: pushes and log lines a
     service writes at the DR site until it notices the switch are merged, not lost.
+    `registry_client` (an MlflowClient of the primary's registry) is checked against the
+    registry replica before anything switches; without one the registry is not checked.
     """
     from meridian.feature_views import feature_views
     from meridian.lake import write_parquet_atomic
@@ -217,6 +262,10 @@ def fail_back(
         for cls, rep in replicas.items()
     }
     _verify_primary_holds_what_replicas_held(region, dr_name, primary, used)
+    if registry_client is not None:
+        _verify_registry_holds_what_its_replica_held(
+            region, dr_name, replicas["model_registry"], used["model_registry"], registry_client
+        )
     at_failover = {rel for m in used.values() for rel in m["files"]}
     # RPO, measured now that the primary is readable again: what it held at the fault that
     # no replica had (in a real loss of the site these would be gone).

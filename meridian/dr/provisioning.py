@@ -27,12 +27,9 @@ import orjson
 
 from meridian.lake import write_bytes_atomic
 from meridian.paths import RegionPaths
+from meridian.roots import RegionStorageUnavailable, guard, release
 
 MARKER = ".meridian-region.json"
-
-
-class RegionStorageUnavailable(RuntimeError):
-    """The region's storage is gone or is not the volume that was provisioned for it."""
 
 
 def record_path(home: Path, region: str) -> Path:
@@ -105,14 +102,17 @@ def ensure_provisioned(home: Path, paths: RegionPaths) -> RegionPaths:
     make roots for regions nobody has run.
     """
     if read_record(home, paths.region) is None:
+        release(paths.root)  # nothing was provisioned here: a writer may make the root
         if paths.root.is_dir():
             provision(home, paths)
+            guard(paths.root, MARKER)
         return paths
     if problem := storage_problem(home, paths):
         raise RegionStorageUnavailable(
             f"{problem}. No run writes there until it is restored; fail the region over to its "
             "DR region (`meridian failover --region ...`) or restore its storage"
         )
+    guard(paths.root, MARKER)  # from here, no writer of this process recreates it
     return paths
 
 
