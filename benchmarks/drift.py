@@ -204,11 +204,25 @@ def phase_evidently(directory: Path, report: bool) -> None:
 
 
 def ensure_evidently() -> Path:
+    """Evidently's own virtual environment, made once (and again when its pins change).
+
+    Its stamp is written last and the whole set-up holds a lock, so a caller that arrives
+    while another process is still installing (.ci/run starts the install early, beside the
+    project's own) waits for it instead of running a half-installed environment."""
+    import fcntl
+    import shutil
+
     python = EVIDENTLY_VENV / "bin" / "python"
-    if not python.exists():
-        print(f"creating {EVIDENTLY_VENV} with {' '.join(EVIDENTLY_PINS)} …", flush=True)
-        subprocess.run([sys.executable, "-m", "venv", str(EVIDENTLY_VENV)], check=True)
-        subprocess.run([str(python), "-m", "pip", "install", "-q", *EVIDENTLY_PINS], check=True)
+    stamp = EVIDENTLY_VENV / ".installed"
+    WORK.mkdir(parents=True, exist_ok=True)
+    with open(WORK / "evidently.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not stamp.exists() or stamp.read_text() != " ".join(EVIDENTLY_PINS):
+            print(f"creating {EVIDENTLY_VENV} with {' '.join(EVIDENTLY_PINS)} …", flush=True)
+            shutil.rmtree(EVIDENTLY_VENV, ignore_errors=True)
+            subprocess.run([sys.executable, "-m", "venv", str(EVIDENTLY_VENV)], check=True)
+            subprocess.run([str(python), "-m", "pip", "install", "-q", *EVIDENTLY_PINS], check=True)
+            stamp.write_text(" ".join(EVIDENTLY_PINS))
     return python
 
 
@@ -253,7 +267,11 @@ def main() -> None:
     parser.add_argument("--phase", choices=["meridian", "evidently"], help=argparse.SUPPRESS)
     parser.add_argument("--data", help=argparse.SUPPRESS)
     parser.add_argument("--no-report", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--ensure-evidently", action="store_true", help="only set up Evidently's environment")
     args = parser.parse_args()
+    if args.ensure_evidently:
+        print(ensure_evidently())
+        return
     if args.phase == "meridian":
         phase_meridian(Path(args.data))
         return

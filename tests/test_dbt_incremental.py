@@ -269,9 +269,9 @@ def test_a_transaction_id_in_two_files_or_on_two_days_is_reconciled_never_blocki
 
 def test_a_conflicting_copy_arriving_later_rebuilds_the_days_built_with_the_original(tmp_path, topology):
     """A copy of a day-0 transaction, with other content, lands on day 2 after days 0-2 were
-    built. Building day 2 alone would leave day 0's features holding a transaction that is
-    no longer in stg_transactions (the relationships test fails: the region blocks); the dbt
-    asset finds the first stale day (first_stale_day) and builds from there: it passes."""
+    built. Building day 2 alone leaves day 0's features holding a transaction that is no
+    longer in stg_transactions (and the day's tests, which judge day 2, do not see it); the
+    dbt asset finds the first stale day (first_stale_day) and builds from there."""
     from assets.transforms import first_stale_day
 
     region = topology.region("eu-west")
@@ -291,15 +291,53 @@ def test_a_conflicting_copy_arriving_later_rebuilds_the_days_built_with_the_orig
     d2 = days[2].isoformat()
     stale = first_stale_day(tmp_path / "w.duckdb", d2)
     assert stale == days[0].isoformat()
+    forged_id = forged["transaction_id"][0]
+
+    def count(table: str) -> int:
+        with duckdb.connect(str(tmp_path / "w.duckdb"), read_only=True) as con:
+            return con.execute(
+                f"select count(*) from {table} where transaction_id = ?", [forged_id]
+            ).fetchone()[0]
+
     only_day2 = dbt(["build"], {**base, "min_day": d2, "max_day": d2}, tmp_path / "target")
-    assert only_day2.returncode != 0 and "relationships" in only_day2.stdout  # why the rebuild is needed
+    assert only_day2.returncode == 0, only_day2.stdout[-3000:]
+    assert (count("stg_transactions"), count("customer_spend_features")) == (0, 1)  # why the rebuild
+    assert first_stale_day(tmp_path / "w.duckdb", d2) == days[0].isoformat()  # ... and it is seen
+    full_tests = dbt(["test"], base, tmp_path / "target")  # every day judged: the stale row fails
+    assert full_tests.returncode != 0 and "relationships" in full_tests.stdout
     rebuilt = dbt(["build"], {**base, "min_day": stale, "max_day": d2}, tmp_path / "target")
     assert rebuilt.returncode == 0, rebuilt.stdout[-3000:]
     con = duckdb.connect(str(tmp_path / "w.duckdb"), read_only=True)
-    forged_id = forged["transaction_id"][0]
     for table in ("stg_transactions", "customer_spend_features", "labelled_events"):
         assert (
             con.execute(f"select count(*) from {table} where transaction_id = ?", [forged_id]).fetchone()[0]
             == 0
         )
     assert first_stale_day(tmp_path / "w.duckdb", d2) is None
+
+
+def test_a_daily_runs_tests_judge_its_own_days_and_a_full_build_every_day(tmp_path, topology):
+    """dbt tests over the lake views cover the run's window (macros/test_window.sql), so a
+    daily run costs what a day costs: a bad row planted on an old day, past validation,
+    fails a full build's tests and never a later day's run."""
+    region = topology.region("eu-west")
+    paths = region_paths(region, tmp_path)
+    cfg = GeneratorConfig(rows_per_day=300, fraud_rate=0.04, max_chargeback_delay_days=3)
+    days = [d.isoformat() for d in day_range(date(2026, 1, 1), 3)]
+    write_lake(paths, region, cfg, [date.fromisoformat(d) for d in days])
+    first = partition_file(paths.table("raw_transactions"), days[0])
+    planted = pl.read_parquet(first).with_columns(
+        amount=pl.when(pl.int_range(pl.len()) == 0).then(-5.0).otherwise(pl.col("amount"))
+    )
+    write_parquet_atomic(planted, first)
+    base = {
+        "region": region.name,
+        "lake_root": str(paths.lake),
+        "label_lookback_days": 3,
+        "warehouse_path": str(tmp_path / "warehouse.duckdb"),
+    }
+    daily = dbt(["build"], {**base, "min_day": days[2], "max_day": days[2]}, tmp_path / "target")
+    assert daily.returncode == 0, daily.stdout[-3000:]
+    full = dbt(["build"], base, tmp_path / "target")
+    assert full.returncode != 0
+    assert "FAIL 1 meridian_positive_stg_transactions_amount_usd" in full.stdout, full.stdout[-3000:]

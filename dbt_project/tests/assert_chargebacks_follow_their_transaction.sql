@@ -1,4 +1,5 @@
--- A chargeback can only land after the transaction it disputes.
+-- A chargeback can only land after the transaction it disputes (over the run's days: macros/test_window.sql).
 select transaction_id
 from {{ ref('labelled_events') }}
-where is_fraud and chargeback_at <= event_time
+where {{ test_window_filter('labelled_events') | trim or 'true' }}
+and is_fraud and chargeback_at <= event_time

@@ -1,7 +1,8 @@
 -- A longer window can never hold fewer transactions or less spend than a shorter one.
 select transaction_id
 from {{ ref('customer_spend_features') }}
-where not (
+where {{ test_window_filter('customer_spend_features') | trim or 'true' }}
+and not (
     txn_count_1h <= txn_count_24h
     and txn_count_24h <= txn_count_7d
     and txn_count_7d <= txn_count_30d
