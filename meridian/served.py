@@ -11,6 +11,7 @@ and the reason, and the consumer moves past it. No entry can stop the stream.
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -20,6 +21,8 @@ import polars as pl
 
 from meridian.stream_log import StreamBatch
 from meridian.validation import TRANSACTION_COLUMNS, check_event_time
+
+log = logging.getLogger("meridian.served")
 
 DECISION_SCHEMA = {
     "request_id": pl.String,
@@ -173,8 +176,20 @@ def served_rows(batch: StreamBatch) -> ServedRows:
 
 def read_served_transactions(raw_transactions: Path, days: list[date]) -> pl.DataFrame | None:
     """The accepted served transactions of `days` from the region's raw_transactions table
-    (None when none of those days has any)."""
-    files = [f for d in days if (f := raw_transactions / f"day={d.isoformat()}" / SERVED_FILE).is_file()]
-    if not files:
-        return None
-    return pl.concat([pl.read_parquet(f) for f in files], how="diagonal_relaxed")
+    (None when none of those days has any).
+
+    A file that cannot be read (a storage fault truncated it) is passed over with a warning:
+    its transactions are out of the lake for every reader until the micro-batch or the dbt
+    asset sets it aside with an ERROR alert, so no chargeback can label them either."""
+    from meridian.lake import verify_readable
+
+    frames = []
+    for day in days:
+        path = raw_transactions / f"day={day.isoformat()}" / SERVED_FILE
+        if not path.is_file():
+            continue
+        if (problem := verify_readable(path, path.name)) is not None:
+            log.warning("served transactions %s are unreadable (%s): no chargebacks for them", path, problem)
+            continue
+        frames.append(pl.read_parquet(path))
+    return pl.concat(frames, how="diagonal_relaxed") if frames else None

@@ -120,3 +120,7 @@ def test_the_source_reads_what_was_served_from_the_regions_own_lake(region, tmp_
     without = source.labels(region, DAY).rows
     assert set(without["transaction_id"]) < set(with_served["transaction_id"])
     assert source.labels(region, DAY, tmp_path / "nothing-served").rows.equals(without)
+    # A served file truncated by a storage fault labels nothing, and stops no other chargeback.
+    path = table / f"day={(DAY - timedelta(days=2)).isoformat()}" / SERVED_FILE
+    path.write_bytes(path.read_bytes()[:-100])
+    assert source.labels(region, DAY, table).rows.equals(without)
