@@ -309,7 +309,11 @@ def fraud_model(
         mlf.log_dict(manifest, "training_set_manifest.json")
         signature = infer_signature(example, trained.booster.predict(example.to_numpy()))
         logged = mlflow.lightgbm.log_model(
-            trained.booster, name="model", signature=signature, input_example=example
+            trained.booster,
+            name="model",
+            signature=signature,
+            input_example=example,
+            pip_requirements=modeling.model_pip_requirements(),
         )
         # One registry writer per region at a time, whatever launched the run (the queue's
         # per-region limit does not cover in-process runs such as the CLI's).

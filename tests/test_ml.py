@@ -158,7 +158,8 @@ def _log_tiny_model(experiment: str, seed: int) -> str:
     )
     mlflow.set_experiment(experiment_id=experiment)
     with mlflow.start_run():
-        return mlflow.lightgbm.log_model(booster, name="model").model_uri
+        requirements = modeling.model_pip_requirements()
+        return mlflow.lightgbm.log_model(booster, name="model", pip_requirements=requirements).model_uri
 
 
 def test_registry_promotes_rolls_back_and_discards_half_registered_versions(tmp_path: Path):

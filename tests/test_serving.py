@@ -962,7 +962,9 @@ def _register_amount_model(home: Path) -> int:
     client = tracking.client()
     experiment = tracking.ensure_experiment(REGION, paths.root / "mlflow-artifacts")
     with mlflow.start_run(experiment_id=experiment) as run:
-        logged = mlflow.lightgbm.log_model(booster, name="model")
+        logged = mlflow.lightgbm.log_model(
+            booster, name="model", pip_requirements=modeling.model_pip_requirements()
+        )
     return registry.register_challenger(
         client, REGION, logged.model_uri, run.info.run_id, {"purpose": "test"}
     )
