@@ -14,15 +14,18 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-import lightgbm as lgb
 import numpy as np
-import optuna
 import polars as pl
-from sklearn.metrics import average_precision_score, roc_auc_score
 
 from meridian.feature_store import FeatureView
 from meridian.topology import Region
+
+if TYPE_CHECKING:  # imported where used: loading the Dagster definitions (every run worker,
+    # every `dagster` command) does not pay LightGBM, scikit-learn and Optuna (1.7 s here)
+    import lightgbm as lgb
+    import optuna
 
 # Attributes of the transaction itself, known at scoring time ("request features").
 TRANSACTION_FEATURES = ("amount_usd", "is_ecom", "is_contactless", "is_foreign", "local_hour")
@@ -87,6 +90,8 @@ def expected_calibration_error(y: np.ndarray, p: np.ndarray, bins: int = 10) -> 
 
 def evaluate(y: np.ndarray, p: np.ndarray, threshold: float = 0.5) -> dict[str, float]:
     """Discrimination and calibration of scores `p` against labels `y`."""
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
     y = y.astype(np.int8)
     positives = int(y.sum())
     if positives == 0 or positives == len(y):
@@ -149,6 +154,8 @@ class Splits:
         return splits
 
     def dataset(self, name: str, reference: lgb.Dataset | None = None) -> lgb.Dataset:
+        import lightgbm as lgb
+
         return lgb.Dataset(
             self.x[name], self.y[name], feature_name=self.columns, reference=reference, free_raw_data=False
         )
@@ -177,6 +184,7 @@ def _pruning_callback(trial: optuna.Trial, metric: str):
     optuna-integration's LightGBMPruningCallback does the same; this is its ten lines
     without another dependency.
     """
+    import optuna
 
     def callback(env: lgb.callback.CallbackEnv) -> None:
         for data_name, name, value, _ in env.evaluation_result_list:
@@ -203,6 +211,9 @@ def tune(
     splits: Splits, n_trials: int, timeout_seconds: float, max_rounds: int = 400, seed: int = 7
 ) -> TuningResult:
     """Optuna TPE search maximising validation PR-AUC, with median pruning per boosting round."""
+    import lightgbm as lgb
+    import optuna
+
     if n_trials < 1:
         raise ValueError(f"n_trials must be at least 1, got {n_trials}")
     train = splits.dataset("train")
@@ -271,6 +282,8 @@ class TrainedModel:
 
 def train(splits: Splits, params: dict[str, object], max_rounds: int = 1000) -> TrainedModel:
     """Fit with early stopping on validation; evaluate on every split."""
+    import lightgbm as lgb
+
     train_set = splits.dataset("train")
     valid_set = splits.dataset("validation", reference=train_set)
     history: dict[str, dict[str, list[float]]] = {}

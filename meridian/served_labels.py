@@ -57,8 +57,8 @@ def _log_ratio(fraud: np.ndarray, legit: np.ndarray) -> np.ndarray:
 def fraud_probability(cfg: gen.GeneratorConfig, region: Region, served: pl.DataFrame) -> np.ndarray:
     """P(fraud) of each served row under the generator's mechanism (see the module docstring)."""
     n = served.height
-    if n == 0:
-        return np.zeros(0)
+    if n == 0 or cfg.fraud_rate <= 0:  # (GeneratorConfig keeps the rate in [0, 0.5))
+        return np.zeros(n)
     pop = gen.population(cfg, region)
     merchants = pl.DataFrame({"merchant_id": pop.merchant_ids, "_m": np.arange(pop.merchant_ids.len())})
     customers = pl.DataFrame({"customer_id": pop.customer_ids, "_c": np.arange(pop.customer_ids.len())})
@@ -68,7 +68,7 @@ def fraud_probability(cfg: gen.GeneratorConfig, region: Region, served: pl.DataF
     c = rows["_c"].to_numpy(allow_copy=True)
     m_known, c_known = ~np.isnan(m.astype(float)), ~np.isnan(c.astype(float))
     mi, ci = np.where(m_known, m, 0).astype(np.int64), np.where(c_known, c, 0).astype(np.int64)
-    log_odds = np.full(n, math.log(cfg.fraud_rate / (1 - cfg.fraud_rate)) if 0 < cfg.fraud_rate < 1 else 0.0)
+    log_odds = np.full(n, math.log(cfg.fraud_rate / (1 - cfg.fraud_rate)))
 
     # Merchant: frauds happen at compromised and high-risk merchants, payments at popular ones.
     compromised = np.isin(mi, pop.compromised_merchants)

@@ -107,6 +107,8 @@ def test_hostile_served_rows_get_a_defined_probability(region):
     p = served_labels.fraud_probability(CFG, region, odd)
     assert np.isfinite(p).all() and ((p >= 0) & (p <= 1)).all()
     assert served_labels.fraud_probability(CFG, region, odd.clear()).size == 0
+    no_fraud = gen.GeneratorConfig(rows_per_day=2000, fraud_rate=0.0)
+    assert (served_labels.fraud_probability(no_fraud, region, odd) == 0).all()
     assert served_labels.chargebacks(CFG, region, odd.clear()).height == 0
 
 
