@@ -167,20 +167,22 @@ def production(tmp_path_factory, redis_url):
 # with xdist's --dist loadfile (scripts/test.sh) a worker takes a whole module at a time,
 # so starting the longest ones first keeps one late long module from setting the wall time.
 HEAVY_FIRST = (
-    "test_cli_run",
     "test_production_daemon",
+    "test_cli_run",
     "test_monitoring",
+    "test_dbt_incremental",
     "test_production",
     "test_ml",
+    "test_serving",
     "test_failover",
     "test_e2e",
-    "test_serving",
-    "test_dbt_incremental",
     "test_drift",
-    "test_online_store",
-    "test_leftovers",
-    "test_feature_store",
     "test_ui",
+    "test_feature_store",
+    "test_online_store",
+    "test_global_views",
+    "test_leftovers",
+    "test_definitions",
 )
 
 
