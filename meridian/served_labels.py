@@ -34,19 +34,10 @@ import polars as pl
 from meridian import generator as gen
 from meridian import reference_data as ref
 from meridian.topology import Region
+from meridian.validation import TRANSACTION_COLUMNS
 
-SERVED_COLUMNS = (
-    "transaction_id",
-    "customer_id",
-    "merchant_id",
-    "merchant_category",
-    "amount",
-    "currency",
-    "event_time",
-    "channel",
-    "device_id",
-    "country",
-)
+# What the service receives of a payment: the lake's columns less the personal ones it never sees.
+SERVED_COLUMNS = tuple(c for c in TRANSACTION_COLUMNS if c not in ("email", "card_fingerprint"))
 _FLOOR = 1e-6  # a likelihood the mechanism makes impossible: near-certain, never a division by zero
 
 
