@@ -55,6 +55,7 @@ def _ingest(
     alerting: AlertingResource,
 ) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult | dg.AssetObservation]:
     topo = topology.load()
+    labels = accepted_key.path[-1] == "raw_labels"
     rows: list[dict[str, object]] = []
     lake_dirs: set[str] = set()
     reasons: dict[str, int] = {}
@@ -91,6 +92,8 @@ def _ingest(
                         "region": region_name,
                         "day": day,
                         "delivered": batch.rows.height,
+                        # chargebacks of transactions the scoring service served (labels only)
+                        **({"served_chargebacks": batch.served_chargebacks} if labels else {}),
                         "accepted": accepted.rows,
                         "quarantined": quarantined.rows,
                         "accepted_bytes": accepted.bytes,
@@ -132,6 +135,7 @@ def _ingest(
             f"{scope}delivered": delivered,
             f"{scope}quarantined": n_quar,
             f"{scope}bytes": int(table["accepted_bytes"].sum()),
+            **({f"{scope}served_chargebacks": int(table["served_chargebacks"].sum())} if labels else {}),
             "partitions_in_run": len(rows),
             "partitions": dg.MetadataValue.md(markdown_table(rows)),
             "lake_tables": dg.MetadataValue.json(sorted(lake_dirs)),

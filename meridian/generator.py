@@ -86,6 +86,8 @@ class GeneratedBatch:
 
     rows: pl.DataFrame
     injected_malformed: dict[str, int] = field(default_factory=dict)
+    # Chargebacks among `rows` for transactions the scoring service served (labels only).
+    served_chargebacks: int = 0
 
     @property
     def injected_total(self) -> int:
@@ -446,12 +448,14 @@ def generate_labels(
         raise ValueError(f"{day} is before the generator's history_start {cfg.history_start}")
     first = max(cfg.history_start, day - timedelta(days=cfg.max_chargeback_delay_days))
     parts = [_chargebacks_from(cfg, region, first + timedelta(days=i)) for i in range((day - first).days)]
+    served_ids = pl.Series("transaction_id", [], pl.String)
     if served is not None and served.height:
         days = [first + timedelta(days=i) for i in range((day - first).days)]
         own = pl.concat([_own_ids(cfg, region, d) for d in days]) if days else None
         if own is not None:  # a payment of the source's own, served again, keeps the source's verdict
             served = served.join(own.to_frame("transaction_id"), on="transaction_id", how="anti")
         parts.append(served_labels.chargebacks(cfg, region, served))
+        served_ids = parts[-1]["transaction_id"]
     schema = {
         "transaction_id": pl.String,
         "amount": pl.Float64,
@@ -472,9 +476,10 @@ def generate_labels(
             "currency",
         )
     )
+    n_served = int(labels["transaction_id"].is_in(served_ids.implode()).sum())
     n_bad = round(labels.height * cfg.malformed_rate)
     if n_bad == 0:
-        return GeneratedBatch(labels, {})
+        return GeneratedBatch(labels, {}, n_served)
     rng = _rng(cfg, region.name, day, _LABEL_MALFORMED)
     kinds = np.array(ref.LABEL_MALFORMED_KINDS)[np.arange(n_bad) % len(ref.LABEL_MALFORMED_KINDS)]
     bad = labels.sample(n_bad, with_replacement=True, seed=int(rng.integers(0, 2**31))).with_columns(
@@ -488,4 +493,4 @@ def generate_labels(
         .otherwise(pl.col("chargeback_at")),
     ).drop("kind")
     counts = dict(zip(*np.unique(kinds, return_counts=True), strict=True))
-    return GeneratedBatch(pl.concat([labels, bad]), {str(k): int(v) for k, v in counts.items()})
+    return GeneratedBatch(pl.concat([labels, bad]), {str(k): int(v) for k, v in counts.items()}, n_served)

@@ -1059,14 +1059,20 @@ def test_an_ab_test_on_served_traffic_reaches_a_significant_decision_once_labels
 
         # The chargeback feeds of the following days (covering what was served), then dbt.
         key = lambda d: str(dg.MultiPartitionKey({"region": REGION, "day": d}))  # noqa: E731
-        assert dg.materialize(
+        feeds = dg.materialize(
             [labels_ingestion, regional_dbt_models],
             resources=_resources(home),
             tags={
                 ASSET_PARTITION_RANGE_START_TAG: key(after[0]),
                 ASSET_PARTITION_RANGE_END_TAG: key(after[-1]),
             },
-        ).success
+        )
+        assert feeds.success
+        shown = next(  # one event per partition of the ranged run, each with the run's totals
+            m.metadata
+            for m in feeds.asset_materializations_for_node("labels_ingestion")
+            if m.asset_key == dg.AssetKey("raw_labels")
+        )
         paths = region_paths(load_topology().region(REGION), home)
         lake_served = pl.read_parquet(paths.table("raw_transactions") / "day=*" / "served.parquet").filter(
             pl.col("transaction_id").str.contains("-challenger-")
@@ -1082,6 +1088,7 @@ def test_an_ab_test_on_served_traffic_reaches_a_significant_decision_once_labels
         assert labelled.height == lake_served.height
         expected = set(fate.filter("reported")["transaction_id"])
         assert set(labelled.filter("is_fraud")["transaction_id"]) == expected and len(expected) > 100
+        assert shown["run_total_served_chargebacks"].value == len(expected)  # what the UI shows
 
         analysis = _analysis(service)  # the current experiment: the weak challenger
         assert analysis["decision"] == "rollback" and "PR-AUC" in analysis["reason"], analysis["reason"]
