@@ -213,7 +213,7 @@ def drill(home: Path, rows_per_day: int, probe_interval: float) -> dict:
     from datetime import date, timedelta
 
     from assets.definitions_file import load_definitions_module
-    from assets.failover import region_failover, region_health_sensor
+    from assets.failover import FAILOVER_TAG, region_failover, region_health_sensor
     from assets.features import feature_view_assets
     from assets.ingestion import labels_ingestion, transactions_ingestion
     from assets.online import online_features
@@ -335,7 +335,7 @@ def drill(home: Path, rows_per_day: int, probe_interval: float) -> dict:
                 time.sleep(probe_interval)
                 context = dg.build_sensor_context(instance=instance, cursor=cursor, resources=resources)
                 requests = [
-                    r for r in (region_health_sensor(context) or []) if r.tags["meridian/region"] == REGION
+                    r for r in (region_health_sensor(context) or []) if r.tags.get(FAILOVER_TAG) == REGION
                 ]
                 cursor = context.cursor
             detected = time.monotonic()
