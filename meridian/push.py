@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from datetime import timedelta
 
 from meridian.online_store import OnlineRow, OnlineStore
@@ -103,12 +104,18 @@ class PushQueue:
     materialization still brings the store up to date if the process dies first.
     """
 
+    # While the store is down a flush fails every flush_seconds: say so once, then at most
+    # this often (with the count), and once more when it writes again.
+    WARN_EVERY_S = 30.0
+
     def __init__(self, store: OnlineStore, flush_seconds: float = 0.05):
         self.store = store
         self.flush_seconds = flush_seconds
         self.pushed = 0
         self.stale = 0
         self.failures = 0
+        self._failing_since: int | None = None  # self.failures when the current streak began
+        self._warned_at = float("-inf")
         self._pending: dict[tuple[str, str], OnlineRow] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -139,8 +146,24 @@ class PushQueue:
             result = self.store.write(batch.values())
         except Exception as error:  # keep them; the next flush retries
             self.failures += 1
-            log.warning("online push of %d rows failed (will retry): %s", len(batch), error)
+            if self._failing_since is None:
+                self._failing_since = self.failures - 1
+            now = time.monotonic()
+            if now - self._warned_at >= self.WARN_EVERY_S:
+                self._warned_at = now
+                log.warning(
+                    "online push of %d rows failed (%d attempt(s) so far; retrying every %.2f s): %s",
+                    len(batch),
+                    self.failures - self._failing_since,
+                    self.flush_seconds,
+                    error,
+                )
             return
+        if self._failing_since is not None:
+            log.warning(
+                "online push writes again after %d failed attempt(s)", self.failures - self._failing_since
+            )
+            self._failing_since, self._warned_at = None, float("-inf")
         self.pushed += result.applied
         self.stale += result.stale
         with self._lock:
