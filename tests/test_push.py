@@ -100,8 +100,8 @@ def test_a_store_that_is_down_is_reported_once_not_every_flush_and_its_return_to
     """Before: every failed flush (every 50 ms) logged a warning: 84 lines in a 4 s outage."""
 
     class DownThenUp:
-        down = True
-        written: list[OnlineRow] = []
+        def __init__(self):
+            self.down, self.written = True, []
 
         def write(self, rows):
             if self.down:
