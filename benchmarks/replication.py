@@ -23,6 +23,9 @@
     python benchmarks/replication.py --quick    # 0.25 GB lake, smaller region
 
 The last line printed is one JSON object with the figures.
+
+Why one script of ~500 lines: every figure it compares is measured in this one process and
+run (the house rule for a fair ratio), so the three phases and their set-up live together.
 """
 
 from __future__ import annotations

@@ -28,6 +28,9 @@ the offered rate completed, no error, p99 under 50 ms.
     python benchmarks/serving.py --reuse    # keep the set-up data of the last run
 
 The last line printed is one JSON object with the figures.
+
+Why one script of ~500 lines: Meridian, its peer and the in-process floor are measured in
+one run on the same model and rows (the house rule for a fair ratio).
 """
 
 from __future__ import annotations

@@ -11,7 +11,13 @@ transactions within minutes), at compromised or high-risk merchants, from a devi
 customer has never used, often e-commerce, often from abroad, with larger amounts.
 
 The world it simulates (currencies, categories, channels, the first day) is
-meridian.reference_data, which validation and the service read too.
+meridian.reference_data, which validation and the service read too; the verdict on what
+the scoring service served is meridian.served_labels, by the parameters named here.
+
+Why one module of ~500 lines: every stream (payments, frauds, malformed rows, chargebacks)
+draws from one population and one keyed family of random streams, and a chargeback is
+derived from the very fraud rows its day generated; split apart, each part would reach
+into the others' private draws, and one changed draw would silently change all the data.
 """
 
 from __future__ import annotations
