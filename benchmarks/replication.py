@@ -408,72 +408,46 @@ def daemon_drill(home: Path, txn: dict) -> float:
     """The same fault with the platform running as shipped: `dagster-daemon`, `meridian
     health-loop` (which launches the failover run on the instance) and the service with its
     default poll. Seconds from the fault to the first answer from the DR site."""
-    import subprocess
-
-    import uvicorn
-
     from meridian import dr
     from meridian.dr import health
     from meridian.paths import region_paths
     from meridian.topology import load_topology
     from serving.main import build_app
-    from tests.daemon import start_daemon, stop_daemon
+    from tests.daemon import shipped_local_env, start_daemon, start_health_loop, stop_daemon, stop_health_loop
+    from tests.helpers import serving
 
     topology = load_topology()
     primary = region_paths(topology.region(REGION), home)
-    dagster_home = home / "dagster"
-    dagster_home.mkdir(exist_ok=True)
-    shutil.copyfile(REPO_ROOT / "platform" / "dagster.yaml", dagster_home / "dagster.yaml")
-    env = {**os.environ, "MERIDIAN_HOME": str(home), "DAGSTER_HOME": str(dagster_home)}
-    env["MERIDIAN_PROFILE"] = "local"
+    env = shipped_local_env(home)
     logs = home.parent
     daemon, daemon_log = start_daemon(env, logs / "daemon.log")
-    loop_log = open(logs / "health-loop.log", "w")  # noqa: SIM115 - closed below
-    loop = subprocess.Popen(
-        [sys.executable, "-m", "cli", "health-loop", "--interval", "1", "--home", str(home)],
-        cwd=REPO_ROOT,
-        env=env,
-        stdout=loop_log,
-        stderr=subprocess.STDOUT,
-    )
-    app = build_app(regions=[REGION])  # the shipped poll interval
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{port}/v1/{REGION}/score"
+    loop, loop_log = start_health_loop(env, home, logs / "health-loop.log")
     lost = primary.root.with_name(f"{REGION}.lost")
     try:
-        deadline = time.monotonic() + 240
-        while not (
-            server.started
-            and health.loop_alive(home)
-            and REGION in health.load(home)["tracker"]["seen_up"]
-            and "region_health_sensor" in (logs / "daemon.log").read_text()
-        ):
-            if time.monotonic() > deadline or loop.poll() is not None:
-                raise RuntimeError("the daemon or the health loop did not start: see " + str(logs))
-            time.sleep(0.2)
-        assert _call(url, {**txn, "transaction_id": "d-2"})[1]["site"] == REGION
-        fault = time.monotonic()
-        os.rename(primary.root, lost)
-        while True:
-            status, body = _call(url, {**txn, "transaction_id": "d-3"})
-            if status == 200 and body["site"] == DR_REGION:
-                break
-            if time.monotonic() - fault > 120:
-                raise RuntimeError(f"no answer from {DR_REGION} within 120 s: {body}; see {logs}")
-            time.sleep(0.05)
-        return time.monotonic() - fault
+        with serving(build_app(regions=[REGION])) as base:  # the shipped poll interval
+            url = f"{base}/v1/{REGION}/score"
+            deadline = time.monotonic() + 240
+            while not (
+                health.loop_alive(home)
+                and REGION in health.load(home)["tracker"]["seen_up"]
+                and "region_health_sensor" in (logs / "daemon.log").read_text()
+            ):
+                if time.monotonic() > deadline or loop.poll() is not None:
+                    raise RuntimeError("the daemon or the health loop did not start: see " + str(logs))
+                time.sleep(0.2)
+            assert _call(url, {**txn, "transaction_id": "d-2"})[1]["site"] == REGION
+            fault = time.monotonic()
+            os.rename(primary.root, lost)
+            while True:
+                status, body = _call(url, {**txn, "transaction_id": "d-3"})
+                if status == 200 and body["site"] == DR_REGION:
+                    break
+                if time.monotonic() - fault > 120:
+                    raise RuntimeError(f"no answer from {DR_REGION} within 120 s: {body}; see {logs}")
+                time.sleep(0.05)
+            return time.monotonic() - fault
     finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-        app.state.shutdown()
-        loop.terminate()
-        loop.wait(timeout=30)
-        loop_log.close()
+        stop_health_loop(loop, loop_log)
         stop_daemon(daemon, daemon_log)
         if lost.exists():
             os.rename(lost, primary.root)

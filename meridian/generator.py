@@ -12,17 +12,14 @@ customer has never used, often e-commerce, often from abroad, with larger amount
 
 The world it simulates (currencies, categories, channels, the first day) is
 meridian.reference_data, which validation and the service read too; the verdict on what
-the scoring service served is meridian.served_labels, by the parameters named here.
+the scoring service served is meridian.served_labels, by the same parameters.
 
-Why one module of ~500 lines: every stream (payments, frauds, malformed rows, chargebacks)
-draws from one population and one keyed family of random streams, and a chargeback is
-derived from the very fraud rows its day generated; split apart, each part would reach
-into the others' private draws, and one changed draw would silently change all the data.
+Its configuration, random streams, populations and the fraud mechanism's parameters are
+meridian.payment_world.
 """
 
 from __future__ import annotations
 
-import zlib
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from functools import lru_cache
@@ -32,58 +29,28 @@ import numpy as np
 import polars as pl
 
 from meridian import reference_data as ref
+from meridian.payment_world import (
+    CHARGEBACK_DELAY_P,
+    FRAUD_ABROAD,
+    FRAUD_AMOUNT_FACTOR,
+    FRAUD_AMOUNT_SIGMA,
+    FRAUD_AT_COMPROMISED,
+    FRAUD_ECOM,
+    FRAUD_NEW_DEVICE,
+    LEGIT_ABROAD,
+    LEGIT_AMOUNT_SIGMA,
+    LEGIT_CHANNEL_P,
+    LEGIT_SECOND_DEVICE,
+    GeneratorConfig,
+    Population,
+    mix64,
+    population,
+    stream_rng,
+    transaction_ids,
+)
 from meridian.topology import Region
 
 _LEGIT, _FRAUD, _MALFORMED, _LABEL_MALFORMED = 0, 1, 2, 3
-
-# The fraud mechanism, and the legitimate behaviour it stands out from. Named once:
-# meridian.served_labels judges the transactions the service served by the same numbers.
-FRAUD_AT_COMPROMISED = 0.6  # share of frauds at a compromised merchant; the rest at high-risk ones
-FRAUD_AMOUNT_FACTOR = 2.5  # fraud amounts: lognormal around this x the category's median
-FRAUD_AMOUNT_SIGMA = 0.8
-FRAUD_ECOM = 0.85  # else pos or contactless, evenly
-FRAUD_ABROAD = 0.4  # per burst: a foreign country
-FRAUD_NEW_DEVICE = 0.8  # per burst: a device the customer never used; else the customer's first
-LEGIT_CHANNEL_P = (0.45, 0.30, 0.25)  # pos, contactless, ecom
-LEGIT_ABROAD = 0.02
-LEGIT_SECOND_DEVICE = 0.2  # else the customer's first device
-LEGIT_AMOUNT_SIGMA = 0.7  # lognormal around the category's median x the customer's spend scale
-CHARGEBACK_DELAY_P = 0.3  # delay in days: 1 + geometric(p) - 1, capped at max_chargeback_delay_days
-
-
-@dataclass(frozen=True)
-class DriftSpec:
-    """Shift chosen distributions of the given regions from `start_day` on."""
-
-    start_day: date
-    regions: tuple[str, ...]
-    features: tuple[str, ...] = ("amount", "channel", "category")
-    magnitude: float = 0.6
-
-    def applies(self, region: str, day: date) -> bool:
-        return region in self.regions and day >= self.start_day
-
-
-@dataclass(frozen=True)
-class GeneratorConfig:
-    seed: int = 7
-    rows_per_day: int = 5_000
-    fraud_rate: float = 0.012
-    chargeback_report_rate: float = 0.95
-    max_chargeback_delay_days: int = 10
-    history_start: date = ref.HISTORY_START
-    malformed_rate: float = 0.0
-    drift: DriftSpec | None = None
-
-    def __post_init__(self) -> None:
-        if self.rows_per_day < 1:
-            raise ValueError(f"rows_per_day must be >= 1, got {self.rows_per_day}")
-        if not 0 <= self.fraud_rate < 0.5:
-            raise ValueError(f"fraud_rate must be in [0, 0.5), got {self.fraud_rate}")
-        if not 0 <= self.malformed_rate < 0.5:
-            raise ValueError(f"malformed_rate must be in [0, 0.5), got {self.malformed_rate}")
-        if self.max_chargeback_delay_days < 1:
-            raise ValueError("max_chargeback_delay_days must be >= 1")
 
 
 @dataclass(frozen=True)
@@ -98,108 +65,6 @@ class GeneratedBatch:
     @property
     def injected_total(self) -> int:
         return sum(self.injected_malformed.values())
-
-
-def region_key(region: str) -> int:
-    """Stable per-region integer: adding a region never changes another's data."""
-    return zlib.crc32(region.encode())
-
-
-def _rng(cfg: GeneratorConfig, region: str, day: date | None, stream: int) -> np.random.Generator:
-    ordinal = day.toordinal() if day else 0
-    return np.random.default_rng([cfg.seed, region_key(region), ordinal, stream])
-
-
-def _mix64(x: np.ndarray) -> np.ndarray:
-    """splitmix64 finaliser: ids that look random and reveal nothing (no fraud marker)."""
-    x = x.astype(np.uint64)
-    with np.errstate(over="ignore"):
-        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        x = x ^ (x >> np.uint64(31))
-    return x
-
-
-def _transaction_ids(cfg: GeneratorConfig, region: str, day: date, stream: int, n: int) -> pl.Series:
-    base = (np.uint64(day.toordinal()) << np.uint64(34)) | (np.uint64(stream) << np.uint64(32))
-    salt = np.uint64((cfg.seed * 1_000_003 + region_key(region)) & 0xFFFFFFFF) << np.uint64(12)
-    raw = base + np.arange(n, dtype=np.uint64) + salt
-    return "tx" + pl.Series("transaction_id", _mix64(raw)).cast(pl.String)
-
-
-@dataclass(frozen=True)
-class Population:
-    customer_ids: pl.Series
-    emails: pl.Series
-    fingerprints: pl.Series
-    country_vocab: pl.Series  # region countries, then ref.FOREIGN_COUNTRIES
-    home_country: np.ndarray  # index into country_vocab
-    spend_scale: np.ndarray
-    activity: np.ndarray  # sampling probabilities
-    device_ids: pl.Series  # two per customer: 2*i and 2*i + 1
-    merchant_ids: pl.Series
-    merchant_category: np.ndarray  # index into ref.CATEGORIES
-    merchant_popularity: np.ndarray
-    compromised_merchants: np.ndarray  # indices
-    high_risk_merchants: np.ndarray  # indices
-    local_hour_weights: np.ndarray
-
-
-def _population_size(rows_per_day: int) -> tuple[int, int]:
-    return max(500, rows_per_day), min(20_000, max(150, rows_per_day // 20))
-
-
-@lru_cache(maxsize=16)
-def population(cfg: GeneratorConfig, region: Region) -> Population:
-    rng = _rng(cfg, region.name, None, 99)
-    n_customers, n_merchants = _population_size(cfg.rows_per_day)
-    code = region.name.replace("-", "")  # seeds the device ids: unchanged, so is the data
-    idx = pl.Series(np.arange(n_customers)).cast(pl.String)
-    customer_ids = f"{region.customer_prefix}c" + idx
-    domains = pl.Series(["mail.example", "post.example", "inbox.example", "web.example"])
-    emails = "user" + idx + "@" + domains.gather(np.arange(n_customers) % 4)
-    fp = _mix64(np.arange(n_customers, dtype=np.uint64) + np.uint64(region_key(region.name) << 20))
-    fingerprints = "fp" + pl.Series(fp).cast(pl.String)
-    country_vocab = pl.Series([*region.countries, *ref.FOREIGN_COUNTRIES])
-    country_p = rng.dirichlet(np.full(len(region.countries), 2.0))
-    home_country = rng.choice(len(region.countries), n_customers, p=country_p)
-    spend_scale = rng.lognormal(0.0, 0.45, n_customers)
-    activity = rng.gamma(1.2, 1.0, n_customers)
-    activity /= activity.sum()
-    device_ids = "dv" + pl.Series(
-        _mix64(np.arange(2 * n_customers, dtype=np.uint64) + np.uint64(region_key(code)))
-    ).cast(pl.String)
-    category_mix = rng.dirichlet(np.full(len(ref.CATEGORIES), 3.0))
-    merchant_category = rng.choice(len(ref.CATEGORIES), n_merchants, p=category_mix)
-    merchant_ids = f"{code}-m" + pl.Series(np.arange(n_merchants)).cast(pl.String)
-    popularity = 1.0 / np.arange(1, n_merchants + 1) ** 0.9
-    rng.shuffle(popularity)
-    popularity /= popularity.sum()
-    compromised = rng.choice(n_merchants, max(3, n_merchants // 30), replace=False)
-    high_risk = np.flatnonzero(
-        np.isin(merchant_category, [ref.CATEGORIES.index(c) for c in ref.HIGH_RISK_CATEGORIES])
-    )
-    if high_risk.size == 0:
-        high_risk = compromised
-    # Daily seasonality in local time: quiet nights, lunch and evening peaks.
-    hours = np.arange(24)
-    weights = 0.15 + np.exp(-((hours - 12.5) ** 2) / 6) + 1.2 * np.exp(-((hours - 19) ** 2) / 8)
-    return Population(
-        customer_ids,
-        emails,
-        fingerprints,
-        country_vocab,
-        home_country,
-        spend_scale,
-        activity,
-        device_ids,
-        merchant_ids,
-        merchant_category,
-        popularity,
-        compromised,
-        high_risk,
-        weights / weights.sum(),
-    )
 
 
 def _utc_offset_hours(region: Region, day: date) -> int:
@@ -251,7 +116,7 @@ def _frame(**columns: object) -> pl.DataFrame:
 
 def _legit(cfg: GeneratorConfig, region: Region, day: date, n: int) -> pl.DataFrame:
     pop = population(cfg, region)
-    rng = _rng(cfg, region.name, day, _LEGIT)
+    rng = stream_rng(cfg, region.name, day, _LEGIT)
     drifted = cfg.drift is not None and cfg.drift.applies(region.name, day)
     shift = cfg.drift.magnitude if drifted and cfg.drift else 0.0
     feats = cfg.drift.features if drifted and cfg.drift else ()
@@ -277,7 +142,7 @@ def _legit(cfg: GeneratorConfig, region: Region, day: date, n: int) -> pl.DataFr
     )
     device = 2 * cust + (rng.random(n) < LEGIT_SECOND_DEVICE)
     return _frame(
-        transaction_id=_transaction_ids(cfg, region.name, day, _LEGIT, n),
+        transaction_id=transaction_ids(cfg, region.name, day, _LEGIT, n),
         customer_id=_pick(pop.customer_ids, cust),
         merchant_id=_pick(pop.merchant_ids, merch),
         merchant_category=_pick(ref.CATEGORIES, pop.merchant_category[merch]),
@@ -302,7 +167,7 @@ def _n_fraud(cfg: GeneratorConfig) -> int:
 def _fraud(cfg: GeneratorConfig, region: Region, day: date) -> pl.DataFrame:
     """Stolen-card bursts: the part of the day a model should learn to catch."""
     pop = population(cfg, region)
-    rng = _rng(cfg, region.name, day, _FRAUD)
+    rng = stream_rng(cfg, region.name, day, _FRAUD)
     target = _n_fraud(cfg)
     if target == 0:
         return _legit(cfg, region, day, 0)
@@ -333,14 +198,14 @@ def _fraud(cfg: GeneratorConfig, region: Region, day: date) -> pl.DataFrame:
         abroad, n_home + rng.integers(0, len(ref.FOREIGN_COUNTRIES), n), pop.home_country[victims]
     )
     new_device = rng.random(bursts)[burst_of] < FRAUD_NEW_DEVICE
-    fraud_device = "dv" + pl.Series(_mix64(rng.integers(0, 2**62, bursts, dtype=np.uint64))).cast(pl.String)
+    fraud_device = "dv" + pl.Series(mix64(rng.integers(0, 2**62, bursts, dtype=np.uint64))).cast(pl.String)
     device = pl.select(
         pl.when(pl.Series(new_device))
         .then(_pick(fraud_device, burst_of))
         .otherwise(_pick(pop.device_ids, 2 * victims))
     ).to_series()
     return _frame(
-        transaction_id=_transaction_ids(cfg, region.name, day, _FRAUD, n),
+        transaction_id=transaction_ids(cfg, region.name, day, _FRAUD, n),
         customer_id=_pick(pop.customer_ids, victims),
         merchant_id=_pick(pop.merchant_ids, merch),
         merchant_category=_pick(ref.CATEGORIES, pop.merchant_category[merch]),
@@ -364,11 +229,11 @@ def _inject_transactions(cfg: GeneratorConfig, region: str, day: date, clean: pl
     n_bad = round(clean.height * cfg.malformed_rate)
     if n_bad == 0:
         return GeneratedBatch(clean, {})
-    rng = _rng(cfg, region, day, _MALFORMED)
+    rng = stream_rng(cfg, region, day, _MALFORMED)
     kinds = np.array(ref.MALFORMED_KINDS)[np.arange(n_bad) % len(ref.MALFORMED_KINDS)]
     bad = clean.sample(n_bad, with_replacement=True, seed=int(rng.integers(0, 2**31)))
     bad = bad.with_columns(
-        transaction_id=_transaction_ids(cfg, region, day, _MALFORMED, n_bad), kind=pl.Series(kinds)
+        transaction_id=transaction_ids(cfg, region, day, _MALFORMED, n_bad), kind=pl.Series(kinds)
     )
     dup_ids = clean["transaction_id"].sample(n_bad, with_replacement=True, seed=int(rng.integers(0, 2**31)))
     future = (datetime(day.year, day.month, day.day, tzinfo=UTC) + timedelta(days=3)).strftime(
@@ -394,7 +259,7 @@ def _inject_transactions(cfg: GeneratorConfig, region: str, day: date, clean: pl
     )
     counts = dict(zip(*np.unique(kinds, return_counts=True), strict=True))
     rows = pl.concat([clean, bad.drop("kind")])
-    order = _rng(cfg, region, day, _MALFORMED + 10).permutation(rows.height)
+    order = stream_rng(cfg, region, day, _MALFORMED + 10).permutation(rows.height)
     return GeneratedBatch(rows[order], {str(k): int(v) for k, v in counts.items()})
 
 
@@ -410,7 +275,7 @@ def generate_transactions(cfg: GeneratorConfig, region: Region, day: date) -> Ge
 
 def _chargebacks_from(cfg: GeneratorConfig, region: Region, fraud_day: date) -> pl.DataFrame:
     fraud = _fraud(cfg, region, fraud_day)
-    rng = _rng(cfg, region.name, fraud_day, _FRAUD + 20)
+    rng = stream_rng(cfg, region.name, fraud_day, _FRAUD + 20)
     n = fraud.height
     reported = rng.random(n) < cfg.chargeback_report_rate
     delay_days = 1 + np.minimum(rng.geometric(CHARGEBACK_DELAY_P, n) - 1, cfg.max_chargeback_delay_days - 1)
@@ -435,8 +300,8 @@ def _own_ids(cfg: GeneratorConfig, region: Region, day: date) -> pl.Series:
     n_fraud = _fraud(cfg, region, day).height
     return pl.concat(
         [
-            _transaction_ids(cfg, region.name, day, _FRAUD, n_fraud),
-            _transaction_ids(cfg, region.name, day, _LEGIT, max(0, cfg.rows_per_day - n_fraud)),
+            transaction_ids(cfg, region.name, day, _FRAUD, n_fraud),
+            transaction_ids(cfg, region.name, day, _LEGIT, max(0, cfg.rows_per_day - n_fraud)),
         ]
     )
 
@@ -486,7 +351,7 @@ def generate_labels(
     n_bad = round(labels.height * cfg.malformed_rate)
     if n_bad == 0:
         return GeneratedBatch(labels, {}, n_served)
-    rng = _rng(cfg, region.name, day, _LABEL_MALFORMED)
+    rng = stream_rng(cfg, region.name, day, _LABEL_MALFORMED)
     kinds = np.array(ref.LABEL_MALFORMED_KINDS)[np.arange(n_bad) % len(ref.LABEL_MALFORMED_KINDS)]
     bad = labels.sample(n_bad, with_replacement=True, seed=int(rng.integers(0, 2**31))).with_columns(
         kind=pl.Series(kinds)

@@ -9,7 +9,7 @@ generator's own fraud mechanism gives a transaction like it,
 
 where pi is the fraud rate and Lf, Ll are the likelihoods of x's merchant, channel,
 country, device and amount under the fraud mechanism and under legitimate behaviour, with
-the parameters meridian.generator draws its own rows from (named there once). What a
+the parameters meridian.generator draws its own rows from (meridian.payment_world). What a
 transaction does not carry (no device id) or the world does not know (a merchant or
 customer outside the region's population) counts for neither side. The one signal of the
 mechanism a single transaction cannot show, a burst of payments on one card within
@@ -31,7 +31,7 @@ from datetime import date, timedelta
 import numpy as np
 import polars as pl
 
-from meridian import generator as gen
+from meridian import payment_world as world
 from meridian import reference_data as ref
 from meridian.topology import Region
 from meridian.validation import TRANSACTION_COLUMNS
@@ -45,12 +45,12 @@ def _log_ratio(fraud: np.ndarray, legit: np.ndarray) -> np.ndarray:
     return np.log(np.maximum(fraud, _FLOOR)) - np.log(np.maximum(legit, _FLOOR))
 
 
-def fraud_probability(cfg: gen.GeneratorConfig, region: Region, served: pl.DataFrame) -> np.ndarray:
+def fraud_probability(cfg: world.GeneratorConfig, region: Region, served: pl.DataFrame) -> np.ndarray:
     """P(fraud) of each served row under the generator's mechanism (see the module docstring)."""
     n = served.height
     if n == 0 or cfg.fraud_rate <= 0:  # (GeneratorConfig keeps the rate in [0, 0.5))
         return np.zeros(n)
-    pop = gen.population(cfg, region)
+    pop = world.population(cfg, region)
     merchants = pl.DataFrame({"merchant_id": pop.merchant_ids, "_m": np.arange(pop.merchant_ids.len())})
     customers = pl.DataFrame({"customer_id": pop.customer_ids, "_c": np.arange(pop.customer_ids.len())})
     rows = served.select(SERVED_COLUMNS).join(merchants, on="merchant_id", how="left")
@@ -65,16 +65,16 @@ def fraud_probability(cfg: gen.GeneratorConfig, region: Region, served: pl.DataF
     compromised = np.isin(mi, pop.compromised_merchants)
     high_risk = np.isin(mi, pop.high_risk_merchants)
     at_fraud = (
-        gen.FRAUD_AT_COMPROMISED * compromised / pop.compromised_merchants.size
-        + (1 - gen.FRAUD_AT_COMPROMISED) * high_risk / pop.high_risk_merchants.size
+        world.FRAUD_AT_COMPROMISED * compromised / pop.compromised_merchants.size
+        + (1 - world.FRAUD_AT_COMPROMISED) * high_risk / pop.high_risk_merchants.size
     )
     log_odds += np.where(m_known, _log_ratio(at_fraud, pop.merchant_popularity[mi]), 0.0)
 
     # Channel.
     channel = rows["channel"].to_numpy(allow_copy=True)
-    other = (1 - gen.FRAUD_ECOM) / 2
-    fraud_channel = {"pos": other, "contactless": other, "ecom": gen.FRAUD_ECOM}
-    legit_channel = dict(zip(ref.CHANNELS, gen.LEGIT_CHANNEL_P, strict=True))
+    other = (1 - world.FRAUD_ECOM) / 2
+    fraud_channel = {"pos": other, "contactless": other, "ecom": world.FRAUD_ECOM}
+    legit_channel = dict(zip(ref.CHANNELS, world.LEGIT_CHANNEL_P, strict=True))
     known_channel = np.isin(channel, ref.CHANNELS)
     log_odds += np.where(
         known_channel,
@@ -94,8 +94,8 @@ def fraud_probability(cfg: gen.GeneratorConfig, region: Region, served: pl.DataF
     )
     log_odds += np.where(
         home,
-        _log_ratio(np.full(n, 1 - gen.FRAUD_ABROAD), np.full(n, 1 - gen.LEGIT_ABROAD)),
-        _log_ratio(np.full(n, gen.FRAUD_ABROAD), np.full(n, gen.LEGIT_ABROAD)),
+        _log_ratio(np.full(n, 1 - world.FRAUD_ABROAD), np.full(n, 1 - world.LEGIT_ABROAD)),
+        _log_ratio(np.full(n, world.FRAUD_ABROAD), np.full(n, world.LEGIT_ABROAD)),
     )
 
     # Device: the customer's first, the customer's second, or one the customer never used.
@@ -104,10 +104,12 @@ def fraud_probability(cfg: gen.GeneratorConfig, region: Region, served: pl.DataF
     first, second = devices[2 * ci], devices[2 * ci + 1]
     has_device = c_known & np.array([d is not None for d in device])
     fraud_device = np.where(
-        device == first, 1 - gen.FRAUD_NEW_DEVICE, np.where(device == second, 0.0, gen.FRAUD_NEW_DEVICE)
+        device == first, 1 - world.FRAUD_NEW_DEVICE, np.where(device == second, 0.0, world.FRAUD_NEW_DEVICE)
     )
     legit_device = np.where(
-        device == first, 1 - gen.LEGIT_SECOND_DEVICE, np.where(device == second, gen.LEGIT_SECOND_DEVICE, 0.0)
+        device == first,
+        1 - world.LEGIT_SECOND_DEVICE,
+        np.where(device == second, world.LEGIT_SECOND_DEVICE, 0.0),
     )
     log_odds += np.where(has_device, _log_ratio(fraud_device, legit_device), 0.0)
 
@@ -126,25 +128,25 @@ def fraud_probability(cfg: gen.GeneratorConfig, region: Region, served: pl.DataF
         return -math.log(sigma) - (usd - mu) ** 2 / (2 * sigma**2)
 
     amount_ratio = log_density(
-        median + math.log(gen.FRAUD_AMOUNT_FACTOR), gen.FRAUD_AMOUNT_SIGMA
-    ) - log_density(median + np.log(scale), gen.LEGIT_AMOUNT_SIGMA)
+        median + math.log(world.FRAUD_AMOUNT_FACTOR), world.FRAUD_AMOUNT_SIGMA
+    ) - log_density(median + np.log(scale), world.LEGIT_AMOUNT_SIGMA)
     log_odds += np.where(known_amount & np.isfinite(amount_ratio), amount_ratio, 0.0)
     return 1.0 / (1.0 + np.exp(-log_odds))
 
 
-def _uniforms(cfg: gen.GeneratorConfig, region: str, transaction_id: str) -> tuple[float, ...]:
+def _uniforms(cfg: world.GeneratorConfig, region: str, transaction_id: str) -> tuple[float, ...]:
     digest = hashlib.blake2b(f"{cfg.seed}|{region}|{transaction_id}".encode(), digest_size=40).digest()
     return tuple(int.from_bytes(digest[i : i + 8], "little") / 2.0**64 for i in range(0, 40, 8))
 
 
-def outcomes(cfg: gen.GeneratorConfig, region: Region, served: pl.DataFrame) -> pl.DataFrame:
+def outcomes(cfg: world.GeneratorConfig, region: Region, served: pl.DataFrame) -> pl.DataFrame:
     """Each served row's fate: fraud probability, fraud or not, and its chargeback if reported."""
     p = fraud_probability(cfg, region, served)
     draws = [_uniforms(cfg, region.name, t) for t in served["transaction_id"].to_list()]
     u = np.array(draws).reshape(-1, 5)
     fraud = u[:, 0] < p
     reported = fraud & (u[:, 1] < cfg.chargeback_report_rate)
-    geometric = np.ceil(np.log1p(-u[:, 2]) / math.log1p(-gen.CHARGEBACK_DELAY_P)).clip(min=1)
+    geometric = np.ceil(np.log1p(-u[:, 2]) / math.log1p(-world.CHARGEBACK_DELAY_P)).clip(min=1)
     delay_days = 1 + np.minimum(geometric - 1, cfg.max_chargeback_delay_days - 1)
     day_start = served["event_time"].dt.truncate("1d").dt.epoch("us").to_numpy()
     lands = day_start + ((delay_days * 86_400) + np.floor(u[:, 3] * 86_399)).astype(np.int64) * 1_000_000
@@ -158,7 +160,7 @@ def outcomes(cfg: gen.GeneratorConfig, region: Region, served: pl.DataFrame) -> 
     )
 
 
-def chargebacks(cfg: gen.GeneratorConfig, region: Region, served: pl.DataFrame) -> pl.DataFrame:
+def chargebacks(cfg: world.GeneratorConfig, region: Region, served: pl.DataFrame) -> pl.DataFrame:
     """The chargebacks the world files for `served` (any landing day), in the generator's
     internal shape: transaction_id, amount, currency, chargeback_at, reason_code."""
     if served.height == 0:
@@ -177,7 +179,7 @@ def chargebacks(cfg: gen.GeneratorConfig, region: Region, served: pl.DataFrame) 
     )
 
 
-def feed_days(cfg: gen.GeneratorConfig, day: date) -> list[date]:
+def feed_days(cfg: world.GeneratorConfig, day: date) -> list[date]:
     """The event days whose served transactions can have a chargeback landing on `day`."""
     first = max(cfg.history_start, day - timedelta(days=cfg.max_chargeback_delay_days))
     return [first + timedelta(days=i) for i in range((day - first).days)]

@@ -9,13 +9,8 @@ import dagster as dg
 from pydantic import Field
 
 from meridian import served_labels
-from meridian.generator import (
-    DriftSpec,
-    GeneratedBatch,
-    GeneratorConfig,
-    generate_labels,
-    generate_transactions,
-)
+from meridian.generator import GeneratedBatch, GeneratorConfig, generate_labels, generate_transactions
+from meridian.payment_world import DriftSpec
 from meridian.reference_data import HISTORY_START
 from meridian.served import read_served_transactions
 from meridian.topology import Region

@@ -1,10 +1,12 @@
-"""Driving dagster-daemon and the dagster CLI against the production instance (tests only)."""
+"""Driving dagster-daemon, `meridian health-loop` and the dagster CLI against an instance (tests and
+the failover benchmark)."""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -87,3 +89,36 @@ def kill_tree(pid: int) -> None:
     for process in [*root.children(recursive=True), root]:
         with contextlib.suppress(psutil.NoSuchProcess):
             process.kill()
+
+
+def shipped_local_env(home: Path) -> dict[str, str]:
+    """The environment of the daemon and `meridian health-loop --home HOME` as shipped on the
+    embedded default: the instance in HOME/dagster with the shipped dagster.yaml."""
+    dagster_home = home / "dagster"
+    dagster_home.mkdir(exist_ok=True)
+    shutil.copyfile(REPO_ROOT / "platform" / "dagster.yaml", dagster_home / "dagster.yaml")
+    return {
+        **os.environ,
+        "MERIDIAN_HOME": str(home),
+        "DAGSTER_HOME": str(dagster_home),
+        "MERIDIAN_PROFILE": "local",
+    }
+
+
+def start_health_loop(env: dict[str, str], home: Path, log_path: Path) -> tuple[subprocess.Popen, object]:
+    """`meridian health-loop` probing every second, as shipped."""
+    log = open(log_path, "w")  # noqa: SIM115 - closed by stop_health_loop
+    loop = subprocess.Popen(
+        [sys.executable, "-m", "cli", "health-loop", "--interval", "1", "--home", str(home)],
+        cwd=REPO_ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    return loop, log
+
+
+def stop_health_loop(loop: subprocess.Popen, log) -> None:
+    loop.terminate()
+    loop.wait(timeout=30)
+    log.close()

@@ -492,30 +492,16 @@ def test_the_rto_with_the_daemon_and_the_health_loop_as_shipped(region_with_repl
     from dagster._core.instance import DagsterInstance
 
     from serving.main import build_app
-    from tests.daemon import start_daemon, stop_daemon
+    from tests.daemon import shipped_local_env, start_daemon, start_health_loop, stop_daemon, stop_health_loop
 
     home = region_with_replicas["home"]
     topology = load_topology()
     primary = region_paths(topology.region(REGION), home)
     assert not dr.is_failed_over(home, REGION)
-    dagster_home = home / "dagster"  # where `meridian health-loop --home` puts the instance
-    dagster_home.mkdir(exist_ok=True)
-    shutil.copyfile(REPO_ROOT / "platform" / "dagster.yaml", dagster_home / "dagster.yaml")
-    env = {
-        **os.environ,
-        "MERIDIAN_HOME": str(home),
-        "DAGSTER_HOME": str(dagster_home),
-        "MERIDIAN_PROFILE": "local",
-    }
+    env = shipped_local_env(home)
+    dagster_home = Path(env["DAGSTER_HOME"])
     daemon, daemon_log = start_daemon(env, tmp_path / "daemon.log")
-    loop_log = open(tmp_path / "loop.log", "w")  # noqa: SIM115 - closed below
-    loop = subprocess.Popen(
-        [sys.executable, "-m", "cli", "health-loop", "--interval", "1", "--home", str(home)],
-        cwd=REPO_ROOT,
-        env=env,
-        stdout=loop_log,
-        stderr=subprocess.STDOUT,
-    )
+    loop, loop_log = start_health_loop(env, home, tmp_path / "loop.log")
     from meridian.dr import health
 
     def logs() -> str:
@@ -553,9 +539,7 @@ def test_the_rto_with_the_daemon_and_the_health_loop_as_shipped(region_with_repl
         assert [r.dagster_run.tags["meridian/triggered_by"] for r in runs] == ["health_loop"]
         assert runs[0].dagster_run.status == dg.DagsterRunStatus.SUCCESS
     finally:
-        loop.terminate()
-        loop.wait(timeout=30)
-        loop_log.close()
+        stop_health_loop(loop, loop_log)
         stop_daemon(daemon, daemon_log)
         if (primary.root.with_name(f"{REGION}.lost")).exists():
             os.rename(primary.root.with_name(f"{REGION}.lost"), primary.root)

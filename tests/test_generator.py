@@ -6,12 +6,8 @@ import numpy as np
 import polars as pl
 import pytest
 
-from meridian.generator import (
-    DriftSpec,
-    GeneratorConfig,
-    generate_labels,
-    generate_transactions,
-)
+from meridian.generator import GeneratorConfig, generate_labels, generate_transactions
+from meridian.payment_world import DriftSpec
 from meridian.reference_data import MALFORMED_KINDS
 
 DAY = date(2026, 1, 12)

@@ -977,9 +977,10 @@ def _live_payments(home: Path, days: list[str], tag: str) -> list[dict]:
     import polars as pl
 
     from meridian import generator as gen
+    from meridian.payment_world import population as world_population
 
     cfg, region = _resources(home)["source"].config(), load_topology().region(REGION)
-    population = gen.population(cfg, region)
+    population = world_population(cfg, region)
     compromised = population.merchant_ids.gather(population.compromised_merchants).implode()
     rows = []
     for day in days:
