@@ -1,11 +1,11 @@
 """dbt transforms: staging, labelled events and feature models, per region's warehouse.
 
 All dbt models share the region × day partitions. The partition picks the region's
-DuckDB file and lake, and the run's days become dbt `--vars`, so a backfill of many
-days is one `dbt build` per region (single-run backfill policy).
+DuckDB file and lake, and the run's days become dbt's run-scoped settings (passed as
+environment variables: macros/run_window.sql), so a backfill of many days is one
+`dbt build` per region (single-run backfill policy).
 """
 
-import json
 import os
 import shutil
 import time
@@ -15,19 +15,19 @@ from typing import Any
 
 import dagster as dg
 import duckdb
-from dagster_dbt import DagsterDbtTranslator, DbtCliResource, DbtProject, dbt_assets, get_asset_key_for_model
+from dagster_dbt import DagsterDbtTranslator, DbtProject, dbt_assets, get_asset_key_for_model
 from pydantic import Field
 
 from assets.partitions import REGION_DAY_PARTITIONS, days_by_region
 from meridian.feature_store import dbt_sources_newer_than
-from meridian.lake import set_aside_unreadable
+from meridian.lake import set_aside_unreadable, write_bytes_atomic
 from meridian.locks import file_lock
 from meridian.paths import REPO_ROOT
 from meridian.roots import make_dirs
 from resources.alerting import AlertingResource
 from resources.lake import RegionalLakeResource
 from resources.topology import RegionTopologyResource
-from resources.warehouse import WarehouseDbtPreparer
+from resources.warehouse import WarehouseDbtPreparer, WarehouseDbtResource
 
 DBT_PROJECT_DIR = REPO_ROOT / "dbt_project"
 dbt_project = DbtProject(project_dir=DBT_PROJECT_DIR, profiles_dir=DBT_PROJECT_DIR)
@@ -71,14 +71,17 @@ class MeridianDbtTranslator(DagsterDbtTranslator):
         ).merge_attributes(tags={"layer": group, "partitioned": "region-day"})
 
 
-def dbt_vars(region: str, days: Sequence[str], lake_root: Path, warehouse: Path) -> dict[str, str]:
-    """The dbt --vars of one region's invocation: its days, its lake and its warehouse."""
+def dbt_env(
+    region: str, min_day: str | None, max_day: str | None, lake_root: Path, warehouse: Path
+) -> dict[str, str]:
+    """The run-scoped dbt settings of one region's invocation, as dbt reads them from the
+    environment (macros/run_window.sql): its days (empty: every day), lake and warehouse."""
     return {
-        "region": region,
-        "min_day": days[0],
-        "max_day": days[-1],
-        "lake_root": str(lake_root),
-        "warehouse_path": str(warehouse),
+        "MERIDIAN_DBT_REGION": region,
+        "MERIDIAN_DBT_MIN_DAY": min_day or "",
+        "MERIDIAN_DBT_MAX_DAY": max_day or "",
+        "MERIDIAN_DBT_LAKE_ROOT": str(lake_root),
+        "MERIDIAN_DBT_WAREHOUSE_PATH": str(warehouse),
     }
 
 
@@ -97,6 +100,33 @@ def dbt_run_dir(region_root: Path, run_id: str) -> Path:
         for stale in old:
             shutil.rmtree(stale, ignore_errors=True)
     return runs / run_id
+
+
+PARSE_STATE = "partial_parse.msgpack"
+
+
+def dbt_target_dir(region_root: Path, run_id: str) -> Path:
+    """The run's dbt folder, holding the region's last parse state when there is one.
+
+    dbt re-parses the whole project (2-3 s) unless the partial-parse state it finds was
+    made with the same profile; the profile names the region's warehouse, so the state of
+    the project's own parse (setup) fits no region and each region keeps its own: the
+    state its last run left (`keep_parse_state`). dbt checks every file's checksum against
+    it and re-parses what changed, and reads a damaged state as none.
+    """
+    target = dbt_run_dir(region_root, run_id)
+    kept = region_root / "dbt-state" / PARSE_STATE
+    if kept.exists():
+        target.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(kept, target / PARSE_STATE)
+    return target
+
+
+def keep_parse_state(region_root: Path, target: Path) -> None:
+    """Keep the parse state of the run in `target` for the region's next run."""
+    state = target / PARSE_STATE
+    if state.exists():
+        write_bytes_atomic(state.read_bytes(), region_root / "dbt-state" / PARSE_STATE)
 
 
 # The column that places each table's rows on a day of the partition.
@@ -267,7 +297,7 @@ class DbtBuildConfig(dg.Config):
 def regional_dbt_models(
     context: dg.AssetExecutionContext,
     config: DbtBuildConfig,
-    dbt: DbtCliResource,
+    dbt: WarehouseDbtResource,
     topology: RegionTopologyResource,
     lake: RegionalLakeResource,
     alerting: AlertingResource,
@@ -279,7 +309,7 @@ def regional_dbt_models(
     for region, days in days_by_region(context).items():
         paths = lake.paths(topo, region)
         make_dirs(paths.root)  # adopts a region never provisioned; never recreates a lost root
-        dbt_run_vars = dbt_vars(region, days, paths.lake, paths.warehouse)
+        min_day, max_day = days[0], days[-1]
         context.log.info(f"dbt build for {region}, days {days[0]}..{days[-1]}")
 
         def waiting(region: str = region) -> None:
@@ -309,25 +339,23 @@ def regional_dbt_models(
                     f"{region}: rows built for {stale} hold transactions whose id now has conflicting "
                     f"copies in the lake (transaction_id_conflicts); rebuilding from {stale}"
                 )
-                dbt_run_vars = {**dbt_run_vars, "min_day": stale}
-            args = ["build", "--vars", json.dumps(dbt_run_vars)]
+                min_day = stale
+            args = ["build"]
             if config.full_refresh:
                 # Every day of the lake: the incremental models are rebuilt as a whole.
-                args = [
-                    "build",
-                    "--full-refresh",
-                    "--vars",
-                    json.dumps({**dbt_run_vars, "min_day": None, "max_day": None}),
-                ]
+                args, min_day, max_day = ["build", "--full-refresh"], None, None
                 context.log.warning(f"{region}: full refresh, every model rebuilt from every day in the lake")
             started = time.perf_counter()
-            invocation = dbt.cli(
+            target = dbt_target_dir(paths.root, context.run_id)
+            invocation = dbt.cli_with_env(
                 args,
+                dbt_env(region, min_day, max_day, paths.lake, paths.warehouse),
                 context=context,
                 raise_on_error=False,
-                target_path=dbt_run_dir(paths.root, context.run_id),
+                target_path=target,
             )
             events[region] = with_window_row_counts(list(invocation.stream()), paths.warehouse, days)
+            keep_parse_state(paths.root, target)
             context.log.info(f"dbt build for {region} took {time.perf_counter() - started:.1f}s")
         if not invocation.is_successful():
             failures.append(f"{region}: {invocation.get_error()}")

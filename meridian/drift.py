@@ -48,7 +48,6 @@ from typing import Literal
 
 import numpy as np
 import polars as pl
-from scipy import special, stats
 
 Kind = Literal["numeric", "categorical"]
 Method = Literal["psi", "ks", "js", "wasserstein", "chi2"]
@@ -152,6 +151,9 @@ def ks_and_wasserstein_sorted(a: np.ndarray, b: np.ndarray) -> tuple[float, floa
     ):  # ±inf or huge values: W1 is inf/NaN, the caller drops it
         w1 = float(np.dot(gaps[:-1], np.diff(merged)))
     en = a.size * b.size / (a.size + b.size)
+    # scipy is imported here, not at the top: every process that loads the definitions imports this module.
+    from scipy import special
+
     return d, float(special.kolmogorov(np.sqrt(en) * d)), w1
 
 
@@ -305,6 +307,8 @@ def column_drift(
         result.psi = psi_from_counts(rc, cc)
         result.js = js_from_counts(rc, cc)
         if counts.height > 1:
+            from scipy import stats
+
             chi2, pvalue, _, _ = stats.chi2_contingency(np.vstack([rc, cc]), correction=False)
             result.chi2, result.chi2_pvalue = float(chi2), float(pvalue)
         else:

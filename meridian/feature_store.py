@@ -103,8 +103,9 @@ class FeatureView:
 
 DBT_PROJECT = REPO_ROOT / "dbt_project"
 DBT_MANIFEST = DBT_PROJECT / "target" / "manifest.json"
-# Vars a run passes for its partition (assets/transforms.py dbt_vars): where and when it
-# runs, not what a feature means, so they are not part of a view's definition.
+# A run's own settings (Dagster passes them as MERIDIAN_DBT_* environment variables:
+# assets/transforms.py dbt_env; a standalone dbt as --vars): where and when it runs, not
+# what a feature means, so they are not part of a view's definition.
 RUN_SCOPED_DBT_VARS = frozenset({"region", "min_day", "max_day", "lake_root", "warehouse_path"})
 _VAR_CALL = re.compile(r"""\bvar\(\s*['"]([A-Za-z_][A-Za-z0-9_]*)['"]""")
 

@@ -37,7 +37,16 @@ def day_range(start: date, n: int) -> list[date]:
 def dbt(
     args: list[str], dbt_vars: dict[str, object], target: Path, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess:
+    """Run dbt as Dagster does: run-scoped settings (region, lake_root, warehouse_path,
+    min_day, max_day) as MERIDIAN_DBT_* environment variables, the project's own vars as
+    --vars, so dbt's partial parsing holds across the calls that share `target`."""
+    import os
+
+    from meridian.feature_store import RUN_SCOPED_DBT_VARS
+
     executable = Path(sys.executable).parent / "dbt"
+    run_scoped = {k: v for k, v in dbt_vars.items() if k in RUN_SCOPED_DBT_VARS}
+    project = {k: v for k, v in dbt_vars.items() if k not in RUN_SCOPED_DBT_VARS}
     cmd = [
         str(executable),
         *args,
@@ -47,9 +56,12 @@ def dbt(
         str(DBT_DIR),
         "--target-path",
         str(target),
-        "--vars",
-        json.dumps(dbt_vars),
+        *(["--vars", json.dumps(project)] if project else []),
     ]
+    env = {
+        **(env if env is not None else os.environ),
+        **{f"MERIDIAN_DBT_{k.upper()}": "" if v is None else str(v) for k, v in run_scoped.items()},
+    }
     return subprocess.run(cmd, cwd=DBT_DIR, capture_output=True, text=True, check=False, env=env)
 
 

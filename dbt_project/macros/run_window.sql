@@ -1,4 +1,20 @@
 {#-
+  Run-scoped settings: which days this invocation builds (and, in profiles.yml and
+  sources.yml, which region's warehouse and lake). A standalone `dbt build` passes them as
+  --vars; Dagster passes them as MERIDIAN_DBT_<NAME> environment variables, read only at
+  execution. dbt re-parses the whole project whenever its --vars change, so a run's own
+  days as vars would cost every Dagster run a full parse (2-3 s); read at execution they
+  leave the parse, and dbt's partial parsing, untouched.
+-#}
+{% macro run_setting(name) -%}
+  {%- set value = var(name, none) -%}
+  {%- if value is none and execute -%}
+    {%- set value = env_var('MERIDIAN_DBT_' ~ (name | upper), '') or none -%}
+  {%- endif -%}
+  {{- return(value) -}}
+{%- endmacro %}
+
+{#-
   The day window an incremental model (re)builds in this run.
   - Dagster passes min_day/max_day from the partitions of the run.
   - Standalone incremental runs rebuild from the last day already in the table
@@ -7,8 +23,9 @@
   identical to the same day built in a full run.
 -#}
 {% macro run_start_day(day_column='event_day') -%}
-  {%- if var('min_day', none) -%}
-    cast('{{ var("min_day") }}' as date)
+  {%- set min_day = run_setting('min_day') -%}
+  {%- if min_day -%}
+    cast('{{ min_day }}' as date)
   {%- elif is_incremental() -%}
     (select coalesce(max({{ day_column }}), date '1970-01-01') from {{ this }})
   {%- else -%}
@@ -17,8 +34,9 @@
 {%- endmacro %}
 
 {% macro run_end_day() -%}
-  {%- if var('max_day', none) -%}
-    cast('{{ var("max_day") }}' as date)
+  {%- set max_day = run_setting('max_day') -%}
+  {%- if max_day -%}
+    cast('{{ max_day }}' as date)
   {%- else -%}
     date '9999-12-31'
   {%- endif -%}

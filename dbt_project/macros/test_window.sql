@@ -15,7 +15,7 @@
       'customer_spend_features': ('event_day', 0),
       'merchant_risk_features': ('as_of_day', 0),
   } -%}
-  {%- if var('min_day', none) and var('max_day', none) and identifier in windowed -%}
+  {%- if run_setting('min_day') and run_setting('max_day') and identifier in windowed -%}
     {%- set column, lookback = windowed[identifier] -%}
     {{ column }} between {{ days_before(run_start_day(), lookback) }} and {{ run_end_day() }}
   {%- endif -%}
