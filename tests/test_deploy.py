@@ -39,10 +39,12 @@ def test_the_helm_values_run_on_kubernetes_with_postgres_and_per_region_pools():
     custom = coordinator["config"]["customRunCoordinator"]
     assert (custom["module"], custom["class"]) == ("instance.run_coordinator", "RegionRunCoordinator")
     limits = custom["config"]["tag_concurrency_limits"]
+    assert custom["config"]["dequeue_interval_seconds"] == 1
     local = yaml.safe_load((REPO_ROOT / "platform" / "dagster.yaml").read_text())
     production = yaml.safe_load((REPO_ROOT / "platform" / "dagster.production.yaml").read_text())
     for instance in (local, production, _load("dagster.k8s.yaml")):
         assert instance["run_coordinator"]["class"] == "RegionRunCoordinator"
+        assert instance["run_coordinator"]["config"]["dequeue_interval_seconds"] == 1
         assert [(x["key"], x["limit"]) for x in limits] == [
             (x["key"], x["limit"]) for x in instance["run_coordinator"]["config"]["tag_concurrency_limits"]
         ]

@@ -57,6 +57,19 @@ def test_the_daemon_runs_the_queue_with_per_region_pools_and_the_sensors_launch_
                 f"us-east did not run beside eu-west: {us} vs {eu}"
             )
 
+            # The replication sensor ticks once a minute. Its last tick is moved a minute back, as
+            # if that minute had passed: the daemon's next pass evaluates it (still the daemon's
+            # own tick launching the runs) instead of the test idling until the minute is up.
+            sensor = next(s for s in instance.all_instigator_state() if s.name == "replication_sensor")
+            minute_ago = time.time() - 61
+            instance.update_instigator_state(
+                sensor.with_data(
+                    sensor.instigator_data._replace(
+                        last_tick_timestamp=minute_ago, last_tick_start_timestamp=minute_ago
+                    )
+                )
+            )
+
             def replications():
                 records = instance.get_run_records(dg.RunsFilter(job_name="regional_replication"))
                 done = {
