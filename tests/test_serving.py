@@ -1,4 +1,9 @@
-"""The scoring service over real HTTP (uvicorn on loopback), on a region that ran the main job."""
+"""The scoring service over real HTTP (uvicorn on loopback), on a region that ran the main job.
+
+Why one module of ~1,100 lines: every test here talks to the one service the module fixture
+starts on a trained region (its lake, warehouse, registry and online store take ~40 s to
+build); split across modules, each would build its own, or share state across workers.
+"""
 
 from __future__ import annotations
 
