@@ -19,7 +19,7 @@ from dagster_dbt import DagsterDbtTranslator, DbtProject, dbt_assets, get_asset_
 from pydantic import Field
 
 from assets.partitions import REGION_DAY_PARTITIONS, days_by_region
-from meridian.feature_store import dbt_sources_newer_than
+from meridian.feature_store import dbt_run_env, dbt_sources_newer_than
 from meridian.lake import set_aside_unreadable, write_bytes_atomic
 from meridian.locks import file_lock
 from meridian.paths import REPO_ROOT
@@ -75,14 +75,16 @@ def dbt_env(
     region: str, min_day: str | None, max_day: str | None, lake_root: Path, warehouse: Path
 ) -> dict[str, str]:
     """The run-scoped dbt settings of one region's invocation, as dbt reads them from the
-    environment (macros/run_window.sql): its days (empty: every day), lake and warehouse."""
-    return {
-        "MERIDIAN_DBT_REGION": region,
-        "MERIDIAN_DBT_MIN_DAY": min_day or "",
-        "MERIDIAN_DBT_MAX_DAY": max_day or "",
-        "MERIDIAN_DBT_LAKE_ROOT": str(lake_root),
-        "MERIDIAN_DBT_WAREHOUSE_PATH": str(warehouse),
-    }
+    environment (macros/run_window.sql): its days (None: every day), lake and warehouse."""
+    return dbt_run_env(
+        {
+            "region": region,
+            "min_day": min_day,
+            "max_day": max_day,
+            "lake_root": lake_root,
+            "warehouse_path": warehouse,
+        }
+    )
 
 
 DBT_RUNS_KEPT = 20
@@ -115,7 +117,7 @@ def dbt_target_dir(region_root: Path, run_id: str) -> Path:
     it and re-parses what changed, and reads a damaged state as none.
     """
     target = dbt_run_dir(region_root, run_id)
-    kept = region_root / "dbt-state" / PARSE_STATE
+    kept = _kept_parse_state(region_root)
     if kept.exists():
         target.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(kept, target / PARSE_STATE)
@@ -126,7 +128,11 @@ def keep_parse_state(region_root: Path, target: Path) -> None:
     """Keep the parse state of the run in `target` for the region's next run."""
     state = target / PARSE_STATE
     if state.exists():
-        write_bytes_atomic(state.read_bytes(), region_root / "dbt-state" / PARSE_STATE)
+        write_bytes_atomic(state.read_bytes(), _kept_parse_state(region_root))
+
+
+def _kept_parse_state(region_root: Path) -> Path:
+    return region_root / "dbt-state" / PARSE_STATE
 
 
 # The column that places each table's rows on a day of the partition.

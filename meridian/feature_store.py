@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -107,6 +108,17 @@ DBT_MANIFEST = DBT_PROJECT / "target" / "manifest.json"
 # assets/transforms.py dbt_env; a standalone dbt as --vars): where and when it runs, not
 # what a feature means, so they are not part of a view's definition.
 RUN_SCOPED_DBT_VARS = frozenset({"region", "min_day", "max_day", "lake_root", "warehouse_path"})
+
+
+def dbt_run_env(settings: Mapping[str, object]) -> dict[str, str]:
+    """Run-scoped dbt settings as the environment dbt reads them from (`run_setting` in
+    dbt_project/macros/run_window.sql): MERIDIAN_DBT_<NAME>, empty for None (unset)."""
+    unknown = set(settings) - RUN_SCOPED_DBT_VARS
+    if unknown:
+        raise ValueError(f"not run-scoped dbt settings: {sorted(unknown)}")
+    return {f"MERIDIAN_DBT_{k.upper()}": "" if v is None else str(v) for k, v in settings.items()}
+
+
 _VAR_CALL = re.compile(r"""\bvar\(\s*['"]([A-Za-z_][A-Za-z0-9_]*)['"]""")
 
 

@@ -42,7 +42,7 @@ def dbt(
     --vars, so dbt's partial parsing holds across the calls that share `target`."""
     import os
 
-    from meridian.feature_store import RUN_SCOPED_DBT_VARS
+    from meridian.feature_store import RUN_SCOPED_DBT_VARS, dbt_run_env
 
     executable = Path(sys.executable).parent / "dbt"
     run_scoped = {k: v for k, v in dbt_vars.items() if k in RUN_SCOPED_DBT_VARS}
@@ -58,10 +58,7 @@ def dbt(
         str(target),
         *(["--vars", json.dumps(project)] if project else []),
     ]
-    env = {
-        **(env if env is not None else os.environ),
-        **{f"MERIDIAN_DBT_{k.upper()}": "" if v is None else str(v) for k, v in run_scoped.items()},
-    }
+    env = {**(env if env is not None else os.environ), **dbt_run_env(run_scoped)}
     return subprocess.run(cmd, cwd=DBT_DIR, capture_output=True, text=True, check=False, env=env)
 
 
