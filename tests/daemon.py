@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -16,6 +15,7 @@ import dagster as dg
 from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
 from meridian.paths import REPO_ROOT
+from meridian.profiles import install_instance_config
 
 
 def launch(job: str, region: str, first: str, last: str, env: dict[str, str]) -> None:
@@ -95,8 +95,7 @@ def shipped_local_env(home: Path) -> dict[str, str]:
     """The environment of the daemon and `meridian health-loop --home HOME` as shipped on the
     embedded default: the instance in HOME/dagster with the shipped dagster.yaml."""
     dagster_home = home / "dagster"
-    dagster_home.mkdir(exist_ok=True)
-    shutil.copyfile(REPO_ROOT / "platform" / "dagster.yaml", dagster_home / "dagster.yaml")
+    install_instance_config(dagster_home, "local")
     return {
         **os.environ,
         "MERIDIAN_HOME": str(home),

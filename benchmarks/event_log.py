@@ -1,0 +1,115 @@
+"""Dagster's SQLite event log against Meridian's pooled one (instance/event_log.py).
+
+One ranged run of a partitioned asset graph (6 assets x 60 daily partitions, one run, as
+`meridian run` launches a region's days) on a fresh instance with each storage, then 300
+stored materialization events straight through the instance. Both storages run in this
+one process, alternating, so the ratio is fair; the figures are per storage.
+
+    .venv/bin/python benchmarks/event_log.py [--rounds 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import dagster as dg
+from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from meridian.profiles import install_instance_config
+
+DAYS = dg.DailyPartitionsDefinition(start_date="2026-01-01", end_date="2026-03-02")
+
+
+def graph() -> list[dg.AssetsDefinition]:
+    """Six chained assets, each handling a range of days in one step, as Meridian's do."""
+    assets = []
+    upstream = None
+    for index in range(6):
+
+        @dg.asset(
+            name=f"stage_{index}",
+            partitions_def=DAYS,
+            deps=[upstream] if upstream else [],
+            backfill_policy=dg.BackfillPolicy.single_run(),
+        )
+        def stage(context) -> dg.MaterializeResult:  # Dagster records one event per day
+            return dg.MaterializeResult(metadata={"days": len(context.partition_keys)})
+
+        assets.append(stage)
+        upstream = stage
+    return assets
+
+
+def instance_dir(kind: str, root: Path) -> Path:
+    directory = Path(tempfile.mkdtemp(prefix=f"{kind}-", dir=root))
+    if kind == "pooled":
+        install_instance_config(directory, "local")
+    else:  # Dagster's default SQLite storage, otherwise the same instance configuration
+        (directory / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    return directory
+
+
+def ranged_run(kind: str, root: Path) -> tuple[float, int]:
+    with dg.DagsterInstance.from_config(str(instance_dir(kind, root))) as instance:
+        started = time.perf_counter()
+        result = dg.materialize(
+            graph(),
+            instance=instance,
+            tags={
+                ASSET_PARTITION_RANGE_START_TAG: DAYS.get_first_partition_key(),
+                ASSET_PARTITION_RANGE_END_TAG: DAYS.get_last_partition_key(),
+            },
+        )
+        elapsed = time.perf_counter() - started
+        assert result.success
+        events = len(instance.all_logs(result.run_id))
+    return elapsed, events
+
+
+def stored_events(kind: str, root: Path, count: int = 300) -> float:
+    with dg.DagsterInstance.from_config(str(instance_dir(kind, root))) as instance:
+        instance.report_runless_asset_event(dg.AssetMaterialization("warm"))
+        started = time.perf_counter()
+        for index in range(count):
+            instance.report_runless_asset_event(dg.AssetMaterialization("a", partition=str(index)))
+        return (time.perf_counter() - started) / count * 1000
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=2)
+    args = parser.parse_args()
+    runs: dict[str, list[float]] = {"dagster": [], "pooled": []}
+    per_event: dict[str, list[float]] = {"dagster": [], "pooled": []}
+    events = 0
+    with tempfile.TemporaryDirectory(prefix="event-log-bench-") as temporary:
+        root = Path(temporary)
+        for _ in range(args.rounds):
+            for kind in ("dagster", "pooled"):
+                elapsed, events = ranged_run(kind, root)
+                runs[kind].append(elapsed)
+                per_event[kind].append(stored_events(kind, root))
+    print(f"load average {os.getloadavg()[0]:.2f}; {args.rounds} rounds, medians")
+    print(f"{'storage':<34}{'ranged run (s)':>16}{'ms per event':>14}")
+    labels = {
+        "dagster": "Dagster SqliteEventLogStorage",
+        "pooled": "Meridian PooledSqliteEventLogStorage",
+    }
+    for kind, label in labels.items():
+        print(f"{label:<34}{statistics.median(runs[kind]):>16.2f}{statistics.median(per_event[kind]):>14.2f}")
+    print(f"events in one ranged run: {events}")
+    run_ratio = statistics.median(runs["dagster"]) / statistics.median(runs["pooled"])
+    event_ratio = statistics.median(per_event["dagster"]) / statistics.median(per_event["pooled"])
+    print(f"pooled is {run_ratio:.1f}x faster per ranged run, {event_ratio:.1f}x per stored event")
+
+
+if __name__ == "__main__":
+    main()
