@@ -1,9 +1,11 @@
 """Ingestion: one region-day of raw transactions and chargebacks into the region's lake.
 
-Each partition is read once from the source and written as one Parquet file per
-table, replaced atomically, so a re-run of a partition is idempotent. Rows that fail
-validation go to the quarantine table with their reason; the reconciliation check
-reads both files back and proves accepted + quarantined = delivered.
+A partition is every file delivered to the region's landing zone for that day (the
+generator's and users', meridian.landing), validated together and written as one Parquet
+file per table, replaced atomically; each file is archived and recorded when first ingested,
+so a re-run of a partition reads the same bytes and is idempotent. Rows that fail validation
+go to the quarantine table with their reason and file; the reconciliation check proves
+accepted + quarantined = delivered for every day and every file.
 """
 
 from collections.abc import Callable, Iterator
@@ -19,9 +21,8 @@ from assets.partitions import (
     RegionFailures,
     days_by_region,
 )
-from meridian.generator import GeneratedBatch
+from meridian import landing
 from meridian.lake import sweep_temporaries
-from meridian.paths import RegionPaths
 from meridian.report import markdown_table
 from meridian.topology import Region
 from meridian.validation import (
@@ -47,7 +48,6 @@ def _ingest(
     topology: RegionTopologyResource,
     lake: RegionalLakeResource,
     source: TransactionSourceResource,
-    fetch: Callable[[TransactionSourceResource, Region, date, RegionPaths], GeneratedBatch],
     validate: Callable[[pl.DataFrame, date, Region], ValidatedBatch],
     accepted_key: dg.AssetKey,
     quarantine_key: dg.AssetKey,
@@ -56,7 +56,9 @@ def _ingest(
 ) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult | dg.AssetObservation]:
     topo = topology.load()
     labels = accepted_key.path[-1] == "raw_labels"
+    feed = "chargebacks" if labels else "transactions"
     rows: list[dict[str, object]] = []
+    files: list[dict[str, object]] = []
     lake_dirs: set[str] = set()
     reasons: dict[str, int] = {}
     swept: list[str] = []
@@ -67,13 +69,21 @@ def _ingest(
             region = topo.region(region_name)
             paths = lake.paths(topo, region_name)
             # Temporary files of writers that were killed before renaming them into place.
-            for leftover in sweep_temporaries(paths.lake):
-                swept.append(str(leftover.relative_to(paths.root)))
+            for folder in (paths.lake, landing.landing_root(paths.root), landing.state_root(paths.root)):
+                for leftover in sweep_temporaries(folder):
+                    swept.append(str(leftover.relative_to(paths.root)))
             for day in days:
-                batch = fetch(source, region, date.fromisoformat(day), paths)
-                result = validate(batch.rows, date.fromisoformat(day), region)
+                served = source.deliver(feed, region, date.fromisoformat(day), paths.root, paths.lake)
+                delivery = landing.collect_day(paths.root, feed, day)
+                if served is not None:  # the generator's file is new: keep what it says beside it
+                    key = f"{feed}/{day}/{landing.GENERATOR_FILE}"
+                    delivery.manifest[key] = {**delivery.manifest[key], "served_chargebacks": served}
+                result = landing.validate_day(
+                    delivery, lambda rows, d=day, r=region: validate(rows, date.fromisoformat(d), r), feed
+                )
                 accepted = lake.write_partition(paths, accepted_key.path[-1], day, result.accepted)
                 quarantined = lake.write_partition(paths, quarantine_key.path[-1], day, result.quarantined)
+                landing.commit_day(paths.root, feed, day, delivery)  # the lake holds them: ingested
                 for reason, n in result.reasons().items():
                     reasons[reason] = reasons.get(reason, 0) + n
                 conflicting = result.quarantined.filter(pl.col("reason").str.starts_with(CONFLICT_REASON))
@@ -87,18 +97,31 @@ def _ingest(
                         "conflicting content; all their copies are quarantined",
                         {"transaction_ids": conflicting["transaction_id"].unique().sort().head(20).to_list()},
                     )
+                for file in result.files.iter_rows(named=True):
+                    files.append({"region": region_name, "day": day, **file})
                 rows.append(
                     {
                         "region": region_name,
                         "day": day,
-                        "delivered": batch.rows.height,
+                        "files": result.files.height,
+                        "delivered": result.delivered,
                         # chargebacks of transactions the scoring service served (labels only)
-                        **({"served_chargebacks": batch.served_chargebacks} if labels else {}),
+                        **(
+                            {
+                                "served_chargebacks": sum(
+                                    r.get("served_chargebacks", 0) for r in delivery.manifest.values()
+                                )
+                            }
+                            if labels
+                            else {}
+                        ),
                         "accepted": accepted.rows,
                         "quarantined": quarantined.rows,
                         "accepted_bytes": accepted.bytes,
                         # accepted ids repeated, or delivered in another form: must be 0
-                        "conflicts_accepted": accepted_conflicts(batch.rows, result.accepted, identity),
+                        "conflicts_accepted": accepted_conflicts(
+                            delivery.rows, result.accepted_with_source, identity
+                        ),
                     }
                 )
                 lake_dirs.add(str(paths.table(accepted_key.path[-1])))
@@ -108,6 +131,12 @@ def _ingest(
     unbalanced = table.filter(
         (pl.col("accepted") + pl.col("quarantined") != pl.col("delivered"))
         | (pl.col("conflicts_accepted") > 0)
+    )
+    by_file = pl.DataFrame(files) if files else pl.DataFrame()
+    unbalanced_files = (
+        by_file.filter(pl.col("accepted") + pl.col("quarantined") != pl.col("delivered"))
+        if files
+        else by_file
     )
     # One output covers every partition of a single-run backfill and Dagster copies its
     # metadata onto each of them, so counts are labelled as whole-run figures there and
@@ -138,6 +167,8 @@ def _ingest(
             **({f"{scope}served_chargebacks": int(table["served_chargebacks"].sum())} if labels else {}),
             "partitions_in_run": len(rows),
             "partitions": dg.MetadataValue.md(markdown_table(rows)),
+            f"{scope}files": len(files),
+            "landing_files": dg.MetadataValue.md(markdown_table(_file_rows_for_ui(files))),
             "lake_tables": dg.MetadataValue.json(sorted(lake_dirs)),
             "leftover_temporaries_removed": len(swept),
             **({"leftovers": dg.MetadataValue.json(swept[:50])} if swept else {}),
@@ -156,15 +187,23 @@ def _ingest(
     yield dg.AssetCheckResult(
         asset_key=accepted_key,
         check_name=RECONCILIATION_CHECK,
-        passed=unbalanced.is_empty(),
+        passed=unbalanced.is_empty() and unbalanced_files.is_empty(),
         metadata={
             "delivered": delivered,
             "accepted": n_acc,
             "quarantined": n_quar,
             "conflicts_accepted": int(table["conflicts_accepted"].sum()),
             "unbalanced_partitions": dg.MetadataValue.json(unbalanced.to_dicts()),
+            "unbalanced_files": dg.MetadataValue.json(unbalanced_files.to_dicts()),
         },
     )
+
+
+def _file_rows_for_ui(files: list[dict[str, object]], limit: int = 60) -> list[dict[str, object]]:
+    """The delivered files of the run, problems first, as the UI's table shows them."""
+    keep = ("region", "day", "key", "status", "delivered", "accepted", "quarantined", "problem")
+    ordered = sorted(files, key=lambda f: (f["problem"] is None, f["status"] == "ingested before", f["key"]))
+    return [{k: f[k] for k in keep} for f in ordered[:limit]]
 
 
 def _ingestion_asset(
@@ -172,7 +211,6 @@ def _ingestion_asset(
     accepted: str,
     quarantined: str,
     description: str,
-    fetch: Callable[[TransactionSourceResource, Region, date, RegionPaths], GeneratedBatch],
     validate: Callable[[pl.DataFrame, date, Region], ValidatedBatch],
     identity: tuple[str, ...] | None,
 ) -> dg.AssetsDefinition:
@@ -214,7 +252,7 @@ def _ingestion_asset(
         alerting: AlertingResource,
     ) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult | dg.AssetObservation]:
         yield from _ingest(
-            context, topology, lake, source, fetch, validate, accepted_key, quarantine_key, identity, alerting
+            context, topology, lake, source, validate, accepted_key, quarantine_key, identity, alerting
         )
 
     return _asset
@@ -224,8 +262,8 @@ transactions_ingestion = _ingestion_asset(
     "transactions_ingestion",
     "raw_transactions",
     "quarantined_transactions",
-    "Validated card transactions of one region-day, as Parquet in the region's lake.",
-    lambda source, region, day, paths: source.transactions(region, day),
+    "Validated card transactions of one region-day, as Parquet in the region's lake: every file "
+    "delivered to the region's landing zone for that day (meridian.landing), the generator's included.",
     lambda raw, day, region: validate_transactions(raw, day, region),
     TRANSACTION_IDENTITY,
 )
@@ -234,9 +272,8 @@ labels_ingestion = _ingestion_asset(
     "raw_labels",
     "quarantined_labels",
     "Chargebacks that landed on one region-day, as Parquet in the region's lake: the source's "
-    "feed covers what the scoring service served too (meridian.served_labels).",
-    # The feed reads what was served from the region's own lake: nothing leaves the zone.
-    lambda source, region, day, paths: source.labels(region, day, paths.table("raw_transactions")),
+    "feed covers what the scoring service served too (meridian.served_labels). Read from every file "
+    "delivered to the region's landing zone for that day.",
     lambda raw, day, region: validate_labels(raw, day),
     None,  # a garbled copy of a chargeback does not cost the genuine one: repeats only
 )

@@ -55,6 +55,9 @@ TRANSACTION_IDENTITY = tuple(c for c in TRANSACTION_REQUIRED if c != "transactio
 LABEL_IDENTITY = ("chargeback_at", "reason_code", "amount", "currency")
 
 CONFLICT_REASON = "conflicting copies of transaction_id"
+# Where a row was delivered (the landing zone's file key): carried through validation
+# untouched when the batch has it, so reconciliation can be done per delivered file.
+PROVENANCE = "source_file"
 
 # Event times the platform accepts, from anyone (source or scoring service): at most this
 # far ahead of the receiving clock (card terminals' clocks drift; minutes, not days)...
@@ -221,9 +224,10 @@ def accepted_conflicts(raw: pl.DataFrame, accepted: pl.DataFrame, identity: tupl
 
 
 def _split(frame: pl.DataFrame, typed_columns: list[pl.Expr], raw_columns: tuple[str, ...]) -> ValidatedBatch:
-    accepted = frame.filter(pl.col("reason").is_null()).select(typed_columns)
+    provenance = [PROVENANCE] if PROVENANCE in frame.columns else []
+    accepted = frame.filter(pl.col("reason").is_null()).select(*typed_columns, *provenance)
     quarantined = frame.filter(pl.col("reason").is_not_null()).select(
-        *[pl.col(c).cast(pl.String) for c in raw_columns], "reason"
+        *[pl.col(c).cast(pl.String) for c in raw_columns], "reason", *provenance
     )
     if accepted.height + quarantined.height != frame.height:
         raise AssertionError("validation lost rows: accepted + quarantined != input")

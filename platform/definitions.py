@@ -33,6 +33,7 @@ from assets.jobs import (
     regional_pipeline,
     weekly_retraining_schedule,
 )
+from assets.landing_sensor import landing_sensor
 from assets.monitoring_sensors import (
     deployment_analysis_sensor,
     drift_retraining_sensor,
@@ -206,6 +207,7 @@ defs = with_policies(
             deployment_analysis_sensor,
             replication_sensor,
             region_health_sensor,
+            landing_sensor,
             AUTOMATION_SENSOR,
         ],
         schedules=[

@@ -1,4 +1,10 @@
-"""The upstream payment switch: the seeded generator in the embedded default."""
+"""The upstream payment switch: the seeded generator, one producer into the landing zone.
+
+Ingestion reads a region-day from the region's landing zone (meridian.landing), where users
+deliver their files. The generator is one producer among them: before a region-day is
+ingested it delivers its file for that day there (`<feed>/<day>/generator.parquet`), once,
+as any producer would, so the default run takes the same path as a user's data.
+"""
 
 from __future__ import annotations
 
@@ -31,6 +37,11 @@ class TransactionSourceResource(dg.ConfigurableResource):
     drift_start_day: str | None = Field(default=None, description="First drifted day (YYYY-MM-DD)")
     drift_features: list[str] = Field(default_factory=lambda: ["amount", "channel", "category"])
     drift_magnitude: float = Field(default=0.6, description="Relative size of the shift")
+    generate: bool = Field(
+        default=True,
+        description="The seeded generator delivers each region-day into the landing zone; "
+        "false: only the files users deliver are ingested",
+    )
 
     def config(self) -> GeneratorConfig:
         drift = None
@@ -65,3 +76,25 @@ class TransactionSourceResource(dg.ConfigurableResource):
         if raw_transactions is not None:
             served = read_served_transactions(raw_transactions, served_labels.feed_days(cfg, day))
         return generate_labels(cfg, region, day, served)
+
+    def deliver(self, feed: str, region: Region, day: date, region_root: Path, lake_root: Path) -> int | None:
+        """Deliver the generator's file of `feed` for `day` into the region's landing zone, unless it
+        is there already (a delivered file is immutable) or the generator is off.
+
+        Returns the chargebacks of served transactions in a chargebacks file it wrote now, as
+        the metadata reports them; None when it delivered nothing.
+        """
+        from meridian.lake import write_parquet_atomic
+        from meridian.landing import GENERATOR_FILE, landing_root
+
+        if not self.generate:
+            return None
+        target = landing_root(region_root) / feed / day.isoformat() / GENERATOR_FILE
+        if target.exists():
+            return None
+        if feed == "transactions":
+            batch = self.transactions(region, day)
+        else:
+            batch = self.labels(region, day, lake_root / "raw_transactions")
+        write_parquet_atomic(batch.rows, target)
+        return batch.served_chargebacks

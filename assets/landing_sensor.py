@@ -1,0 +1,92 @@
+"""The landing-zone sensor: a file delivered to a region's landing zone starts its ingestion.
+
+A hand-written sensor because what it reacts to is not a Dagster asset event: new or
+changed objects under each region's landing prefix (meridian.landing). Each tick lists the
+landing zones (stat only; a file is hashed only when its size or mtime changed since it was
+last seen), groups what is not yet ingested by region-day and requests one
+`regional_pipeline` run per region-day, keyed by the files it carries so a file is
+requested once. Files that break the naming contract are alerted, never ignored silently.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import dagster as dg
+
+from assets.jobs import REGIONAL_PIPELINE_JOB
+from assets.partitions import DAY_DIMENSION, REGION_DAY_PARTITIONS, REGION_DIMENSION
+from meridian import dr, landing
+from resources.alerting import AlertingResource
+from resources.lake import RegionalLakeResource
+from resources.topology import RegionTopologyResource
+
+
+def _day_keys() -> set[str]:
+    dimension = next(d for d in REGION_DAY_PARTITIONS.partitions_defs if d.name == DAY_DIMENSION)
+    return set(dimension.partitions_def.get_partition_keys())
+
+
+@dg.sensor(
+    job_name=REGIONAL_PIPELINE_JOB,
+    minimum_interval_seconds=30,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="Every 30 s: files delivered to a region's landing zone and not yet ingested; "
+    "one regional_pipeline run per region-day they belong to.",
+)
+def landing_sensor(
+    context: dg.SensorEvaluationContext,
+    topology: RegionTopologyResource,
+    lake: RegionalLakeResource,
+    alerting: AlertingResource,
+):
+    topo = topology.load()
+    home = lake.root()
+    days = _day_keys()
+    requests: list[dg.RunRequest] = []
+    for region in topo.active_region_names:
+        if dr.is_failed_over(home, region):
+            continue  # the region's storage is its DR site's now: producers deliver after failback
+        if down := dr.site_down(topo, home, region):
+            context.log.warning(f"{region}: landing zone not scanned while its storage is down: {down}")
+            continue
+        root = lake.primary_paths(topo, region).root
+        pending, misplaced = landing.pending(root)
+        for problem in misplaced:
+            alerting.send(
+                "WARN",
+                region,
+                "landing_sensor",
+                f"landing-misplaced:{region}:{problem.key}",
+                f"landing/{problem.key} is not ingested: {problem.reason}",
+            )
+        by_day: dict[str, list[landing.LandedFile]] = {}
+        for landed in pending:
+            by_day.setdefault(landing.day_of(landed.key), []).append(landed)
+        for day, files in sorted(by_day.items()):
+            if day not in days:
+                alerting.send(
+                    "WARN",
+                    region,
+                    "landing_sensor",
+                    f"landing-day:{region}:{day}",
+                    f"{len(files)} file(s) delivered for {day}, outside the days the platform "
+                    f"partitions ({min(days)} to {max(days)}): not ingested",
+                    {"files": [f.key for f in files][:20]},
+                )
+                continue
+            fingerprint = hashlib.sha256(
+                "\n".join(
+                    f"{f.key}:{f.size}:{f.mtime_ns}" for f in sorted(files, key=lambda f: f.key)
+                ).encode()
+            ).hexdigest()[:16]
+            requests.append(
+                dg.RunRequest(
+                    run_key=f"landing:{region}:{day}:{fingerprint}",
+                    partition_key=dg.MultiPartitionKey({REGION_DIMENSION: region, DAY_DIMENSION: day}),
+                    tags={"meridian/region": region, "meridian/trigger": "landing"},
+                )
+            )
+    if not requests:
+        return dg.SkipReason("no new or changed files in any landing zone")
+    return requests

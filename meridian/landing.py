@@ -1,0 +1,400 @@
+"""The landing zone: files of transactions and chargebacks that producers deliver to a region.
+
+The file contract (README, "Bringing your own data"):
+
+- a file lands at `<region root>/landing/<feed>/<YYYY-MM-DD>/<name>.<format>`, where `feed` is
+  `transactions` or `chargebacks`, the folder is the UTC day its events belong to (the
+  partition), `name` is letters, digits, `.`, `_` and `-`, and `format` is `parquet`, `csv`
+  or `jsonl` (`ndjson`);
+- a producer writes under a hidden name (starting with `.`) and renames it into place:
+  hidden files are in flight and never read;
+- columns are those of `FEEDS` (required ones must be present; optional ones may be
+  absent; other columns are ignored and reported); times are ISO-8601 with `Z` or an
+  offset, or a typed timestamp (naive = UTC); amounts are numbers in the named currency;
+- a delivered file is immutable: corrections go under a new name. A file whose content
+  changes after it was ingested keeps its first version in the lake, and the new content is
+  quarantined with that reason.
+
+Every delivered file is processed once: the first time a file is ingested it is copied into
+the region's landing archive under its content hash (the ETag an object store gives a
+single-part upload) and recorded in the day's manifest; a re-run reads the archived copy, so a
+partition rebuilt later gives the same rows, and a file re-delivered identically is a no-op.
+Nothing is dropped: an unreadable file becomes one quarantine row with the reason, a file
+missing required columns has every row quarantined, a bad JSON line is a quarantine row.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from pathlib import Path
+
+import orjson
+import polars as pl
+
+from meridian.lake import temporary_name, write_bytes_atomic
+from meridian.landing_read import Feed, UnreadableFile, as_contract_text, read_file
+from meridian.roots import make_dirs
+from meridian.validation import (
+    LABEL_COLUMNS,
+    PROVENANCE,
+    TRANSACTION_COLUMNS,
+    TRANSACTION_REQUIRED,
+    ValidatedBatch,
+)
+
+FEEDS = {
+    "transactions": Feed("transactions", TRANSACTION_COLUMNS, TRANSACTION_REQUIRED, "event_time"),
+    "chargebacks": Feed("chargebacks", LABEL_COLUMNS, ("transaction_id", "chargeback_at"), "chargeback_at"),
+}
+FORMATS = (".parquet", ".csv", ".jsonl", ".ndjson")
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
+DAY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+GENERATOR_FILE = "generator.parquet"  # what the seeded generator delivers for a feed-day
+CHANGED_REASON = "file changed after it was ingested"
+
+
+def landing_root(region_root: Path) -> Path:
+    return region_root / "landing"
+
+
+def state_root(region_root: Path) -> Path:
+    """Manifests and the archive of ingested files (outside the landing prefix producers own)."""
+    return region_root / "landing-state"
+
+
+def etag(path: Path) -> str:
+    """MD5 of the content: the ETag an S3-compatible store gives a single-part upload."""
+    digest = hashlib.md5(usedforsecurity=False)
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class LandedFile:
+    key: str  # <feed>/<day>/<name>, relative to the landing root
+    path: Path
+    size: int
+    mtime_ns: int
+
+
+@dataclass(frozen=True)
+class Misplaced:
+    key: str
+    reason: str
+
+
+def scan(landing: Path, feeds: Iterable[str] = FEEDS) -> tuple[list[LandedFile], list[Misplaced]]:
+    """Every visible file under the landing root, and those that break the naming contract."""
+    files: list[LandedFile] = []
+    misplaced: list[Misplaced] = []
+    for feed in feeds:
+        top = landing / feed
+        if not top.is_dir():
+            continue
+        for dirpath, _dirs, names in os.walk(top):
+            for name in sorted(names):
+                path = Path(dirpath) / name
+                key = path.relative_to(landing).as_posix()
+                if name.startswith("."):
+                    continue  # in flight
+                parts = key.split("/")
+                problem = None
+                if len(parts) != 3 or not DAY.match(parts[1]) or not _is_day(parts[1]):
+                    problem = f"not under {feed}/<YYYY-MM-DD>/: the folder must be the UTC day of its events"
+                elif path.suffix.lower() not in FORMATS:
+                    problem = f"format {path.suffix or '(none)'!r} is not one of {list(FORMATS)}"
+                elif not NAME.match(name):
+                    problem = "name must be letters, digits, '.', '_' or '-'"
+                if problem:
+                    misplaced.append(Misplaced(key, problem))
+                    continue
+                try:
+                    stat = path.stat()
+                except FileNotFoundError:
+                    continue  # renamed or removed meanwhile
+                files.append(LandedFile(key, path, stat.st_size, stat.st_mtime_ns))
+    return files, misplaced
+
+
+def _is_day(text: str) -> bool:
+    try:
+        date.fromisoformat(text)
+    except ValueError:
+        return False
+    return True
+
+
+def day_of(key: str) -> str:
+    return key.split("/")[1]
+
+
+# -- the manifest of a feed-day ---------------------------------------------------------------
+
+
+def manifest_path(state: Path, feed: str, day: str) -> Path:
+    return state / feed / f"{day}.json"
+
+
+def load_manifest(state: Path, feed: str, day: str) -> dict[str, dict]:
+    path = manifest_path(state, feed, day)
+    if not path.exists():
+        return {}
+    return orjson.loads(path.read_bytes())["files"]
+
+
+def save_manifest(state: Path, feed: str, day: str, files: dict[str, dict]) -> None:
+    body = {"feed": feed, "day": day, "files": dict(sorted(files.items()))}
+    write_bytes_atomic(orjson.dumps(body, option=orjson.OPT_INDENT_2), manifest_path(state, feed, day))
+
+
+def archive(landed: LandedFile, state: Path) -> tuple[str, Path]:
+    """Copy a landed file into the archive under its content hash; (etag, archived path).
+
+    The copy is what gets read, so a producer overwriting the file meanwhile cannot make the
+    rows ingested differ from the bytes recorded.
+    """
+    directory = state / "archive" / landed.key.rsplit("/", 1)[0]
+    make_dirs(directory)
+    temporary = temporary_name(directory, "incoming")
+    digest = hashlib.md5(usedforsecurity=False)
+    try:
+        with open(landed.path, "rb") as source, open(temporary, "wb") as copy:
+            while chunk := source.read(1 << 20):
+                digest.update(chunk)
+                copy.write(chunk)
+            copy.flush()
+            os.fsync(copy.fileno())
+        target = directory / f"{digest.hexdigest()}{landed.path.suffix.lower()}"
+        os.replace(temporary, target)
+    finally:
+        temporary.unlink(missing_ok=True)
+    return digest.hexdigest(), target
+
+
+# -- a feed-day's delivery --------------------------------------------------------------------
+
+
+@dataclass
+class FileReport:
+    key: str
+    etag: str
+    status: str  # new | ingested before | changed after ingestion | removed from landing | unreadable
+    delivered: int = 0
+    ignored_columns: list[str] = field(default_factory=list)
+    problem: str | None = None
+
+
+@dataclass
+class DayDelivery:
+    """Rows to validate (the feed's columns as text plus PROVENANCE) and rows quarantined before
+    validation (the same columns plus `reason`), with a report per file."""
+
+    rows: pl.DataFrame
+    quarantined: pl.DataFrame
+    files: list[FileReport]
+    manifest: dict[str, dict]
+
+    @property
+    def delivered(self) -> int:
+        return self.rows.height + self.quarantined.height
+
+
+def _empty(feed: Feed, with_reason: bool) -> pl.DataFrame:
+    schema = dict.fromkeys(feed.columns, pl.String) | {PROVENANCE: pl.String}
+    return pl.DataFrame(schema=schema | ({"reason": pl.String} if with_reason else {}))
+
+
+def _file_rows(frame: pl.DataFrame, feed: Feed, key: str) -> tuple[pl.DataFrame, list[str], list[str]]:
+    """(the file's rows in contract form, required columns it lacks, columns it has beyond the feed's)."""
+    missing = [c for c in feed.required if c not in frame.columns]
+    ignored = sorted(c for c in frame.columns if c not in feed.columns)
+    return as_contract_text(frame, feed).with_columns(pl.lit(key).alias(PROVENANCE)), missing, ignored
+
+
+def _quarantine(frame: pl.DataFrame, reason: str) -> pl.DataFrame:
+    return frame.with_columns(pl.lit(reason).alias("reason"))
+
+
+def _problem_row(feed: Feed, key: str, reason: str) -> pl.DataFrame:
+    row = dict.fromkeys(feed.columns) | {PROVENANCE: key, "reason": reason}
+    return pl.DataFrame([row], schema=dict.fromkeys([*feed.columns, PROVENANCE, "reason"], pl.String))
+
+
+def _quarantine_changed(
+    feed: Feed, key: str, path: Path, first_tag: str, now_tag: str, parts: list[pl.DataFrame]
+) -> FileReport:
+    """The content of a file changed under its old name: every row of it quarantined with the
+    reason (the first version stays in the lake)."""
+    version = f"{key}@{now_tag[:12]}"
+    reason = (
+        f"file {key}: {CHANGED_REASON} (etag {first_tag[:12]}, now {now_tag[:12]}); "
+        "deliver corrections under a new file name"
+    )
+    report = FileReport(key, now_tag, "changed after ingestion")
+    try:
+        frame, bad_lines = read_file(path)
+    except UnreadableFile:
+        parts.append(_problem_row(feed, version, reason))
+        report.delivered = 1
+        return report
+    rows, _missing, report.ignored_columns = _file_rows(frame, feed, version)
+    parts.append(_quarantine(rows, reason))
+    parts.extend(_problem_row(feed, version, reason) for _ in bad_lines)
+    report.delivered = rows.height + len(bad_lines)
+    return report
+
+
+def collect_day(region_root: Path, feed_name: str, day: str) -> DayDelivery:
+    """Everything delivered for one feed-day: new files archived and read, files ingested
+    before read from their archived copy, changed files' new content quarantined."""
+    feed = FEEDS[feed_name]
+    landing, state = landing_root(region_root), state_root(region_root)
+    manifest = load_manifest(state, feed_name, day)
+    files, _ = scan(landing, [feed_name])
+    current = {f.key: f for f in files if day_of(f.key) == day}
+    accepted_parts: list[pl.DataFrame] = [_empty(feed, False)]
+    quarantined_parts: list[pl.DataFrame] = [_empty(feed, True)]
+    reports: list[FileReport] = []
+    updated = dict(manifest)
+
+    def take(key: str, path: Path, tag: str, status: str) -> None:
+        report = FileReport(key, tag, status)
+        reports.append(report)
+        try:
+            frame, bad_lines = read_file(path)
+        except UnreadableFile as error:
+            report.status, report.problem, report.delivered = "unreadable", str(error), 1
+            quarantined_parts.append(_problem_row(feed, key, f"file {key}: {error}"))
+            return
+        rows, missing, report.ignored_columns = _file_rows(frame, feed, key)
+        for reason in bad_lines:
+            quarantined_parts.append(_problem_row(feed, key, f"file {key}: {reason}"))
+        report.delivered = rows.height + len(bad_lines)
+        if missing:
+            report.problem = f"missing required column(s) {missing}"
+            quarantined_parts.append(_quarantine(rows, f"file {key}: {report.problem}"))
+        else:
+            accepted_parts.append(rows)
+
+    for key, landed in sorted(current.items()):
+        known = manifest.get(key)
+        if known is None:
+            tag, archived = archive(landed, state)
+            updated[key] = {
+                "etag": tag,
+                "archived": archived.relative_to(state).as_posix(),
+                "size": landed.size,
+                "seen": {"etag": tag, "size": landed.size, "mtime_ns": landed.mtime_ns},
+            }
+            take(key, archived, tag, "new")
+            continue
+        first = state / known["archived"]
+        take(key, first, known["etag"], "ingested before")
+        now_tag = etag(landed.path)
+        updated[key] = {**known, "seen": {"etag": now_tag, "size": landed.size, "mtime_ns": landed.mtime_ns}}
+        if now_tag != known["etag"]:
+            reports.append(
+                _quarantine_changed(feed, key, landed.path, known["etag"], now_tag, quarantined_parts)
+            )
+    for key, known in sorted(manifest.items()):
+        if key not in current:  # removed by its producer after ingestion: the lake keeps it
+            take(key, state / known["archived"], known["etag"], "removed from landing")
+    return DayDelivery(
+        pl.concat(accepted_parts, how="vertical"),
+        pl.concat(quarantined_parts, how="vertical"),
+        reports,
+        updated,
+    )
+
+
+def commit_day(region_root: Path, feed: str, day: str, delivery: DayDelivery) -> None:
+    """Record the day's files as ingested: called once the lake holds their rows."""
+    stamp = datetime.now(UTC).isoformat(timespec="seconds")
+    files = {key: {"ingested_at": stamp, **record} for key, record in delivery.manifest.items()}
+    save_manifest(state_root(region_root), feed, day, files)
+
+
+def pending(region_root: Path, feeds: Iterable[str] = FEEDS) -> tuple[list[LandedFile], list[Misplaced]]:
+    """Files not ingested as they are now (new, or changed since last seen), and misplaced files.
+
+    Cheap enough for a sensor tick: a file whose size and mtime are as last seen is not hashed.
+    """
+    landing, state = landing_root(region_root), state_root(region_root)
+    files, misplaced = scan(landing, feeds)
+    manifests: dict[tuple[str, str], dict[str, dict]] = {}
+    out = []
+    for landed in files:
+        feed, day = landed.key.split("/")[:2]
+        if (feed, day) not in manifests:
+            manifests[(feed, day)] = load_manifest(state, feed, day)
+        seen = manifests[(feed, day)].get(landed.key, {}).get("seen")
+        moved = seen is not None and (seen["size"], seen["mtime_ns"]) != (landed.size, landed.mtime_ns)
+        if seen is None or (moved and etag(landed.path) != seen["etag"]):
+            out.append(landed)
+    return out, misplaced
+
+
+@dataclass(frozen=True)
+class DayResult:
+    accepted: pl.DataFrame  # typed, without provenance: what the lake's table holds
+    quarantined: pl.DataFrame  # the feed's columns as text, `reason` and `source_file`
+    files: pl.DataFrame  # one row per delivered file: status, delivered, accepted, quarantined
+    accepted_with_source: pl.DataFrame
+
+    @property
+    def delivered(self) -> int:
+        return int(self.files["delivered"].sum()) if self.files.height else 0
+
+    def reasons(self) -> dict[str, int]:
+        if self.quarantined.is_empty():
+            return {}
+        grouped = self.quarantined.group_by("reason").len().sort("reason")
+        return dict(zip(grouped["reason"].to_list(), grouped["len"].to_list(), strict=True))
+
+
+def validate_day(
+    delivery: DayDelivery, validate: Callable[[pl.DataFrame], ValidatedBatch], feed_name: str
+) -> DayResult:
+    """Validate a feed-day's readable rows together (duplicates across files are caught) and add
+    the rows quarantined before validation; counts per file reconcile with what each delivered."""
+    feed = FEEDS[feed_name]
+    checked = validate(delivery.rows)
+    order = [*feed.columns, "reason", PROVENANCE]
+    quarantined = pl.concat(
+        [checked.quarantined.select(order), delivery.quarantined.select(order)], how="vertical"
+    )
+    by_file = lambda frame, name: frame.group_by(PROVENANCE).len(name).rename({PROVENANCE: "key"})  # noqa: E731
+    files = pl.DataFrame(
+        [
+            {
+                "key": r.key if r.status != "changed after ingestion" else f"{r.key}@{r.etag[:12]}",
+                "status": r.status,
+                "etag": r.etag,
+                "delivered": r.delivered,
+                "problem": r.problem,
+                "ignored_columns": ", ".join(r.ignored_columns) or None,
+            }
+            for r in delivery.files
+        ],
+        schema={
+            "key": pl.String,
+            "status": pl.String,
+            "etag": pl.String,
+            "delivered": pl.Int64,
+            "problem": pl.String,
+            "ignored_columns": pl.String,
+        },
+    )
+    files = (
+        files.join(by_file(checked.accepted, "accepted"), on="key", how="left")
+        .join(by_file(quarantined, "quarantined"), on="key", how="left")
+        .with_columns(pl.col("accepted", "quarantined").fill_null(0).cast(pl.Int64))
+    )
+    return DayResult(checked.accepted.drop(PROVENANCE), quarantined, files, checked.accepted)

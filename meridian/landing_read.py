@@ -1,0 +1,106 @@
+"""Reading one delivered file of the landing zone (meridian.landing) into the feed's columns.
+
+Any format and any typing of the file becomes the contract's form: every column as text,
+times as UTC in the contract's format, so the files of one day concatenate and validation
+parses each value back (and quarantines what does not parse). Nothing is dropped: a file
+that cannot be read at all raises UnreadableFile with the reason; a JSON line that is not
+an object is returned as a reason for its own quarantine row.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import orjson
+import polars as pl
+
+from meridian.validation import TIMESTAMP_FORMAT
+
+
+@dataclass(frozen=True)
+class Feed:
+    name: str
+    columns: tuple[str, ...]
+    required: tuple[str, ...]
+    time_column: str
+
+
+class UnreadableFile(ValueError):
+    pass
+
+
+def as_contract_text(frame: pl.DataFrame, feed: Feed) -> pl.DataFrame:
+    """The feed's columns as text (times in the contract's format), so files of any typing
+    concatenate; validation parses them back and quarantines what does not parse."""
+    if frame.width == 0:  # an empty file: no rows (a literal would make one)
+        return pl.DataFrame(schema=dict.fromkeys(feed.columns, pl.String))
+    columns = []
+    for name in feed.columns:
+        if name not in frame.columns:
+            columns.append(pl.lit(None, dtype=pl.String).alias(name))
+            continue
+        dtype = frame.schema[name]
+        col = pl.col(name)
+        if isinstance(dtype, pl.Datetime):
+            utc = col.dt.convert_time_zone("UTC") if dtype.time_zone else col.dt.replace_time_zone("UTC")
+            columns.append(utc.dt.strftime(TIMESTAMP_FORMAT).alias(name))
+        elif dtype == pl.Date:
+            columns.append(col.dt.strftime("%Y-%m-%dT00:00:00.000000Z").alias(name))
+        elif dtype == pl.String:
+            columns.append(col)
+        elif dtype.is_nested() or dtype == pl.Object:
+            columns.append(
+                col.map_elements(lambda v: orjson.dumps(v, default=str).decode(), pl.String).alias(name)
+            )
+        else:
+            columns.append(col.cast(pl.String).alias(name))
+    return frame.select(columns)
+
+
+def _read_jsonl(path: Path) -> tuple[pl.DataFrame, list[str]]:
+    """(rows, reasons of lines that are not JSON objects); values as text."""
+    rows: list[dict[str, str | None]] = []
+    bad: list[str] = []
+    with open(path, "rb") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                value = orjson.loads(line)
+            except orjson.JSONDecodeError as error:
+                bad.append(f"line {number} is not JSON: {error}")
+                continue
+            if not isinstance(value, dict):
+                bad.append(f"line {number} is a JSON {type(value).__name__}, not an object")
+                continue
+            rows.append(
+                {
+                    str(k): None if v is None else v if isinstance(v, str) else orjson.dumps(v).decode()
+                    for k, v in value.items()
+                }
+            )
+    if not rows:
+        return pl.DataFrame(), bad
+    names = list(dict.fromkeys(k for row in rows for k in row))
+    return pl.DataFrame(rows, schema=dict.fromkeys(names, pl.String)), bad
+
+
+def read_file(path: Path) -> tuple[pl.DataFrame, list[str]]:
+    """The rows of a delivered file as they are typed in it, and the reasons of unreadable lines.
+
+    Raises UnreadableFile when nothing of it can be read (corrupt, wrong encoding, not the format
+    its name says).
+    """
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".parquet":
+            return pl.read_parquet(path), []
+        if suffix == ".csv":
+            if path.stat().st_size == 0:
+                return pl.DataFrame(), []
+            return pl.read_csv(path, infer_schema=False, raise_if_empty=False), []
+        return _read_jsonl(path)
+    except (pl.exceptions.PolarsError, OSError, UnicodeDecodeError) as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise UnreadableFile(f"unreadable {suffix[1:]} file: {first[:300]}") from error
