@@ -28,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import stat
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
@@ -67,10 +68,16 @@ def state_root(region_root: Path) -> Path:
     return region_root / "landing-state"
 
 
+def open_delivered(path: Path):
+    """A delivered file for reading, never through a symbolic link (swapped in after the scan,
+    it could point at another zone's data)."""
+    return os.fdopen(os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK), "rb")
+
+
 def etag(path: Path) -> str:
     """MD5 of the content: the ETag an S3-compatible store gives a single-part upload."""
     digest = hashlib.md5(usedforsecurity=False)
-    with open(path, "rb") as handle:
+    with open_delivered(path) as handle:
         while chunk := handle.read(1 << 20):
             digest.update(chunk)
     return digest.hexdigest()
@@ -98,7 +105,15 @@ def scan(landing: Path, feeds: Iterable[str] = FEEDS) -> tuple[list[LandedFile],
         top = landing / feed
         if not top.is_dir():
             continue
-        for dirpath, _dirs, names in os.walk(top):
+        if top.is_symlink():
+            misplaced.append(Misplaced(feed, "a symbolic link: only files delivered into the zone are read"))
+            continue
+        for dirpath, dirs, names in os.walk(top):
+            for name in [d for d in dirs if (Path(dirpath) / d).is_symlink()]:
+                key = (Path(dirpath) / name).relative_to(landing).as_posix()
+                misplaced.append(
+                    Misplaced(key, "a symbolic link: only files delivered into the zone are read")
+                )
             for name in sorted(names):
                 path = Path(dirpath) / name
                 key = path.relative_to(landing).as_posix()
@@ -106,7 +121,14 @@ def scan(landing: Path, feeds: Iterable[str] = FEEDS) -> tuple[list[LandedFile],
                     continue  # in flight
                 parts = key.split("/")
                 problem = None
-                if len(parts) != 3 or not DAY.match(parts[1]) or not _is_day(parts[1]):
+                try:
+                    mode = path.lstat().st_mode
+                except FileNotFoundError:
+                    continue  # renamed or removed meanwhile
+                if not stat.S_ISREG(mode):
+                    # A link could point at another zone's data; a pipe would block the reader.
+                    problem = "not a regular file (a symbolic link, pipe or device): only files are read"
+                elif len(parts) != 3 or not DAY.match(parts[1]) or not _is_day(parts[1]):
                     problem = f"not under {feed}/<YYYY-MM-DD>/: the folder must be the UTC day of its events"
                 elif path.suffix.lower() not in FORMATS:
                     problem = f"format {path.suffix or '(none)'!r} is not one of {list(FORMATS)}"
@@ -116,10 +138,10 @@ def scan(landing: Path, feeds: Iterable[str] = FEEDS) -> tuple[list[LandedFile],
                     misplaced.append(Misplaced(key, problem))
                     continue
                 try:
-                    stat = path.stat()
+                    info = path.lstat()
                 except FileNotFoundError:
-                    continue  # renamed or removed meanwhile
-                files.append(LandedFile(key, path, stat.st_size, stat.st_mtime_ns))
+                    continue
+                files.append(LandedFile(key, path, info.st_size, info.st_mtime_ns))
     return files, misplaced
 
 
@@ -165,7 +187,7 @@ def archive(landed: LandedFile, state: Path) -> tuple[str, Path]:
     temporary = temporary_name(directory, "incoming")
     digest = hashlib.md5(usedforsecurity=False)
     try:
-        with open(landed.path, "rb") as source, open(temporary, "wb") as copy:
+        with open_delivered(landed.path) as source, open(temporary, "wb") as copy:
             while chunk := source.read(1 << 20):
                 digest.update(chunk)
                 copy.write(chunk)
@@ -295,14 +317,14 @@ def collect_day(region_root: Path, feed_name: str, day: str) -> DayDelivery:
             }
             take(key, archived, tag, "new")
             continue
-        first = state / known["archived"]
-        take(key, first, known["etag"], "ingested before")
+        take(key, state / known["archived"], known["etag"], "ingested before")
         now_tag = etag(landed.path)
         updated[key] = {**known, "seen": {"etag": now_tag, "size": landed.size, "mtime_ns": landed.mtime_ns}}
         if now_tag != known["etag"]:
-            reports.append(
-                _quarantine_changed(feed, key, landed.path, known["etag"], now_tag, quarantined_parts)
-            )
+            # Judged from an archived copy too (kept for inspection), never the live file.
+            now_tag, changed = archive(landed, state)
+            updated[key]["seen"]["etag"] = now_tag
+            reports.append(_quarantine_changed(feed, key, changed, known["etag"], now_tag, quarantined_parts))
     for key, known in sorted(manifest.items()):
         if key not in current:  # removed by its producer after ingestion: the lake keeps it
             take(key, state / known["archived"], known["etag"], "removed from landing")

@@ -280,3 +280,38 @@ def test_the_readmes_example_file_is_the_documented_one_and_is_accepted_whole(tm
     assert result.quarantined.height == 0 and result.accepted.height == 2
     # The +01:00 time is stored as UTC.
     assert str(result.accepted["event_time"][1]) == "2026-01-12 10:02:45+00:00"
+
+
+def test_a_link_in_one_zones_landing_to_another_zones_data_is_refused(tmp_path, topology):
+    """Residency: a symbolic link (file or folder) in eu-west's landing zone pointing at
+    us-east's raw data must not bring us-east's personal data into eu-west, not even into its
+    quarantine; a pipe must not hang ingestion."""
+    eu, us = topology.region("eu-west"), topology.region("us-east")
+    us_file = tmp_path / "us-east" / "lake" / "raw.parquet"
+    us_file.parent.mkdir(parents=True)
+    us_rows = _rows(us, 30)
+    us_rows.write_parquet(us_file)
+    root = tmp_path / "eu-west"
+    day_dir = landing.landing_root(root) / f"transactions/{DAY}"
+    day_dir.mkdir(parents=True)
+    (day_dir / "linked.parquet").symlink_to(us_file)
+    (landing.landing_root(root) / "transactions" / "2026-01-13").symlink_to(
+        us_file.parent, target_is_directory=True
+    )
+    os.mkfifo(day_dir / "pipe.csv")
+    _deliver(root, f"transactions/{DAY}/own.parquet", _rows(eu, 10))
+    pending, misplaced = landing.pending(root)
+    assert [f.key for f in pending] == [f"transactions/{DAY}/own.parquet"]
+    assert {m.key for m in misplaced} == {
+        f"transactions/{DAY}/linked.parquet",
+        f"transactions/{DAY}/pipe.csv",
+        "transactions/2026-01-13",
+    }
+    result = _ingest(root, eu)
+    written = pl.concat([result.accepted.select("customer_id"), result.quarantined.select("customer_id")])
+    assert written.height == 10 and not written["customer_id"].is_in(us_rows["customer_id"].implode()).any()
+    # Swapped for a link after it was ingested: the archived copy stays; the link is not read.
+    (day_dir / "own.parquet").unlink()
+    (day_dir / "own.parquet").symlink_to(us_file)
+    again = _ingest(root, eu)
+    assert again.accepted.equals(result.accepted) and again.quarantined.height == 0
