@@ -6,6 +6,10 @@ landing zones (stat only; a file is hashed only when its size or mtime changed s
 last seen), groups what is not yet ingested by region-day and requests one
 `regional_pipeline` run per region-day, keyed by the files it carries so a file is
 requested once. Files that break the naming contract are alerted, never ignored silently.
+
+The generator's own files (`generator.parquet`) are not requested: the generator delivers
+them inside the ingestion run that then reads them, and a tick between its delivery and that
+run's record of it would otherwise launch a second, empty run of the day.
 """
 
 from __future__ import annotations
@@ -62,6 +66,8 @@ def landing_sensor(
             )
         by_day: dict[str, list[landing.LandedFile]] = {}
         for landed in pending:
+            if landed.key.endswith(f"/{landing.GENERATOR_FILE}"):
+                continue  # delivered by the ingestion run that reads it (see above)
             by_day.setdefault(landing.day_of(landed.key), []).append(landed)
         for day, files in sorted(by_day.items()):
             if day not in days:

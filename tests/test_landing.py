@@ -235,6 +235,8 @@ def test_the_sensor_starts_ingestion_of_delivered_files_and_the_lake_holds_them(
     user = _rows(region, 25).with_columns(pl.col("transaction_id") + "-user")
     _deliver(root, f"transactions/{DAY}/partner.csv", _csv(user))
     _deliver(root, f"transactions/{DAY}/notes.txt", b"hello")
+    # The generator delivers inside the ingestion run that reads its file: not a reason for a run.
+    _deliver(root, f"chargebacks/2026-01-11/{landing.GENERATOR_FILE}", b"written by a run in flight")
     defs = load_definitions_module().defs
     with dg.instance_for_test() as instance:
 

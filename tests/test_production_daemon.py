@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import time
+from datetime import date
+from pathlib import Path
 
 import dagster as dg
 import pytest
@@ -94,8 +96,50 @@ def test_the_daemon_runs_the_queue_with_per_region_pools_and_the_sensors_launch_
                 ).selector_id,
             )
             assert ticks, "the region health sensor never ticked"
+
+            # A partner delivers a file into eu-west's landing zone for a day already ingested:
+            # the daemon's landing sensor launches that region-day's pipeline, and the lake's day
+            # holds the partner's rows beside the generator's.
+            _a_delivered_file_reaches_the_lake_under_the_daemon(instance, production, terminal)
     finally:
         stop_daemon(daemon, log)
+
+
+def _a_delivered_file_reaches_the_lake_under_the_daemon(instance, production, terminal) -> None:
+    import polars as pl
+
+    from meridian import landing
+    from meridian.generator import GeneratorConfig, generate_transactions
+    from meridian.lake import partition_file
+    from meridian.paths import region_paths
+    from meridian.topology import load_topology
+
+    region = load_topology().region("eu-west")
+    root = region_paths(region, Path(production["env"]["MERIDIAN_HOME"])).root
+    day = "2026-01-16"
+    rows = generate_transactions(
+        GeneratorConfig(rows_per_day=15, seed=99), region, date.fromisoformat(day)
+    ).rows
+    rows = rows.with_columns(pl.col("transaction_id") + "-partner")
+    target = landing.landing_root(root) / "transactions" / day / "partner-0001.csv"
+    hidden = target.with_name(".partner-0001.csv.part")
+    hidden.write_text(rows.write_csv())
+    hidden.rename(target)
+
+    def landed():
+        runs = [
+            r
+            for r in instance.get_run_records(dg.RunsFilter(tags={"meridian/trigger": "landing"}))
+            if r.dagster_run.status in terminal
+        ]
+        return runs or None
+
+    (run,) = wait(instance, landed, "the landing sensor's run", 180)
+    assert run.dagster_run.status == dg.DagsterRunStatus.SUCCESS
+    assert run.dagster_run.tags["dagster/sensor_name"] == "landing_sensor"
+    lake = pl.read_parquet(partition_file(root / "lake" / "raw_transactions", day))
+    assert lake.filter(pl.col("transaction_id").str.ends_with("-partner")).height == 15
+    assert landing.pending(root) == ([], [])
 
 
 def test_a_killed_run_worker_fails_its_run_and_the_retry_resumes_from_the_failed_step(production, tmp_path):
