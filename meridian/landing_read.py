@@ -95,12 +95,17 @@ def read_file(path: Path) -> tuple[pl.DataFrame, list[str]]:
     suffix = path.suffix.lower()
     try:
         if suffix == ".parquet":
-            return pl.read_parquet(path), []
-        if suffix == ".csv":
-            if path.stat().st_size == 0:
-                return pl.DataFrame(), []
-            return pl.read_csv(path, infer_schema=False, raise_if_empty=False), []
-        return _read_jsonl(path)
+            frame, bad = pl.read_parquet(path), []
+        elif suffix == ".csv":
+            empty = path.stat().st_size == 0
+            frame = pl.DataFrame() if empty else pl.read_csv(path, infer_schema=False, raise_if_empty=False)
+            bad = []
+        else:
+            frame, bad = _read_jsonl(path)
     except (pl.exceptions.PolarsError, OSError, UnicodeDecodeError) as error:
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise UnreadableFile(f"unreadable {suffix[1:]} file: {first[:300]}") from error
+    # Spreadsheet exports pad their headers (" amount"): a padded name is the column it names,
+    # unless the file also has that column.
+    padded = {c: c.strip() for c in frame.columns if c != c.strip() and c.strip() not in frame.columns}
+    return frame.rename(padded), bad

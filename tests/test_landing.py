@@ -107,6 +107,12 @@ def test_every_kind_of_malformed_file_is_quarantined_with_its_reason_and_nothing
         f"transactions/{DAY}/extra.csv",
         _csv(good.head(2).with_columns(pl.col("transaction_id") + "-x", note=pl.lit("x")).drop("email")),
     )
+    spaced = good.slice(10, 3).with_columns(pl.col("transaction_id") + "-spaced")
+    _deliver(
+        root,
+        f"transactions/{DAY}/spaced.csv",
+        _csv(spaced.rename({"amount": " amount ", "channel": "channel "})),
+    )
     _deliver(root, f"transactions/{DAY}/corrupt.parquet", b"PAR1 this is not parquet")
     _deliver(root, f"transactions/{DAY}/latin1.csv", "transaction_id,amount\ncafé,1\n".encode("latin-1"))
     _deliver(root, f"transactions/{DAY}/empty.csv", b"")
@@ -123,6 +129,7 @@ def test_every_kind_of_malformed_file_is_quarantined_with_its_reason_and_nothing
     assert by_key["lines.jsonl"]["delivered"] == 4 and by_key["lines.jsonl"]["accepted"] == 1
     assert by_key["no-amount.csv"]["quarantined"] == 3
     assert by_key["no-amount.csv"]["problem"] == "missing required column(s) ['amount']"
+    assert by_key["spaced.csv"]["accepted"] == 3  # a spreadsheet's padded header names its column
     assert by_key["extra.csv"]["accepted"] == 2 and by_key["extra.csv"]["ignored_columns"] == "note"
     for name in ("corrupt.parquet", "latin1.csv"):
         assert by_key[name]["status"] == "unreadable" and by_key[name]["quarantined"] == 1
