@@ -47,7 +47,7 @@ class PooledSqliteEventLogStorage(SqliteEventLogStorage):
             raise ValueError(
                 f"event_log_storage base_dir {base_dir!r} still holds {INSTANCE_DIR_PLACEHOLDER}: "
                 "install the instance configuration with `meridian.profiles.install_instance_config` "
-                "(the CLI and scripts/setup.sh do), which writes the instance directory in"
+                "(`meridian run` does), which writes the instance directory in"
             )
         self._engines: OrderedDict[str, Engine] = OrderedDict()
         self._engines_pid = os.getpid()
