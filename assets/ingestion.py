@@ -23,6 +23,7 @@ from assets.partitions import (
 )
 from meridian import landing
 from meridian.lake import sweep_temporaries
+from meridian.landing_stores import landing_for
 from meridian.report import markdown_table
 from meridian.topology import Region
 from meridian.validation import (
@@ -68,13 +69,14 @@ def _ingest(
         with failures.region(region_name):
             region = topo.region(region_name)
             paths = lake.paths(topo, region_name)
+            store = landing_for(region_name, paths.root)  # its folder, or its own bucket
             # Temporary files of writers that were killed before renaming them into place.
             for folder in (paths.lake, landing.landing_root(paths.root), landing.state_root(paths.root)):
                 for leftover in sweep_temporaries(folder):
                     swept.append(str(leftover.relative_to(paths.root)))
             for day in days:
-                served = source.deliver(feed, region, date.fromisoformat(day), paths.root, paths.lake)
-                delivery = landing.collect_day(paths.root, feed, day)
+                served = source.deliver(feed, region, date.fromisoformat(day), store, paths.lake)
+                delivery = landing.collect_day(paths.root, feed, day, store)
                 if served is not None:  # the generator's file is new: keep what it says beside it
                     key = f"{feed}/{day}/{landing.GENERATOR_FILE}"
                     delivery.manifest[key] = {**delivery.manifest[key], "served_chargebacks": served}

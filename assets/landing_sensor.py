@@ -21,6 +21,7 @@ import dagster as dg
 from assets.jobs import REGIONAL_PIPELINE_JOB
 from assets.partitions import DAY_DIMENSION, REGION_DAY_PARTITIONS, REGION_DIMENSION
 from meridian import dr, landing
+from meridian.landing_stores import landing_for
 from resources.alerting import AlertingResource
 from resources.lake import RegionalLakeResource
 from resources.topology import RegionTopologyResource
@@ -55,7 +56,19 @@ def landing_sensor(
             context.log.warning(f"{region}: landing zone not scanned while its storage is down: {down}")
             continue
         root = lake.primary_paths(topo, region).root
-        pending, misplaced = landing.pending(root)
+        store = landing_for(region, root)
+        try:
+            pending, misplaced = landing.pending(root, store=store)
+        except Exception as error:
+            context.log.warning(f"{region}: landing zone {store} unreachable: {error}")
+            alerting.send(
+                "ERROR",
+                region,
+                "landing_sensor",
+                f"landing-unreachable:{region}",
+                f"{region}'s landing zone {store} is unreachable: {type(error).__name__}: {error}",
+            )
+            continue
         for problem in misplaced:
             alerting.send(
                 "WARN",

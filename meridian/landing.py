@@ -2,12 +2,13 @@
 
 The file contract (README, "Bringing your own data"):
 
-- a file lands at `<region root>/landing/<feed>/<YYYY-MM-DD>/<name>.<format>`, where `feed` is
+- a file lands at `<landing zone>/<feed>/<YYYY-MM-DD>/<name>.<format>` (the zone is the region's
+  folder `<region root>/landing/`, or a prefix of its bucket: meridian.landing_stores), where `feed` is
   `transactions` or `chargebacks`, the folder is the UTC day its events belong to (the
   partition), `name` is letters, digits, `.`, `_` and `-`, and `format` is `parquet`, `csv`
   or `jsonl` (`ndjson`);
 - a producer writes under a hidden name (starting with `.`) and renames it into place:
-  hidden files are in flight and never read;
+  hidden files are in flight and never read (an object store's put is whole by itself);
 - columns are those of `FEEDS` (required ones must be present; optional ones may be
   absent; other columns are ignored and reported); times are ISO-8601 with `Z` or an
   offset, or a typed timestamp (naive = UTC); amounts are numbers in the named currency;
@@ -27,11 +28,9 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
-import stat
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
 import orjson
@@ -39,6 +38,7 @@ import polars as pl
 
 from meridian.lake import temporary_name, write_bytes_atomic
 from meridian.landing_read import Feed, UnreadableFile, as_contract_text, read_file
+from meridian.landing_stores import LandedFile, LocalLanding, Misplaced, S3Landing
 from meridian.roots import make_dirs
 from meridian.validation import (
     LABEL_COLUMNS,
@@ -52,9 +52,6 @@ FEEDS = {
     "transactions": Feed("transactions", TRANSACTION_COLUMNS, TRANSACTION_REQUIRED, "event_time"),
     "chargebacks": Feed("chargebacks", LABEL_COLUMNS, ("transaction_id", "chargeback_at"), "chargeback_at"),
 }
-FORMATS = (".parquet", ".csv", ".jsonl", ".ndjson")
-NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
-DAY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 GENERATOR_FILE = "generator.parquet"  # what the seeded generator delivers for a feed-day
 CHANGED_REASON = "file changed after it was ingested"
 
@@ -66,91 +63,6 @@ def landing_root(region_root: Path) -> Path:
 def state_root(region_root: Path) -> Path:
     """Manifests and the archive of ingested files (outside the landing prefix producers own)."""
     return region_root / "landing-state"
-
-
-def open_delivered(path: Path):
-    """A delivered file for reading, never through a symbolic link (swapped in after the scan,
-    it could point at another zone's data)."""
-    return os.fdopen(os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK), "rb")
-
-
-def etag(path: Path) -> str:
-    """MD5 of the content: the ETag an S3-compatible store gives a single-part upload."""
-    digest = hashlib.md5(usedforsecurity=False)
-    with open_delivered(path) as handle:
-        while chunk := handle.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-@dataclass(frozen=True)
-class LandedFile:
-    key: str  # <feed>/<day>/<name>, relative to the landing root
-    path: Path
-    size: int
-    mtime_ns: int
-
-
-@dataclass(frozen=True)
-class Misplaced:
-    key: str
-    reason: str
-
-
-def scan(landing: Path, feeds: Iterable[str] = FEEDS) -> tuple[list[LandedFile], list[Misplaced]]:
-    """Every visible file under the landing root, and those that break the naming contract."""
-    files: list[LandedFile] = []
-    misplaced: list[Misplaced] = []
-    for feed in feeds:
-        top = landing / feed
-        if not top.is_dir():
-            continue
-        if top.is_symlink():
-            misplaced.append(Misplaced(feed, "a symbolic link: only files delivered into the zone are read"))
-            continue
-        for dirpath, dirs, names in os.walk(top):
-            for name in [d for d in dirs if (Path(dirpath) / d).is_symlink()]:
-                key = (Path(dirpath) / name).relative_to(landing).as_posix()
-                misplaced.append(
-                    Misplaced(key, "a symbolic link: only files delivered into the zone are read")
-                )
-            for name in sorted(names):
-                path = Path(dirpath) / name
-                key = path.relative_to(landing).as_posix()
-                if name.startswith("."):
-                    continue  # in flight
-                parts = key.split("/")
-                problem = None
-                try:
-                    mode = path.lstat().st_mode
-                except FileNotFoundError:
-                    continue  # renamed or removed meanwhile
-                if not stat.S_ISREG(mode):
-                    # A link could point at another zone's data; a pipe would block the reader.
-                    problem = "not a regular file (a symbolic link, pipe or device): only files are read"
-                elif len(parts) != 3 or not DAY.match(parts[1]) or not _is_day(parts[1]):
-                    problem = f"not under {feed}/<YYYY-MM-DD>/: the folder must be the UTC day of its events"
-                elif path.suffix.lower() not in FORMATS:
-                    problem = f"format {path.suffix or '(none)'!r} is not one of {list(FORMATS)}"
-                elif not NAME.match(name):
-                    problem = "name must be letters, digits, '.', '_' or '-'"
-                if problem:
-                    misplaced.append(Misplaced(key, problem))
-                    continue
-                try:
-                    info = path.lstat()
-                except FileNotFoundError:
-                    continue
-                files.append(LandedFile(key, path, info.st_size, info.st_mtime_ns))
-    return files, misplaced
-
-
-def _is_day(text: str) -> bool:
-    try:
-        date.fromisoformat(text)
-    except ValueError:
-        return False
-    return True
 
 
 def day_of(key: str) -> str:
@@ -176,8 +88,12 @@ def save_manifest(state: Path, feed: str, day: str, files: dict[str, dict]) -> N
     write_bytes_atomic(orjson.dumps(body, option=orjson.OPT_INDENT_2), manifest_path(state, feed, day))
 
 
-def archive(landed: LandedFile, state: Path) -> tuple[str, Path]:
-    """Copy a landed file into the archive under its content hash; (etag, archived path).
+def _archived(state: Path, key: str, tag: str) -> Path:
+    return state / "archive" / key.rsplit("/", 1)[0] / f"{tag}{os.path.splitext(key)[1].lower()}"
+
+
+def archive(landed: LandedFile, state: Path, store: LocalLanding | S3Landing) -> tuple[str, Path]:
+    """Copy a landed file into the archive under its content hash; (MD5, archived path).
 
     The copy is what gets read, so a producer overwriting the file meanwhile cannot make the
     rows ingested differ from the bytes recorded.
@@ -187,13 +103,13 @@ def archive(landed: LandedFile, state: Path) -> tuple[str, Path]:
     temporary = temporary_name(directory, "incoming")
     digest = hashlib.md5(usedforsecurity=False)
     try:
-        with open_delivered(landed.path) as source, open(temporary, "wb") as copy:
-            while chunk := source.read(1 << 20):
+        with open(temporary, "wb") as copy:
+            for chunk in store.chunks(landed):
                 digest.update(chunk)
                 copy.write(chunk)
             copy.flush()
             os.fsync(copy.fileno())
-        target = directory / f"{digest.hexdigest()}{landed.path.suffix.lower()}"
+        target = _archived(state, landed.key, digest.hexdigest())
         os.replace(temporary, target)
     finally:
         temporary.unlink(missing_ok=True)
@@ -273,13 +189,17 @@ def _quarantine_changed(
     return report
 
 
-def collect_day(region_root: Path, feed_name: str, day: str) -> DayDelivery:
-    """Everything delivered for one feed-day: new files archived and read, files ingested
-    before read from their archived copy, changed files' new content quarantined."""
+def collect_day(
+    region_root: Path, feed_name: str, day: str, store: LocalLanding | S3Landing | None = None
+) -> DayDelivery:
+    """Everything delivered for one feed-day to `store` (default: the region's local folder):
+    new files archived and read, files ingested before read from their archived copy, changed
+    files' new content quarantined."""
     feed = FEEDS[feed_name]
-    landing, state = landing_root(region_root), state_root(region_root)
+    store = store or LocalLanding(landing_root(region_root))
+    state = state_root(region_root)
     manifest = load_manifest(state, feed_name, day)
-    files, _ = scan(landing, [feed_name])
+    files, _ = store.scan([feed_name])
     current = {f.key: f for f in files if day_of(f.key) == day}
     accepted_parts: list[pl.DataFrame] = [_empty(feed, False)]
     quarantined_parts: list[pl.DataFrame] = [_empty(feed, True)]
@@ -305,26 +225,36 @@ def collect_day(region_root: Path, feed_name: str, day: str) -> DayDelivery:
         else:
             accepted_parts.append(rows)
 
+    def seen(landed: LandedFile, tag: str) -> dict:
+        return {
+            "etag": tag,
+            "size": landed.size,
+            "mtime_ns": landed.mtime_ns,
+            "store_etag": landed.store_etag,
+        }
+
     for key, landed in sorted(current.items()):
         known = manifest.get(key)
         if known is None:
-            tag, archived = archive(landed, state)
+            tag, archived = archive(landed, state, store)
             updated[key] = {
                 "etag": tag,
                 "archived": archived.relative_to(state).as_posix(),
                 "size": landed.size,
-                "seen": {"etag": tag, "size": landed.size, "mtime_ns": landed.mtime_ns},
+                "seen": seen(landed, tag),
             }
             take(key, archived, tag, "new")
             continue
         take(key, state / known["archived"], known["etag"], "ingested before")
-        now_tag = etag(landed.path)
-        updated[key] = {**known, "seen": {"etag": now_tag, "size": landed.size, "mtime_ns": landed.mtime_ns}}
+        last = known.get("seen") or {"etag": known["etag"], "size": -1, "mtime_ns": -1}
+        if store.unchanged(landed, last):  # as last seen: its archived copy stands for it
+            now_tag, copy = last["etag"], _archived(state, key, last["etag"])
+            updated[key] = {**known, "seen": {**last, "size": landed.size, "mtime_ns": landed.mtime_ns}}
+        else:  # judged from an archived copy (kept for inspection), never the live file
+            now_tag, copy = archive(landed, state, store)
+            updated[key] = {**known, "seen": seen(landed, now_tag)}
         if now_tag != known["etag"]:
-            # Judged from an archived copy too (kept for inspection), never the live file.
-            now_tag, changed = archive(landed, state)
-            updated[key]["seen"]["etag"] = now_tag
-            reports.append(_quarantine_changed(feed, key, changed, known["etag"], now_tag, quarantined_parts))
+            reports.append(_quarantine_changed(feed, key, copy, known["etag"], now_tag, quarantined_parts))
     for key, known in sorted(manifest.items()):
         if key not in current:  # removed by its producer after ingestion: the lake keeps it
             take(key, state / known["archived"], known["etag"], "removed from landing")
@@ -343,13 +273,18 @@ def commit_day(region_root: Path, feed: str, day: str, delivery: DayDelivery) ->
     save_manifest(state_root(region_root), feed, day, files)
 
 
-def pending(region_root: Path, feeds: Iterable[str] = FEEDS) -> tuple[list[LandedFile], list[Misplaced]]:
-    """Files not ingested as they are now (new, or changed since last seen), and misplaced files.
+def pending(
+    region_root: Path, feeds: Iterable[str] = FEEDS, store: LocalLanding | S3Landing | None = None
+) -> tuple[list[LandedFile], list[Misplaced]]:
+    """Files of `store` (default: the region's local folder) not ingested as they are now (new,
+    or changed since last seen), and misplaced files.
 
-    Cheap enough for a sensor tick: a file whose size and mtime are as last seen is not hashed.
+    Cheap enough for a sensor tick: a local file whose size and mtime are as last seen is not
+    hashed; an object is compared by the ETag its listing gives.
     """
-    landing, state = landing_root(region_root), state_root(region_root)
-    files, misplaced = scan(landing, feeds)
+    store = store or LocalLanding(landing_root(region_root))
+    state = state_root(region_root)
+    files, misplaced = store.scan(feeds)
     manifests: dict[tuple[str, str], dict[str, dict]] = {}
     out = []
     for landed in files:
@@ -357,8 +292,7 @@ def pending(region_root: Path, feeds: Iterable[str] = FEEDS) -> tuple[list[Lande
         if (feed, day) not in manifests:
             manifests[(feed, day)] = load_manifest(state, feed, day)
         seen = manifests[(feed, day)].get(landed.key, {}).get("seen")
-        moved = seen is not None and (seen["size"], seen["mtime_ns"]) != (landed.size, landed.mtime_ns)
-        if seen is None or (moved and etag(landed.path) != seen["etag"]):
+        if seen is None or not store.unchanged(landed, seen):
             out.append(landed)
     return out, misplaced
 

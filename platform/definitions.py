@@ -53,6 +53,8 @@ from assets.training import fraud_model, fraud_model_hyperparameters, training_s
 from assets.transforms import dbt_project, regional_dbt_models
 from meridian import settings as meridian_settings
 from meridian.governance import default_policy
+from meridian.object_store import landing_location
+from meridian.topology import load_topology
 from resources.alerting import AlertingResource
 from resources.lake import RegionalLakeResource
 from resources.mlflow import MlflowTrackingResource
@@ -107,6 +109,11 @@ def build_resources(profile: str) -> dict[str, object]:
     config = meridian_settings.settings({**os.environ, "MERIDIAN_PROFILE": profile})
     if config.production:
         config.require_production_settings()
+    # A region whose landing zone is on object storage needs its endpoint's credentials: a
+    # missing one is named now, when the definitions load, not when a file arrives.
+    topology = load_topology(config.topology_path)
+    for region in topology.active_region_names:
+        landing_location(region)
     return {
         "topology": RegionTopologyResource(path=config.topology_path),
         "lake": RegionalLakeResource(home=config.home_override),
@@ -137,7 +144,6 @@ def build_executor(profile: str) -> dg.ExecutorDefinition:
     if config.executor == "k8s":
         from instance.k8s_executor import regional_k8s_job_executor
         from meridian.placement import step_placements
-        from meridian.topology import load_topology
 
         return regional_k8s_job_executor(step_placements(load_topology(config.topology_path)))
     return dg.in_process_executor

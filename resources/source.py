@@ -77,24 +77,29 @@ class TransactionSourceResource(dg.ConfigurableResource):
             served = read_served_transactions(raw_transactions, served_labels.feed_days(cfg, day))
         return generate_labels(cfg, region, day, served)
 
-    def deliver(self, feed: str, region: Region, day: date, region_root: Path, lake_root: Path) -> int | None:
-        """Deliver the generator's file of `feed` for `day` into the region's landing zone, unless it
-        is there already (a delivered file is immutable) or the generator is off.
+    def deliver(self, feed: str, region: Region, day: date, store, lake_root: Path) -> int | None:
+        """Deliver the generator's file of `feed` for `day` into the region's landing zone
+        (`store`: its folder or its bucket), unless it is there already (a delivered file is
+        immutable) or the generator is off.
 
         Returns the chargebacks of served transactions in a chargebacks file it wrote now, as
         the metadata reports them; None when it delivered nothing.
         """
-        from meridian.lake import write_parquet_atomic
-        from meridian.landing import GENERATOR_FILE, landing_root
+        import tempfile
+
+        from meridian.landing import GENERATOR_FILE
 
         if not self.generate:
             return None
-        target = landing_root(region_root) / feed / day.isoformat() / GENERATOR_FILE
-        if target.exists():
+        key = f"{feed}/{day.isoformat()}/{GENERATOR_FILE}"
+        if store.exists(key):
             return None
         if feed == "transactions":
             batch = self.transactions(region, day)
         else:
             batch = self.labels(region, day, lake_root / "raw_transactions")
-        write_parquet_atomic(batch.rows, target)
+        with tempfile.TemporaryDirectory(prefix="meridian-generator-") as scratch:
+            written = Path(scratch) / GENERATOR_FILE
+            batch.rows.write_parquet(written)
+            store.put(key, written)
         return batch.served_chargebacks

@@ -125,6 +125,14 @@ def _a_delivered_file_reaches_the_lake_under_the_daemon(instance, production, te
     hidden = target.with_name(".partner-0001.csv.part")
     hidden.write_text(rows.write_csv())
     hidden.rename(target)
+    # The sensor ticks every 30 s: its last tick moved back, the daemon's next pass evaluates it.
+    sensor = next(s for s in instance.all_instigator_state() if s.name == "landing_sensor")
+    long_ago = time.time() - 31
+    instance.update_instigator_state(
+        sensor.with_data(
+            sensor.instigator_data._replace(last_tick_timestamp=long_ago, last_tick_start_timestamp=long_ago)
+        )
+    )
 
     def landed():
         runs = [
