@@ -15,6 +15,7 @@ run's record of it would otherwise launch a second, empty run of the day.
 from __future__ import annotations
 
 import hashlib
+from concurrent.futures import ThreadPoolExecutor
 
 import dagster as dg
 
@@ -49,6 +50,7 @@ def landing_sensor(
     home = lake.root()
     days = _day_keys()
     requests: list[dg.RunRequest] = []
+    zones = {}
     for region in topo.active_region_names:
         if dr.is_failed_over(home, region):
             continue  # the region's storage is its DR site's now: producers deliver after failback
@@ -56,9 +58,17 @@ def landing_sensor(
             context.log.warning(f"{region}: landing zone not scanned while its storage is down: {down}")
             continue
         root = lake.primary_paths(topo, region).root
-        store = landing_for(region, root)
+        zones[region] = (root, landing_for(region, root))
+    # Every zone is listed at once: a frozen endpoint costs its own region its timeout, never
+    # delays another region's files.
+    with ThreadPoolExecutor(max_workers=max(1, len(zones)), thread_name_prefix="landing-scan") as pool:
+        scans = {
+            region: pool.submit(landing.pending, root, store=store) for region, (root, store) in zones.items()
+        }
+    for region, scan in scans.items():
+        store = zones[region][1]
         try:
-            pending, misplaced = landing.pending(root, store=store)
+            pending, misplaced = scan.result()
         except Exception as error:
             context.log.warning(f"{region}: landing zone {store} unreachable: {error}")
             alerting.send(

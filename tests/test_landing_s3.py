@@ -175,3 +175,52 @@ def test_the_definitions_refuse_to_load_with_a_regions_object_store_half_configu
     monkeypatch.setenv("MERIDIAN_S3_ACCESS_KEY_ID_US_EAST", "AKIA-us-east")
     with pytest.raises(ObjectStoreConfigError, match=r"us-east.*MERIDIAN_S3_SECRET_ACCESS_KEY_US_EAST"):
         load_definitions_module().build_resources("local")
+
+
+def test_a_frozen_endpoint_costs_only_its_region_and_the_region_recovers_when_resumed(
+    tmp_path, topology, monkeypatch
+):
+    """SIGSTOP on eu-west's object store: the sensor's tick still requests us-east's new file
+    (zones are listed at once; eu-west's costs only its own bounded timeout) and reports
+    eu-west; after SIGCONT eu-west's file is requested."""
+    import signal
+
+    eu = start_region_store("eu-west", tmp_path)
+    home = tmp_path / "home"
+    monkeypatch.setenv("MERIDIAN_HOME", str(home))
+    for name, value in eu.env().items():
+        monkeypatch.setenv(name, value)
+    eu.client().put_object(
+        Bucket=eu.bucket, Key=f"incoming/transactions/{DAY}/partner.csv", Body=_partner_csv(topology, "f")
+    )
+    us_landing = landing.landing_root(region_paths(topology.region("us-east"), home).root)
+    (us_landing / "transactions" / DAY).mkdir(parents=True)
+    (us_landing / "transactions" / DAY / "partner.csv").write_text("transaction_id\n")
+    alerts = home / "alerts.jsonl"
+    resources = {
+        **load_definitions_module().build_resources("local"),
+        "lake": RegionalLakeResource(home=str(home)),
+        "alerting": AlertingResource(path=str(alerts)),
+    }
+
+    def requested() -> set[tuple[str, str]]:
+        with dg.instance_for_test() as instance:
+            context = dg.build_sensor_context(
+                instance=instance, resources=resources, definitions=load_definitions_module().defs
+            )
+            result = landing_sensor.evaluate_tick(context)
+        return {
+            tuple(r.partition_key.keys_by_dimension[d] for d in ("region", "day"))
+            for r in result.run_requests
+        }
+
+    eu.process.send_signal(signal.SIGSTOP)
+    try:
+        assert requested() == {("us-east", DAY)}
+        assert "eu-west's landing zone s3://meridian-eu-west-landing/incoming" in alerts.read_text()
+        assert "unreachable" in alerts.read_text()
+    finally:
+        eu.process.send_signal(signal.SIGCONT)
+    assert requested() == {("us-east", DAY), ("eu-west", DAY)}
+    eu.process.terminate()
+    eu.process.wait(timeout=10)
