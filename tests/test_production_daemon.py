@@ -21,8 +21,10 @@ pytestmark = pytest.mark.e2e
 def test_the_daemon_runs_the_queue_with_per_region_pools_and_the_sensors_launch_runs(production, tmp_path):
     """dagster-daemon against the Postgres instance: three single-run backfills queued at once —
     two regions in parallel, the same region one after the other — then the replication sensor
-    (not a test calling it: the daemon's own tick) launches a replication run per region."""
+    (not a test calling it: the daemon's own tick) launches a replication run per region, and
+    the landing sensor launches the pipeline of a region-day a partner delivered a file for."""
     env = {**os.environ, **production["env"]}
+    landed_root = _a_partner_delivers_a_file(production)
     daemon, log = start_daemon(env, tmp_path / "daemon.log")
     terminal = {dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED}
     try:
@@ -97,42 +99,45 @@ def test_the_daemon_runs_the_queue_with_per_region_pools_and_the_sensors_launch_
             )
             assert ticks, "the region health sensor never ticked"
 
-            # A partner delivers a file into eu-west's landing zone for a day already ingested:
-            # the daemon's landing sensor launches that region-day's pipeline, and the lake's day
-            # holds the partner's rows beside the generator's.
-            _a_delivered_file_reaches_the_lake_under_the_daemon(instance, production, terminal)
+            # The partner's file delivered before the daemon started: the daemon's landing sensor
+            # launched its region-day's pipeline, and the lake's day holds the partner's rows.
+            _the_delivered_file_reached_the_lake(instance, landed_root, terminal)
     finally:
         stop_daemon(daemon, log)
 
 
-def _a_delivered_file_reaches_the_lake_under_the_daemon(instance, production, terminal) -> None:
+LANDED_DAY = "2026-01-03"
+
+
+def _a_partner_delivers_a_file(production) -> Path:
+    """A partner's CSV for ap-southeast, delivered (hidden name, then a rename) before the daemon
+    starts: its landing sensor's first tick launches that region-day's pipeline, beside the
+    other regions' runs (its own region's pool)."""
     import polars as pl
 
     from meridian import landing
     from meridian.generator import GeneratorConfig, generate_transactions
-    from meridian.lake import partition_file
     from meridian.paths import region_paths
     from meridian.topology import load_topology
 
-    region = load_topology().region("eu-west")
+    region = load_topology().region("ap-southeast")
     root = region_paths(region, Path(production["env"]["MERIDIAN_HOME"])).root
-    day = "2026-01-16"
-    rows = generate_transactions(
-        GeneratorConfig(rows_per_day=15, seed=99), region, date.fromisoformat(day)
-    ).rows
+    config = GeneratorConfig(rows_per_day=15, seed=99)
+    rows = generate_transactions(config, region, date.fromisoformat(LANDED_DAY)).rows
     rows = rows.with_columns(pl.col("transaction_id") + "-partner")
-    target = landing.landing_root(root) / "transactions" / day / "partner-0001.csv"
+    target = landing.landing_root(root) / "transactions" / LANDED_DAY / "partner-0001.csv"
+    target.parent.mkdir(parents=True, exist_ok=True)
     hidden = target.with_name(".partner-0001.csv.part")
     hidden.write_text(rows.write_csv())
     hidden.rename(target)
-    # The sensor ticks every 30 s: its last tick moved back, the daemon's next pass evaluates it.
-    sensor = next(s for s in instance.all_instigator_state() if s.name == "landing_sensor")
-    long_ago = time.time() - 31
-    instance.update_instigator_state(
-        sensor.with_data(
-            sensor.instigator_data._replace(last_tick_timestamp=long_ago, last_tick_start_timestamp=long_ago)
-        )
-    )
+    return root
+
+
+def _the_delivered_file_reached_the_lake(instance, root: Path, terminal) -> None:
+    import polars as pl
+
+    from meridian import landing
+    from meridian.lake import partition_file
 
     def landed():
         runs = [
@@ -145,8 +150,10 @@ def _a_delivered_file_reaches_the_lake_under_the_daemon(instance, production, te
     (run,) = wait(instance, landed, "the landing sensor's run", 180)
     assert run.dagster_run.status == dg.DagsterRunStatus.SUCCESS
     assert run.dagster_run.tags["dagster/sensor_name"] == "landing_sensor"
-    lake = pl.read_parquet(partition_file(root / "lake" / "raw_transactions", day))
+    assert run.dagster_run.tags["dagster/partition/day"] == LANDED_DAY
+    lake = pl.read_parquet(partition_file(root / "lake" / "raw_transactions", LANDED_DAY))
     assert lake.filter(pl.col("transaction_id").str.ends_with("-partner")).height == 15
+    assert lake.height > 15  # the generator's delivery for the day, beside the partner's
     assert landing.pending(root) == ([], [])
 
 
