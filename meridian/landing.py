@@ -199,7 +199,7 @@ def collect_day(
     store = store or LocalLanding(landing_root(region_root))
     state = state_root(region_root)
     manifest = load_manifest(state, feed_name, day)
-    files, _ = store.scan([feed_name])
+    files, _ = store.scan([feed_name], day=day)
     current = {f.key: f for f in files if day_of(f.key) == day}
     accepted_parts: list[pl.DataFrame] = [_empty(feed, False)]
     quarantined_parts: list[pl.DataFrame] = [_empty(feed, True)]

@@ -83,13 +83,16 @@ class LocalLanding:
     def __str__(self) -> str:
         return str(self.root)
 
-    def scan(self, feeds: Iterable[str] = FEED_NAMES) -> tuple[list[LandedFile], list[Misplaced]]:
+    def scan(
+        self, feeds: Iterable[str] = FEED_NAMES, day: str | None = None
+    ) -> tuple[list[LandedFile], list[Misplaced]]:
+        """Delivered files (of one day's folder when `day` is given) and misplaced ones."""
         files: list[LandedFile] = []
         misplaced: list[Misplaced] = []
         for feed in feeds:
-            top = self.root / feed
+            top = self.root / feed / day if day else self.root / feed
             if top.is_symlink():
-                misplaced.append(Misplaced(feed, LINK))
+                misplaced.append(Misplaced(top.relative_to(self.root).as_posix(), LINK))
                 continue
             if not top.is_dir():
                 continue
@@ -166,11 +169,14 @@ class S3Landing:
             self._client = self.location.client()
         return self._client
 
-    def scan(self, feeds: Iterable[str] = FEED_NAMES) -> tuple[list[LandedFile], list[Misplaced]]:
+    def scan(
+        self, feeds: Iterable[str] = FEED_NAMES, day: str | None = None
+    ) -> tuple[list[LandedFile], list[Misplaced]]:
+        """Delivered objects (under one day's prefix when `day` is given) and misplaced ones."""
         files: list[LandedFile] = []
         misplaced: list[Misplaced] = []
         for feed in feeds:
-            for item in list_objects(self.location, self.client, f"{feed}/"):
+            for item in list_objects(self.location, self.client, f"{feed}/{day}/" if day else f"{feed}/"):
                 if item.key.rsplit("/", 1)[-1].startswith("."):
                     continue  # a producer's in-flight name
                 problem = key_problem(item.key, feed)
