@@ -23,9 +23,49 @@ from assets.jobs import REGIONAL_PIPELINE_JOB
 from assets.partitions import DAY_DIMENSION, REGION_DAY_PARTITIONS, REGION_DIMENSION
 from meridian import dr, landing
 from meridian.landing_stores import landing_for
+from meridian.run_tags import PARTITION_RANGE_END_TAG, PARTITION_RANGE_START_TAG
 from resources.alerting import AlertingResource
 from resources.lake import RegionalLakeResource
 from resources.topology import RegionTopologyResource
+
+
+def _fingerprint(files: list[landing.LandedFile]) -> str:
+    text = "\n".join(f"{f.key}:{f.size}:{f.mtime_ns}" for f in sorted(files, key=lambda f: f.key))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _requests(
+    region: str, by_day: dict[str, list[landing.LandedFile]], last: str | None
+) -> list[dg.RunRequest]:
+    """One run per new day at the frontier; a file for a day before the last ingested one (late
+    data) changes the windows of every day after it, so that run covers its day through the last
+    ingested day (one single-run backfill: ingestion of the days between is a no-op, dbt
+    rebuilds the features from the late day on)."""
+    tags = {"meridian/region": region, "meridian/trigger": "landing"}
+
+    def key(day: str) -> dg.MultiPartitionKey:
+        return dg.MultiPartitionKey({REGION_DIMENSION: region, DAY_DIMENSION: day})
+
+    late = sorted(day for day in by_day if last is not None and day < last)
+    if late:
+        end = max(last, *by_day)
+        files = [f for day_files in by_day.values() for f in day_files]
+        return [
+            dg.RunRequest(
+                run_key=f"landing:{region}:{late[0]}..{end}:{_fingerprint(files)}",
+                tags={
+                    **tags,
+                    PARTITION_RANGE_START_TAG: str(key(late[0])),
+                    PARTITION_RANGE_END_TAG: str(key(end)),
+                },
+            )
+        ]
+    return [
+        dg.RunRequest(
+            run_key=f"landing:{region}:{day}:{_fingerprint(files)}", partition_key=key(day), tags=tags
+        )
+        for day, files in sorted(by_day.items())
+    ]
 
 
 def _day_keys() -> set[str]:
@@ -66,7 +106,7 @@ def landing_sensor(
             region: pool.submit(landing.pending, root, store=store) for region, (root, store) in zones.items()
         }
     for region, scan in scans.items():
-        store = zones[region][1]
+        root, store = zones[region]
         try:
             pending, misplaced = scan.result()
         except Exception as error:
@@ -92,6 +132,7 @@ def landing_sensor(
             if landed.key.endswith(f"/{landing.GENERATOR_FILE}"):
                 continue  # delivered by the ingestion run that reads it (see above)
             by_day.setdefault(landing.day_of(landed.key), []).append(landed)
+        valid: dict[str, list[landing.LandedFile]] = {}
         for day, files in sorted(by_day.items()):
             if day not in days:
                 alerting.send(
@@ -104,18 +145,9 @@ def landing_sensor(
                     {"files": [f.key for f in files][:20]},
                 )
                 continue
-            fingerprint = hashlib.sha256(
-                "\n".join(
-                    f"{f.key}:{f.size}:{f.mtime_ns}" for f in sorted(files, key=lambda f: f.key)
-                ).encode()
-            ).hexdigest()[:16]
-            requests.append(
-                dg.RunRequest(
-                    run_key=f"landing:{region}:{day}:{fingerprint}",
-                    partition_key=dg.MultiPartitionKey({REGION_DIMENSION: region, DAY_DIMENSION: day}),
-                    tags={"meridian/region": region, "meridian/trigger": "landing"},
-                )
-            )
+            valid[day] = files
+        if valid:
+            requests.extend(_requests(region, valid, landing.last_ingested_day(root)))
     if not requests:
         return dg.SkipReason("no new or changed files in any landing zone")
     return requests

@@ -266,6 +266,13 @@ def collect_day(
     )
 
 
+def last_ingested_day(region_root: Path) -> str | None:
+    """The latest day any feed of the region has ingested files for (from the manifests)."""
+    state = state_root(region_root)
+    days = [p.stem for feed in FEEDS for p in (state / feed).glob("*.json")]
+    return max(days, default=None)
+
+
 def commit_day(region_root: Path, feed: str, day: str, delivery: DayDelivery) -> None:
     """Record the day's files as ingested: called once the lake holds their rows."""
     stamp = datetime.now(UTC).isoformat(timespec="seconds")

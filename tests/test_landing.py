@@ -269,13 +269,27 @@ def test_the_sensor_starts_ingestion_of_delivered_files_and_the_lake_holds_them(
         assert lake.height > 200
         assert (landing.landing_root(root) / f"transactions/{DAY}/{landing.GENERATOR_FILE}").exists()
         assert tick().run_requests == []  # everything delivered is ingested
-        # A second partner file for that day and one for another: one run each.
-        _deliver(
-            root, f"transactions/{DAY}/partner-2.csv", _csv(user.with_columns(pl.col("transaction_id") + "2"))
-        )
-        _deliver(root, "chargebacks/2026-01-10/partner.csv", b"transaction_id,chargeback_at\n")
+        # New days at the frontier: one run each.
+        _deliver(root, "transactions/2026-01-13/partner.csv", _csv(_rows(region, 5, "2026-01-13")))
+        _deliver(root, "transactions/2026-01-14/partner.csv", _csv(_rows(region, 5, "2026-01-14")))
         keys = sorted(_region_day(r) for r in tick().run_requests)
-        assert keys == [("eu-west", "2026-01-10"), ("eu-west", DAY)]
+        assert keys == [("eu-west", "2026-01-13"), ("eu-west", "2026-01-14")]
+        for day in ("2026-01-13", "2026-01-14"):
+            partition = dg.MultiPartitionKey({"region": "eu-west", "day": day})
+            assert dg.materialize(
+                [transactions_ingestion], resources=resources, instance=instance, partition_key=partition
+            ).success
+        # Late data: a file for a day before the last ingested one changes the windows of every
+        # day after it, so one ranged run covers it through the last ingested day.
+        _deliver(root, "chargebacks/2026-01-10/partner.csv", b"transaction_id,chargeback_at\n")
+        (late,) = tick().run_requests
+        assert late.partition_key is None
+        assert late.tags["dagster/asset_partition_range_start"] == "2026-01-10|eu-west"
+        assert late.tags["dagster/asset_partition_range_end"] == "2026-01-14|eu-west"
+        assert dg.materialize(
+            [transactions_ingestion, labels_ingestion], resources=resources, instance=instance, tags=late.tags
+        ).success
+        assert tick().run_requests == []
 
 
 def test_the_readmes_example_file_is_the_documented_one_and_is_accepted_whole(tmp_path, eu_west):
