@@ -87,7 +87,8 @@ class TransactionSourceResource(dg.ConfigurableResource):
         """
         import tempfile
 
-        from meridian.landing import GENERATOR_FILE
+        from meridian.landing import GENERATOR_FILE, state_root
+        from meridian.roots import make_dirs
 
         if not self.generate:
             return None
@@ -98,7 +99,10 @@ class TransactionSourceResource(dg.ConfigurableResource):
             batch = self.transactions(region, day)
         else:
             batch = self.labels(region, day, lake_root / "raw_transactions")
-        with tempfile.TemporaryDirectory(prefix="meridian-generator-") as scratch:
+        # Written first under the region's own root (in its zone), never in a shared /tmp.
+        scratch_root = state_root(lake_root.parent)
+        make_dirs(scratch_root)
+        with tempfile.TemporaryDirectory(prefix=".generator-", dir=scratch_root) as scratch:
             written = Path(scratch) / GENERATOR_FILE
             batch.rows.write_parquet(written)
             store.put(key, written)
