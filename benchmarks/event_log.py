@@ -16,6 +16,7 @@ import statistics
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import dagster as dg
@@ -63,6 +64,7 @@ def ranged_run(kind: str, root: Path) -> tuple[float, int]:
         result = dg.materialize(
             graph(),
             instance=instance,
+            run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
             tags={
                 ASSET_PARTITION_RANGE_START_TAG: DAYS.get_first_partition_key(),
                 ASSET_PARTITION_RANGE_END_TAG: DAYS.get_last_partition_key(),
@@ -84,6 +86,7 @@ def stored_events(kind: str, root: Path, count: int = 300) -> float:
 
 
 def main() -> None:
+    warnings.filterwarnings("ignore", category=dg.BetaWarning)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()
