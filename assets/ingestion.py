@@ -134,11 +134,10 @@ def _ingest(
         (pl.col("accepted") + pl.col("quarantined") != pl.col("delivered"))
         | (pl.col("conflicts_accepted") > 0)
     )
-    by_file = pl.DataFrame(files) if files else pl.DataFrame()
     unbalanced_files = (
-        by_file.filter(pl.col("accepted") + pl.col("quarantined") != pl.col("delivered"))
+        pl.DataFrame(files).filter(pl.col("accepted") + pl.col("quarantined") != pl.col("delivered"))
         if files
-        else by_file
+        else pl.DataFrame()
     )
     # One output covers every partition of a single-run backfill and Dagster copies its
     # metadata onto each of them, so counts are labelled as whole-run figures there and

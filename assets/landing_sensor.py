@@ -4,7 +4,8 @@ A hand-written sensor because what it reacts to is not a Dagster asset event: ne
 changed objects under each region's landing prefix (meridian.landing). Each tick lists the
 landing zones (stat only; a file is hashed only when its size or mtime changed since it was
 last seen), groups what is not yet ingested by region-day and requests one
-`regional_pipeline` run per region-day, keyed by the files it carries so a file is
+`regional_pipeline` run per new region-day (or, for a late file, one ranged run from its day
+through the region's last ingested day), keyed by the files it carries so a file is
 requested once. Files that break the naming contract are alerted, never ignored silently.
 
 The generator's own files (`generator.parquet`) are not requested: the generator delivers
@@ -78,7 +79,7 @@ def _day_keys() -> set[str]:
     minimum_interval_seconds=30,
     default_status=dg.DefaultSensorStatus.RUNNING,
     description="Every 30 s: files delivered to a region's landing zone and not yet ingested; "
-    "one regional_pipeline run per region-day they belong to.",
+    "one regional_pipeline run per new region-day, a ranged one from a late file's day on.",
 )
 def landing_sensor(
     context: dg.SensorEvaluationContext,

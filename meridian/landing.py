@@ -38,7 +38,7 @@ import polars as pl
 
 from meridian.lake import temporary_name, write_bytes_atomic
 from meridian.landing_read import Feed, UnreadableFile, as_contract_text, read_file
-from meridian.landing_stores import LandedFile, LocalLanding, Misplaced, S3Landing
+from meridian.landing_stores import LandedFile, LocalLanding, Misplaced, S3Landing, landing_root
 from meridian.roots import make_dirs
 from meridian.validation import (
     LABEL_COLUMNS,
@@ -46,18 +46,15 @@ from meridian.validation import (
     TRANSACTION_COLUMNS,
     TRANSACTION_REQUIRED,
     ValidatedBatch,
+    reason_counts,
 )
 
 FEEDS = {
-    "transactions": Feed("transactions", TRANSACTION_COLUMNS, TRANSACTION_REQUIRED, "event_time"),
-    "chargebacks": Feed("chargebacks", LABEL_COLUMNS, ("transaction_id", "chargeback_at"), "chargeback_at"),
+    "transactions": Feed("transactions", TRANSACTION_COLUMNS, TRANSACTION_REQUIRED),
+    "chargebacks": Feed("chargebacks", LABEL_COLUMNS, ("transaction_id", "chargeback_at")),
 }
 GENERATOR_FILE = "generator.parquet"  # what the seeded generator delivers for a feed-day
 CHANGED_REASON = "file changed after it was ingested"
-
-
-def landing_root(region_root: Path) -> Path:
-    return region_root / "landing"
 
 
 def state_root(region_root: Path) -> Path:
@@ -89,6 +86,7 @@ def save_manifest(state: Path, feed: str, day: str, files: dict[str, dict]) -> N
 
 
 def _archived(state: Path, key: str, tag: str) -> Path:
+    """Where the version `tag` (MD5) of the delivered file `key` is archived."""
     return state / "archive" / key.rsplit("/", 1)[0] / f"{tag}{os.path.splitext(key)[1].lower()}"
 
 
@@ -98,7 +96,7 @@ def archive(landed: LandedFile, state: Path, store: LocalLanding | S3Landing) ->
     The copy is what gets read, so a producer overwriting the file meanwhile cannot make the
     rows ingested differ from the bytes recorded.
     """
-    directory = state / "archive" / landed.key.rsplit("/", 1)[0]
+    directory = _archived(state, landed.key, "").parent
     make_dirs(directory)
     temporary = temporary_name(directory, "incoming")
     digest = hashlib.md5(usedforsecurity=False)
@@ -139,10 +137,6 @@ class DayDelivery:
     files: list[FileReport]
     manifest: dict[str, dict]
 
-    @property
-    def delivered(self) -> int:
-        return self.rows.height + self.quarantined.height
-
 
 def _empty(feed: Feed, with_reason: bool) -> pl.DataFrame:
     schema = dict.fromkeys(feed.columns, pl.String) | {PROVENANCE: pl.String}
@@ -175,7 +169,7 @@ def _quarantine_changed(
         f"file {key}: {CHANGED_REASON} (etag {first_tag[:12]}, now {now_tag[:12]}); "
         "deliver corrections under a new file name"
     )
-    report = FileReport(key, now_tag, "changed after ingestion")
+    report = FileReport(version, now_tag, "changed after ingestion")
     try:
         frame, bad_lines = read_file(path)
     except UnreadableFile:
@@ -316,10 +310,7 @@ class DayResult:
         return int(self.files["delivered"].sum()) if self.files.height else 0
 
     def reasons(self) -> dict[str, int]:
-        if self.quarantined.is_empty():
-            return {}
-        grouped = self.quarantined.group_by("reason").len().sort("reason")
-        return dict(zip(grouped["reason"].to_list(), grouped["len"].to_list(), strict=True))
+        return reason_counts(self.quarantined)
 
 
 def validate_day(
@@ -337,7 +328,7 @@ def validate_day(
     files = pl.DataFrame(
         [
             {
-                "key": r.key if r.status != "changed after ingestion" else f"{r.key}@{r.etag[:12]}",
+                "key": r.key,
                 "status": r.status,
                 "etag": r.etag,
                 "delivered": r.delivered,

@@ -23,7 +23,6 @@ class Feed:
     name: str
     columns: tuple[str, ...]
     required: tuple[str, ...]
-    time_column: str
 
 
 class UnreadableFile(ValueError):

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 
-from meridian.lake import temporary_name
-from meridian.object_store import S3Location, landing_location, list_objects, upload
+from meridian.lake import write_bytes_atomic
+from meridian.object_store import S3Location, landing_location, list_objects
 
 FEED_NAMES = ("transactions", "chargebacks")
 FORMATS = (".parquet", ".csv", ".jsonl", ".ndjson")
@@ -34,7 +34,6 @@ class LandedFile:
     size: int
     mtime_ns: int
     store_etag: str | None = None  # the object store's ETag; None for a local file
-    path: Path | None = None  # a local file's path
 
 
 @dataclass(frozen=True)
@@ -118,7 +117,7 @@ class LocalLanding:
                     if problem:
                         misplaced.append(Misplaced(key, problem))
                     else:
-                        files.append(LandedFile(key, info.st_size, info.st_mtime_ns, path=path))
+                        files.append(LandedFile(key, info.st_size, info.st_mtime_ns))
         return files, misplaced
 
     def chunks(self, landed: LandedFile) -> Iterator[bytes]:
@@ -137,19 +136,9 @@ class LocalLanding:
     def exists(self, key: str) -> bool:
         return (self.root / key).exists()
 
-    def put(self, key: str, path: Path) -> None:
-        target = self.root / key
-        target.parent.mkdir(parents=True, exist_ok=True)
-        hidden = temporary_name(target.parent, target.name)
-        try:
-            with open(path, "rb") as source, open(hidden, "wb") as copy:
-                while chunk := source.read(CHUNK):
-                    copy.write(chunk)
-                copy.flush()
-                os.fsync(copy.fileno())
-            os.replace(hidden, target)
-        finally:
-            hidden.unlink(missing_ok=True)
+    def put(self, key: str, content: bytes) -> None:
+        """Deliver as a producer must: under a hidden name, then renamed into place."""
+        write_bytes_atomic(content, self.root / key)
 
 
 class S3Landing:
@@ -209,11 +198,17 @@ class S3Landing:
             raise
         return True
 
-    def put(self, key: str, path: Path) -> None:
-        upload(self.location, self.client, key, path)
+    def put(self, key: str, content: bytes) -> None:
+        """An object appears whole or not at all (S3 has no partial objects)."""
+        self.client.put_object(Bucket=self.location.bucket, Key=self.location.key(key), Body=content)
+
+
+def landing_root(region_root: Path) -> Path:
+    """The region's landing folder (the embedded default's zone)."""
+    return region_root / "landing"
 
 
 def landing_for(region: str, region_root: Path) -> LocalLanding | S3Landing:
     """The region's landing zone: on its object store when configured, else its local folder."""
     location = landing_location(region)
-    return S3Landing(location) if location else LocalLanding(region_root / "landing")
+    return S3Landing(location) if location else LocalLanding(landing_root(region_root))

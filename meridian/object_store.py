@@ -155,9 +155,3 @@ def list_objects(location: S3Location, client, under: str) -> Iterator[StoredObj
                 etag=item["ETag"].strip('"'),
                 last_modified=item["LastModified"],
             )
-
-
-def upload(location: S3Location, client, relative: str, path: Path) -> None:
-    """Put a file; an object appears whole or not at all (S3 has no partial objects)."""
-    with open(path, "rb") as handle:
-        client.put_object(Bucket=location.bucket, Key=location.key(relative), Body=handle)

@@ -124,10 +124,15 @@ class ValidatedBatch:
         return {"accepted": self.accepted.height, "quarantined": self.quarantined.height}
 
     def reasons(self) -> dict[str, int]:
-        if self.quarantined.is_empty():
-            return {}
-        grouped = self.quarantined.group_by("reason").len().sort("reason")
-        return dict(zip(grouped["reason"].to_list(), grouped["len"].to_list(), strict=True))
+        return reason_counts(self.quarantined)
+
+
+def reason_counts(quarantined: pl.DataFrame) -> dict[str, int]:
+    """Quarantined rows per reason."""
+    if quarantined.is_empty():
+        return {}
+    grouped = quarantined.group_by("reason").len().sort("reason")
+    return dict(zip(grouped["reason"].to_list(), grouped["len"].to_list(), strict=True))
 
 
 def _require_columns(raw: pl.DataFrame, columns: tuple[str, ...], what: str) -> None:

@@ -85,10 +85,9 @@ class TransactionSourceResource(dg.ConfigurableResource):
         Returns the chargebacks of served transactions in a chargebacks file it wrote now, as
         the metadata reports them; None when it delivered nothing.
         """
-        import tempfile
+        import io
 
-        from meridian.landing import GENERATOR_FILE, state_root
-        from meridian.roots import make_dirs
+        from meridian.landing import GENERATOR_FILE
 
         if not self.generate:
             return None
@@ -99,11 +98,9 @@ class TransactionSourceResource(dg.ConfigurableResource):
             batch = self.transactions(region, day)
         else:
             batch = self.labels(region, day, lake_root / "raw_transactions")
-        # Written first under the region's own root (in its zone), never in a shared /tmp.
-        scratch_root = state_root(lake_root.parent)
-        make_dirs(scratch_root)
-        with tempfile.TemporaryDirectory(prefix=".generator-", dir=scratch_root) as scratch:
-            written = Path(scratch) / GENERATOR_FILE
-            batch.rows.write_parquet(written)
-            store.put(key, written)
+        # Encoded in memory and put into the zone whole: no scratch copy anywhere (a shared /tmp
+        # would hold a region's personal data outside its zone).
+        content = io.BytesIO()
+        batch.rows.write_parquet(content)
+        store.put(key, content.getvalue())
         return batch.served_chargebacks
