@@ -54,7 +54,14 @@ def region_failover_op(
     try:
         if config.action == "failover":
             with health.failover_lock(home, config.region):
-                report = dr.fail_over(topo, home, config.region, config.reason, by=by)
+                report = dr.fail_over(
+                    topo,
+                    home,
+                    config.region,
+                    config.reason,
+                    by=by,
+                    online_replica=online_store.replica_link(config.region),
+                )
         else:
             report = dr.fail_back(
                 topo,
@@ -63,6 +70,7 @@ def region_failover_op(
                 open_store=online_store.open,
                 drain_seconds=config.drain_seconds,
                 registry_client=mlflow_tracking.client(),
+                online_replica=online_store.replica_link(config.region),
             )
     except dr.FailoverError as error:
         raise dg.Failure(str(error)) from error
@@ -76,7 +84,15 @@ def region_failover_op(
         {
             k: v
             for k, v in summary.items()
-            if k in ("replica_versions", "rpo_seconds", "rpo_partitions", "rpo_online_rows", "reconciled")
+            if k
+            in (
+                "replica_versions",
+                "rpo_seconds",
+                "rpo_partitions",
+                "rpo_online_rows",
+                "reconciled",
+                "online_replica",
+            )
         },
     )
     context.add_output_metadata(
@@ -92,7 +108,10 @@ def region_failover_op(
             "rpo_files": len(report.rpo_files) if config.action == "failback" else "known at failback",
             "rpo_online_rows": report.rpo_online_rows
             if report.rpo_online_rows is not None
-            else ("unmeasured (not a SQLite store)" if config.action == "failback" else "known at failback"),
+            else ("unmeasured" if config.action == "failback" else "known at failback"),
+            "online_store_served_by": (report.online_replica or {}).get("serving", "snapshot")
+            if config.action == "failover"
+            else "the region's own store",
             "report": dg.MetadataValue.json(json.loads(json.dumps(summary, default=str))),
         }
     )

@@ -86,6 +86,34 @@ def _gb(n: int) -> float:
     return n / 1e9
 
 
+def _live_replica_metadata(context, link, alerting: AlertingResource) -> dict[str, object]:
+    """Keep R's live Redis replica following R (re-attach it if it was detached), and measure it."""
+    from meridian.online_store import OnlineStoreUnavailable
+
+    region = link.region
+    try:
+        attached = link.attach()
+        live = link.status()
+    except OnlineStoreUnavailable as error:
+        alerting.send("ERROR", region, "online_store_replica", f"redis-replica:{region}", str(error))
+        raise dg.Failure(f"the live Redis replica of {region} does not answer: {error}") from error
+    if attached:
+        context.log.warning(
+            f"{region}: the Redis replica was not following {region}; re-attached ({link.describe()})"
+        )
+    return {
+        "live_replica": link.describe(),
+        "live_replica_reattached": attached,
+        "live_replica_link_up": live.link_up,
+        "live_replica_sync_in_progress": live.sync_in_progress,
+        "live_replica_offset_lag_bytes": live.offset_lag_bytes
+        if live.offset_lag_bytes is not None
+        else "n/a",
+        "live_replica_lag_seconds": live.lag_seconds if live.lag_seconds is not None else "n/a",
+        "live_replica_keys": live.keys,
+    }
+
+
 def build_replica_asset(cls: str) -> dg.AssetsDefinition:
     deps = [
         dg.AssetDep(name, partition_mapping=BY_REGION) if by_day else dg.AssetDep(name)
@@ -179,6 +207,9 @@ def build_replica_asset(cls: str) -> dg.AssetsDefinition:
                 if staleness["staleness_s"] is not None
                 else "n/a (Redis primary: snapshot at replication)",
             }
+            link = online_store.replica_link(region)
+            if link is not None:
+                extra |= _live_replica_metadata(context, link, alerting)
         context.log.info(
             f"{region} → {done.target_region} {cls}: v{result.version}, {result.copied_files} file(s) "
             f"/ {result.copied_bytes:,} bytes copied, {result.unchanged_files} unchanged, "

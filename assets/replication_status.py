@@ -7,6 +7,7 @@ from meridian import dr
 from meridian.report import markdown_table
 from resources.alerting import AlertingResource
 from resources.lake import RegionalLakeResource
+from resources.online_store import OnlineStoreResource
 from resources.topology import RegionTopologyResource
 
 
@@ -16,13 +17,15 @@ from resources.topology import RegionTopologyResource
     owners=["team:platform"],
     kinds={"python"},
     description="Every region x class: replica version, unreplicated files and partitions, lag "
-    "against the class's RPO target. WARN alert on a breach.",
+    "against the class's RPO target; each live Redis replica's link and lag (offset bytes and "
+    "seconds). WARN alert on a breach.",
 )
 def replication_status(
     context: dg.AssetExecutionContext,
     topology: RegionTopologyResource,
     lake: RegionalLakeResource,
     alerting: AlertingResource,
+    online_store: OnlineStoreResource,
 ) -> dg.MaterializeResult:
     topo = topology.load()
     home = lake.root()
@@ -69,9 +72,20 @@ def replication_status(
         }
         for region in topo.active_region_names
     ]
+    live = _live_replicas(topo, home, online_store, alerting)
     return dg.MaterializeResult(
         metadata={
             "replicas": dg.MetadataValue.md(markdown_table(rows)),
+            **(
+                {
+                    "live_redis_replicas": dg.MetadataValue.md(markdown_table(live)),
+                    "max_live_replica_lag_s": max(
+                        (r["lag_s"] for r in live if isinstance(r["lag_s"], float)), default=0.0
+                    ),
+                }
+                if live
+                else {}
+            ),
             "read_replicas": dg.MetadataValue.md(markdown_table(read_replicas)),
             "max_read_replica_staleness_s": max(
                 (r["staleness_s"] for r in read_replicas if r["staleness_s"] is not None), default=0.0
@@ -83,3 +97,43 @@ def replication_status(
             ),
         }
     )
+
+
+def _live_replicas(topo, home, online_store: OnlineStoreResource, alerting: AlertingResource) -> list[dict]:
+    """One row per region whose Redis has a live replica: its role, link and lag, as measured now."""
+    from meridian.online_store import OnlineStoreUnavailable
+
+    rows = []
+    for region in topo.active_region_names:
+        link = online_store.replica_link(region)
+        if link is None:
+            continue
+        row = {"region": region, "dr_region": topo.dr_region(region).name, "replica": link.describe()}
+        try:
+            live = link.status()
+        except OnlineStoreUnavailable as error:
+            rows.append(
+                {**row, "role": "unreachable", "link_up": False, "offset_lag_bytes": "n/a", "lag_s": "n/a"}
+            )
+            alerting.send("ERROR", region, "replication_status", f"redis-replica:{region}", str(error))
+            continue
+        failed_over = dr.is_failed_over(home, region)
+        rows.append(
+            {
+                **row,
+                "role": "promoted (serving)" if failed_over and live.role == "primary" else live.role,
+                "link_up": live.link_up,
+                "offset_lag_bytes": live.offset_lag_bytes if live.offset_lag_bytes is not None else "n/a",
+                "lag_s": float(live.lag_seconds) if live.lag_seconds is not None else "n/a",
+            }
+        )
+        if not failed_over and not live.link_up:
+            alerting.send(
+                "WARN",
+                region,
+                "replication_status",
+                f"redis-replica-link:{region}",
+                f"the Redis replica of {region} is not following it ({live.role}, following {live.following}); "
+                "the online_store_replica asset re-attaches it",
+            )
+    return rows

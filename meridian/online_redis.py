@@ -116,17 +116,24 @@ class RedisOnlineStore:
             view, entity, int(t), v.decode(), orjson.loads(p), int(h) if h else 0, o.decode() if o else ""
         )
 
-    def read_many(self, view: str, entities: Sequence[str]) -> dict[str, OnlineRow]:
+    def read_many(self, view: str, entities: Sequence[str], *, stamps: bool = False) -> dict[str, OnlineRow]:
+        """The entities' rows; `stamps` also reads each row's write stamp (HLC) and origin."""
+        fields = ("t", "v", "p", "h", "o") if stamps else ("t", "v", "p")
+
         def run():
             pipe = self._client.pipeline(transaction=False)
             for entity in entities:
-                pipe.hmget(self._key(view, entity), "t", "v", "p")
+                pipe.hmget(self._key(view, entity), *fields)
             return pipe.execute()
 
         out = {}
-        for entity, (t, v, p) in zip(entities, self._guard(run), strict=True):
+        for entity, found in zip(entities, self._guard(run), strict=True):
+            t, v, p = found[:3]
             if t is not None:
-                out[entity] = OnlineRow(view, entity, int(t), v.decode(), orjson.loads(p))
+                h, o = found[3:] if stamps else (None, None)
+                out[entity] = OnlineRow(
+                    view, entity, int(t), v.decode(), orjson.loads(p), int(h) if h else 0, o.decode() if o else ""
+                )
         return out
 
     def count(self, view: str) -> int:

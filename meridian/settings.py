@@ -12,7 +12,9 @@ the tests do, is honoured.
 | MERIDIAN_HOME | data root of the embedded default | `.meridian/` in the checkout |
 | MERIDIAN_TOPOLOGY | regions file | platform/regions.yaml |
 | MERIDIAN_ONLINE_STORE | `sqlite` or `redis` (production: always redis) | sqlite |
-| MERIDIAN_REDIS_URL | the online store's Redis | none (required in production) |
+| MERIDIAN_REDIS_URL | the online store's Redis, for every region without its own | none (required in production unless every active region has its own) |
+| MERIDIAN_REDIS_URL_<REGION> | region REGION's own Redis (`EU_WEST` for eu-west) | MERIDIAN_REDIS_URL |
+| MERIDIAN_REDIS_REPLICA_URL_<REGION> | the Redis in REGION's DR region that replicates REGION's (`REPLICAOF`; meridian.redis_replication) | none: the DR copy of the online store is a snapshot |
 | MERIDIAN_MLFLOW_TRACKING_URI | MLflow tracking server | SQLite under MERIDIAN_HOME (required in production) |
 | MERIDIAN_MLFLOW_UI_URL | where links to MLflow point | the tracking URI, else http://127.0.0.1:5000 |
 | MERIDIAN_ALERT_WEBHOOK_URL | alert webhook | none |
@@ -25,7 +27,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 PROFILES = ("local", "production")
@@ -35,7 +37,7 @@ EXECUTORS = ("in_process", "k8s")
 # `dagster definitions validate` names the missing setting instead of a run failing later.
 PRODUCTION_REQUIRED = {
     "MERIDIAN_MLFLOW_TRACKING_URI": "the MLflow tracking server, e.g. http://mlflow:5000",
-    "MERIDIAN_REDIS_URL": "the online store, e.g. redis://redis:6379/0",
+    "MERIDIAN_REDIS_URL": "the online store, e.g. redis://redis:6379/0, or MERIDIAN_REDIS_URL_<REGION> per region",
     "DAGSTER_PG_URL": "the Dagster instance's PostgreSQL (platform/dagster.production.yaml)",
 }
 
@@ -59,6 +61,10 @@ class Settings:
     dbt_target: str
     dagster_pg_url: str | None
     executor: str
+    # region -> URL, from MERIDIAN_REDIS_URL_<REGION> / MERIDIAN_REDIS_REPLICA_URL_<REGION>
+    # (checked against the topology by meridian.redis_replication.check_redis_settings).
+    redis_urls: Mapping[str, str] = field(default_factory=dict)
+    redis_replica_urls: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def production(self) -> bool:
@@ -67,7 +73,8 @@ class Settings:
     def require_production_settings(self) -> None:
         given = {
             "MERIDIAN_MLFLOW_TRACKING_URI": self.mlflow_tracking_uri,
-            "MERIDIAN_REDIS_URL": self.redis_url,
+            # Regions with a Redis of their own need no shared one (checked per region at load).
+            "MERIDIAN_REDIS_URL": self.redis_url or bool(self.redis_urls),
             "DAGSTER_PG_URL": self.dagster_pg_url,
         }
         missing = [f"{name} ({what})" for name, what in PRODUCTION_REQUIRED.items() if not given[name]]
@@ -78,6 +85,24 @@ class Settings:
 def _env(name: str, environ: Mapping[str, str] | None = None) -> str | None:
     value = (os.environ if environ is None else environ).get(name)
     return value or None
+
+
+REDIS_URL_PREFIX = "MERIDIAN_REDIS_URL_"
+REDIS_REPLICA_URL_PREFIX = "MERIDIAN_REDIS_REPLICA_URL_"
+
+
+def region_env_suffix(region: str) -> str:
+    """`eu-west` -> `EU_WEST`: how a region is named in a per-region variable."""
+    return region.upper().replace("-", "_")
+
+
+def _per_region(prefix: str, environ: Mapping[str, str]) -> dict[str, str]:
+    """{region: value} of every set `<prefix><REGION>` variable (`EU_WEST` -> `eu-west`)."""
+    return {
+        name.removeprefix(prefix).lower().replace("_", "-"): value
+        for name, value in environ.items()
+        if name.startswith(prefix) and value
+    }
 
 
 def settings(environ: Mapping[str, str] | None = None) -> Settings:
@@ -115,4 +140,6 @@ def settings(environ: Mapping[str, str] | None = None) -> Settings:
         dbt_target=get("MERIDIAN_DBT_TARGET") or "local",
         dagster_pg_url=get("DAGSTER_PG_URL"),
         executor=executor,
+        redis_urls=_per_region(REDIS_URL_PREFIX, os.environ if environ is None else environ),
+        redis_replica_urls=_per_region(REDIS_REPLICA_URL_PREFIX, os.environ if environ is None else environ),
     )

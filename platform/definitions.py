@@ -124,7 +124,7 @@ def build_resources(profile: str) -> dict[str, object]:
             dbt_executable=dbt_executable(),
             target=config.dbt_target,
         ),
-        "online_store": OnlineStoreResource(backend=config.online_store, redis_url=config.redis_url),
+        "online_store": OnlineStoreResource.from_settings(config, topology),
         "alerting": AlertingResource(webhook_url=config.alert_webhook_url),
         "mlflow_tracking": MlflowTrackingResource(
             tracking_uri=config.mlflow_tracking_uri, ui_url=config.mlflow_ui_url, home=config.home_override

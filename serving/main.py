@@ -10,9 +10,10 @@ from fastapi import FastAPI
 
 def online_store_resource(config):
     """The same online store the Dagster definitions write (production: always Redis)."""
+    from meridian.topology import load_topology
     from resources.online_store import OnlineStoreResource
 
-    return OnlineStoreResource(backend=config.online_store, redis_url=config.redis_url)
+    return OnlineStoreResource.from_settings(config, load_topology(config.topology_path))
 
 
 def build_app(

@@ -145,3 +145,77 @@ class MlflowServer:
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, 9)
         self.log.close()
+
+
+class RedisServer:
+    """A redis-server of its own on 127.0.0.1:<port> (Debian's package), which a drill can kill
+    (SIGKILL), freeze (SIGSTOP/SIGCONT) and start again on the same port and data.
+
+    `durable`: every write is in its append-only file before it is acknowledged, so a
+    server killed and started again holds everything it acknowledged (the primary of a
+    drill: the writes its replica never got are still there to count at failback)."""
+
+    def __init__(self, root: Path, *, durable: bool = False):
+        self.binary = shutil.which("redis-server")
+        if self.binary is None:
+            raise RuntimeError("redis-server is not installed: run scripts/ensure-servers.sh")
+        self.dir = root
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.durable = durable
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> RedisServer:
+        persistence = (
+            ["--appendonly", "yes", "--appendfsync", "always"] if self.durable else ["--appendonly", "no"]
+        )
+        self.proc = subprocess.Popen(
+            [
+                self.binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                *persistence,
+                "--dir",
+                str(self.dir),
+                "--logfile",
+                str(self.dir / "redis.log"),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        import redis
+
+        client = redis.Redis.from_url(self.url, socket_timeout=1)
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if client.ping():
+                    break
+            except (redis.exceptions.ConnectionError, redis.exceptions.BusyLoadingError):
+                pass
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"redis-server on {self.port} did not start: {(self.dir / 'redis.log').read_text()[-2000:]}"
+                )
+            time.sleep(0.02)
+        client.close()
+        return self
+
+    def signal(self, signum: int) -> None:
+        assert self.proc is not None
+        os.kill(self.proc.pid, signum)
+
+    def kill(self) -> None:
+        """SIGKILL: the outage of a drill (no shutdown, no final save)."""
+        self.signal(9)
+        self.proc.wait(timeout=10)
+
+    def close(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)

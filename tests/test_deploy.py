@@ -8,6 +8,7 @@ import pytest
 import yaml
 
 from meridian.paths import REPO_ROOT
+from meridian.settings import region_env_suffix
 from meridian.topology import load_topology
 
 DEPLOY = REPO_ROOT / "platform" / "deploy"
@@ -60,8 +61,22 @@ def test_every_setting_the_production_profile_needs_is_configured_for_the_user_d
     env = {e["name"]: e for e in deployment["env"]}
     assert env["MERIDIAN_PROFILE"]["value"] == "production"
     module = _definitions()
+    topology = load_topology()
     for name in module.PRODUCTION_ENV:
+        if name == "MERIDIAN_REDIS_URL":  # or a Redis of its own for every active region
+            assert name in env or all(
+                f"MERIDIAN_REDIS_URL_{region_env_suffix(r)}" in env for r in topology.active_region_names
+            )
+            continue
         assert name in env, f"{name} is needed by the production profile but not set in the Helm values"
+    # Each region's Redis and its replica as the chart's `meridian.redis` describes them.
+    redis = values["meridian"]["redis"]
+    for region in topology.active_region_names:
+        assert env[f"MERIDIAN_REDIS_URL_{region_env_suffix(region)}"]["value"] == redis[region]["primary"]
+        assert (
+            env[f"MERIDIAN_REDIS_REPLICA_URL_{region_env_suffix(region)}"]["value"]
+            == redis[region]["replica"]
+        )
     # Every environment variable the settings read (meridian/settings.py, the one place) is set there too.
     source = (REPO_ROOT / "meridian" / "settings.py").read_text()
     read = set(re.findall(r'get\("([A-Z_]+)"\)', source)) - {
@@ -69,6 +84,7 @@ def test_every_setting_the_production_profile_needs_is_configured_for_the_user_d
         "MERIDIAN_TOPOLOGY",
     }
     read -= {"MERIDIAN_ONLINE_STORE"}  # local profile only: production is always Redis
+    read -= {"MERIDIAN_REDIS_URL"}  # the shared Redis: the chart gives every region its own (above)
     assert len(read) >= 8, read  # the pattern still finds what the settings read
     missing = sorted(read - set(env))
     assert not missing, f"read by meridian/settings.py but not configured in helm/values.yaml: {missing}"
@@ -96,6 +112,30 @@ def test_every_region_has_a_node_pool_a_lake_in_its_zone_and_mlflow_has_a_root_p
     assert set(meridian["mlflow"]["artifactRoots"]) == {z.name for z in topology.zones}
     for region in topology.active_regions:
         assert region.name in meridian["redis"]
+        # The live replica is in the region's DR region (its namespace), never another zone's.
+        assert (
+            meridian["redis"][region.name]["replica"]
+            .split("/")[2]
+            .split(":")[0]
+            .endswith("." + topology.dr_region(region.name).name)
+        )
+
+
+def test_the_charts_settings_load_as_the_production_profile(monkeypatch, tmp_path):
+    """The user deployment's environment, as the chart sets it, passes the checks the definitions
+    make at load (a Redis per region, each replicated within its zone)."""
+    (deployment,) = _load("helm/values.yaml")["dagster-user-deployments"]["deployments"]
+    for item in deployment["env"]:
+        monkeypatch.setenv(item["name"], item.get("value", "postgresql+psycopg2://dagster@db:5432/dagster"))
+    monkeypatch.delenv("MERIDIAN_REDIS_URL", raising=False)
+    monkeypatch.setenv("MERIDIAN_EXECUTOR", "in_process")
+    # The image's path; in this checkout the same folder is here.
+    monkeypatch.setenv("MERIDIAN_DBT_PROFILES_DIR", str(DEPLOY / "dbt"))
+    monkeypatch.setenv("MERIDIAN_HOME", str(tmp_path / "home"))
+    store = _definitions().build_resources("production")["online_store"]
+    for region in load_topology().active_region_names:
+        link = store.replica_link(region)
+        assert link is not None and link.primary_url != link.replica_url
 
 
 def test_dbt_has_a_production_target_on_a_distributed_engine():

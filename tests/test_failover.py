@@ -30,6 +30,7 @@ from assets.ingestion import labels_ingestion, transactions_ingestion
 from assets.online import online_features
 from assets.promotion import fraud_model_promotion
 from assets.replication import REPLICA_ASSETS
+from assets.replication_status import replication_status
 from assets.serving import deployment_config, serving_stream
 from assets.training import fraud_model, fraud_model_hyperparameters, training_set
 from assets.transforms import regional_dbt_models
@@ -373,6 +374,13 @@ def _transaction(home: Path, n: int) -> dict:
     }
 
 
+def _us(n: int) -> int:
+    """The event time of `_transaction(home, n)` in microseconds, as the online store stamps rows."""
+    from datetime import datetime
+
+    return int(datetime.fromisoformat(f"{DAYS[-1]}T23:{n % 60:02d}:00+00:00").timestamp() * 1_000_000)
+
+
 def _evaluate_sensor(instance, resources, cursor):
     context = dg.build_sensor_context(instance=instance, cursor=cursor, resources=resources)
     requests = list(region_health_sensor(context) or [])
@@ -588,3 +596,157 @@ def test_serve_warns_when_nothing_drives_the_platform(tmp_path):
         health.save(tmp_path, health.HealthTracker(Failover()), loop_interval=1.0)
         assert len(operations_warnings(tmp_path, instance)) == 1  # the loop's heartbeat is fresh
         assert len(operations_warnings(tmp_path, instance, now=time.time() + 10)) == 2  # and then stale
+
+
+def test_redis_drill_kills_the_primary_serves_from_the_promoted_replica_and_reattaches_it(
+    home_copy, redis_url, tmp_path
+):
+    """The production online store: R's own Redis and a real replica of it (REPLICAOF) in R's
+    DR region. The primary is SIGKILLed; the health sensor sees it, the failover promotes the
+    replica and the service scores from it at the DR site; the primary returns with what it
+    acknowledged, failback merges the DR site's writes into it, counts the rows the replica
+    never got (the RPO, exactly) and re-attaches the replica, which resyncs."""
+    import redis
+
+    from meridian.online_redis import RedisOnlineStore
+    from meridian.redis_replication import wait_in_sync
+    from resources.online_store import OnlineStoreResource
+    from serving.main import build_app
+    from tests.servers import RedisServer, free_port
+
+    home, resources, primary_paths = home_copy
+    primary = RedisServer(tmp_path / "redis-eu-west", durable=True).start()
+    replica = RedisServer(tmp_path / "redis-eu-central").start()
+    store = OnlineStoreResource(
+        backend="redis",
+        redis_url=redis_url,
+        redis_urls={REGION: primary.url},
+        replica_urls={REGION: replica.url},
+    )
+    resources = {**resources, "online_store": store}
+    link = store.replica_link(REGION)
+    try:
+        # The region's online rows, in its Redis (what online_features writes in production).
+        sqlite_store = SqliteOnlineStore(primary_paths.root / "online" / "online_store.db")
+        rows = [row for view in ("customer_spend", "merchant_risk") for row in sqlite_store.iter_rows(view)]
+        sqlite_store.close()
+        region_store = RedisOnlineStore(primary.url, REGION)
+        assert region_store.write(rows).applied == len(rows) > 100
+        # The replica asset attaches the replica and shows its lag.
+        (replicated,) = dg.materialize(
+            [a for a in REPLICA_ASSETS if a.key.path[-1] == "online_store_replica"],
+            resources=resources,
+            partition_key=REGION,
+        ).get_asset_materialization_events()
+        shown = replicated.event_specific_data.materialization.metadata
+        assert shown["live_replica_reattached"].value is True
+        wait_in_sync(primary.url, replica.url, REGION, timeout_s=30)
+        assert link.status().offset_lag_bytes == 0
+        with dg.instance_for_test() as instance, pytest.MonkeyPatch.context() as env:
+            for name, value in {
+                "MERIDIAN_ONLINE_STORE": "redis",
+                "MERIDIAN_REDIS_URL": redis_url,
+                "MERIDIAN_REDIS_URL_EU_WEST": primary.url,
+                "MERIDIAN_REDIS_REPLICA_URL_EU_WEST": replica.url,
+            }.items():
+                env.setenv(name, value)
+            with serving(build_app(poll_seconds=0.2, regions=[REGION])) as url:
+                # Scores late in the day (later than any earlier test's): each push is the newest row.
+                status, body = _call(f"{url}/v1/{REGION}/score", _transaction(home, 57))
+                assert status == 200 and body["site"] == REGION
+                customer = _transaction(home, 57)["customer_id"]
+                deadline = time.monotonic() + 10
+                while (pushed_before := region_store.read("customer_spend", customer)).event_time_us != _us(57):
+                    assert time.monotonic() < deadline, pushed_before  # the push is in the background
+                    time.sleep(0.05)
+                assert pushed_before.origin == REGION
+                requests, cursor = _evaluate_sensor(instance, resources, None)
+                assert requests == []
+                # A partition cuts the replica off (pointed where nothing answers); the primary
+                # acknowledges 4 more rows that never reach it, then dies.
+                redis.Redis.from_url(replica.url).execute_command("REPLICAOF", "127.0.0.1", free_port())
+                region_store.write(
+                    [OnlineRow("customer_spend", f"unreplicated-{n}", 10**15, "v", {}) for n in range(4)]
+                )
+                region_store.close()
+                time.sleep(0.01)
+                fault_at = time.monotonic()
+                primary.kill()
+                # ---- detection, failover, serving from the promoted replica
+                requests = []
+                while not requests:
+                    requests, cursor = _evaluate_sensor(instance, resources, cursor)
+                    if not requests:
+                        time.sleep(0.5)
+                assert (
+                    "online store" in requests[0].run_config["ops"]["region_failover_op"]["config"]["reason"]
+                )
+                failover = region_failover.execute_in_process(
+                    run_config=requests[0].run_config,
+                    instance=instance,
+                    resources=resources,
+                    tags=requests[0].tags,
+                )
+                assert failover.success
+                promoted = failover.output_for_node("region_failover_op")["online_replica"]
+                assert promoted["promoted"] is True and promoted["serving"] == "redis replica"
+                while True:
+                    status, body = _call(f"{url}/v1/{REGION}/score", _transaction(home, 58))
+                    if status == 200:
+                        break
+                    assert time.monotonic() - fault_at < 30, body
+                    time.sleep(0.05)
+                rto = time.monotonic() - fault_at
+                print(
+                    f"RTO, Redis primary SIGKILLed to the first score from its promoted replica: {rto:.2f} s"
+                )
+                assert body["site"] == DR_REGION and rto < RTO_TARGET_S, (body, rto)
+                # The push of that score went to the promoted replica, stamped by the DR site.
+                at_dr = link.open_replica(origin=DR_REGION)
+                deadline = time.monotonic() + 10
+                while (row := at_dr.read("customer_spend", customer)).event_time_us != _us(58):
+                    assert time.monotonic() < deadline, (row, pushed_before)
+                    time.sleep(0.05)
+                assert row.origin == DR_REGION
+                assert at_dr.read("customer_spend", "unreplicated-0") is None
+                at_dr.close()
+                status_run = dg.materialize(
+                    [replication_status], resources=resources, instance=instance, raise_on_error=True
+                )
+                live = status_run.get_asset_materialization_events()[0].event_specific_data.materialization
+                assert "promoted (serving)" in live.metadata["live_redis_replicas"].value
+
+                # ---- the primary returns with what it acknowledged; failback
+                primary.start()
+                back = region_failover.execute_in_process(
+                    run_config={
+                        "ops": {
+                            "region_failover_op": {
+                                "config": {"region": REGION, "action": "failback", "drain_seconds": 0.5}
+                            }
+                        }
+                    },
+                    instance=instance,
+                    resources=resources,
+                )
+                assert back.success
+                report = back.output_for_node("region_failover_op")
+                assert report["rpo_online_rows"] == 4  # exactly the rows the partition kept from the replica
+                assert report["reconciled"]["online_rows"] >= 1  # the DR site's push
+                assert report["online_replica"]["reattached"] is True
+                merged = RedisOnlineStore(primary.url, REGION).read("customer_spend", customer)
+                assert merged.origin == DR_REGION and merged.hlc == row.hlc
+                synced = wait_in_sync(primary.url, replica.url, REGION, timeout_s=30)
+                assert synced.role == "replica" and synced.following == f"127.0.0.1:{primary.port}"
+                again = link.open_replica(origin=DR_REGION)
+                assert again.read("customer_spend", "unreplicated-3") is not None  # resynced from R
+                again.close()
+                while True:
+                    status, body = _call(f"{url}/v1/{REGION}/score", _transaction(home, 59))
+                    if status == 200 and body["site"] == REGION:
+                        break
+                    assert time.monotonic() - fault_at < 60, body
+                    time.sleep(0.05)
+    finally:
+        primary.close()
+        replica.close()

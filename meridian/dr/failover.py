@@ -15,7 +15,10 @@ import polars as pl
 
 from meridian.dr.probes import probe
 from meridian.dr.state import FailoverError, failover_root, load_state, primary_paths, replica, save_state
+from meridian.lake import write_bytes_atomic
+from meridian.online_store import OnlineStoreUnavailable
 from meridian.paths import RegionPaths
+from meridian.redis_replication import PROMOTED_MARKER, RedisReplicaLink
 from meridian.replication import hash_file, walk
 from meridian.topology import Topology
 
@@ -34,17 +37,32 @@ class FailoverReport:
     rpo_partitions: int | None = None
     rpo_files: list[str] = field(default_factory=list)
     # Online rows the primary wrote before the fault that the replica used did not hold
-    # (None: the primary's backend is not a file this check can read, e.g. Redis).
+    # (None: nothing to compare them with).
     rpo_online_rows: int | None = None
+    # The live Redis replica, where the deployment has one (meridian.redis_replication):
+    # failover: promoted or not (and why), and how far behind it was; failback: re-attached.
+    online_replica: dict | None = None
 
     def as_dict(self) -> dict:
         return asdict(self)
 
 
 def fail_over(
-    topology: Topology, home: Path, region: str, reason: str, *, by: str = "manual"
+    topology: Topology,
+    home: Path,
+    region: str,
+    reason: str,
+    *,
+    by: str = "manual",
+    online_replica: RedisReplicaLink | None = None,
 ) -> FailoverReport:
-    """Promote R's DR region for R: check out every replica into R's failover root, then switch."""
+    """Promote R's DR region for R: check out every replica into R's failover root, then switch.
+
+    With `online_replica` (R's Redis has a live replica in the DR region), the replica is
+    promoted (`REPLICAOF NO ONE`) and serves R's online store; when it cannot be (it is down,
+    or still in its first sync) the online store's snapshot serves instead, and the report
+    says why.
+    """
     started = time.perf_counter()
     dr = topology.dr_region(region)
     state = load_state(home)
@@ -52,7 +70,8 @@ def fail_over(
         raise FailoverError(f"{region} is already failed over to {state[region]['serving_region']}")
     replicas = {cls: replica(topology, home, region, cls) for cls in topology.replication.classes}
     empty = [cls for cls, rep in replicas.items() if rep.current_version() is None]
-    if "model_registry" in empty or "online_store" in empty:
+    needed = ["model_registry"] if online_replica is not None else ["model_registry", "online_store"]
+    if any(cls in empty for cls in needed):
         raise FailoverError(
             f"{dr.name} cannot serve {region}: no replica of {', '.join(sorted(empty))} "
             "(materialize the replica assets first)"
@@ -70,6 +89,7 @@ def fail_over(
     doc = orjson.loads((target / "models" / "registry.json").read_bytes())
     if "champion" not in doc["aliases"]:
         raise FailoverError(f"the registry replica of {region} has no champion")
+    promoted = _promote_online_replica(online_replica, target, "online_store" not in empty)
     published = {cls: (rep.manifest() or {}).get("published_at") for cls, rep in replicas.items()}
     async_times = [
         published[c]
@@ -85,6 +105,7 @@ def fail_over(
         published,
         files,
         rpo_seconds=(time.time() - min(async_times)) if async_times else None,
+        online_replica=promoted,
     )
     state[region] = {
         "state": "failed_over",
@@ -99,6 +120,33 @@ def fail_over(
     save_state(home, state)
     report.seconds = time.perf_counter() - started
     return report
+
+
+def _promote_online_replica(
+    link: RedisReplicaLink | None, checkout: Path, have_snapshot: bool
+) -> dict | None:
+    """Promote R's live Redis replica and mark the checkout as served by it; the report's entry."""
+    if link is None:
+        return None
+    try:
+        before = link.promote()
+    except OnlineStoreUnavailable as error:
+        if not have_snapshot:
+            raise FailoverError(
+                f"the Redis replica of {link.region} cannot be promoted ({error}) and there is no "
+                "snapshot of its online store to serve instead"
+            ) from error
+        return {"promoted": False, "serving": "snapshot", "reason": str(error), "replica": link.describe()}
+    entry = {
+        "promoted": True,
+        "serving": "redis replica",
+        "replica": link.describe(),
+        "link_up_at_promotion": before.link_up,
+        "replica_offset_at_promotion": before.replica_offset,
+        "keys_at_promotion": before.keys,
+    }
+    write_bytes_atomic(orjson.dumps({**entry, "promoted_at": time.time()}), checkout / PROMOTED_MARKER)
+    return entry
 
 
 def _merge_parquet(primary: Path, failover: Path, primary_site: str, dr_site: str) -> pl.DataFrame:
@@ -222,6 +270,40 @@ def _online_rows_lost(primary: RegionPaths, rep, used: dict, since: float) -> in
         con.close()
 
 
+def _redis_rows_lost(
+    open_store: Callable | None, primary: RegionPaths, link: RedisReplicaLink, dr_name: str, since: float
+) -> int:
+    """Rows R's Redis wrote before the fault (by write stamp) whose value the promoted replica
+    never held: missing there, or older. (A row the DR site wrote anew since is not counted:
+    its newer value wins the merge either way.)"""
+    from meridian.conflicts import LOGICAL_BITS
+    from meridian.feature_views import feature_views
+
+    if open_store is None:
+        raise FailoverError("failback of a promoted Redis replica needs the region's store (open_store)")
+    cutoff = (int(since * 1000) + 1) << LOGICAL_BITS
+    primary_store, replica_store = open_store(primary), link.open_replica(origin=dr_name)
+    lost = 0
+    try:
+        for view in feature_views():
+            before = [r for r in primary_store.iter_rows(view.name) if r.hlc <= cutoff]
+            for start in range(0, len(before), 1_000):
+                chunk = before[start : start + 1_000]
+                held = replica_store.read_many(view.name, [r.entity for r in chunk], stamps=True)
+                for row in chunk:
+                    other = held.get(row.entity)
+                    if other is None or (other.event_time_us, other.hlc, other.origin) < (
+                        row.event_time_us,
+                        row.hlc,
+                        row.origin,
+                    ):
+                        lost += 1
+    finally:
+        primary_store.close()
+        replica_store.close()
+    return lost
+
+
 def fail_back(
     topology: Topology,
     home: Path,
@@ -230,6 +312,7 @@ def fail_back(
     open_store: Callable[[RegionPaths], object] | None = None,
     drain_seconds: float = 5.0,
     registry_client=None,
+    online_replica: RedisReplicaLink | None = None,
 ) -> FailoverReport:
     """Serve R from R again, then reconcile what R's DR site wrote into R's own root.
 
@@ -237,6 +320,10 @@ def fail_back(
     service writes at the DR site until it notices the switch are merged, not lost.
     `registry_client` (an MlflowClient of the primary's registry) is checked against the
     registry replica before anything switches; without one the registry is not checked.
+    `online_replica`: R's live Redis replica. When the failover promoted it, the rows the DR
+    site wrote are merged from it into R's Redis, then it is re-attached (`REPLICAOF`: it
+    resyncs from R's primary); the online RPO is what R's primary held before the fault that
+    the promoted replica did not.
     """
     from meridian.feature_views import feature_views
     from meridian.lake import write_parquet_atomic
@@ -281,7 +368,11 @@ def fail_back(
             had = used[cls]["files"].get(source.rel)
             if had is None or (mtime > published and hash_file(source.path)[0] != had["checksum"]):
                 lost.append(source.rel)
-    rpo_online_rows = _online_rows_lost(primary, replicas["online_store"], used["online_store"], since)
+    promoted = online_replica is not None and (site / PROMOTED_MARKER).is_file()
+    if promoted:
+        rpo_online_rows = _redis_rows_lost(open_store, primary, online_replica, dr_name, since)
+    else:
+        rpo_online_rows = _online_rows_lost(primary, replicas["online_store"], used["online_store"], since)
     # Switch first: from here R's writers (assets, the service within its poll interval) write
     # to R's own root, where the merge below is safe against them (last writer wins). Then
     # wait for writers still on the DR site to drain, and merge what they wrote.
@@ -323,7 +414,11 @@ def fail_back(
     # Online rows: last-writer-wins on (event time, HLC, site), stamps kept both ways.
     from meridian.online_sqlite import SqliteOnlineStore
 
-    dr_store = SqliteOnlineStore(site / "online" / "online_store.db", origin=dr_name)
+    dr_store = (
+        online_replica.open_replica(origin=dr_name)
+        if promoted
+        else SqliteOnlineStore(site / "online" / "online_store.db", origin=dr_name)
+    )
     primary_store = (
         open_store(primary)
         if open_store
@@ -333,6 +428,14 @@ def fail_back(
         reconciled["online_rows"] += primary_store.write(dr_store.iter_rows(view.name)).applied
     dr_store.close()
     primary_store.close()
+    replica_report = None
+    if online_replica is not None:
+        # Merged: the replica follows R again (its full resync replaces what it holds).
+        try:
+            online_replica.attach()
+            replica_report = {"reattached": True, "replica": online_replica.describe()}
+        except OnlineStoreUnavailable as error:  # the replica asset re-attaches it on its next run
+            replica_report = {"reattached": False, "reason": str(error), "replica": online_replica.describe()}
     shutil.rmtree(site, ignore_errors=True)
     return FailoverReport(
         region,
@@ -345,4 +448,5 @@ def fail_back(
         rpo_partitions=len({str(Path(r).parent) for r in lost if "day=" in r}),
         rpo_files=sorted(lost),
         rpo_online_rows=rpo_online_rows,
+        online_replica=replica_report,
     )
