@@ -132,7 +132,13 @@ class RedisOnlineStore:
             if t is not None:
                 h, o = found[3:] if stamps else (None, None)
                 out[entity] = OnlineRow(
-                    view, entity, int(t), v.decode(), orjson.loads(p), int(h) if h else 0, o.decode() if o else ""
+                    view,
+                    entity,
+                    int(t),
+                    v.decode(),
+                    orjson.loads(p),
+                    int(h) if h else 0,
+                    o.decode() if o else "",
                 )
         return out
 

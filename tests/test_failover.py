@@ -656,7 +656,9 @@ def test_redis_drill_kills_the_primary_serves_from_the_promoted_replica_and_reat
                 assert status == 200 and body["site"] == REGION
                 customer = _transaction(home, 57)["customer_id"]
                 deadline = time.monotonic() + 10
-                while (pushed_before := region_store.read("customer_spend", customer)).event_time_us != _us(57):
+                while (pushed_before := region_store.read("customer_spend", customer)).event_time_us != _us(
+                    57
+                ):
                     assert time.monotonic() < deadline, pushed_before  # the push is in the background
                     time.sleep(0.05)
                 assert pushed_before.origin == REGION
