@@ -236,10 +236,10 @@ class RedisReplicaLink:
     def status(self, wait_s: float = 1.0) -> ReplicaStatus:
         return status(self.primary_url, self.replica_url, self.region, wait_s=wait_s)
 
-    def open_replica(self, origin: str):
+    def open_replica(self, origin: str, timeout_seconds: float = 2.0):
         from meridian.online_redis import RedisOnlineStore
 
-        return RedisOnlineStore(self.replica_url, self.region, origin=origin)
+        return RedisOnlineStore(self.replica_url, self.region, timeout_seconds=timeout_seconds, origin=origin)
 
     def describe(self) -> str:
         return f"{redact(self.replica_url)} replicating {redact(self.primary_url)}"

@@ -28,9 +28,14 @@ class OnlineStoreResource(dg.ConfigurableResource):
         default_factory=dict,
         description="region -> the Redis in its DR region that replicates it (MERIDIAN_REDIS_REPLICA_URL_<REGION>)",
     )
+    timeout_seconds: float = Field(
+        default=2.0,
+        gt=0,
+        description="Redis connect and read timeout (the scoring service uses a tighter one: serving/main.py)",
+    )
 
     @classmethod
-    def from_settings(cls, config, topology) -> OnlineStoreResource:
+    def from_settings(cls, config, topology, timeout_seconds: float = 2.0) -> OnlineStoreResource:
         """The store every process of a deployment opens (the definitions, the service), from
         meridian.settings; a Redis configuration that cannot work is refused here, at load."""
         from meridian.redis_replication import check_redis_settings
@@ -48,6 +53,7 @@ class OnlineStoreResource(dg.ConfigurableResource):
             redis_url=config.redis_url,
             redis_urls=dict(config.redis_urls),
             replica_urls=dict(config.redis_replica_urls),
+            timeout_seconds=timeout_seconds,
         )
 
     def url_for(self, region: str) -> str:
@@ -70,10 +76,15 @@ class OnlineStoreResource(dg.ConfigurableResource):
             # out there, whatever the primary's backend.
             link = self.replica_link(paths.region)
             if link is not None and (paths.root / PROMOTED_MARKER).is_file():
-                return link.open_replica(origin=paths.host)
+                return link.open_replica(origin=paths.host, timeout_seconds=self.timeout_seconds)
             return SqliteOnlineStore(
                 paths.root / "online" / "online_store.db", origin=paths.host, create=create
             )
         if self.backend == "redis":
-            return RedisOnlineStore(self.url_for(paths.region), paths.region, origin=paths.host)
+            return RedisOnlineStore(
+                self.url_for(paths.region),
+                paths.region,
+                timeout_seconds=self.timeout_seconds,
+                origin=paths.host,
+            )
         return SqliteOnlineStore(paths.root / "online" / "online_store.db", origin=paths.host, create=create)

@@ -7,13 +7,22 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
+# The service's Redis timeout. A read runs on the event loop (serving/app.py SCORING_THREADS),
+# so a frozen Redis (a hung host, a blackholed link) holds every region's requests for up to
+# this long; the served store then trips (serving/store.py) and answers 503 at once until the
+# poller's probe sees the store answer again. Redis answers a keyed read in well under a
+# millisecond; 0.25 s is a stall no healthy server comes near.
+SERVING_STORE_TIMEOUT_S = 0.25
+
 
 def online_store_resource(config):
     """The same online store the Dagster definitions write (production: always Redis)."""
     from meridian.topology import load_topology
     from resources.online_store import OnlineStoreResource
 
-    return OnlineStoreResource.from_settings(config, load_topology(config.topology_path))
+    return OnlineStoreResource.from_settings(
+        config, load_topology(config.topology_path), timeout_seconds=SERVING_STORE_TIMEOUT_S
+    )
 
 
 def build_app(

@@ -15,6 +15,12 @@ class ServedStore:
     though open connections would keep reading the old file; while `error` is set every
     read raises OnlineStoreUnavailable (503). A store that comes back (the same file, or a
     new one at the path) is reopened and served again.
+
+    A read that fails trips the store the same way (a circuit breaker): reads run on the
+    event loop, so a store that hangs (a frozen Redis) would otherwise hold every request of
+    every region for its timeout, one request after another. Tripped, the region answers
+    503 at once until the next `check` finds the store answering. Writes (the background
+    pushes) do not trip it: a rejected write is that write's failure.
     """
 
     def __init__(self, open_store):
@@ -50,10 +56,20 @@ class ServedStore:
         return self._store
 
     def read(self, view: str, entity: str) -> OnlineRow | None:
-        return self._current().read(view, entity)
+        store = self._current()
+        try:
+            return store.read(view, entity)
+        except OnlineStoreUnavailable as error:
+            self.error = str(error)  # tripped: 503 at once until `check` sees it answer
+            raise
 
     def read_many(self, view, entities):
-        return self._current().read_many(view, entities)
+        store = self._current()
+        try:
+            return store.read_many(view, entities)
+        except OnlineStoreUnavailable as error:
+            self.error = str(error)  # tripped: 503 at once until `check` sees it answer
+            raise
 
     def write(self, rows):
         return self._current().write(rows)

@@ -1113,3 +1113,76 @@ def test_an_ab_test_on_served_traffic_reaches_a_significant_decision_once_labels
     finally:
         client.set_registered_model_alias(name, registry.CHAMPION, good)
         _deploy(service, strategy="champion")
+
+
+def test_a_frozen_redis_holds_other_requests_for_one_timeout_at_most_and_recovers_when_resumed(
+    service, tmp_path, redis_url
+):
+    """One region's Redis freezes (SIGSTOP: connections hang, nothing is refused). Reads run on
+    the event loop, so without a bound every request of every region would wait behind each of
+    its reads. The service's Redis timeout (SERVING_STORE_TIMEOUT_S) bounds the first stall, the
+    served store trips, the region answers 503 at once, other requests go on; resumed
+    (SIGCONT), the region is served again within the poll interval."""
+    import signal
+
+    from meridian.online_redis import RedisOnlineStore
+    from meridian.online_sqlite import SqliteOnlineStore
+    from serving.main import SERVING_STORE_TIMEOUT_S, build_app
+    from tests.servers import RedisServer
+
+    server = RedisServer(tmp_path / "redis").start()
+    paths = region_paths(load_topology().region(REGION), service["home"])
+    sqlite_store = SqliteOnlineStore(paths.root / "online" / "online_store.db")
+    redis_store = RedisOnlineStore(server.url, REGION)
+    for view in VIEWS:
+        redis_store.write(sqlite_store.iter_rows(view))
+    sqlite_store.close()
+    redis_store.close()
+    body = _known_transaction(service["home"])
+    other = {**body, "currency": "USD", "country": "US"}  # us-east: served beside it, on its own store
+    try:
+        with pytest.MonkeyPatch.context() as env:
+            env.setenv("MERIDIAN_ONLINE_STORE", "redis")
+            env.setenv("MERIDIAN_REDIS_URL", redis_url)  # every other region
+            env.setenv("MERIDIAN_REDIS_URL_EU_WEST", server.url)
+            # The shipped poll interval: the poller's probe alone would notice the freeze only
+            # after up to 2 s of stalled requests.
+            app = build_app(poll_seconds=2.0, regions=[REGION, "us-east"], stream_log=False, push=False)
+        with serving(app) as url:
+            assert _call(f"{url}/v1/{REGION}/score", body)[0] == 200
+            server.signal(signal.SIGSTOP)
+            frozen: list[tuple[int, float]] = []
+            others: list[tuple[int, float]] = []
+
+            def timed(target: list, path: str, payload: dict | None = None) -> None:
+                started = time.perf_counter()
+                status, _ = _call(url + path, payload)
+                target.append((status, time.perf_counter() - started))
+
+            def hammer() -> None:
+                deadline = time.monotonic() + 1.5
+                while time.monotonic() < deadline:
+                    timed(frozen, f"/v1/{REGION}/score", body)
+
+            worker = threading.Thread(target=hammer)
+            worker.start()
+            while worker.is_alive():
+                timed(others, "/healthz")
+                timed(others, "/v1/us-east/score", other)  # no model there: 503 from the loop, not the store
+                time.sleep(0.02)
+            worker.join()
+            assert {s for s, _ in frozen} == {503} and len(frozen) >= 10, frozen[:5]
+            stalled = [t for _, t in frozen if t >= SERVING_STORE_TIMEOUT_S * 0.8]
+            assert len(stalled) <= 2, f"{len(stalled)} of {len(frozen)} requests waited on the frozen store"
+            assert max(t for _, t in others) < SERVING_STORE_TIMEOUT_S + 0.75, sorted(others)[-3:]
+            assert sorted(t for _, t in others)[len(others) // 2] < 0.1
+            status, ready = _call(f"{url}/readyz")
+            assert status == 503 and "timed out" in ready["detail"][REGION]["online_store"]
+            server.signal(signal.SIGCONT)
+            deadline = time.monotonic() + 10
+            while _call(f"{url}/v1/{REGION}/score", body)[0] != 200:
+                assert time.monotonic() < deadline, "the region was not served again after SIGCONT"
+                time.sleep(0.05)
+    finally:
+        server.signal(signal.SIGCONT)
+        server.close()
