@@ -85,7 +85,7 @@ def prepare(home: Path, rows: int) -> None:
     )
     resource = MlflowTrackingResource(home=str(home))
     client = resource.client()
-    resource.ensure_experiment(REGION, home / "regions" / REGION / "mlflow-artifacts")
+    resource.ensure_experiment(REGION, (home / "regions" / REGION / "mlflow-artifacts").as_uri())
     mlflow.set_experiment(resource.experiment_name(REGION))
     with mlflow.start_run():
         uri = mlflow.lightgbm.log_model(booster, name="model").model_uri

@@ -11,6 +11,7 @@ naming what is missing:
 | MERIDIAN_S3_ENDPOINT_<REGION> | the region's S3-compatible endpoint (unset: AWS's) |
 | MERIDIAN_S3_ACCESS_KEY_ID_<REGION>, MERIDIAN_S3_SECRET_ACCESS_KEY_<REGION> | the region's credentials |
 | MERIDIAN_S3_SECRETS_FILE | a YAML file `{<region>: {access_key_id, secret_access_key}}` instead of the two above |
+| MERIDIAN_MLFLOW_ARTIFACTS_<ZONE> | the zone's MLflow artifact bucket, `s3://bucket/prefix` (meridian.artifact_store) |
 
 `<REGION>` is the region's name in capitals with `_` for `-` (`EU_WEST`).
 """
@@ -94,8 +95,19 @@ def landing_location(region: str, environ: Mapping[str, str] | None = None) -> S
     url = env.get(f"MERIDIAN_LANDING_URL_{_suffix(region)}")
     if not url:
         return None
+    return region_location(
+        region,
+        url,
+        env,
+        f"{region}'s landing zone is on object storage (MERIDIAN_LANDING_URL_{_suffix(region)})",
+    )
+
+
+def region_location(region: str, url: str, env: Mapping[str, str], purpose: str) -> S3Location:
+    """`url` (s3://bucket/prefix) reached through region's endpoint with region's credentials;
+    `purpose` says, in an error, why they are needed."""
     bucket, prefix = parse_s3_url(url)
-    key_id, secret = _credentials(region, env)
+    key_id, secret = _credentials(region, env, purpose)
     return S3Location(
         region=region,
         bucket=bucket,
@@ -106,7 +118,7 @@ def landing_location(region: str, environ: Mapping[str, str] | None = None) -> S
     )
 
 
-def _credentials(region: str, env: Mapping[str, str]) -> tuple[str, str]:
+def _credentials(region: str, env: Mapping[str, str], purpose: str) -> tuple[str, str]:
     suffix = _suffix(region)
     key_id = env.get(f"MERIDIAN_S3_ACCESS_KEY_ID_{suffix}")
     secret = env.get(f"MERIDIAN_S3_SECRET_ACCESS_KEY_{suffix}")
@@ -129,9 +141,8 @@ def _credentials(region: str, env: Mapping[str, str]) -> tuple[str, str]:
     ]
     if missing:
         raise ObjectStoreConfigError(
-            f"{region}'s landing zone is on object storage (MERIDIAN_LANDING_URL_{suffix}) but its "
-            f"credentials are missing: set {' and '.join(missing)}, or give them under {region!r} in "
-            "the file MERIDIAN_S3_SECRETS_FILE names"
+            f"{purpose} but {region}'s credentials are missing: set {' and '.join(missing)}, or give "
+            f"them under {region!r} in the file MERIDIAN_S3_SECRETS_FILE names"
         )
     return str(key_id), str(secret)
 

@@ -51,6 +51,7 @@ from assets.serving import deployment_config, serving_stream, serving_stream_job
 from assets.sharing import global_merchant_risk
 from assets.training import fraud_model, fraud_model_hyperparameters, training_set
 from assets.transforms import dbt_project, regional_dbt_models
+from meridian import artifact_store
 from meridian import settings as meridian_settings
 from meridian.governance import default_policy
 from meridian.object_store import landing_location
@@ -114,6 +115,7 @@ def build_resources(profile: str) -> dict[str, object]:
     topology = load_topology(config.topology_path)
     for region in topology.active_region_names:
         landing_location(region)
+    artifact_store.check_settings(topology)  # each zone's MLflow artifact bucket, and who reaches it
     return {
         "topology": RegionTopologyResource(path=config.topology_path),
         "lake": RegionalLakeResource(home=config.home_override),

@@ -124,6 +124,9 @@ class MlflowTrackingResource(dg.ConfigurableResource):
     def client(self):
         import mlflow
 
+        from meridian import artifact_store
+
+        artifact_store.install()  # s3:// artifacts through each region's own endpoint and credentials
         mlflow.set_tracking_uri(self.uri())
         mlflow.set_registry_uri(self.uri())
         return mlflow.MlflowClient(tracking_uri=self.uri(), registry_uri=self.uri())
@@ -175,14 +178,38 @@ class MlflowTrackingResource(dg.ConfigurableResource):
     def experiment_name(self, region: str) -> str:
         return f"fraud-{region}"
 
-    def ensure_experiment(self, region: str, artifact_root: Path | None) -> str:
-        """The region's experiment id; created with its artifacts under `artifact_root` (local stores)."""
+    def artifact_location(self, region: str, artifact_root: Path | None) -> str | None:
+        """Where the region's experiment keeps its artifacts: its zone's artifact bucket when
+        one is configured (meridian.artifact_store), else `artifact_root` for a local store
+        (inside the region's root), else the tracking server's default."""
+        from meridian import artifact_store
+        from meridian.settings import settings
+        from meridian.topology import load_topology
+
+        zone_location = artifact_store.experiment_location(load_topology(settings().topology_path), region)
+        if zone_location is not None:
+            return zone_location
+        local = urlparse(self.uri()).scheme in ("sqlite", "file", "")
+        return artifact_root.as_uri() if artifact_root is not None and local else None
+
+    def ensure_experiment(self, region: str, location: str | None) -> str:
+        """The region's experiment id; created with its artifacts at `location` (None: MLflow's default).
+
+        An existing experiment keeps the location it was created with (MLflow cannot move
+        it): one elsewhere than `location` is refused, since the region's models would be
+        written outside the place its zone's configuration names.
+        """
         client = self.client()
         name = self.experiment_name(region)
         found = client.get_experiment_by_name(name)
         if found is not None:
+            if location is not None and found.artifact_location.rstrip("/") != location.rstrip("/"):
+                raise MlflowUnavailable(
+                    f"experiment {name} keeps its artifacts at {found.artifact_location}, not at "
+                    f"{location} where its zone's configuration puts them; nothing was logged. Move "
+                    "its runs and rename or delete the experiment, or correct the configuration"
+                )
             return found.experiment_id
-        location = artifact_root.as_uri() if artifact_root is not None else None
         try:
             return client.create_experiment(name, artifact_location=location, tags={"region": region})
         except Exception:
@@ -236,8 +263,7 @@ class MlflowTrackingResource(dg.ConfigurableResource):
         import mlflow
         from mlflow.entities import RunStatus
 
-        local = urlparse(self.uri()).scheme in ("sqlite", "file", "")
-        self.ensure_experiment(region, artifact_root if local else None)
+        self.ensure_experiment(region, self.artifact_location(region, artifact_root))
         abandoned = self.fail_abandoned_runs(region, lambda run_id: _dagster_run_ended(context, run_id))
         if abandoned:
             context.log.warning(

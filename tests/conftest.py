@@ -128,6 +128,7 @@ def production(tmp_path_factory, redis_url):
     """Postgres (two databases), the MLflow server on one of them, the production environment:
     one set per test module that asks for it (the two production modules run side by side)."""
     from meridian.profiles import install_instance_config
+    from tests.object_stores import EU_ARTIFACT_BUCKET, start_region_store
     from tests.servers import MlflowServer, Postgres
 
     pg = Postgres().init()
@@ -135,6 +136,10 @@ def production(tmp_path_factory, redis_url):
     root = tmp_path_factory.mktemp("production")
     (root / "artifacts").mkdir()
     server = None
+    # The eu zone's MLflow artifact bucket, on eu-west's own S3 endpoint with its credentials
+    # (meridian.artifact_store); the other zones keep the server's served artifacts.
+    eu_store = start_region_store("eu-west", root)
+    eu_store.client().create_bucket(Bucket=EU_ARTIFACT_BUCKET)
     try:
         pg.create_database("dagster")
         dagster_db = pg.url("dagster", "psycopg2")
@@ -151,13 +156,16 @@ def production(tmp_path_factory, redis_url):
             # The production profile on one machine: no Kubernetes cluster runs here, so runs
             # execute in their run worker (tests/test_deploy.py checks the k8s executor).
             "MERIDIAN_EXECUTOR": "in_process",
+            "MERIDIAN_MLFLOW_ARTIFACTS_EU": f"s3://{EU_ARTIFACT_BUCKET}/experiments",
+            **{k: v for k, v in eu_store.env().items() if not k.startswith("MERIDIAN_LANDING_URL_")},
         }
         install_instance_config(home / "dagster", "production")
         with pytest.MonkeyPatch.context() as patch:
             for key, value in env.items():
                 patch.setenv(key, value)
-            yield {"pg": pg, "mlflow": server, "home": home, "env": env}
+            yield {"pg": pg, "mlflow": server, "home": home, "env": env, "eu_store": eu_store}
     finally:
+        eu_store.kill()
         if server is not None:
             server.stop()
         pg.close()

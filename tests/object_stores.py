@@ -16,6 +16,8 @@ from pathlib import Path
 
 from tests.servers import free_port
 
+# The eu zone's MLflow artifact bucket in the production fixture (tests/conftest.py).
+EU_ARTIFACT_BUCKET = "meridian-eu-mlflow"
 # The set-up below makes exactly this many calls before authentication starts.
 SETUP_CALLS = 4
 

@@ -94,6 +94,7 @@ class MlflowServer:
     """`mlflow server` with a PostgreSQL backend store and served artifacts, as in production."""
 
     def __init__(self, backend_uri: str, artifacts: Path):
+        self.artifacts = artifacts
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = open(artifacts.parent / "mlflow-server.log", "w")  # noqa: SIM115 - closed in stop()

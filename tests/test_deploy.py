@@ -132,10 +132,18 @@ def test_the_charts_settings_load_as_the_production_profile(monkeypatch, tmp_pat
     # The image's path; in this checkout the same folder is here.
     monkeypatch.setenv("MERIDIAN_DBT_PROFILES_DIR", str(DEPLOY / "dbt"))
     monkeypatch.setenv("MERIDIAN_HOME", str(tmp_path / "home"))
-    store = _definitions().build_resources("production")["online_store"]
-    for region in load_topology().active_region_names:
-        link = store.replica_link(region)
+    resources = _definitions().build_resources("production")
+    topology = load_topology()
+    for region in topology.active_region_names:
+        link = resources["online_store"].replica_link(region)
         assert link is not None and link.primary_url != link.replica_url
+    # Each zone's MLflow artifact root, as `meridian.mlflow.artifactRoots` names its bucket.
+    from meridian import artifact_store
+
+    roots = _load("helm/values.yaml")["meridian"]["mlflow"]["artifactRoots"]
+    for region in topology.active_region_names:
+        location = artifact_store.experiment_location(topology, region)
+        assert location == f"{roots[topology.zone_of(region)]}/experiments/{region}"
 
 
 def test_dbt_has_a_production_target_on_a_distributed_engine():

@@ -171,7 +171,7 @@ def test_registry_promotes_rolls_back_and_discards_half_registered_versions(tmp_
     client = resource.client()
     region = "eu-west"
     name = registry.model_name(region)
-    experiment = resource.ensure_experiment(region, tmp_path / "artifacts")
+    experiment = resource.ensure_experiment(region, (tmp_path / "artifacts").as_uri())
     versions = [
         registry.register_challenger(client, region, _log_tiny_model(experiment, i), "r", {})
         for i in range(3)

@@ -10,6 +10,7 @@ from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PART
 
 from tests.daemon import wait
 from tests.helpers import trainable_days
+from tests.object_stores import EU_ARTIFACT_BUCKET
 
 pytestmark = pytest.mark.e2e
 REGION = "eu-west"
@@ -83,8 +84,25 @@ def test_a_slice_of_the_graph_runs_on_postgres_and_the_mlflow_server(production)
     client = mlflow.MlflowClient(tracking_uri=production["mlflow"].url)
     champion = client.get_model_version_by_alias("fraud-eu-west", "champion")
     assert champion.version == "1"
-    # Artifacts go through the server (served artifacts), not a path on this machine.
-    assert client.get_model_version_download_uri("fraud-eu-west", "1").startswith("mlflow-artifacts:")
+    # The model's files are in the eu zone's artifact bucket, written with eu-west's own
+    # credentials on its endpoint, and nowhere else: not in the tracking server's artifact store.
+    uri = client.get_model_version_download_uri("fraud-eu-west", "1")
+    assert uri.startswith(f"s3://{EU_ARTIFACT_BUCKET}/experiments/eu-west/"), uri
+    store = production["eu_store"]
+    keys = [
+        o["Key"]
+        for page in store.client().get_paginator("list_objects_v2").paginate(Bucket=EU_ARTIFACT_BUCKET)
+        for o in page.get("Contents", [])
+    ]
+    assert all(k.startswith("experiments/eu-west/") for k in keys)
+    assert any(k.endswith("MLmodel") for k in keys) and any(k.endswith(".lgb") for k in keys), keys
+    served = production["mlflow"].artifacts
+    assert not [p for p in served.rglob("*") if p.is_file()], "a model file went to the tracking server"
+    # Another credential is refused by the bucket's endpoint: the files are eu-west's alone.
+    import botocore.exceptions
+
+    with pytest.raises(botocore.exceptions.ClientError):
+        store.client("AKIAOTHERZONE0000000", "not-eu-west").list_objects_v2(Bucket=EU_ARTIFACT_BUCKET)
     booster = mlflow.lightgbm.load_model("models:/fraud-eu-west@champion")
     assert booster.num_trees() > 0
     from meridian import dr

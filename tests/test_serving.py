@@ -965,7 +965,7 @@ def _register_amount_model(home: Path) -> int:
     )
     tracking = MlflowTrackingResource(home=str(home))
     client = tracking.client()
-    experiment = tracking.ensure_experiment(REGION, paths.root / "mlflow-artifacts")
+    experiment = tracking.ensure_experiment(REGION, (paths.root / "mlflow-artifacts").as_uri())
     with mlflow.start_run(experiment_id=experiment) as run:
         logged = mlflow.lightgbm.log_model(
             booster, name="model", pip_requirements=modeling.model_pip_requirements()
