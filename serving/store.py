@@ -55,21 +55,19 @@ class ServedStore:
             raise OnlineStoreUnavailable(self.error or "online store is not open")
         return self._store
 
-    def read(self, view: str, entity: str) -> OnlineRow | None:
+    def _reading(self, read):
         store = self._current()
         try:
-            return store.read(view, entity)
+            return read(store)
         except OnlineStoreUnavailable as error:
             self.error = str(error)  # tripped: 503 at once until `check` sees it answer
             raise
 
+    def read(self, view: str, entity: str) -> OnlineRow | None:
+        return self._reading(lambda store: store.read(view, entity))
+
     def read_many(self, view, entities):
-        store = self._current()
-        try:
-            return store.read_many(view, entities)
-        except OnlineStoreUnavailable as error:
-            self.error = str(error)  # tripped: 503 at once until `check` sees it answer
-            raise
+        return self._reading(lambda store: store.read_many(view, entities))
 
     def write(self, rows):
         return self._current().write(rows)

@@ -381,6 +381,16 @@ def _us(n: int) -> int:
     return int(datetime.fromisoformat(f"{DAYS[-1]}T23:{n % 60:02d}:00+00:00").timestamp() * 1_000_000)
 
 
+def _score_until(url: str, txn: dict, since: float, limit_s: float, site: str | None = None) -> dict:
+    """Score `txn` at REGION until it answers 200 (from `site`, when given); fail `limit_s` after `since`."""
+    while True:
+        status, body = _call(f"{url}/v1/{REGION}/score", txn)
+        if status == 200 and (site is None or body["site"] == site):
+            return body
+        assert time.monotonic() - since < limit_s, body
+        time.sleep(0.05)
+
+
 def _evaluate_sensor(instance, resources, cursor):
     context = dg.build_sensor_context(instance=instance, cursor=cursor, resources=resources)
     requests = list(region_health_sensor(context) or [])
@@ -432,12 +442,7 @@ def test_failover_drill_serves_from_dr_within_the_rto_and_fails_back_losing_only
             assert failover.success
             # ---- serving again, from the DR region
             answered = []
-            while True:
-                status, body = _call(f"{url}/v1/{REGION}/score", _transaction(home, 2))
-                if status == 200:
-                    break
-                assert time.monotonic() - fault_at < 30, body
-                time.sleep(0.05)
+            body = _score_until(url, _transaction(home, 2), fault_at, 30)
             rto = time.monotonic() - fault_at
             assert body["site"] == DR_REGION and body["model_version"] == 1
             assert rto < RTO_TARGET_S, f"RTO {rto:.1f}s"
@@ -482,12 +487,7 @@ def test_failover_drill_serves_from_dr_within_the_rto_and_fails_back_losing_only
             row = store.read("customer_spend", _transaction(home, 7)["customer_id"])
             assert row is not None and row.origin == DR_REGION and row.hlc > 0
             store.close()
-            while True:
-                status, body = _call(f"{url}/v1/{REGION}/score", _transaction(home, 9))
-                if status == 200 and body["site"] == REGION:
-                    break
-                assert time.monotonic() - fault_at < 60, body
-                time.sleep(0.05)
+            _score_until(url, _transaction(home, 9), fault_at, 60, site=REGION)
         # Nothing answered during the failover is lost: every decision is in the region's lake.
         decisions = pl.concat(
             [pl.read_parquet(f) for f in primary.table("scoring_decisions").glob("day=*/*.parquet")]
@@ -692,12 +692,7 @@ def test_redis_drill_kills_the_primary_serves_from_the_promoted_replica_and_reat
                 assert failover.success
                 promoted = failover.output_for_node("region_failover_op")["online_replica"]
                 assert promoted["promoted"] is True and promoted["serving"] == "redis replica"
-                while True:
-                    status, body = _call(f"{url}/v1/{REGION}/score", _transaction(home, 58))
-                    if status == 200:
-                        break
-                    assert time.monotonic() - fault_at < 30, body
-                    time.sleep(0.05)
+                body = _score_until(url, _transaction(home, 58), fault_at, 30)
                 rto = time.monotonic() - fault_at
                 print(
                     f"RTO, Redis primary SIGKILLed to the first score from its promoted replica: {rto:.2f} s"
@@ -743,12 +738,7 @@ def test_redis_drill_kills_the_primary_serves_from_the_promoted_replica_and_reat
                 again = link.open_replica(origin=DR_REGION)
                 assert again.read("customer_spend", "unreplicated-3") is not None  # resynced from R
                 again.close()
-                while True:
-                    status, body = _call(f"{url}/v1/{REGION}/score", _transaction(home, 59))
-                    if status == 200 and body["site"] == REGION:
-                        break
-                    assert time.monotonic() - fault_at < 60, body
-                    time.sleep(0.05)
+                _score_until(url, _transaction(home, 59), fault_at, 60, site=REGION)
     finally:
         primary.close()
         replica.close()
