@@ -468,10 +468,9 @@ def redis_daemon_drill(home: Path, txn: dict) -> dict:
     Then the Redis returns, failback merges and re-attaches the replica."""
     from meridian import dr
     from meridian.dr import health
-    from meridian.online_redis import RedisOnlineStore
-    from meridian.online_sqlite import SqliteOnlineStore
     from meridian.paths import region_paths
     from meridian.redis_replication import RedisReplicaLink, wait_in_sync
+    from meridian.settings import region_env_suffix
     from meridian.topology import load_topology
     from resources.online_store import OnlineStoreResource
     from serving.main import build_app
@@ -489,16 +488,10 @@ def redis_daemon_drill(home: Path, txn: dict) -> dict:
     redis_env = {
         "MERIDIAN_ONLINE_STORE": "redis",
         "MERIDIAN_REDIS_URL": shared.url,
-        f"MERIDIAN_REDIS_URL_{REGION.upper().replace('-', '_')}": primary.url,
-        f"MERIDIAN_REDIS_REPLICA_URL_{REGION.upper().replace('-', '_')}": replica.url,
+        f"MERIDIAN_REDIS_URL_{region_env_suffix(REGION)}": primary.url,
+        f"MERIDIAN_REDIS_REPLICA_URL_{region_env_suffix(REGION)}": replica.url,
     }
-    sqlite_store = SqliteOnlineStore(primary_paths.root / "online" / "online_store.db")
-    region_store = RedisOnlineStore(primary.url, REGION)
-    rows = 0
-    for view in ("customer_spend", "merchant_risk"):
-        rows += region_store.write(sqlite_store.iter_rows(view)).applied
-    sqlite_store.close()
-    region_store.close()
+    rows = primary.load_online_rows(primary_paths.root, REGION)
     link.attach()
     synced = wait_in_sync(primary.url, replica.url, REGION)
     print(

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from functools import cache
 
 from meridian.object_store import ObjectStoreConfigError, S3Location, parse_s3_url, region_location
 
@@ -89,32 +90,40 @@ def location_for(uri: str, environ: Mapping[str, str] | None = None) -> S3Locati
     return None
 
 
-def _repository(artifact_uri: str, tracking_uri: str | None = None, registry_uri: str | None = None):
+@cache
+def _zone_repository_class():
     from mlflow.store.artifact.s3_artifact_repo import S3ArtifactRepository, _get_s3_client
 
-    location = location_for(artifact_uri)
-    if location is None:
-        return S3ArtifactRepository(artifact_uri, tracking_uri=tracking_uri, registry_uri=registry_uri)
-
     class ZoneS3ArtifactRepository(S3ArtifactRepository):
-        """MLflow's S3 repository on the region's endpoint with the region's credentials."""
+        """MLflow's S3 repository on a region's endpoint with that region's credentials."""
+
+        def __init__(self, artifact_uri: str, location: S3Location, **kwargs):
+            super().__init__(
+                artifact_uri,
+                access_key_id=location.access_key_id,
+                secret_access_key=location.secret_access_key,
+                **kwargs,
+            )
+            self._location = location
 
         def _get_s3_client(self):
             return _get_s3_client(
-                access_key_id=location.access_key_id,
-                secret_access_key=location.secret_access_key,
-                region_name=location.signing_region,
-                s3_endpoint_url=location.endpoint_url,
-                addressing_style="path" if location.endpoint_url else None,
+                access_key_id=self._location.access_key_id,
+                secret_access_key=self._location.secret_access_key,
+                region_name=self._location.signing_region,
+                s3_endpoint_url=self._location.endpoint_url,
+                addressing_style="path" if self._location.endpoint_url else None,
             )
 
-    return ZoneS3ArtifactRepository(
-        artifact_uri,
-        access_key_id=location.access_key_id,
-        secret_access_key=location.secret_access_key,
-        tracking_uri=tracking_uri,
-        registry_uri=registry_uri,
-    )
+    return S3ArtifactRepository, ZoneS3ArtifactRepository
+
+
+def _repository(artifact_uri: str, tracking_uri: str | None = None, registry_uri: str | None = None):
+    plain, zone = _zone_repository_class()
+    location = location_for(artifact_uri)
+    if location is None:
+        return plain(artifact_uri, tracking_uri=tracking_uri, registry_uri=registry_uri)
+    return zone(artifact_uri, location, tracking_uri=tracking_uri, registry_uri=registry_uri)
 
 
 def install() -> None:

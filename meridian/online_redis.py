@@ -28,6 +28,17 @@ return 1
 """
 
 
+def redact(url: str) -> str:
+    """The URL without its password, for logs, metadata and error messages."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = f"{parts.username or ''}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+    return parts._replace(netloc=netloc).geturl()
+
+
 class RedisOnlineStore:
     """One hash per (region, view, entity): `meridian:<region>:<view>:<entity>` → t, v, p.
 
@@ -43,7 +54,7 @@ class RedisOnlineStore:
         self._client = redis.Redis.from_url(
             url, socket_timeout=timeout_seconds, socket_connect_timeout=timeout_seconds
         )
-        self._url = url
+        self._url = redact(url)  # what messages name: never the password
         self._cas = self._client.register_script(_CAS)
 
     def _key(self, view: str, entity: str) -> str:

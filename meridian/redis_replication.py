@@ -25,6 +25,7 @@ import time
 from dataclasses import asdict, dataclass
 from urllib.parse import urlsplit
 
+from meridian.online_redis import redact
 from meridian.online_store import OnlineStoreUnavailable
 
 HEARTBEAT_FIELD = "__replication_heartbeat__"
@@ -44,15 +45,6 @@ def address(url: str) -> tuple[str, int]:
     if parts.scheme not in ("redis", "rediss") or not parts.hostname:
         raise ValueError(f"{redact(url)} is not a redis:// URL with a host")
     return parts.hostname, parts.port or 6379
-
-
-def redact(url: str) -> str:
-    """The URL without its password, for logs, metadata and error messages."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = f"{parts.username or ''}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
-    return parts._replace(netloc=netloc).geturl()
 
 
 def _client(url: str, timeout_s: float):

@@ -207,6 +207,22 @@ class RedisServer:
         client.close()
         return self
 
+    def load_online_rows(self, region_root: Path, region: str) -> int:
+        """Copy a region's SQLite online store (what the embedded default built) into this
+        server's key space for the region, stamps kept: the rows online_features writes in
+        production. Returns the rows written."""
+        from meridian.feature_views import feature_views
+        from meridian.online_redis import RedisOnlineStore
+        from meridian.online_sqlite import SqliteOnlineStore
+
+        source = SqliteOnlineStore(region_root / "online" / "online_store.db", create=False)
+        target = RedisOnlineStore(self.url, region)
+        try:
+            return sum(target.write(source.iter_rows(view.name)).applied for view in feature_views())
+        finally:
+            source.close()
+            target.close()
+
     def signal(self, signum: int) -> None:
         assert self.proc is not None
         os.kill(self.proc.pid, signum)

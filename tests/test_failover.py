@@ -627,11 +627,8 @@ def test_redis_drill_kills_the_primary_serves_from_the_promoted_replica_and_reat
     link = store.replica_link(REGION)
     try:
         # The region's online rows, in its Redis (what online_features writes in production).
-        sqlite_store = SqliteOnlineStore(primary_paths.root / "online" / "online_store.db")
-        rows = [row for view in ("customer_spend", "merchant_risk") for row in sqlite_store.iter_rows(view)]
-        sqlite_store.close()
+        assert primary.load_online_rows(primary_paths.root, REGION) > 100
         region_store = RedisOnlineStore(primary.url, REGION)
-        assert region_store.write(rows).applied == len(rows) > 100
         # The replica asset attaches the replica and shows its lag.
         (replicated,) = dg.materialize(
             [a for a in REPLICA_ASSETS if a.key.path[-1] == "online_store_replica"],

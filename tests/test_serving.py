@@ -1125,19 +1125,12 @@ def test_a_frozen_redis_holds_other_requests_for_one_timeout_at_most_and_recover
     (SIGCONT), the region is served again within the poll interval."""
     import signal
 
-    from meridian.online_redis import RedisOnlineStore
-    from meridian.online_sqlite import SqliteOnlineStore
     from serving.main import SERVING_STORE_TIMEOUT_S, build_app
     from tests.servers import RedisServer
 
     server = RedisServer(tmp_path / "redis").start()
     paths = region_paths(load_topology().region(REGION), service["home"])
-    sqlite_store = SqliteOnlineStore(paths.root / "online" / "online_store.db")
-    redis_store = RedisOnlineStore(server.url, REGION)
-    for view in VIEWS:
-        redis_store.write(sqlite_store.iter_rows(view))
-    sqlite_store.close()
-    redis_store.close()
+    assert server.load_online_rows(paths.root, REGION) > 0
     body = _known_transaction(service["home"])
     other = {**body, "currency": "USD", "country": "US"}  # us-east: served beside it, on its own store
     try:

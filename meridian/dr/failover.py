@@ -13,10 +13,9 @@ from pathlib import Path
 import orjson
 import polars as pl
 
+from meridian.dr.online import promote_for_failover, reattach, redis_rows_lost, snapshot_rows_lost
 from meridian.dr.probes import probe
 from meridian.dr.state import FailoverError, failover_root, load_state, primary_paths, replica, save_state
-from meridian.lake import write_bytes_atomic
-from meridian.online_store import OnlineStoreUnavailable
 from meridian.paths import RegionPaths
 from meridian.redis_replication import PROMOTED_MARKER, RedisReplicaLink
 from meridian.replication import hash_file, walk
@@ -89,7 +88,7 @@ def fail_over(
     doc = orjson.loads((target / "models" / "registry.json").read_bytes())
     if "champion" not in doc["aliases"]:
         raise FailoverError(f"the registry replica of {region} has no champion")
-    promoted = _promote_online_replica(online_replica, target, "online_store" not in empty)
+    promoted = promote_for_failover(online_replica, target, "online_store" not in empty)
     published = {cls: (rep.manifest() or {}).get("published_at") for cls, rep in replicas.items()}
     async_times = [
         published[c]
@@ -120,33 +119,6 @@ def fail_over(
     save_state(home, state)
     report.seconds = time.perf_counter() - started
     return report
-
-
-def _promote_online_replica(
-    link: RedisReplicaLink | None, checkout: Path, have_snapshot: bool
-) -> dict | None:
-    """Promote R's live Redis replica and mark the checkout as served by it; the report's entry."""
-    if link is None:
-        return None
-    try:
-        before = link.promote()
-    except OnlineStoreUnavailable as error:
-        if not have_snapshot:
-            raise FailoverError(
-                f"the Redis replica of {link.region} cannot be promoted ({error}) and there is no "
-                "snapshot of its online store to serve instead"
-            ) from error
-        return {"promoted": False, "serving": "snapshot", "reason": str(error), "replica": link.describe()}
-    entry = {
-        "promoted": True,
-        "serving": "redis replica",
-        "replica": link.describe(),
-        "link_up_at_promotion": before.link_up,
-        "replica_offset_at_promotion": before.replica_offset,
-        "keys_at_promotion": before.keys,
-    }
-    write_bytes_atomic(orjson.dumps({**entry, "promoted_at": time.time()}), checkout / PROMOTED_MARKER)
-    return entry
 
 
 def _merge_parquet(primary: Path, failover: Path, primary_site: str, dr_site: str) -> pl.DataFrame:
@@ -240,70 +212,6 @@ def _verify_registry_holds_what_its_replica_held(region: str, dr_name: str, rep,
         )
 
 
-def _online_rows_lost(primary: RegionPaths, rep, used: dict, since: float) -> int | None:
-    """Online rows written at the primary before the fault (by write stamp) that the online
-    replica used at the failover did not hold."""
-    import sqlite3
-
-    from meridian.conflicts import LOGICAL_BITS
-
-    db = primary.root / "online" / "online_store.db"
-    entry = used["files"].get("online/online_store.db")
-    if not db.is_file():
-        return None
-    replica_ms = 0
-    if entry is not None:
-        con = sqlite3.connect(f"file:{rep.object_path(entry['checksum'])}?mode=ro", uri=True)
-        try:
-            replica_ms = (
-                con.execute("select max(hlc) from online_features").fetchone()[0] or 0
-            ) >> LOGICAL_BITS
-        finally:
-            con.close()
-    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-    try:
-        return con.execute(
-            "select count(*) from online_features where hlc > ? and hlc <= ?",
-            ((replica_ms + 1) << LOGICAL_BITS, (int(since * 1000) + 1) << LOGICAL_BITS),
-        ).fetchone()[0]
-    finally:
-        con.close()
-
-
-def _redis_rows_lost(
-    open_store: Callable | None, primary: RegionPaths, link: RedisReplicaLink, dr_name: str, since: float
-) -> int:
-    """Rows R's Redis wrote before the fault (by write stamp) whose value the promoted replica
-    never held: missing there, or older. (A row the DR site wrote anew since is not counted:
-    its newer value wins the merge either way.)"""
-    from meridian.conflicts import LOGICAL_BITS
-    from meridian.feature_views import feature_views
-
-    if open_store is None:
-        raise FailoverError("failback of a promoted Redis replica needs the region's store (open_store)")
-    cutoff = (int(since * 1000) + 1) << LOGICAL_BITS
-    primary_store, replica_store = open_store(primary), link.open_replica(origin=dr_name)
-    lost = 0
-    try:
-        for view in feature_views():
-            before = [r for r in primary_store.iter_rows(view.name) if r.hlc <= cutoff]
-            for start in range(0, len(before), 1_000):
-                chunk = before[start : start + 1_000]
-                held = replica_store.read_many(view.name, [r.entity for r in chunk], stamps=True)
-                for row in chunk:
-                    other = held.get(row.entity)
-                    if other is None or (other.event_time_us, other.hlc, other.origin) < (
-                        row.event_time_us,
-                        row.hlc,
-                        row.origin,
-                    ):
-                        lost += 1
-    finally:
-        primary_store.close()
-        replica_store.close()
-    return lost
-
-
 def fail_back(
     topology: Topology,
     home: Path,
@@ -370,9 +278,9 @@ def fail_back(
                 lost.append(source.rel)
     promoted = online_replica is not None and (site / PROMOTED_MARKER).is_file()
     if promoted:
-        rpo_online_rows = _redis_rows_lost(open_store, primary, online_replica, dr_name, since)
+        rpo_online_rows = redis_rows_lost(open_store, primary, online_replica, dr_name, since)
     else:
-        rpo_online_rows = _online_rows_lost(primary, replicas["online_store"], used["online_store"], since)
+        rpo_online_rows = snapshot_rows_lost(primary, replicas["online_store"], used["online_store"], since)
     # Switch first: from here R's writers (assets, the service within its poll interval) write
     # to R's own root, where the merge below is safe against them (last writer wins). Then
     # wait for writers still on the DR site to drain, and merge what they wrote.
@@ -428,14 +336,7 @@ def fail_back(
         reconciled["online_rows"] += primary_store.write(dr_store.iter_rows(view.name)).applied
     dr_store.close()
     primary_store.close()
-    replica_report = None
-    if online_replica is not None:
-        # Merged: the replica follows R again (its full resync replaces what it holds).
-        try:
-            online_replica.attach()
-            replica_report = {"reattached": True, "replica": online_replica.describe()}
-        except OnlineStoreUnavailable as error:  # the replica asset re-attaches it on its next run
-            replica_report = {"reattached": False, "reason": str(error), "replica": online_replica.describe()}
+    replica_report = reattach(online_replica) if online_replica is not None else None
     shutil.rmtree(site, ignore_errors=True)
     return FailoverReport(
         region,
