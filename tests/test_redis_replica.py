@@ -98,6 +98,12 @@ def test_credentials_never_reach_messages():
     assert redact("redis://:s3cret@redis.eu:6380/0") == "redis://:***@redis.eu:6380/0"
     assert redact("redis://app:s3cret@redis.eu/1") == "redis://app:***@redis.eu/1"
     assert redact("redis://redis.eu:6379/0") == "redis://redis.eu:6379/0"
+    from tests.servers import free_port
+
+    store = RedisOnlineStore(f"redis://:s3cret@127.0.0.1:{free_port()}/0", "eu-west", timeout_seconds=0.5)
+    with pytest.raises(OnlineStoreUnavailable) as refused:
+        store.read("customer_spend", "c-1")
+    assert "s3cret" not in str(refused.value) and ":***@127.0.0.1" in str(refused.value)
 
 
 @pytest.mark.parametrize(
