@@ -1,0 +1,320 @@
+"""The lake's tables as Delta Lake tables, on a local folder or on a region's object store.
+
+One code path serves both: a `LakeLocation` is a folder (the embedded default) or
+`s3://bucket/prefix` reached through the region's own endpoint and credentials
+(meridian.object_store). A `LakeTable` is a Delta table under it, partitioned by its
+partition columns (`day`, and for tables two producers write, `origin`).
+
+What the format gives, and what this module adds to it:
+- **Atomic replacement.** `replace` swaps one partition (one day, one producer's share of a
+  day) in one commit: delta-rs writes the new data files, then commits a log entry that adds
+  them and removes the old ones. A reader resolves the table through the log, so it sees the
+  previous version or the new one, never a mix; a writer killed before its commit leaves data
+  files no version references (invisible, removed by `vacuum`).
+- **Concurrent writers.** A commit is a put-if-absent of the next log entry (on S3, a
+  conditional put: `conditional_put=etag`; locally, a link that fails if the name exists). Of
+  two writers racing for one version, one wins and the other gets `CommitFailedError`; we
+  retry it against the new version, a bounded number of times, then raise
+  `LakeCommitConflict` naming the table. Nothing is ever overwritten blindly.
+- **Versions.** Every commit is a version; `read(version=...)` reads the table as it was, and
+  a training set records the versions it read (meridian.training_set) so rebuilding it at
+  those versions gives the same rows.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+
+import orjson
+import polars as pl
+import pyarrow as pa
+import pyarrow.dataset as ds
+
+from meridian.object_store import CONNECT_TIMEOUT_S, READ_TIMEOUT_S, S3Location
+
+COMMIT_ATTEMPTS = 8
+WRITE_ID = "meridian.write_id"
+# A partition value goes into a commit's predicate: only plain tokens are accepted.
+_PARTITION_VALUE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+
+
+class LakeTableError(RuntimeError):
+    """A lake table cannot be written or read; the message names the table and the cause."""
+
+
+class LakeCommitConflict(LakeTableError):
+    """Other writers kept committing to the table: the write was not applied (nothing partial is visible)."""
+
+
+@dataclass(frozen=True)
+class LakeLocation:
+    """Where a region's lake tables live: an absolute local folder, or a prefix of the region's bucket."""
+
+    uri: str
+    s3: S3Location | None = None
+
+    @classmethod
+    def local(cls, folder: Path) -> LakeLocation:
+        return cls(uri=str(Path(folder).resolve()))
+
+    @classmethod
+    def on_object_store(cls, location: S3Location) -> LakeLocation:
+        return cls(uri=location.url, s3=location)
+
+    @property
+    def region(self) -> str | None:
+        return self.s3.region if self.s3 else None
+
+    def table_uri(self, name: str) -> str:
+        if not re.fullmatch(r"[a-z][a-z0-9_]*", name):
+            raise LakeTableError(f"{name!r} is not a lake table name (lower case letters, digits, _)")
+        return f"{self.uri.rstrip('/')}/{name}"
+
+    def storage_options(self) -> dict[str, str] | None:
+        """delta-rs' object-store options for this location: the region's endpoint and credentials only."""
+        if self.s3 is None:
+            return None
+        options = {
+            "AWS_ACCESS_KEY_ID": self.s3.access_key_id,
+            "AWS_SECRET_ACCESS_KEY": self.s3.secret_access_key,
+            "AWS_REGION": self.s3.signing_region,
+            # Commits are put-if-absent: S3's conditional writes, no external lock service.
+            "conditional_put": "etag",
+            "connect_timeout": f"{CONNECT_TIMEOUT_S}s",
+            "timeout": f"{READ_TIMEOUT_S * 6}s",
+        }
+        if self.s3.endpoint_url:
+            options["AWS_ENDPOINT_URL"] = self.s3.endpoint_url
+            options["AWS_VIRTUAL_HOSTED_STYLE_REQUEST"] = "false"
+            if self.s3.endpoint_url.startswith("http://"):
+                options["AWS_ALLOW_HTTP"] = "true"
+        return options
+
+    def table(self, name: str, partition_by: Sequence[str] = ("day",)) -> LakeTable:
+        return LakeTable(self, name, tuple(partition_by))
+
+
+@dataclass(frozen=True)
+class Commit:
+    table: str
+    version: int
+    rows: int
+    added_files: int
+    removed_files: int
+    attempts: int
+
+
+def _partition_value(column: str, value: object) -> str:
+    text = value.isoformat() if isinstance(value, date) else str(value)
+    if not _PARTITION_VALUE.match(text):
+        raise LakeTableError(f"partition {column}={text!r}: not a plain value (letters, digits, _ . : -)")
+    return text
+
+
+def _arrow(frame: pl.DataFrame) -> pa.Table:
+    """The frame as Delta stores it: timestamps in microseconds (Delta's precision)."""
+    casts = {
+        name: pl.Datetime("us", dtype.time_zone)
+        for name, dtype in frame.schema.items()
+        if isinstance(dtype, pl.Datetime) and dtype.time_unit == "ns"
+    }
+    return (frame.with_columns(pl.col(n).cast(t) for n, t in casts.items()) if casts else frame).to_arrow()
+
+
+def _plain(kind: pa.DataType) -> str:
+    """A type's name with Arrow's 64-bit-offset variants (polars' strings) named as the plain ones."""
+    return (
+        str(kind)
+        .replace("large_string", "string")
+        .replace("large_binary", "binary")
+        .replace("large_list", "list")
+    )
+
+
+class LakeTable:
+    """One Delta table of a region's lake."""
+
+    def __init__(self, location: LakeLocation, name: str, partition_by: tuple[str, ...] = ("day",)):
+        self.location = location
+        self.name = name
+        self.uri = location.table_uri(name)
+        self.partition_by = partition_by
+
+    def __repr__(self) -> str:
+        return f"LakeTable({self.uri})"
+
+    def _open(self, version: int | None = None):
+        from deltalake import DeltaTable
+        from deltalake.exceptions import TableNotFoundError
+
+        try:
+            return DeltaTable(self.uri, version=version, storage_options=self.location.storage_options())
+        except TableNotFoundError:
+            return None
+        except Exception as error:  # delta-rs raises OSError/DeltaError for a bad version or store
+            raise LakeTableError(
+                f"{self.uri}: cannot open{f' version {version}' if version is not None else ''}: {error}"
+            ) from error
+
+    def exists(self) -> bool:
+        return self._open() is not None
+
+    def version(self) -> int | None:
+        """The latest committed version, or None when the table has none yet."""
+        table = self._open()
+        return None if table is None else table.version()
+
+    def replace(self, frame: pl.DataFrame, **partition: object) -> Commit:
+        """Replace the partition `partition` (every partition column named) with `frame`, in one commit.
+
+        An empty `frame` removes the partition's rows. Retries a commit that lost a race to
+        another writer; raises LakeCommitConflict after COMMIT_ATTEMPTS.
+        """
+        from deltalake import CommitProperties, write_deltalake
+        from deltalake.exceptions import CommitFailedError, SchemaMismatchError
+
+        if set(partition) != set(self.partition_by):
+            raise LakeTableError(
+                f"{self.uri}: a replacement names every partition column {list(self.partition_by)}, got {sorted(partition)}"
+            )
+        values = {column: _partition_value(column, partition[column]) for column in self.partition_by}
+        clashing = [c for c in self.partition_by if c in frame.columns]
+        if clashing:
+            raise LakeTableError(f"{self.uri}: the frame carries partition column(s) {clashing} itself")
+        data = _arrow(frame.with_columns(pl.lit(v, pl.String).alias(c) for c, v in values.items()))
+        self._check_schema(data.schema)
+        predicate = " AND ".join(f"{c} = '{v}'" for c, v in values.items())
+        options = self.location.storage_options()
+        write_id = uuid.uuid4().hex  # finds this write's own commit in the history afterwards
+        for attempt in range(1, COMMIT_ATTEMPTS + 1):
+            try:
+                write_deltalake(
+                    self.uri,
+                    data,
+                    mode="overwrite",
+                    partition_by=list(self.partition_by),
+                    predicate=predicate,
+                    storage_options=options,
+                    commit_properties=CommitProperties(custom_metadata={WRITE_ID: write_id}),
+                )
+                break
+            except CommitFailedError as error:
+                if attempt == COMMIT_ATTEMPTS:
+                    raise LakeCommitConflict(
+                        f"{self.uri}: {attempt} commits of {predicate} lost to concurrent writers; "
+                        f"nothing of this write is visible: {error}"
+                    ) from error
+                time.sleep(random.uniform(0.01, 0.05) * attempt)
+            except SchemaMismatchError as error:
+                raise LakeTableError(
+                    f"{self.uri}: the frame's schema does not match the table's ({error}); "
+                    f"columns given: {dict(frame.schema)}"
+                ) from error
+        return self._commit_of(write_id, attempt)
+
+    def _check_schema(self, given: pa.Schema) -> None:
+        """Refuse a frame whose columns or types differ from the table's: delta-rs would cast
+        (a string column of numbers into a float column) where the lake's schema is a contract."""
+        current = self._open()
+        if current is None:
+            return
+        have = {field.name: _plain(field.type) for field in current.to_pyarrow_dataset().schema}
+        want = {field.name: _plain(field.type) for field in given}
+        problems = [f"{n}: missing" for n in have if n not in want]
+        problems += [f"{n}: not in the table" for n in want if n not in have]
+        problems += [
+            f"{n}: {want[n]} where the table has {have[n]}" for n in want if n in have and want[n] != have[n]
+        ]
+        if problems:
+            raise LakeTableError(
+                f"{self.uri}: the frame does not match the table's schema: {'; '.join(problems)}"
+            )
+
+    def _commit_of(self, write_id: str, attempts: int) -> Commit:
+        """The commit this write made, found by its id among the log's newest entries (other
+        writers may have committed after it already). Read from the log itself: delta-rs'
+        `history()` numbers an older snapshot's entries from the latest version."""
+        for version in sorted(self._log_versions(), reverse=True)[:64]:
+            for line in self._log_entry(version).splitlines():
+                info = orjson.loads(line).get("commitInfo") if line.strip() else None
+                if info is not None and info.get(WRITE_ID) == write_id:
+                    metrics = info.get("operationMetrics") or {}
+                    return Commit(
+                        table=self.name,
+                        version=version,
+                        rows=int(metrics.get("num_added_rows", 0)),
+                        added_files=int(metrics.get("num_added_files", 0)),
+                        removed_files=int(metrics.get("num_removed_files", 0)),
+                        attempts=attempts,
+                    )
+        raise LakeTableError(f"{self.uri}: write {write_id} committed but is not among the last 64 versions")
+
+    def _log_versions(self) -> list[int]:
+        if self.location.s3 is None:
+            folder = Path(self.uri) / "_delta_log"
+            names = [p.name for p in folder.glob("*.json")] if folder.is_dir() else []
+        else:
+            from meridian.object_store import list_objects
+
+            s3 = self.location.s3
+            names = [
+                o.key.rsplit("/", 1)[-1] for o in list_objects(s3, s3.client(), f"{self.name}/_delta_log/")
+            ]
+        return [int(n[:20]) for n in names if len(n) == 25 and n.endswith(".json") and n[:20].isdigit()]
+
+    def _log_entry(self, version: int) -> bytes:
+        name = f"_delta_log/{version:020d}.json"
+        if self.location.s3 is None:
+            return (Path(self.uri) / name).read_bytes()
+        s3 = self.location.s3
+        return s3.client().get_object(Bucket=s3.bucket, Key=s3.key(f"{self.name}/{name}"))["Body"].read()
+
+    def dataset(self, version: int | None = None) -> ds.Dataset | None:
+        """The table (at `version`) as an Arrow dataset, or None when it does not exist yet."""
+        table = self._open(version)
+        return None if table is None else table.to_pyarrow_dataset()
+
+    def read(
+        self,
+        version: int | None = None,
+        where: Mapping[str, object | Sequence[object]] | None = None,
+        columns: Sequence[str] | None = None,
+    ) -> pl.DataFrame | None:
+        """Rows of the table (at `version`), filtered on partition columns: `{"day": [d1, d2]}`."""
+        dataset = self.dataset(version)
+        if dataset is None:
+            return None
+        expression = None
+        for column, wanted in (where or {}).items():
+            values = (
+                [wanted] if isinstance(wanted, str | date) or not isinstance(wanted, Sequence) else wanted
+            )
+            term = ds.field(column).isin([_partition_value(column, v) for v in values])
+            expression = term if expression is None else expression & term
+        return pl.from_arrow(dataset.to_table(columns=list(columns) if columns else None, filter=expression))
+
+    def partitions(self, version: int | None = None) -> list[dict[str, str]]:
+        """The partitions holding data (at `version`)."""
+        table = self._open(version)
+        if table is None:
+            return []
+        return sorted(table.partitions(), key=lambda p: tuple(p.get(c) or "" for c in self.partition_by))
+
+    def vacuum(self, retention_hours: int = 168) -> list[str]:
+        """Delete data files no version newer than `retention_hours` references (killed writers' files too)."""
+        table = self._open()
+        if table is None:
+            return []
+        return table.vacuum(retention_hours=retention_hours, dry_run=False, enforce_retention_duration=False)
+
+
+def table_versions(location: LakeLocation, names: Sequence[str]) -> dict[str, int | None]:
+    """The latest version of each named table: what a reader that starts now sees."""
+    return {name: location.table(name).version() for name in names}
