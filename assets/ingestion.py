@@ -75,7 +75,9 @@ def _ingest(
                 for leftover in sweep_temporaries(folder):
                     swept.append(str(leftover.relative_to(paths.root)))
             for day in days:
-                served = source.deliver(feed, region, date.fromisoformat(day), store, paths.lake)
+                served = source.deliver(
+                    feed, region, date.fromisoformat(day), store, paths.lake_table("raw_transactions")
+                )
                 delivery = landing.collect_day(paths.root, feed, day, store)
                 if served is not None:  # the generator's file is new: keep what it says beside it
                     key = f"{feed}/{day}/{landing.GENERATOR_FILE}"

@@ -8,8 +8,8 @@ a ramp, or shadow (meridian.deployment). Launch it from the UI with a config, e.
 
 `served_transactions` and `scoring_decisions` (per region) read the part of the region's
 stream log (meridian.stream_log) not yet consumed and merge it into the lake:
-transactions into `raw_transactions/day=D/served.parquet` (by event day, validated like
-the source's; rejected rows into `quarantined_transactions/day=D/served.parquet`), so the
+transactions into the Delta table `raw_transactions`, partition day=D/origin=served (by
+event day, validated like the source's; rejected rows into `quarantined_transactions`'s), so the
 next dbt run of day D computes features with them; decisions into
 `scoring_decisions/day=D/data.parquet` (by the day they were served). The sensor
 `serving_stream_sensor` launches them when the log has grown. Each file is merged (an
@@ -35,7 +35,7 @@ from meridian.lake import set_aside as set_aside_file
 from meridian.locks import file_lock
 from meridian.paths import RegionPaths
 from meridian.report import markdown_table
-from meridian.served import SERVED_FILE, served_rows
+from meridian.served import served_rows
 from meridian.stream_log import read_batch, stream_dir
 from meridian.validation import CONFLICT_REASON, TRANSACTION_IDENTITY, validate_transactions
 from resources.alerting import AlertingResource
@@ -165,6 +165,34 @@ def _merge(path, new: pl.DataFrame, key: list[str], sort: str, set_aside: list[s
     return frame.height
 
 
+def _merge_served(table, day: str, new: pl.DataFrame, key: list[str], sort: str, set_aside: list[str]) -> int:
+    """The lake's served share of `day` (origin `served` of a Delta table) ∪ new rows, first
+    occurrence of each key kept, replaced in one commit. Only this asset writes that share,
+    under the micro-batch lock; the source's share of the day is another partition.
+
+    A share whose file cannot be read (truncated by a storage fault) would fail every later
+    micro-batch: its partition is dropped from the table (the file kept, named in
+    `set_aside`) and the merge goes on with the new rows."""
+    try:
+        existing = table.read(where={"day": day, "origin": "served"})
+    except (OSError, ValueError) as error:  # pyarrow's ArrowInvalid is a ValueError
+        dropped = table.drop_unreadable_partitions()
+        if not dropped:
+            raise
+        set_aside.extend(f"{file} ({type(error).__name__}): {why}"[:300] for _, file, why in dropped)
+        existing = None
+    if existing is not None:
+        existing = existing.drop(table.partition_by)
+    frame = (
+        pl.concat([existing, new], how="diagonal_relaxed")
+        if existing is not None and existing.height
+        else new
+    )
+    frame = frame.unique(subset=key, keep="first", maintain_order=True).sort(sort)
+    table.replace(frame, day=day, origin="served")
+    return frame.height
+
+
 @dg.multi_asset(
     specs=[
         dg.AssetSpec(
@@ -173,7 +201,7 @@ def _merge(path, new: pl.DataFrame, key: list[str], sort: str, set_aside: list[s
             owners=["team:fraud-data"],
             kinds={"parquet"},
             description="Transactions the scoring service served, merged into the region's "
-            "raw_transactions lake table (served.parquet per event day) for the next dbt run.",
+            "raw_transactions lake table (origin `served` of each event day) for the next dbt run.",
         ),
         dg.AssetSpec(
             DECISIONS_TABLE,
@@ -211,17 +239,23 @@ def serving_stream(
             # stg_transactions reconciles the copies (meridian.validation's rule), so neither
             # arrival order nor which side came first decides anything.
             accepted, quarantined = checked.accepted, checked.quarantined
-            day_dir = partition_file(paths.table("raw_transactions"), day).parent
-            held = _merge(
-                day_dir / SERVED_FILE,
+            held = _merge_served(
+                paths.lake_table("raw_transactions"),
+                day,
                 accepted,
                 ["transaction_id", *TRANSACTION_IDENTITY],
                 "event_time",
                 set_aside,
             )
             if quarantined.height:
-                qfile = paths.table("quarantined_transactions") / f"day={day}" / SERVED_FILE
-                _merge(qfile, quarantined, ["transaction_id", "reason"], "transaction_id", set_aside)
+                _merge_served(
+                    paths.lake_table("quarantined_transactions"),
+                    day,
+                    quarantined,
+                    ["transaction_id", "reason"],
+                    "transaction_id",
+                    set_aside,
+                )
                 conflicting = quarantined.filter(pl.col("reason").str.starts_with(CONFLICT_REASON))
                 if conflicting.height:
                     alerting.send(

@@ -37,7 +37,7 @@ def global_merchant_risk(
     extracts = []
     for region in topo.active_region_names:
         paths = lake.paths(topo, region)
-        if not any(paths.table("raw_transactions").glob("day=*/*.parquet")):
+        if not paths.lake_table("raw_transactions").partitions():
             continue  # nothing ingested yet (and no key is created for an empty zone)
         zone = topo.zone_of(region)
         key = governance.zone_key(topo, policy, zone, home)

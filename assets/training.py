@@ -34,6 +34,7 @@ from meridian import modeling, registry
 from meridian.batch_scoring import VIEW_TUPLE, VIEW_VERSIONS
 from meridian.feature_store import complete_from, history_start
 from meridian.lake import write_parquet_atomic
+from meridian.lake_sync import synced_versions
 from meridian.locks import file_lock
 from meridian.plots import curves_png
 from meridian.report import markdown_table
@@ -80,6 +81,9 @@ def training_set(
         )
         warm_from = complete_from(history_start(con), VIEW_TUPLE)
         warming_up = warmup_excluded_rows(con, VIEW_TUPLE, as_of, warm_from)
+        # The lake's table versions the warehouse was built from: a rebuild at these versions
+        # (MERIDIAN_DBT_LAKE_VERSIONS, meridian.dbt_lake) gives the same rows.
+        lake_versions = synced_versions(con)
     content = frame.select("transaction_id", "label", "split").hash_rows(seed=0).to_numpy().tobytes()
     dataset_version = hashlib.sha256(
         json.dumps({"views": VIEW_VERSIONS, "as_of": as_of.isoformat()}).encode() + content
@@ -106,6 +110,7 @@ def training_set(
         "rows": frame.height,
         "positives": int(frame["label"].sum()),
         "feature_view_versions": VIEW_VERSIONS,
+        "lake_versions": lake_versions,
         "feature_columns": modeling.feature_columns(VIEW_TUPLE),
         "splits": {row["split"]: {k: str(v) for k, v in row.items()} for row in by_split.to_dicts()},
         "rows_with_default_features": defaults,
@@ -123,6 +128,7 @@ def training_set(
             "splits": dg.MetadataValue.md(markdown_table(by_split.to_dicts())),
             "time_range": f"{frame['event_time'].min()} → {frame['event_time'].max()}",
             "feature_view_versions": dg.MetadataValue.json(VIEW_VERSIONS),
+            "lake_versions": dg.MetadataValue.json(lake_versions),
             "rows_with_default_features": dg.MetadataValue.json(defaults),
             "features_complete_from": warm_from.isoformat(),
             "rows_excluded_warming_up": warming_up,
@@ -282,6 +288,8 @@ def fraud_model(
         "dataset_version": manifest["dataset_version"],
         "training_set_as_of": manifest["as_of"],
         **{f"feature_view.{k}": v for k, v in manifest["feature_view_versions"].items()},
+        # The exact lake input: each Delta table's version the training set was built from.
+        **{f"lake_version.{k}": v for k, v in manifest.get("lake_versions", {}).items()},
     }
     with mlflow_tracking.start_run(
         context, region, "training", paths.root / "mlflow-artifacts", lineage

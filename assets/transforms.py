@@ -21,6 +21,8 @@ from pydantic import Field
 from assets.partitions import REGION_DAY_PARTITIONS, days_by_region
 from meridian.feature_store import dbt_run_env, dbt_sources_newer_than
 from meridian.lake import set_aside_unreadable, write_bytes_atomic
+from meridian.lake_sync import sync_lake
+from meridian.lake_tables import DELTA_TABLES, LakeLocation
 from meridian.locks import file_lock
 from meridian.paths import REPO_ROOT
 from meridian.roots import make_dirs
@@ -72,10 +74,11 @@ class MeridianDbtTranslator(DagsterDbtTranslator):
 
 
 def dbt_env(
-    region: str, min_day: str | None, max_day: str | None, lake_root: Path, warehouse: Path
+    region: str, min_day: str | None, max_day: str | None, lake_root: Path | str, warehouse: Path
 ) -> dict[str, str]:
     """The run-scoped dbt settings of one region's invocation, as dbt reads them from the
-    environment (macros/run_window.sql): its days (None: every day), lake and warehouse."""
+    environment (macros/run_window.sql): its days (None: every day), lake (a folder or an
+    s3:// URL) and warehouse."""
     return dbt_run_env(
         {
             "region": region,
@@ -257,17 +260,21 @@ def merge_region_events(
 DBT_MANIFEST_PATH = ensure_manifest(dbt_project)
 
 
-def first_stale_day(warehouse: Path, start_day: str) -> str | None:
+def first_stale_day(warehouse: Path, start_day: str, lake: LakeLocation | None = None) -> str | None:
     """The earliest day before `start_day` whose built rows hold a transaction that is no
     longer in stg_transactions (a copy that disagrees with it arrived later, on another day).
 
     Such a row would fail the relationships tests and leave the features of that day and of
     every window reaching past it stale; the build then starts from that day instead.
+    Given the region's `lake`, the warehouse's copy of it is synced first (the caller holds
+    the warehouse's lock), so copies that landed since the last build are seen.
     """
     if not warehouse.exists():
         return None
     try:
-        with duckdb.connect(str(warehouse), read_only=True) as con:
+        with duckdb.connect(str(warehouse), read_only=lake is None) as con:
+            if lake is not None:
+                sync_lake(con, lake)
             found = con.execute(
                 """
                 select min(event_day) from (
@@ -322,12 +329,26 @@ def regional_dbt_models(
             context.log.info(f"waiting for the {region} warehouse: another run is writing it")
 
         with file_lock(paths.warehouse_lock, on_wait=waiting):
-            # One unreadable lake file would fail every build of the region: set it aside.
-            for aside, why in set_aside_unreadable(paths.lake):
-                partition = aside.parent.name.removeprefix("day=")
-                table = aside.parent.parent.name
+            # One unreadable lake file would fail every build of the region: set it aside (a
+            # Delta table's: its partition dropped from the table's newest version).
+            unreadable = [
+                (Path(file), partition["day"], table, why, "dropped from the table's newest version")
+                for table in sorted(DELTA_TABLES)
+                for partition, file, why in paths.lake_table(table).drop_unreadable_partitions()
+            ]
+            unreadable += [
+                (
+                    aside,
+                    aside.parent.name.removeprefix("day="),
+                    aside.parent.parent.name,
+                    why,
+                    f"set aside as {aside.name}",
+                )
+                for aside, why in set_aside_unreadable(paths.lake)
+            ]
+            for aside, partition, table, why, action in unreadable:
                 message = (
-                    f"{region}: unreadable lake file set aside as {aside.name} ({why}); "
+                    f"{region}: unreadable lake file {action} ({why}); "
                     f"re-materialize the ingestion of {table} for {partition} to write it again"
                 )
                 context.log.error(message)
@@ -339,7 +360,7 @@ def regional_dbt_models(
                     message,
                     {"file": str(aside)},
                 )
-            stale = first_stale_day(paths.warehouse, days[0])
+            stale = first_stale_day(paths.warehouse, days[0], paths.lake_location)
             if stale is not None:
                 context.log.warning(
                     f"{region}: rows built for {stale} hold transactions whose id now has conflicting "
@@ -355,7 +376,7 @@ def regional_dbt_models(
             target = dbt_target_dir(paths.root, context.run_id)
             invocation = dbt.cli_with_env(
                 args,
-                dbt_env(region, min_day, max_day, paths.lake, paths.warehouse),
+                dbt_env(region, min_day, max_day, paths.lake_location.uri, paths.warehouse),
                 context=context,
                 raise_on_error=False,
                 target_path=target,

@@ -76,7 +76,7 @@ def phase_direct(home: Path, rows: int, n_days: int, compiled: Path) -> None:
     import duckdb
 
     from meridian.generator import GeneratorConfig, generate_labels, generate_transactions
-    from meridian.lake import partition_file, write_parquet_atomic
+    from meridian.lake_sync import sync_lake
     from meridian.paths import region_paths
     from meridian.topology import load_topology
     from meridian.validation import validate_labels, validate_transactions
@@ -87,15 +87,16 @@ def phase_direct(home: Path, rows: int, n_days: int, compiled: Path) -> None:
     for d in _days(n_days):
         day = date.fromisoformat(d)
         tx = validate_transactions(generate_transactions(cfg, region, day).rows, day, region)
-        write_parquet_atomic(tx.accepted, partition_file(paths.table("raw_transactions"), d))
-        write_parquet_atomic(tx.quarantined, partition_file(paths.table("quarantined_transactions"), d))
+        paths.lake_table("raw_transactions").replace(tx.accepted, day=d, origin="source")
+        paths.lake_table("quarantined_transactions").replace(tx.quarantined, day=d, origin="source")
         lb = validate_labels(generate_labels(cfg, region, day).rows, day)
-        write_parquet_atomic(lb.accepted, partition_file(paths.table("raw_labels"), d))
-        write_parquet_atomic(lb.quarantined, partition_file(paths.table("quarantined_labels"), d))
+        paths.lake_table("raw_labels").replace(lb.accepted, day=d)
+        paths.lake_table("quarantined_labels").replace(lb.quarantined, day=d)
     models = compiled / "models"
     con = duckdb.connect(str(paths.warehouse))
     for name, value in _profile_settings().items():  # the same DuckDB settings dbt uses
         con.execute(f"set {name} = '{value}'")
+    sync_lake(con, paths.lake_location)  # as dbt's plugin does when it opens the warehouse
     con.execute(
         "create or replace table currency_rates as select * from read_csv(?, header = true, "
         "columns = {'currency': 'varchar', 'units_per_usd': 'double'})",

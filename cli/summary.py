@@ -8,10 +8,11 @@ from meridian.topology import Topology
 
 
 def _lake_rows(paths: RegionPaths, table: str, days: list[str]) -> int:
-    from meridian.lake import parquet_row_count, partition_file
-
-    files = [partition_file(paths.table(table), d) for d in days]
-    return sum(parquet_row_count(f) for f in files if f.exists())
+    """Rows the source delivered into `table` on `days` (the service's share is not the run's)."""
+    lake_table = paths.lake_table(table)
+    where = {"day": days, **({"origin": "source"} if "origin" in lake_table.partition_by else {})}
+    rows = lake_table.read(where=where, columns=["day"])
+    return 0 if rows is None else rows.height
 
 
 def _warehouse_rows(paths: RegionPaths, table: str, days: list[str]) -> int | str:

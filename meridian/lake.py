@@ -157,6 +157,8 @@ def set_aside_unreadable(lake: Path) -> list[tuple[Path, str]]:
     if not lake.is_dir():
         return found
     for path in sorted(lake.glob("*/day=*/*.parquet")):
+        if (path.parent.parent / "_delta_log").is_dir():
+            continue  # a Delta table's files are its log's: never renamed behind its back
         problem = verify_readable(path, path.name)
         if problem is not None:
             found.append((set_aside(path), problem))

@@ -39,6 +39,16 @@ import pyarrow.dataset as ds
 
 from meridian.object_store import CONNECT_TIMEOUT_S, READ_TIMEOUT_S, S3Location
 
+# The lake's Delta tables and their partition columns. `origin` separates what two producers
+# write into one day: the source's delivery (`source`) and the scoring service's (`served`),
+# each replaced without touching the other.
+DELTA_TABLES: dict[str, tuple[str, ...]] = {
+    "raw_transactions": ("day", "origin"),
+    "quarantined_transactions": ("day", "origin"),
+    "raw_labels": ("day",),
+    "quarantined_labels": ("day",),
+}
+ORIGINS = ("source", "served")
 COMMIT_ATTEMPTS = 8
 WRITE_ID = "meridian.write_id"
 # A partition value goes into a commit's predicate: only plain tokens are accepted.
@@ -97,8 +107,9 @@ class LakeLocation:
                 options["AWS_ALLOW_HTTP"] = "true"
         return options
 
-    def table(self, name: str, partition_by: Sequence[str] = ("day",)) -> LakeTable:
-        return LakeTable(self, name, tuple(partition_by))
+    def table(self, name: str, partition_by: Sequence[str] | None = None) -> LakeTable:
+        """Table `name`; its partition columns are DELTA_TABLES' unless given."""
+        return LakeTable(self, name, tuple(partition_by or DELTA_TABLES.get(name, ("day",))))
 
 
 @dataclass(frozen=True)
@@ -109,6 +120,7 @@ class Commit:
     added_files: int
     removed_files: int
     attempts: int
+    bytes: int = 0  # of the data files the commit added
 
 
 def _partition_value(column: str, value: object) -> str:
@@ -189,7 +201,7 @@ class LakeTable:
         if clashing:
             raise LakeTableError(f"{self.uri}: the frame carries partition column(s) {clashing} itself")
         data = _arrow(frame.with_columns(pl.lit(v, pl.String).alias(c) for c, v in values.items()))
-        self._check_schema(data.schema)
+        data = self._conform(data)
         predicate = " AND ".join(f"{c} = '{v}'" for c, v in values.items())
         options = self.location.storage_options()
         write_id = uuid.uuid4().hex  # finds this write's own commit in the history afterwards
@@ -219,34 +231,48 @@ class LakeTable:
                 ) from error
         return self._commit_of(write_id, attempt)
 
-    def _check_schema(self, given: pa.Schema) -> None:
-        """Refuse a frame whose columns or types differ from the table's: delta-rs would cast
-        (a string column of numbers into a float column) where the lake's schema is a contract."""
+    def _conform(self, data: pa.Table) -> pa.Table:
+        """`data` with the table's schema, or LakeTableError naming every difference.
+
+        A column of nulls only (Arrow type `null`, as polars types `None`) takes the table's
+        type: it holds nothing a cast could change. Anything else must already match: delta-rs
+        would cast (a string column of numbers into a float column) where the lake's schema
+        is a contract."""
         current = self._open()
         if current is None:
-            return
-        have = {field.name: _plain(field.type) for field in current.to_pyarrow_dataset().schema}
-        want = {field.name: _plain(field.type) for field in given}
-        problems = [f"{n}: missing" for n in have if n not in want]
-        problems += [f"{n}: not in the table" for n in want if n not in have]
+            return data
+        table_schema = current.to_pyarrow_dataset().schema
+        have = {field.name: field.type for field in table_schema}
+        for index, field in enumerate(data.schema):
+            if pa.types.is_null(field.type) and field.name in have:
+                data = data.set_column(index, field.name, data.column(index).cast(have[field.name]))
+        want = {field.name: _plain(field.type) for field in data.schema}
+        plain = {name: _plain(kind) for name, kind in have.items()}
+        problems = [f"{n}: missing" for n in plain if n not in want]
+        problems += [f"{n}: not in the table" for n in want if n not in plain]
         problems += [
-            f"{n}: {want[n]} where the table has {have[n]}" for n in want if n in have and want[n] != have[n]
+            f"{n}: {want[n]} where the table has {plain[n]}"
+            for n in want
+            if n in plain and want[n] != plain[n]
         ]
         if problems:
             raise LakeTableError(
                 f"{self.uri}: the frame does not match the table's schema: {'; '.join(problems)}"
             )
+        return data
 
     def _commit_of(self, write_id: str, attempts: int) -> Commit:
         """The commit this write made, found by its id among the log's newest entries (other
         writers may have committed after it already). Read from the log itself: delta-rs'
         `history()` numbers an older snapshot's entries from the latest version."""
         for version in sorted(self._log_versions(), reverse=True)[:64]:
-            for line in self._log_entry(version).splitlines():
-                info = orjson.loads(line).get("commitInfo") if line.strip() else None
+            actions = [orjson.loads(line) for line in self._log_entry(version).splitlines() if line.strip()]
+            for action in actions:
+                info = action.get("commitInfo")
                 if info is not None and info.get(WRITE_ID) == write_id:
                     metrics = info.get("operationMetrics") or {}
                     return Commit(
+                        bytes=sum(int(a["add"].get("size", 0)) for a in actions if "add" in a),
                         table=self.name,
                         version=version,
                         rows=int(metrics.get("num_added_rows", 0)),
@@ -275,6 +301,27 @@ class LakeTable:
             return (Path(self.uri) / name).read_bytes()
         s3 = self.location.s3
         return s3.client().get_object(Bucket=s3.bucket, Key=s3.key(f"{self.name}/{name}"))["Body"].read()
+
+    def changed_partitions(self, since: int, until: int) -> list[dict[str, str]] | None:
+        """The partitions the commits after `since` up to `until` added or removed files in, or
+        None when that cannot be told from the log (an entry cleaned up, a schema change):
+        then a reader that follows the table incrementally reads it whole."""
+        found: dict[tuple, dict[str, str]] = {}
+        present = set(self._log_versions())
+        for version in range(since + 1, until + 1):
+            if version not in present:
+                return None
+            for line in self._log_entry(version).splitlines():
+                action = orjson.loads(line) if line.strip() else {}
+                if "metaData" in action:
+                    return None
+                for kind in ("add", "remove"):
+                    if kind in action:
+                        values = action[kind].get("partitionValues") or {}
+                        found[tuple(values.get(c) for c in self.partition_by)] = {
+                            c: values.get(c) for c in self.partition_by
+                        }
+        return [found[key] for key in sorted(found, key=lambda k: tuple(v or "" for v in k))]
 
     def dataset(self, version: int | None = None) -> ds.Dataset | None:
         """The table (at `version`) as an Arrow dataset, or None when it does not exist yet."""
@@ -306,6 +353,42 @@ class LakeTable:
         if table is None:
             return []
         return sorted(table.partitions(), key=lambda p: tuple(p.get(c) or "" for c in self.partition_by))
+
+    def drop_unreadable_partitions(self) -> list[tuple[dict[str, str], str, str]]:
+        """A local table's partitions whose data files of the newest version cannot be read (a
+        storage fault truncated one): each removed from the table in one commit, without reading
+        it (a delete on partition columns only). The file stays, for inspection, and older
+        versions still name it; re-ingesting the day writes the partition again.
+
+        One bad file would otherwise fail every reader of the whole table. Returns
+        (partition, file, why) of each partition dropped."""
+        from urllib.parse import unquote
+
+        from meridian.lake import verify_readable
+
+        if self.location.s3 is not None:
+            return []  # objects are written whole or not at all: a torn object is not a state there
+        table = self._open()
+        if table is None:
+            return []
+        found = []
+        for uri in table.file_uris():
+            path = Path(unquote(uri.removeprefix("file://")))
+            problem = verify_readable(path, path.name) if path.is_file() else "the file is missing"
+            if problem is None:
+                continue
+            relative = path.relative_to(Path(self.uri)).parts[:-1]
+            partition = dict(part.split("=", 1) for part in relative if "=" in part)
+            if set(partition) != set(self.partition_by):
+                raise LakeTableError(
+                    f"{self.uri}: unreadable file {path} lies outside a partition: {problem}"
+                )
+            predicate = " AND ".join(
+                f"{c} = '{_partition_value(c, partition[c])}'" for c in self.partition_by
+            )
+            table.delete(predicate)
+            found.append((partition, str(path), problem))
+        return found
 
     def vacuum(self, retention_hours: int = 168) -> list[str]:
         """Delete data files no version newer than `retention_hours` references (killed writers' files too)."""

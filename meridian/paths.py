@@ -26,6 +26,10 @@ class RegionPaths:
     # The region whose infrastructure hosts `root`: the region itself, or its DR region
     # while it is failed over (meridian.failover). Writes are stamped with it.
     site: str = ""
+    # Where the lake's Delta tables live when the region's storage root is on object
+    # storage (`s3://bucket/prefix/lake`); then `root` is the region's local working folder
+    # (warehouse, online snapshot, stream log, the Parquet tables).
+    lake_url: str | None = None
 
     @property
     def host(self) -> str:
@@ -47,17 +51,46 @@ class RegionPaths:
     def table(self, name: str) -> Path:
         return self.lake / name
 
+    @property
+    def lake_location(self):
+        """The region's lake as Delta tables see it (meridian.lake_tables): its folder, or its
+        bucket reached through the region's own endpoint and credentials (meridian.object_store)."""
+        import os
+
+        from meridian.lake_tables import LakeLocation
+        from meridian.object_store import region_location
+
+        if self.lake_url is None:
+            return LakeLocation.local(self.lake)
+        if self.host != self.region:
+            raise ValueError(
+                f"{self.region} is failed over to {self.host}, and its lake is on object storage "
+                f"({self.lake_url}): serving a region's object-store lake from its DR site is not built yet"
+            )
+        purpose = f"{self.region}'s lake is on object storage ({self.lake_url})"
+        return LakeLocation.on_object_store(region_location(self.region, self.lake_url, os.environ, purpose))
+
+    def lake_table(self, name: str):
+        """A Delta table of the lake (meridian.lake_tables.DELTA_TABLES)."""
+        return self.lake_location.table(name)
+
     def day_partition(self, table: str, day: str) -> Path:
         return self.table(table) / f"day={day}"
 
 
 def region_paths(region: Region, home: Path | None = None) -> RegionPaths:
-    root = Path(region.storage_root)
+    """The region's folders. A storage root on object storage (`s3://bucket/prefix`) holds the
+    region's lake tables (`<root>/lake`); its working folder is then `regions/<region>` under
+    the data root."""
     if "://" in region.storage_root:
-        raise ValueError(
-            f"region {region.name}: storage_root {region.storage_root!r} is an object-store URL; "
-            "the embedded default needs a local path"
-        )
+        if not region.storage_root.startswith("s3://"):
+            raise ValueError(
+                f"region {region.name}: storage_root {region.storage_root!r}: only s3:// object-store URLs "
+                "(or a local path) are supported"
+            )
+        local = ((home or meridian_home()) / "regions" / region.name).resolve()
+        return RegionPaths(region=region.name, root=local, lake_url=f"{region.storage_root.rstrip('/')}/lake")
+    root = Path(region.storage_root)
     if not root.is_absolute():
         root = (home or meridian_home()) / root
     return RegionPaths(region=region.name, root=root.resolve())

@@ -14,7 +14,6 @@ import json
 import logging
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
-from pathlib import Path
 
 import orjson
 import polars as pl
@@ -174,22 +173,21 @@ def served_rows(batch: StreamBatch) -> ServedRows:
     )
 
 
-def read_served_transactions(raw_transactions: Path, days: list[date]) -> pl.DataFrame | None:
-    """The accepted served transactions of `days` from the region's raw_transactions table
-    (None when none of those days has any).
+def read_served_transactions(raw_transactions, days: list[date]) -> pl.DataFrame | None:
+    """The accepted served transactions of `days` from the region's raw_transactions Delta
+    table (`meridian.lake_tables.LakeTable`, origin `served`), or None when none of those
+    days has any.
 
-    A file that cannot be read (a storage fault truncated it) is passed over with a warning:
-    its transactions are out of the lake for every reader until the micro-batch or the dbt
-    asset sets it aside with an ERROR alert, so no chargeback can label them either."""
-    from meridian.lake import verify_readable
-
+    A day whose file cannot be read (a storage fault truncated it) is passed over with a
+    warning: its transactions are out of the lake for every reader until the dbt asset drops
+    the partition with an ERROR alert, so no chargeback can label them either."""
     frames = []
     for day in days:
-        path = raw_transactions / f"day={day.isoformat()}" / SERVED_FILE
-        if not path.is_file():
+        try:
+            frame = raw_transactions.read(where={"day": day.isoformat(), "origin": "served"})
+        except (OSError, ValueError) as error:  # pyarrow's ArrowInvalid is a ValueError
+            log.warning("served transactions of %s are unreadable (%s): no chargebacks for them", day, error)
             continue
-        if (problem := verify_readable(path, path.name)) is not None:
-            log.warning("served transactions %s are unreadable (%s): no chargebacks for them", path, problem)
-            continue
-        frames.append(pl.read_parquet(path))
+        if frame is not None and frame.height:
+            frames.append(frame.drop("origin"))
     return pl.concat(frames, how="diagonal_relaxed") if frames else None

@@ -11,38 +11,29 @@ def regional_extract(
     paths, region: str, zone: str, key: bytes, policy: governance.Policy, days: int
 ) -> pl.DataFrame:
     """Inside the region's zone: the rows the global asset may see, pseudonymised."""
-    tx_files = sorted(paths.table("raw_transactions").glob("day=*/*.parquet"))
-    if not tx_files:
+    transactions = paths.lake_table("raw_transactions")
+    days_held = sorted({p["day"] for p in transactions.partitions()})
+    if not days_held:
         return pl.DataFrame()
-    last_day = max(f.parent.name.removeprefix("day=") for f in tx_files)
+    last_day = days_held[-1]
     start = (date.fromisoformat(last_day) - timedelta(days=days - 1)).isoformat()
-    wanted = [f for f in tx_files if f.parent.name.removeprefix("day=") >= start]
     # Only the classified, shareable columns are read: personal ones never enter memory here.
-    tx = pl.concat(
-        [
-            pl.read_parquet(
-                f,
-                columns=[
-                    "transaction_id",
-                    "customer_id",
-                    "merchant_id",
-                    "merchant_category",
-                    "amount",
-                    "currency",
-                    "event_time",
-                ],
-            )
-            for f in wanted
+    tx = transactions.read(
+        where={"day": [d for d in days_held if d >= start]},
+        columns=[
+            "transaction_id",
+            "customer_id",
+            "merchant_id",
+            "merchant_category",
+            "amount",
+            "currency",
+            "event_time",
         ],
-        how="vertical_relaxed",
     )
-    labels = [
-        pl.read_parquet(f, columns=["transaction_id"])
-        for f in paths.table("raw_labels").glob("day=*/*.parquet")
-    ]
+    labels = paths.lake_table("raw_labels").read(columns=["transaction_id"])
     fraud = (
-        pl.concat(labels).unique()
-        if labels
+        labels.unique()
+        if labels is not None
         else pl.DataFrame({"transaction_id": []}, schema={"transaction_id": pl.String})
     )
     extract = tx.join(fraud.with_columns(label=pl.lit(1)), on="transaction_id", how="left").with_columns(

@@ -14,6 +14,7 @@ import polars as pl
 from pydantic import Field
 
 from meridian.lake import parquet_row_count, partition_file, write_parquet_atomic
+from meridian.lake_tables import DELTA_TABLES
 from meridian.paths import RegionPaths, meridian_home, region_paths
 from meridian.topology import Topology
 
@@ -23,6 +24,7 @@ class PartitionWrite:
     path: Path
     rows: int
     bytes: int
+    version: int | None = None  # the Delta table's version the write committed
 
 
 class RegionalLakeResource(dg.ConfigurableResource):
@@ -51,9 +53,22 @@ class RegionalLakeResource(dg.ConfigurableResource):
         return region_paths(topology.region(region), self.root())
 
     def write_partition(
-        self, paths: RegionPaths, table: str, day: str, frame: pl.DataFrame
+        self, paths: RegionPaths, table: str, day: str, frame: pl.DataFrame, origin: str = "source"
     ) -> PartitionWrite:
-        """Replace one day of `table` in the region's lake atomically, and read back its row count."""
+        """Replace one day of `table` in the region's lake atomically, and read back its row count.
+
+        A Delta table (DELTA_TABLES) gets one commit replacing the day (and, where the table
+        has origins, only `origin`'s share of it); any other table one Parquet file per day.
+        """
+        if table in DELTA_TABLES:
+            lake_table = paths.lake_table(table)
+            partition = (
+                {"day": day, "origin": origin} if "origin" in lake_table.partition_by else {"day": day}
+            )
+            commit = lake_table.replace(frame, **partition)
+            return PartitionWrite(
+                path=paths.table(table), rows=commit.rows, bytes=commit.bytes, version=commit.version
+            )
         path = partition_file(paths.table(table), day)
         size = write_parquet_atomic(frame, path)
         return PartitionWrite(path=path, rows=parquet_row_count(path), bytes=size)

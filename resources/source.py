@@ -9,13 +9,13 @@ as any producer would, so the default run takes the same path as a user's data.
 from __future__ import annotations
 
 from datetime import date
-from pathlib import Path
 
 import dagster as dg
 from pydantic import Field
 
 from meridian import served_labels
 from meridian.generator import GeneratedBatch, GeneratorConfig, generate_labels, generate_transactions
+from meridian.lake_tables import LakeTable
 from meridian.payment_world import DriftSpec
 from meridian.reference_data import HISTORY_START
 from meridian.served import read_served_transactions
@@ -67,7 +67,7 @@ class TransactionSourceResource(dg.ConfigurableResource):
     def transactions(self, region: Region, day: date) -> GeneratedBatch:
         return generate_transactions(self.config(), region, day)
 
-    def labels(self, region: Region, day: date, raw_transactions: Path | None = None) -> GeneratedBatch:
+    def labels(self, region: Region, day: date, raw_transactions: LakeTable | None = None) -> GeneratedBatch:
         """Chargebacks landing on `day`: the generator's own, and, given the region's
         raw_transactions table, those of what the scoring service served on the days before
         (meridian.served_labels: the feed covers every transaction the switch processed)."""
@@ -77,7 +77,7 @@ class TransactionSourceResource(dg.ConfigurableResource):
             served = read_served_transactions(raw_transactions, served_labels.feed_days(cfg, day))
         return generate_labels(cfg, region, day, served)
 
-    def deliver(self, feed: str, region: Region, day: date, store, lake_root: Path) -> int | None:
+    def deliver(self, feed: str, region: Region, day: date, store, raw_transactions: LakeTable) -> int | None:
         """Deliver the generator's file of `feed` for `day` into the region's landing zone
         (`store`: its folder or its bucket), unless it is there already (a delivered file is
         immutable) or the generator is off.
@@ -97,7 +97,7 @@ class TransactionSourceResource(dg.ConfigurableResource):
         if feed == "transactions":
             batch = self.transactions(region, day)
         else:
-            batch = self.labels(region, day, lake_root / "raw_transactions")
+            batch = self.labels(region, day, raw_transactions)
         # Encoded in memory and put into the zone whole: no scratch copy anywhere (a shared /tmp
         # would hold a region's personal data outside its zone).
         content = io.BytesIO()

@@ -11,7 +11,6 @@ import polars as pl
 import pytest
 
 from meridian.generator import GeneratorConfig
-from meridian.lake import partition_file, write_parquet_atomic
 from meridian.paths import region_paths
 from tests.helpers import day_range, dbt, write_lake
 
@@ -20,6 +19,11 @@ TABLES = {
     "merchant_risk_features": "merchant_id, as_of_day",
     "labelled_events": "transaction_id",
 }
+
+
+def _source_day(table, day) -> pl.DataFrame:
+    """The source's rows of one day of a lake table, without the partition columns."""
+    return table.read(where={"day": day, "origin": "source"}).drop("day", "origin")
 
 
 @pytest.fixture(scope="module")
@@ -236,13 +240,13 @@ def test_a_transaction_id_in_two_files_or_on_two_days_is_reconciled_never_blocki
     paths = region_paths(region, tmp_path)
     days = day_range(date(2026, 1, 1), 3)
     write_lake(paths, region, GeneratorConfig(rows_per_day=300), days)
-    day0, day1 = (partition_file(paths.table("raw_transactions"), d.isoformat()) for d in days[:2])
-    source0, source1 = pl.read_parquet(day0), pl.read_parquet(day1)
+    table = paths.lake_table("raw_transactions")
+    source0, source1 = (_source_day(table, d) for d in days[:2])
     agreeing = source0[0:2].with_columns(email=None, card_fingerprint=None)  # as the service logs them
     moved = source0[2:3].with_columns(event_time=pl.col("event_time") + pl.duration(days=1))  # on day 1
     # The service logged the same payment in day 0 (same identity) before or after the source.
-    write_parquet_atomic(agreeing, day0.parent / "served.parquet")
-    write_parquet_atomic(moved, day1.parent / "served.parquet")
+    table.replace(agreeing, day=days[0], origin="served")
+    table.replace(moved, day=days[1], origin="served")
     run = dbt(
         ["build"],
         {"region": region.name, "lake_root": str(paths.lake), "warehouse_path": str(tmp_path / "w.duckdb")},
@@ -258,11 +262,11 @@ def test_a_transaction_id_in_two_files_or_on_two_days_is_reconciled_never_blocki
     ).fetchall()
     assert sorted(r[0] for r in kept) == sorted(agreeing.join(source0, on="transaction_id")["email_right"])
     conflicts = con.execute(
-        "select transaction_id, versions, lake_file from transaction_id_conflicts order by 3"
+        "select transaction_id, versions, lake_partition from transaction_id_conflicts order by 3"
     ).fetchall()
     assert conflicts == [
-        (moved["transaction_id"][0], 2, "data.parquet"),
-        (moved["transaction_id"][0], 2, "served.parquet"),
+        (moved["transaction_id"][0], 2, "day=2026-01-01/origin=source"),
+        (moved["transaction_id"][0], 2, "day=2026-01-02/origin=served"),
     ]
     assert moved["transaction_id"][0] not in ids
 
@@ -280,16 +284,15 @@ def test_a_conflicting_copy_arriving_later_rebuilds_the_days_built_with_the_orig
     write_lake(paths, region, GeneratorConfig(rows_per_day=300), days)
     base = {"region": region.name, "lake_root": str(paths.lake), "warehouse_path": str(tmp_path / "w.duckdb")}
     assert dbt(["build"], base, tmp_path / "target").returncode == 0
-    assert first_stale_day(tmp_path / "w.duckdb", days[2].isoformat()) is None
-    day0 = pl.read_parquet(partition_file(paths.table("raw_transactions"), days[0].isoformat()))
+    lake = paths.lake_location
+    assert first_stale_day(tmp_path / "w.duckdb", days[2].isoformat(), lake) is None
+    day0 = _source_day(paths.lake_table("raw_transactions"), days[0])
     forged = day0[0:1].with_columns(
         event_time=pl.col("event_time") + pl.duration(days=2), amount=pl.lit(999.0)
     )
-    write_parquet_atomic(
-        forged, partition_file(paths.table("raw_transactions"), days[2].isoformat()).parent / "served.parquet"
-    )
+    paths.lake_table("raw_transactions").replace(forged, day=days[2], origin="served")
     d2 = days[2].isoformat()
-    stale = first_stale_day(tmp_path / "w.duckdb", d2)
+    stale = first_stale_day(tmp_path / "w.duckdb", d2, lake)
     assert stale == days[0].isoformat()
     forged_id = forged["transaction_id"][0]
 
@@ -302,7 +305,7 @@ def test_a_conflicting_copy_arriving_later_rebuilds_the_days_built_with_the_orig
     only_day2 = dbt(["build"], {**base, "min_day": d2, "max_day": d2}, tmp_path / "target")
     assert only_day2.returncode == 0, only_day2.stdout[-3000:]
     assert (count("stg_transactions"), count("customer_spend_features")) == (0, 1)  # why the rebuild
-    assert first_stale_day(tmp_path / "w.duckdb", d2) == days[0].isoformat()  # ... and it is seen
+    assert first_stale_day(tmp_path / "w.duckdb", d2, lake) == days[0].isoformat()  # ... and it is seen
     full_tests = dbt(["test"], base, tmp_path / "target")  # every day judged: the stale row fails
     assert full_tests.returncode != 0 and "relationships" in full_tests.stdout
     rebuilt = dbt(["build"], {**base, "min_day": stale, "max_day": d2}, tmp_path / "target")
@@ -313,7 +316,7 @@ def test_a_conflicting_copy_arriving_later_rebuilds_the_days_built_with_the_orig
             con.execute(f"select count(*) from {table} where transaction_id = ?", [forged_id]).fetchone()[0]
             == 0
         )
-    assert first_stale_day(tmp_path / "w.duckdb", d2) is None
+    assert first_stale_day(tmp_path / "w.duckdb", d2, lake) is None
 
 
 def test_a_daily_runs_tests_judge_its_own_days_and_a_full_build_every_day(tmp_path, topology):
@@ -325,11 +328,11 @@ def test_a_daily_runs_tests_judge_its_own_days_and_a_full_build_every_day(tmp_pa
     cfg = GeneratorConfig(rows_per_day=300, fraud_rate=0.04, max_chargeback_delay_days=3)
     days = [d.isoformat() for d in day_range(date(2026, 1, 1), 3)]
     write_lake(paths, region, cfg, [date.fromisoformat(d) for d in days])
-    first = partition_file(paths.table("raw_transactions"), days[0])
-    planted = pl.read_parquet(first).with_columns(
+    table = paths.lake_table("raw_transactions")
+    planted = _source_day(table, days[0]).with_columns(
         amount=pl.when(pl.int_range(pl.len()) == 0).then(-5.0).otherwise(pl.col("amount"))
     )
-    write_parquet_atomic(planted, first)
+    table.replace(planted, day=days[0], origin="source")
     base = {
         "region": region.name,
         "lake_root": str(paths.lake),
@@ -341,3 +344,52 @@ def test_a_daily_runs_tests_judge_its_own_days_and_a_full_build_every_day(tmp_pa
     full = dbt(["build"], base, tmp_path / "target")
     assert full.returncode != 0
     assert "FAIL 1 meridian_positive_stg_transactions_amount_usd" in full.stdout, full.stdout[-3000:]
+
+
+def test_a_training_set_rebuilt_at_its_recorded_lake_versions_has_the_same_rows(
+    long_history, topology, tmp_path
+):
+    """The training set records the Delta versions the warehouse was built from (the MLflow run
+    carries them); after the lake moves on (a day re-delivered with other content, chargebacks
+    added), a fresh warehouse built at those versions gives exactly the same rows."""
+    import json
+    import shutil
+
+    from meridian.feature_views import feature_views
+    from meridian.lake_sync import synced_versions
+    from meridian.training_set import build_training_set
+
+    warehouse, days = long_history
+    region = topology.region("eu-west")
+    paths = region_paths(region, tmp_path)
+    shutil.copytree(warehouse.parent / "regions" / "eu-west" / "lake", paths.lake)  # Delta tables relocate
+    shutil.copyfile(warehouse, tmp_path / "w.duckdb")
+    views = feature_views()
+    with duckdb.connect(str(tmp_path / "w.duckdb"), read_only=True) as con:
+        recorded = synced_versions(con)
+        before, _, as_of = build_training_set(con, views, region)
+    assert set(recorded) == {"raw_transactions", "raw_labels"}
+
+    # The lake moves on: a train day's amounts re-delivered doubled, and every label of a day dropped.
+    table = paths.lake_table("raw_transactions")
+    day = days[42].isoformat()
+    table.replace(_source_day(table, day).with_columns(pl.col("amount") * 2), day=day, origin="source")
+    labels = paths.lake_table("raw_labels")
+    labels.replace(labels.read(where={"day": days[43]}).drop("day").head(0), day=days[43])
+    base = {"region": region.name, "lake_root": str(paths.lake)}
+    moved = dbt(["build"], {**base, "warehouse_path": str(tmp_path / "w.duckdb")}, tmp_path / "target")
+    assert moved.returncode == 0, moved.stdout[-3000:]
+    with duckdb.connect(str(tmp_path / "w.duckdb"), read_only=True) as con:
+        assert synced_versions(con) == {k: v + 1 for k, v in recorded.items()}  # synced incrementally
+        after, _, _ = build_training_set(con, views, region, as_of=as_of)
+    assert not after.sort("transaction_id").equals(before.sort("transaction_id"))
+
+    pinned = {**os.environ, "MERIDIAN_DBT_LAKE_VERSIONS": json.dumps(recorded)}
+    rebuilt = dbt(
+        ["build"], {**base, "warehouse_path": str(tmp_path / "r.duckdb")}, tmp_path / "target", pinned
+    )
+    assert rebuilt.returncode == 0, rebuilt.stdout[-3000:]
+    with duckdb.connect(str(tmp_path / "r.duckdb"), read_only=True) as con:
+        assert synced_versions(con) == recorded
+        again, _, _ = build_training_set(con, views, region, as_of=as_of)
+    assert again.sort("transaction_id").equals(before.sort("transaction_id"))

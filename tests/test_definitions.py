@@ -176,7 +176,6 @@ def test_the_replication_sensor_requests_only_regions_with_unreplicated_files(de
     import polars as pl
 
     from meridian import dr
-    from meridian.lake import write_parquet_atomic
     from meridian.paths import region_paths
     from meridian.topology import load_topology
     from resources.lake import RegionalLakeResource
@@ -185,10 +184,7 @@ def test_the_replication_sensor_requests_only_regions_with_unreplicated_files(de
     sensor = defs.resolve_sensor_def("replication_sensor")
     resources = {**defs.resources, "lake": RegionalLakeResource(home=str(meridian_home))}
     paths = region_paths(topology.region("eu-west"), meridian_home)
-    write_parquet_atomic(
-        pl.DataFrame({"transaction_id": ["t1"]}),
-        paths.table("raw_labels") / "day=2026-01-01" / "data.parquet",
-    )
+    paths.lake_table("raw_labels").replace(pl.DataFrame({"transaction_id": ["t1"]}), day="2026-01-01")
     with dg.instance_for_test() as instance:
         requests = list(sensor(dg.build_sensor_context(instance=instance, resources=resources)) or [])
         assert [r.partition_key for r in requests] == ["eu-west"]

@@ -18,10 +18,9 @@ from assets.definitions_file import load_definitions_module
 from assets.features import feature_view_assets
 from assets.ingestion import RECONCILIATION_CHECK, labels_ingestion, transactions_ingestion
 from assets.transforms import regional_dbt_models
-from meridian.lake import partition_file, write_parquet_atomic
 from resources.lake import RegionalLakeResource
 from resources.source import TransactionSourceResource
-from tests.helpers import REGIONAL_ASSETS
+from tests.helpers import REGIONAL_ASSETS, lake_day, put_lake_day
 
 pytestmark = pytest.mark.e2e
 REGIONS = ("us-east", "eu-west")
@@ -160,8 +159,8 @@ def test_accepted_plus_quarantined_equals_generated_for_every_partition(graph, t
         lake = home / "regions" / region_name / "lake"
         for day in DAYS:
             delivered = source.transactions(region, date.fromisoformat(day))
-            accepted = pl.read_parquet(partition_file(lake / "raw_transactions", day))
-            quarantined = pl.read_parquet(partition_file(lake / "quarantined_transactions", day))
+            accepted = lake_day(lake, "raw_transactions", day)
+            quarantined = lake_day(lake, "quarantined_transactions", day)
             assert accepted.height + quarantined.height == delivered.rows.height
             # Every injected row, plus the genuine rows whose id an injected copy took: conflicting
             # copies of an id are all quarantined, whichever came first.
@@ -174,10 +173,7 @@ def test_accepted_plus_quarantined_equals_generated_for_every_partition(graph, t
             assert observed[("raw_transactions", partition)] == accepted.height
             assert observed[("quarantined_transactions", partition)] == quarantined.height
             labels = source.labels(region, date.fromisoformat(day))
-            n_labels = sum(
-                pl.read_parquet(partition_file(lake / t, day)).height
-                for t in ("raw_labels", "quarantined_labels")
-            )
+            n_labels = sum(lake_day(lake, t, day).height for t in ("raw_labels", "quarantined_labels"))
             assert n_labels == labels.rows.height
 
 
@@ -234,15 +230,12 @@ def test_a_failing_error_severity_dbt_test_blocks_the_downstream_models(graph):
     # Land a day that bypassed validation: a negative amount reaches the lake. (A repeated id
     # no longer does this: stg_transactions reconciles copies; see test_dbt_incremental.)
     lake = home / "regions" / "eu-west" / "lake"
-    good = pl.read_parquet(partition_file(lake / "raw_transactions", DAYS[-1])).with_columns(
+    good = lake_day(lake, "raw_transactions", DAYS[-1]).with_columns(
         pl.col("event_time").dt.offset_by("1d"), pl.col("transaction_id") + "-moved"
     )
     bad = good.with_columns(amount=pl.when(pl.int_range(pl.len()) == 0).then(-5.0).otherwise("amount"))
-    write_parquet_atomic(bad, partition_file(lake / "raw_transactions", day))
-    write_parquet_atomic(
-        pl.read_parquet(partition_file(lake / "raw_labels", DAYS[0])).head(0),
-        partition_file(lake / "raw_labels", day),
-    )
+    put_lake_day(lake, "raw_transactions", day, bad)
+    put_lake_day(lake, "raw_labels", day, lake_day(lake, "raw_labels", DAYS[0]).head(0))
     selection = dg.AssetSelection.assets(*regional_dbt_models.keys)
     result = _materialize(instance, home, ("eu-west", day), ("eu-west", day), selection=selection)
     assert not result.success

@@ -35,7 +35,6 @@ from assets.serving import deployment_config, serving_stream
 from assets.training import fraud_model, fraud_model_hyperparameters, training_set
 from assets.transforms import regional_dbt_models
 from meridian import dr
-from meridian.lake import partition_file
 from meridian.online_sqlite import SqliteOnlineStore
 from meridian.online_store import OnlineRow
 from meridian.paths import REPO_ROOT, region_paths
@@ -44,7 +43,7 @@ from resources.alerting import AlertingResource
 from resources.lake import RegionalLakeResource
 from resources.mlflow import MlflowTrackingResource
 from resources.source import TransactionSourceResource
-from tests.helpers import serving, trainable_days
+from tests.helpers import lake_day, put_lake_day, serving, trainable_days
 
 pytestmark = pytest.mark.e2e
 REGION, DR_REGION = "eu-west", "eu-central"
@@ -187,8 +186,8 @@ def test_probes_see_what_the_region_serves_and_builds_from(home_copy):
         finally:
             path.write_bytes(before)
 
-    newest = sorted(primary.table("raw_transactions").glob("day=*/*.parquet"))[-1]
-    problems = broken(newest, lambda p, b: p.write_bytes(b[: len(b) // 2]))
+    newest = sorted((primary.table("raw_transactions") / "_delta_log").glob("*.json"))[-1]
+    problems = broken(newest, lambda p, b: p.write_bytes(b[: len(b) // 2]))  # a torn commit
     assert any("lake table raw_transactions is unreadable" in p for p in problems), problems
     problems = broken(primary.warehouse, lambda p, b: p.write_bytes(b"\0" * 4096 + b[4096:]))
     assert any("not a DuckDB database" in p for p in problems), problems
@@ -414,9 +413,12 @@ def test_failover_drill_serves_from_dr_within_the_rto_and_fails_back_losing_only
             requests, cursor = _evaluate_sensor(instance, resources, None)
             assert requests == [] and json.loads(cursor)["seen_up"] == [REGION]
             # A day lands after the last replication: the RPO this drill must report.
-            late = partition_file(primary.table("raw_transactions"), LATE_DAY)
-            late.parent.mkdir(parents=True)
-            shutil.copyfile(partition_file(primary.table("raw_transactions"), DAYS[-1]), late)
+            put_lake_day(
+                primary.lake,
+                "raw_transactions",
+                LATE_DAY,
+                lake_day(primary.lake, "raw_transactions", DAYS[-1]),
+            )
             time.sleep(0.05)
 
             # ---- the fault: the region's storage is gone
@@ -477,8 +479,11 @@ def test_failover_drill_serves_from_dr_within_the_rto_and_fails_back_losing_only
             assert report["rpo_partitions"] == 1
             # What had not replicated at the fault: the late day, and the stream log holding the
             # decision answered before the fault (the service wrote it after the last replication).
-            assert report["rpo_files"][0] == f"lake/raw_transactions/day={LATE_DAY}/data.parquet"
-            assert all(f.startswith("stream/decisions/") for f in report["rpo_files"][1:])
+            # The late day is one commit: its log entry and its data file.
+            log_entry, data_file, *stream = report["rpo_files"]
+            assert log_entry.startswith("lake/raw_transactions/_delta_log/") and log_entry.endswith(".json")
+            assert data_file.startswith(f"lake/raw_transactions/day={LATE_DAY}/origin=source/")
+            assert all(f.startswith("stream/decisions/") for f in stream)
             assert report["reconciled"]["copied_back"] >= 2  # the DR site's decisions and its stream log
             assert report["reconciled"]["online_rows"] >= 1  # the customer's row pushed at the DR site
             assert not dr.is_failed_over(home, REGION) and not site.exists()

@@ -71,7 +71,7 @@ def test_the_audit_passes_on_clean_data_and_names_every_planted_leak(home):
     assert residency.residency_audit(TOPOLOGY, POLICY, home).passed
     eu = region_paths(TOPOLOGY.region("eu-west"), home)
     us = region_paths(TOPOLOGY.region("us-east"), home)
-    source = next(eu.table("raw_transactions").glob("day=*/data.parquet"))
+    source = next(eu.table("raw_transactions").glob("day=*/origin=source/*.parquet"))
     # 1. eu personal data copied into the us zone (same column names)
     planted_us = us.root / "lake" / "scratch" / "copy.parquet"
     planted_us.parent.mkdir(parents=True)
@@ -118,7 +118,7 @@ def test_the_audit_asset_fails_its_blocking_check_and_alerts_on_a_leak(home):
     eu = region_paths(TOPOLOGY.region("eu-west"), home)
     leak = home / "global" / "leak.parquet"
     leak.parent.mkdir(parents=True)
-    shutil.copyfile(next(eu.table("raw_transactions").glob("day=*/data.parquet")), leak)
+    shutil.copyfile(next(eu.table("raw_transactions").glob("day=*/origin=source/*.parquet")), leak)
     alerts = home / "alerts.jsonl"
     result = dg.materialize(
         [residency_audit],
@@ -187,7 +187,7 @@ def test_the_audit_reads_every_row_and_finds_personal_values_of_any_shape_and_fi
     the generator's id pattern; a leak past row 5,000, or of a card fingerprint or device id in
     a column with an innocent name, or in a content-addressed object without suffix, passed."""
     eu = region_paths(TOPOLOGY.region("eu-west"), home)
-    source = pl.read_parquet(next(eu.table("raw_transactions").glob("day=*/data.parquet")))
+    source = pl.read_parquet(next(eu.table("raw_transactions").glob("day=*/origin=source/*.parquet")))
     card = source["card_fingerprint"][3]
     us = region_paths(TOPOLOGY.region("us-east"), home)
     notes = [f"note {i}" for i in range(12_000)]

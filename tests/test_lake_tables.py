@@ -116,7 +116,7 @@ sys.path.insert(0, {repo!r})
 from meridian.lake_tables import LakeLocation
 from meridian.object_store import S3Location
 {location}
-table = location.table("raw_transactions")
+table = location.table("raw_transactions", ("day",))
 generation = 100
 while True:
     generation += 1
@@ -139,7 +139,7 @@ def _writer_source(location: LakeLocation) -> str:
 
 
 def test_a_writer_killed_at_any_moment_leaves_only_whole_committed_versions(location, tmp_path):
-    table = location.table("raw_transactions")
+    table = location.table("raw_transactions", ("day",))
     table.replace(_rows(10, 1), day=DAY)
     script = tmp_path / "writer.py"
     script.write_text(_WRITER.format(repo=str(REPO), location=_writer_source(location)))
@@ -159,7 +159,7 @@ def test_a_writer_killed_at_any_moment_leaves_only_whole_committed_versions(loca
 
 
 def test_concurrent_writers_of_one_table_serialise_by_retrying_their_commit(location):
-    table = location.table("raw_transactions")
+    table = location.table("raw_transactions", ("day",))
     table.replace(_rows(2, 0), day=DAY - timedelta(days=1))
     errors: list[BaseException] = []
     commits = []
@@ -199,14 +199,14 @@ def pair(stores):
 
 
 def _fill(location: S3Location, days: int = 4) -> LakeTable:
-    table = LakeLocation.on_object_store(location).table("raw_transactions")
+    table = LakeLocation.on_object_store(location).table("raw_transactions", ("day",))
     for offset in range(days):
         table.replace(_rows(30, 1, DAY + timedelta(days=offset)), day=DAY + timedelta(days=offset))
     return table
 
 
 def _replica(location: S3Location) -> LakeTable:
-    return LakeLocation.on_object_store(location).table("raw_transactions")
+    return LakeLocation.on_object_store(location).table("raw_transactions", ("day",))
 
 
 def test_replication_copies_files_then_log_and_then_only_what_changed(pair):
@@ -333,3 +333,37 @@ def test_a_source_whose_old_log_was_cleaned_up_replicates_from_its_checkpoint(pa
     result = replicate_table(source_loc, target_loc, "raw_transactions", load_topology(), default_policy())
     assert result.replica_version == 3
     assert _replica(target_loc).read().sort("transaction_id").equals(source.read().sort("transaction_id"))
+
+
+def test_the_warehouse_follows_the_lake_by_its_log_reloading_only_what_changed(location):
+    import duckdb
+
+    from meridian.lake_sync import sync_lake, synced_versions
+
+    table = location.table("raw_transactions")
+    for offset in range(4):
+        table.replace(
+            _rows(20, 1, DAY + timedelta(days=offset)), day=DAY + timedelta(days=offset), origin="source"
+        )
+    con = duckdb.connect()
+    (first, absent) = sync_lake(con, location, ["raw_transactions", "raw_labels"])
+    assert (first.mode, first.rows, absent.mode) == ("full", 80, "absent")
+
+    table.replace(_rows(5, 2, DAY), day=DAY, origin="source")  # a day replaced
+    table.replace(_rows(3, 9, DAY), day=DAY, origin="served")  # the service's share of it
+    table.replace(_rows(0, 3), day=DAY + timedelta(days=1), origin="source")  # a day emptied
+    (again,) = sync_lake(con, location, ["raw_transactions"])
+    assert (again.mode, again.partitions, again.rows) == ("incremental", 3, 8)
+    assert (again.previous, again.version) == (3, 6) and synced_versions(con) == {"raw_transactions": 6}
+    (nothing,) = sync_lake(con, location, ["raw_transactions"])
+    assert nothing.mode == "unchanged"
+
+    fresh = duckdb.connect()
+    sync_lake(fresh, location, ["raw_transactions"])
+    query = "select * from lake.raw_transactions order by day, origin, transaction_id"
+    assert con.execute(query).fetchall() == fresh.execute(query).fetchall()
+    assert len(con.execute(query).fetchall()) == 20 + 20 + 5 + 3
+
+    pinned = duckdb.connect()
+    (old,) = sync_lake(pinned, location, ["raw_transactions"], versions={"raw_transactions": 3})
+    assert (old.mode, old.version, old.rows) == ("full", 3, 80)

@@ -18,12 +18,12 @@ from assets.ingestion import RECONCILIATION_CHECK, labels_ingestion, transaction
 from assets.landing_sensor import landing_sensor
 from meridian import landing
 from meridian.generator import GeneratorConfig, generate_transactions
-from meridian.lake import partition_file
 from meridian.paths import region_paths
 from meridian.validation import PROVENANCE, validate_transactions
 from resources.alerting import AlertingResource
 from resources.lake import RegionalLakeResource
 from resources.source import TransactionSourceResource
+from tests.helpers import lake_day
 
 DAY = "2026-01-12"
 
@@ -263,7 +263,7 @@ def test_the_sensor_starts_ingestion_of_delivered_files_and_the_lake_holds_them(
         assert result.success
         checks = [e for e in result.get_asset_check_evaluations() if e.check_name == RECONCILIATION_CHECK]
         assert checks and all(c.passed for c in checks)
-        lake = pl.read_parquet(partition_file(root / "lake" / "raw_transactions", DAY))
+        lake = lake_day(root / "lake", "raw_transactions", DAY)
         # The generator's delivery and the partner's, both in the day.
         assert lake.filter(pl.col("transaction_id").str.ends_with("-user")).height == 25
         assert lake.height > 200

@@ -19,13 +19,13 @@ from assets.ingestion import RECONCILIATION_CHECK, labels_ingestion, transaction
 from assets.landing_sensor import landing_sensor
 from meridian import landing
 from meridian.generator import GeneratorConfig, generate_transactions
-from meridian.lake import partition_file
 from meridian.landing_stores import S3Landing, landing_for
 from meridian.object_store import ObjectStoreConfigError, landing_location
 from meridian.paths import region_paths
 from resources.alerting import AlertingResource
 from resources.lake import RegionalLakeResource
 from resources.source import TransactionSourceResource
+from tests.helpers import lake_day
 from tests.object_stores import start_region_store
 
 DAY = "2026-01-12"
@@ -126,7 +126,7 @@ def test_files_put_in_a_regions_bucket_are_ingested_once_and_a_changed_object_is
         assert request.partition_key.keys_by_dimension == {"region": "eu-west", "day": DAY}
         assert "transactions/latest.csv" in alerts.read_text()  # misplaced: alerted, not ignored
         ingest(request.partition_key)
-        lake = pl.read_parquet(partition_file(root / "lake" / "raw_transactions", DAY))
+        lake = lake_day(root / "lake", "raw_transactions", DAY)
         assert lake.filter(pl.col("transaction_id").str.ends_with("-p")).height == 12
         assert lake.height > 150  # the generator's delivery, into the same bucket
         keys = {o["Key"] for o in client.list_objects_v2(Bucket=eu.bucket)["Contents"]}
@@ -138,8 +138,8 @@ def test_files_put_in_a_regions_bucket_are_ingested_once_and_a_changed_object_is
         client.put_object(Bucket=eu.bucket, Key=f"incoming/transactions/{DAY}/partner.csv", Body=changed)
         (request,) = tick()
         ingest(request.partition_key)
-        assert pl.read_parquet(partition_file(root / "lake" / "raw_transactions", DAY)).equals(lake)
-        quarantined = pl.read_parquet(partition_file(root / "lake" / "quarantined_transactions", DAY))
+        assert lake_day(root / "lake", "raw_transactions", DAY).equals(lake)
+        quarantined = lake_day(root / "lake", "quarantined_transactions", DAY)
         assert quarantined.filter(pl.col("reason").str.contains(landing.CHANGED_REASON)).height == 12
         assert tick() == []
     # Nothing of eu-west's reached us-east's store.

@@ -44,7 +44,7 @@ def test_a_killed_lake_write_leaves_a_temporary_that_the_next_ingestion_removes(
     """Before: `.data.parquet.<uuid>.tmp` files of killed runs stayed in the lake for good."""
     home = tmp_path / "home"
     paths = region_paths(topology.region("us-east"), home)
-    target = partition_file(paths.table("raw_transactions"), "2026-01-02")
+    target = partition_file(paths.table("predictions"), "2026-01-02")  # a Parquet table of the lake
     _killed(
         f"""
         import polars as pl
@@ -138,10 +138,13 @@ def test_an_unreadable_lake_file_costs_its_partition_not_the_region(tmp_path, to
         tags={ASSET_PARTITION_RANGE_START_TAG: key(days[0]), ASSET_PARTITION_RANGE_END_TAG: key(days[-1])},
     ).success
     paths = region_paths(topology.region("eu-west"), home)
-    broken = partition_file(paths.table("raw_transactions"), days[1])
+    (broken,) = (paths.table("raw_transactions") / f"day={days[1]}" / "origin=source").glob("*.parquet")
     broken.write_bytes(broken.read_bytes()[:-50])
     result = dg.materialize([regional_dbt_models], resources=resources, partition_key=key(days[2]))
     assert result.success
-    assert not broken.exists() and len(list(broken.parent.glob("data.parquet.unreadable-*"))) == 1
+    # The partition left the table's newest version; the file is kept for inspection.
+    table = paths.lake_table("raw_transactions")
+    assert broken.exists() and days[1] not in {p["day"] for p in table.partitions()}
+    assert {p["day"] for p in table.partitions()} == {days[0], days[2]}
     text = alerts.read_text()
     assert "unreadable-lake-file:eu-west:raw_transactions:2026-01-02" in text and "re-materialize" in text

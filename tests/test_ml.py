@@ -29,6 +29,7 @@ from assets.promotion import PromotionConfig, fraud_model_promotion, rollback_ch
 from assets.training import fraud_model, fraud_model_hyperparameters, training_set
 from assets.transforms import regional_dbt_models
 from meridian import modeling, registry
+from meridian.lake_tables import LakeLocation
 from meridian.paths import REPO_ROOT
 from meridian.promotion import decide
 from resources.lake import RegionalLakeResource
@@ -280,11 +281,10 @@ def test_train_promote_predict_then_reject_promote_and_roll_back(home: Path):
         home / "regions" / REGION / "lake" / "predictions" / f"day={d}" / "data.parquet" for d in DAYS[-2:]
     ]
     predictions = pl.read_parquet(paths)
-    raw = pl.read_parquet(
-        [
-            home / "regions" / REGION / "lake" / "raw_transactions" / f"day={d}" / "data.parquet"
-            for d in DAYS[-2:]
-        ]
+    raw = (
+        LakeLocation.local(home / "regions" / REGION / "lake")
+        .table("raw_transactions")
+        .read(where={"day": DAYS[-2:], "origin": "source"})
     )
     assert predictions.height == raw.height
     assert set(predictions["transaction_id"]) == set(raw["transaction_id"])

@@ -14,6 +14,7 @@ from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PART
 
 from meridian.paths import REPO_ROOT
 from tests.daemon import kill_tree, launch, start_daemon, stop_daemon, wait
+from tests.helpers import lake_day
 
 pytestmark = pytest.mark.e2e
 
@@ -137,7 +138,6 @@ def _the_delivered_file_reached_the_lake(instance, root: Path, terminal) -> None
     import polars as pl
 
     from meridian import landing
-    from meridian.lake import partition_file
 
     def landed():
         runs = [
@@ -151,7 +151,7 @@ def _the_delivered_file_reached_the_lake(instance, root: Path, terminal) -> None
     assert run.dagster_run.status == dg.DagsterRunStatus.SUCCESS
     assert run.dagster_run.tags["dagster/sensor_name"] == "landing_sensor"
     assert run.dagster_run.tags["dagster/partition/day"] == LANDED_DAY
-    lake = pl.read_parquet(partition_file(root / "lake" / "raw_transactions", LANDED_DAY))
+    lake = lake_day(root / "lake", "raw_transactions", LANDED_DAY)
     assert lake.filter(pl.col("transaction_id").str.ends_with("-partner")).height == 15
     assert lake.height > 15  # the generator's delivery for the day, beside the partner's
     assert landing.pending(root) == ([], [])

@@ -10,8 +10,7 @@ import pytest
 
 from meridian import generator as gen
 from meridian import served_labels
-from meridian.lake import write_parquet_atomic
-from meridian.served import SERVED_FILE
+from meridian.lake_tables import LakeLocation
 from meridian.validation import validate_transactions
 from resources.source import TransactionSourceResource
 
@@ -113,16 +112,18 @@ def test_hostile_served_rows_get_a_defined_probability(region):
 
 
 def test_the_source_reads_what_was_served_from_the_regions_own_lake(region, tmp_path):
-    table = tmp_path / "lake" / "raw_transactions"
+    lake = LakeLocation.local(tmp_path / "lake")
+    table = lake.table("raw_transactions")
     served = _payments(region, DAY - timedelta(days=2)).drop("truth")
     served = served.with_columns(transaction_id="srv-" + pl.col("transaction_id"))
-    write_parquet_atomic(served, table / f"day={(DAY - timedelta(days=2)).isoformat()}" / SERVED_FILE)
+    table.replace(served, day=DAY - timedelta(days=2), origin="served")
     source = TransactionSourceResource(rows_per_day=2000, fraud_rate=0.02)
     with_served = source.labels(region, DAY, table).rows
     without = source.labels(region, DAY).rows
     assert set(without["transaction_id"]) < set(with_served["transaction_id"])
-    assert source.labels(region, DAY, tmp_path / "nothing-served").rows.equals(without)
+    nothing = LakeLocation.local(tmp_path / "nothing-served").table("raw_transactions")
+    assert source.labels(region, DAY, nothing).rows.equals(without)
     # A served file truncated by a storage fault labels nothing, and stops no other chargeback.
-    path = table / f"day={(DAY - timedelta(days=2)).isoformat()}" / SERVED_FILE
+    (path,) = (tmp_path / "lake" / "raw_transactions").glob("day=*/origin=served/*.parquet")
     path.write_bytes(path.read_bytes()[:-100])
     assert source.labels(region, DAY, table).rows.equals(without)

@@ -13,6 +13,7 @@ from pathlib import Path
 import orjson
 import polars as pl
 
+from meridian.dr.lake_failback import checkout_versions, delta_table_of, merge_back, partition_of
 from meridian.dr.online import promote_for_failover, reattach, redis_rows_lost, snapshot_rows_lost
 from meridian.dr.probes import probe
 from meridian.dr.state import FailoverError, failover_root, load_state, primary_paths, replica, save_state
@@ -122,13 +123,19 @@ def fail_over(
 
 
 def _merge_parquet(primary: Path, failover: Path, primary_site: str, dr_site: str) -> pl.DataFrame:
+    return merge_rows(pl.read_parquet(primary), pl.read_parquet(failover), primary_site, dr_site)
+
+
+def merge_rows(
+    primary: pl.DataFrame, failover: pl.DataFrame, primary_site: str, dr_site: str
+) -> pl.DataFrame:
     """Rows of both versions of one partition; on a key both hold, the conflict rule decides.
 
     Lake rows carry no HLC: the order is (event time, site), the site breaking ties the
     same way on every run (the DR site's row wins a tie: it is the newer write of the two).
     """
-    a = pl.read_parquet(primary).with_columns(_site=pl.lit(primary_site), _rank=pl.lit(0))
-    b = pl.read_parquet(failover).with_columns(_site=pl.lit(dr_site), _rank=pl.lit(1))
+    a = primary.with_columns(_site=pl.lit(primary_site), _rank=pl.lit(0))
+    b = failover.with_columns(_site=pl.lit(dr_site), _rank=pl.lit(1))
     both = pl.concat([a, b], how="diagonal_relaxed")
     key = next((k for k in ("request_id", "transaction_id") if k in both.columns), None)
     if key is None:
@@ -295,10 +302,15 @@ def fail_back(
     save_state(home, state)
     time.sleep(drain_seconds)
     # Files written at the DR site during the failover (lake and stream): back to the primary.
+    # Delta tables: the DR site's commits re-applied as new commits (meridian.dr.lake_failback).
+    delta_tables = set()
     for cls, spec in topology.replication.classes.items():
         if cls in ("online_store", "model_registry", "deployment_config"):
             continue
         for source in walk(site, spec.paths):
+            if (table := delta_table_of(source.rel)) is not None:
+                delta_tables.add(table)
+                continue
             if source.path.stat().st_mtime < since and source.rel in at_failover:
                 continue  # checked out from the replica and never touched at the DR site
             dest = primary.root / source.rel
@@ -319,6 +331,13 @@ def fail_back(
                 shutil.copyfile(source.path, tmp)
                 os.replace(tmp, dest)
                 reconciled["copied_back"] += 1
+    reconciled["merged"] += merge_back(
+        primary.lake,
+        site / "lake",
+        sorted(delta_tables),
+        checkout_versions(at_failover),
+        lambda ours, theirs: merge_rows(ours, theirs, region, dr_name),
+    )
     # Online rows: last-writer-wins on (event time, HLC, site), stamps kept both ways.
     from meridian.online_sqlite import SqliteOnlineStore
 
@@ -346,7 +365,7 @@ def fail_back(
         {cls: rep.current_version() for cls, rep in replicas.items()},
         {cls: (rep.manifest() or {}).get("published_at") for cls, rep in replicas.items()},
         reconciled=reconciled,
-        rpo_partitions=len({str(Path(r).parent) for r in lost if "day=" in r}),
+        rpo_partitions=len({partition_of(r) for r in lost if "day=" in r}),
         rpo_files=sorted(lost),
         rpo_online_rows=rpo_online_rows,
         online_replica=replica_report,

@@ -76,9 +76,25 @@ def _lake_problems(paths: RegionPaths) -> list[str]:
     import pyarrow.parquet as pq
 
     problems = []
+    if paths.lake_url is not None and paths.host == paths.region:  # the lake's tables on object storage
+        from meridian.lake_tables import DELTA_TABLES
+
+        for name in sorted(DELTA_TABLES):
+            try:
+                paths.lake_location.table(name).version()
+            except Exception as error:  # an endpoint down or frozen, credentials refused, a torn log
+                problems.append(f"lake table {name} on {paths.lake_url} is unreachable: {error}"[:300])
+                break
     if not paths.lake.is_dir():
-        return [f"lake {paths.lake} is missing"] if paths.warehouse.exists() else []
+        missing = paths.warehouse.exists() and paths.lake_url is None  # (on object storage: no local lake yet)
+        return problems + ([f"lake {paths.lake} is missing"] if missing else [])
     for table in sorted(p for p in paths.lake.iterdir() if p.is_dir()):
+        if (table / "_delta_log").is_dir():  # a Delta table: its log must open
+            try:
+                paths.lake_location.table(table.name).version()
+            except Exception as error:  # delta-rs raises its own errors for a broken log
+                problems.append(f"lake table {table.name} is unreadable (its Delta log: {error})"[:300])
+            continue
         days = sorted(table.glob("day=*"))
         files = sorted(days[-1].glob("*.parquet")) if days else []
         for file in files:

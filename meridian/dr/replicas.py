@@ -19,6 +19,7 @@ import orjson
 
 from meridian import governance
 from meridian.conflicts import LOGICAL_BITS
+from meridian.dr.lake_failback import partition_of
 from meridian.dr.state import STAGING, active_paths, primary_paths, replica
 from meridian.lake import write_bytes_atomic
 from meridian.paths import RegionPaths
@@ -237,7 +238,7 @@ def replication_lag(topology: Topology, home: Path, region: str, cls: str) -> di
         "version": manifest["version"] if manifest else None,
         "published_at": manifest["published_at"] if manifest else None,
         "unreplicated_files": len(pending),
-        "unreplicated_partitions": len({str(Path(s.rel).parent) for s in pending if "day=" in s.rel}),
+        "unreplicated_partitions": len({partition_of(s.rel) for s in pending if "day=" in s.rel}),
         "lag_seconds": 0.0 if oldest is None else max(0.0, now - oldest),
     }
 

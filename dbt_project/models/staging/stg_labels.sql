@@ -9,5 +9,5 @@ select
     reason_code
 from {{ source('lake', 'raw_labels') }}
 qualify row_number() over (
-    partition by transaction_id order by chargeback_at, reason_code, filename
+    partition by transaction_id order by chargeback_at, reason_code, day
 ) = 1

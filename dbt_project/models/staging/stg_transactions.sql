@@ -1,7 +1,7 @@
 -- Typed transactions with amounts normalised to USD, one row per transaction_id.
 --
 -- A transaction id can reach the lake more than once: the source and the scoring service
--- both deliver it (raw_transactions/day=D/data.parquet and served.parquet), or it arrives
+-- both deliver it (raw_transactions' origins `source` and `served`), or it arrives
 -- on two event days. The lake keeps every copy; this view reconciles them with one rule
 -- that no arrival order can change (the same rule validation applies within a batch):
 --   * copies that agree on the payment (transaction_identity) are one transaction, and the
@@ -28,7 +28,7 @@ agreeing as (
     having count(distinct ({{ transaction_identity('l') }})) = 1
 ),
 
--- One row per id that agrees: the source's copy before the service's, then by file and
+-- One row per id that agrees: the source's copy before the service's, then by day and
 -- by the fields only the source carries (deterministic whatever the arrival order).
 kept as (
     select l.*
@@ -36,7 +36,7 @@ kept as (
     semi join agreeing using (transaction_id)
     qualify row_number() over (
         partition by l.transaction_id
-        order by l.filename like '%served.parquet', l.filename,
+        order by l.origin = 'served', l.day,
                  l.email nulls last, l.card_fingerprint nulls last, l.device_id nulls last,
                  l.merchant_category nulls last
     ) = 1

@@ -1,6 +1,6 @@
 -- Transaction ids the lake holds in more than one form (another payment's content under
 -- an id, or one id on two event days): stg_transactions accepts none of their copies.
--- One row per copy, with the file it came from; the warn-severity test on this model
+-- One row per copy, with the lake partition it came from (day and origin); the warn-severity test on this model
 -- raises the alert in Dagster, and the region's build goes on.
 with lake as (
     select * from {{ source('lake', 'raw_transactions') }}
@@ -18,7 +18,7 @@ select
     c.versions,
     cast(l.day as date) as event_day,
     timezone('UTC', l.event_time) as event_time,
-    regexp_extract(l.filename, '[^/]+$') as lake_file,
+    'day=' || l.day || '/origin=' || l.origin as lake_partition,
     'conflicting copies of transaction_id (' || c.versions || ' versions): none accepted' as reason
 from lake as l
 inner join conflicted as c using (transaction_id)

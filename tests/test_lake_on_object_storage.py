@@ -1,0 +1,109 @@
+"""A region whose storage root is on object storage: its lake's Delta tables live in its own
+bucket on its own S3-compatible endpoint (a moto server on loopback), written by the ingestion
+assets and read by dbt through the plugin; nothing of them is written to the local folder,
+and no other region's endpoint sees a byte. A killed endpoint is an outage the probe names."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import dagster as dg
+import duckdb
+import pytest
+import yaml
+from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
+
+from assets.definitions_file import load_definitions_module
+from assets.ingestion import labels_ingestion, transactions_ingestion
+from assets.transforms import regional_dbt_models
+from meridian import dr
+from meridian.object_store import S3Location, list_objects
+from meridian.paths import REPO_ROOT, region_paths
+from meridian.topology import load_topology
+from resources.alerting import AlertingResource
+from resources.lake import RegionalLakeResource
+from resources.source import TransactionSourceResource
+from resources.topology import RegionTopologyResource
+from tests.object_stores import start_region_store
+
+DAYS = ("2026-01-01", "2026-01-02", "2026-01-03")
+
+
+@pytest.fixture(scope="module")
+def region_on_s3(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("lake-s3")
+    stores = {r: start_region_store(r, workdir) for r in ("eu-west", "us-east")}
+    raw = yaml.safe_load((REPO_ROOT / "platform" / "regions.yaml").read_text())
+    for region in raw["regions"]:
+        if region["name"] == "eu-west":
+            region["storage_root"] = f"s3://{stores['eu-west'].bucket}/eu-west"
+    topology_file = workdir / "regions.yaml"
+    topology_file.write_text(yaml.safe_dump(raw))
+    yield stores, topology_file, workdir
+    for store in stores.values():
+        if store.process.poll() is None:
+            store.process.terminate()
+            store.process.wait(timeout=10)
+
+
+def _env(store) -> dict[str, str]:
+    suffix = store.region.upper().replace("-", "_")
+    return {
+        f"MERIDIAN_S3_ENDPOINT_{suffix}": store.endpoint,
+        f"MERIDIAN_S3_ACCESS_KEY_ID_{suffix}": store.access_key_id,
+        f"MERIDIAN_S3_SECRET_ACCESS_KEY_{suffix}": store.secret_access_key,
+    }
+
+
+def test_the_pipeline_writes_and_reads_the_regions_lake_on_its_own_object_store(region_on_s3, monkeypatch):
+    stores, topology_file, workdir = region_on_s3
+    eu, us = stores["eu-west"], stores["us-east"]
+    for name, value in _env(eu).items():
+        monkeypatch.setenv(name, value)
+    home = workdir / "home"
+    resources = {
+        **load_definitions_module().build_resources("local"),
+        "topology": RegionTopologyResource(path=str(topology_file)),
+        "lake": RegionalLakeResource(home=str(home)),
+        "source": TransactionSourceResource(rows_per_day=150, malformed_rate=0.05),
+        "alerting": AlertingResource(path=str(workdir / "alerts.jsonl")),
+    }
+    key = lambda day: str(dg.MultiPartitionKey({"region": "eu-west", "day": day}))  # noqa: E731
+    tags = {ASSET_PARTITION_RANGE_START_TAG: key(DAYS[0]), ASSET_PARTITION_RANGE_END_TAG: key(DAYS[-1])}
+    assert dg.materialize([transactions_ingestion, labels_ingestion], resources=resources, tags=tags).success
+    assert dg.materialize([regional_dbt_models], resources=resources, tags=tags).success
+
+    topology = load_topology(topology_file)
+    paths = region_paths(topology.region("eu-west"), home)
+    assert paths.lake_url == f"s3://{eu.bucket}/eu-west/lake"
+    location = S3Location(
+        "eu-west", eu.bucket, "eu-west/lake", eu.endpoint, eu.access_key_id, eu.secret_access_key
+    )
+    keys = [o.key for o in list_objects(location, location.client(), "")]
+    for table in ("raw_transactions", "quarantined_transactions", "raw_labels", "quarantined_labels"):
+        assert any(k.startswith(f"{table}/_delta_log/") for k in keys), table
+        if table != "quarantined_labels":  # (a day may well have no malformed chargeback)
+            assert any(k.startswith(f"{table}/day=") and k.endswith(".parquet") for k in keys), table
+    assert not (paths.lake / "raw_transactions").exists()  # nothing of the tables on the local disk
+    lake_rows = paths.lake_table("raw_transactions").read().height
+    with duckdb.connect(str(paths.warehouse), read_only=True) as con:
+        assert con.execute("select count(*) from lake.raw_transactions").fetchall()[0][0] == lake_rows > 300
+        assert con.execute("select count(*) from stg_transactions").fetchall()[0][0] > 300
+    # us-east's endpoint never saw eu-west's data (its bucket holds nothing).
+    assert us.client().list_objects_v2(Bucket=us.bucket)["KeyCount"] == 0
+    assert dr.probe(topology, home, "eu-west").problems == []
+
+    eu.kill()  # the region's object store is gone: the probe says so, naming the lake
+    problems = dr.probe(topology, home, "eu-west").problems
+    assert any("lake table" in p and "unreachable" in p for p in problems), problems
+    failed = dg.materialize(
+        [transactions_ingestion], resources=resources, partition_key=key("2026-01-04"), raise_on_error=False
+    )
+    assert not failed.success  # a write to a dead endpoint fails the run; nothing is half-written
+
+
+def test_a_storage_root_of_another_scheme_is_refused_with_the_reason(tmp_path: Path):
+    topology = load_topology()
+    region = topology.region("eu-west").model_copy(update={"storage_root": "gs://bucket/eu"})
+    with pytest.raises(ValueError, match="only s3://"):
+        region_paths(region, tmp_path)
