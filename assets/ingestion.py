@@ -122,6 +122,8 @@ def _ingest(
                         "accepted": accepted.rows,
                         "quarantined": quarantined.rows,
                         "accepted_bytes": accepted.bytes,
+                        # the Delta version of the accepted table that holds this day now
+                        "lake_version": accepted.version,
                         # accepted ids repeated, or delivered in another form: must be 0
                         "conflicts_accepted": accepted_conflicts(
                             delivery.rows, result.accepted_with_source, identity

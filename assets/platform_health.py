@@ -20,8 +20,14 @@ from resources.mlflow import MlflowTrackingResource
 from resources.topology import RegionTopologyResource
 
 
-def _latest_day(table) -> str | None:
-    """The newest day a lake table (meridian.lake_tables.LakeTable) holds rows for."""
+def _latest_day(table_dir) -> str | None:
+    """The newest day a Parquet table of the lake holds a file for."""
+    days = sorted(p.name.removeprefix("day=") for p in table_dir.glob("day=*") if any(p.glob("*.parquet")))
+    return days[-1] if days else None
+
+
+def _latest_delta_day(table) -> str | None:
+    """The newest day a Delta table of the lake (meridian.lake_tables.LakeTable) holds rows for."""
     days = sorted(p["day"] for p in table.partitions())
     return days[-1] if days else None
 
@@ -93,7 +99,7 @@ def platform_health(
                 "last_ended_experiment": f"{config.ended_experiment}: {config.ended_reason}"
                 if config.ended_experiment
                 else "none",
-                "latest_lake_day": _latest_day(paths.lake_table("raw_transactions")) or "none",
+                "latest_lake_day": _latest_delta_day(paths.lake_table("raw_transactions")) or "none",
                 "latest_scored_day": _latest_day(paths.table("predictions")) or "none",
                 "latest_drift_day": drift_day or "none",
                 "drift": drift,

@@ -28,6 +28,7 @@ from pydantic import Field
 from assets.partitions import REGION_DIMENSION, REGION_PARTITIONS
 from meridian import dr, governance
 from meridian.replication import UnreadableSource
+from meridian.report import markdown_table
 from resources.alerting import AlertingResource
 from resources.lake import RegionalLakeResource
 from resources.mlflow import MlflowTrackingResource
@@ -114,6 +115,48 @@ def _live_replica_metadata(context, link, alerting: AlertingResource) -> dict[st
     }
 
 
+def _object_store_lake_replica(topo, lake: RegionalLakeResource, region: str, alerting) -> dict[str, object]:
+    """Replicate R's Delta tables from R's bucket to its DR region's (meridian.lake_replication):
+    files first, then the log in order. Empty when R's lake is a local folder."""
+    from meridian.lake_replication import LakeReplicationError, replicate_region_lake
+
+    source = lake.primary_paths(topo, region)
+    if source.lake_url is None:
+        return {}
+    target = lake.primary_paths(topo, topo.dr_region(region).name)
+    tables = sorted(
+        {
+            path.split("/", 1)[1]
+            for path in topo.replication.classes["raw_lake"].paths
+            if path.startswith("lake/")
+        }
+    )
+    try:
+        done = replicate_region_lake(topo, governance.default_policy(), source, target, tables)
+    except (LakeReplicationError, governance.ResidencyViolation) as error:
+        alerting.send("ERROR", region, "raw_lake_replica", f"lake-replication:{region}", str(error))
+        raise dg.Failure(str(error)) from error
+    rows = [
+        {
+            "table": t.table,
+            "source_version": t.source_version,
+            "replica_version": t.replica_version,
+            "versions_behind_before": (t.source_version or 0)
+            - (t.replica_version_before if t.replica_version_before is not None else -1),
+            "log_entries_copied": t.log_entries_copied,
+            "data_files_copied": t.data_files_copied,
+            "bytes_copied": t.bytes_copied,
+            "seconds": round(t.seconds, 3),
+        }
+        for t in done
+    ]
+    return {
+        "object_store_lake": f"{source.lake_url} → {target.lake_url}",
+        "object_store_tables": dg.MetadataValue.md(markdown_table(rows) if rows else "none yet"),
+        "object_store_bytes_copied": sum(t.bytes_copied for t in done),
+    }
+
+
 def build_replica_asset(cls: str) -> dg.AssetsDefinition:
     deps = [
         dg.AssetDep(name, partition_mapping=BY_REGION) if by_day else dg.AssetDep(name)
@@ -186,6 +229,8 @@ def build_replica_asset(cls: str) -> dg.AssetsDefinition:
                 lock.__exit__(None, None, None)
         result = done.result
         rates = topo.region(region).cost
+        if cls == "raw_lake":  # a lake on object storage: its Delta tables, bucket to bucket
+            extra_lake = _object_store_lake_replica(topo, lake, region, alerting)
         if done.repaired:
             alerting.send(
                 "WARN",
@@ -197,7 +242,7 @@ def build_replica_asset(cls: str) -> dg.AssetsDefinition:
                 {"files": done.repaired[:20]},
             )
         rep = dr.replica(topo, home, region, cls)
-        extra: dict[str, object] = {}
+        extra: dict[str, object] = extra_lake if cls == "raw_lake" else {}
         if cls == "online_store":
             staleness = dr.read_replica_staleness(topo, home, region)
             extra = {

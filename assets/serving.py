@@ -37,7 +37,7 @@ from meridian.paths import RegionPaths
 from meridian.report import markdown_table
 from meridian.served import served_rows
 from meridian.stream_log import read_batch, stream_dir
-from meridian.validation import CONFLICT_REASON, TRANSACTION_IDENTITY, validate_transactions
+from meridian.validation import CONFLICT_REASON, PROVENANCE, TRANSACTION_IDENTITY, validate_transactions
 from resources.alerting import AlertingResource
 from resources.lake import RegionalLakeResource
 from resources.mlflow import MlflowTrackingResource
@@ -47,6 +47,7 @@ SERVING_GROUP = "serving"
 DECISIONS_TABLE = "scoring_decisions"
 # Log entries that are no valid decision + transaction (by the day they were consumed).
 STREAM_QUARANTINE_TABLE = "quarantined_stream_entries"
+SERVED_PROVENANCE = "scoring-service stream log"
 
 
 class DeploymentSettings(dg.Config):
@@ -251,7 +252,8 @@ def serving_stream(
                 _merge_served(
                     paths.lake_table("quarantined_transactions"),
                     day,
-                    quarantined,
+                    # Where the rows came from, as the source's quarantined rows say it (their file).
+                    quarantined.with_columns(pl.lit(SERVED_PROVENANCE).alias(PROVENANCE)),
                     ["transaction_id", "reason"],
                     "transaction_id",
                     set_aside,

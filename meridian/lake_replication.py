@@ -307,3 +307,25 @@ def _latest_metadata(source: S3Location, client, table: str, log: _Log) -> dict 
         if version in log.checkpoints:
             return _checkpoint_adds(table, [_get(source, client, i.key) for i in log.checkpoints[version]])[1]
     return None
+
+
+def replicate_region_lake(
+    topology: Topology, policy: Policy, source_paths, target_paths, tables: Iterable[str]
+) -> list[TableReplication]:
+    """Each of `tables` of a region whose lake is on object storage, to its DR region's lake.
+
+    Both regions' storage roots must be on object storage (`RegionPaths.lake_url`); each side
+    is reached with its own region's endpoint and credentials."""
+    missing = [p.region for p in (source_paths, target_paths) if p.lake_url is None]
+    if missing:
+        raise LakeReplicationError(
+            f"replicating {source_paths.region}'s lake on object storage needs the DR region's on object "
+            f"storage too: {', '.join(missing)} has a local storage_root"
+        )
+    source, target = source_paths.lake_location.s3, target_paths.lake_location.s3
+    done = []
+    for table in tables:
+        if source_paths.lake_location.table(table).version() is None:
+            continue  # nothing ingested into it yet
+        done.append(replicate_table(source, target, table, topology, policy))
+    return done

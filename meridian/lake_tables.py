@@ -259,7 +259,7 @@ class LakeTable:
             raise LakeTableError(
                 f"{self.uri}: the frame does not match the table's schema: {'; '.join(problems)}"
             )
-        return data
+        return data.select(list(have))  # in the table's column order
 
     def _commit_of(self, write_id: str, attempts: int) -> Commit:
         """The commit this write made, found by its id among the log's newest entries (other

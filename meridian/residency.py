@@ -241,7 +241,8 @@ def personal_values_by_zone(topology: Topology, policy: Policy, home: Path) -> d
         (region.zone, path, bound)
         for region in topology.regions
         for name, bound in lake_tables.items()
-        for path in sorted(region_paths(region, home).table(name).glob("day=*/*.parquet"))
+        # every data file of the table: one per day, or a Delta table's (day=*/[origin=*/]part-*)
+        for path in sorted(region_paths(region, home).table(name).rglob("day=*/**/*.parquet"))
         if not path.name.startswith(".")
     ]
 

@@ -56,12 +56,25 @@ def _materialize(instance, home, first: tuple[str, str], last: tuple[str, str], 
 
 
 def _lake_fingerprint(home: Path) -> dict[str, str]:
-    """Content hash of every lake partition (rows sorted, so physical layout does not matter)."""
+    """Content hash of every lake partition (rows sorted, so physical layout does not matter):
+    a Parquet table's files, a Delta table's partitions at its newest version."""
+    from meridian.lake_tables import LakeLocation
+
     out = {}
-    for path in sorted(home.glob("regions/*/lake/*/day=*/*.parquet")):
-        frame = pl.read_parquet(path)
+
+    def digest(frame: pl.DataFrame) -> str:
         frame = frame.sort(frame.columns) if frame.height else frame
-        out[str(path.relative_to(home))] = hashlib.sha256(frame.write_csv().encode()).hexdigest()
+        return hashlib.sha256(frame.write_csv().encode()).hexdigest()
+
+    for table in sorted(home.glob("regions/*/lake/*")):
+        if (table / "_delta_log").is_dir():
+            delta = LakeLocation.local(table.parent).table(table.name)
+            frame = delta.read()
+            for (day, *rest), rows in frame.group_by(delta.partition_by, maintain_order=True):
+                out[f"{table.relative_to(home)}/day={day}/{'/'.join(rest)}"] = digest(rows)
+            continue
+        for path in sorted(table.glob("day=*/*.parquet")):
+            out[str(path.relative_to(home))] = digest(pl.read_parquet(path))
     return out
 
 

@@ -15,8 +15,10 @@ from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PART
 
 from assets.definitions_file import load_definitions_module
 from assets.ingestion import labels_ingestion, transactions_ingestion
+from assets.replication import build_replica_asset
 from assets.transforms import regional_dbt_models
 from meridian import dr
+from meridian.lake_tables import LakeLocation
 from meridian.object_store import S3Location, list_objects
 from meridian.paths import REPO_ROOT, region_paths
 from meridian.topology import load_topology
@@ -27,16 +29,17 @@ from resources.topology import RegionTopologyResource
 from tests.object_stores import start_region_store
 
 DAYS = ("2026-01-01", "2026-01-02", "2026-01-03")
+raw_lake_replica = build_replica_asset("raw_lake")
 
 
 @pytest.fixture(scope="module")
 def region_on_s3(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("lake-s3")
-    stores = {r: start_region_store(r, workdir) for r in ("eu-west", "us-east")}
+    stores = {r: start_region_store(r, workdir) for r in ("eu-west", "eu-central", "us-east")}
     raw = yaml.safe_load((REPO_ROOT / "platform" / "regions.yaml").read_text())
     for region in raw["regions"]:
-        if region["name"] == "eu-west":
-            region["storage_root"] = f"s3://{stores['eu-west'].bucket}/eu-west"
+        if region["name"] in ("eu-west", "eu-central"):  # a region and its DR region
+            region["storage_root"] = f"s3://{stores[region['name']].bucket}/{region['name']}"
     topology_file = workdir / "regions.yaml"
     topology_file.write_text(yaml.safe_dump(raw))
     yield stores, topology_file, workdir
@@ -57,8 +60,8 @@ def _env(store) -> dict[str, str]:
 
 def test_the_pipeline_writes_and_reads_the_regions_lake_on_its_own_object_store(region_on_s3, monkeypatch):
     stores, topology_file, workdir = region_on_s3
-    eu, us = stores["eu-west"], stores["us-east"]
-    for name, value in _env(eu).items():
+    eu, dr_site, us = stores["eu-west"], stores["eu-central"], stores["us-east"]
+    for name, value in {**_env(eu), **_env(dr_site)}.items():
         monkeypatch.setenv(name, value)
     home = workdir / "home"
     resources = {
@@ -89,6 +92,25 @@ def test_the_pipeline_writes_and_reads_the_regions_lake_on_its_own_object_store(
     with duckdb.connect(str(paths.warehouse), read_only=True) as con:
         assert con.execute("select count(*) from lake.raw_transactions").fetchall()[0][0] == lake_rows > 300
         assert con.execute("select count(*) from stg_transactions").fetchall()[0][0] > 300
+    # The DR copy: bucket to bucket, the Delta log after the files it names.
+    replicated = dg.materialize([raw_lake_replica], resources=resources, partition_key="eu-west")
+    assert replicated.success
+    metadata = replicated.asset_materializations_for_node("raw_lake_replica")[0].metadata
+    assert metadata["object_store_bytes_copied"].value > 0
+    dr_paths = region_paths(topology.region("eu-central"), home)
+    replica = LakeLocation.on_object_store(
+        S3Location(
+            "eu-central",
+            dr_site.bucket,
+            "eu-central/lake",
+            dr_site.endpoint,
+            dr_site.access_key_id,
+            dr_site.secret_access_key,
+        )
+    ).table("raw_transactions")
+    assert dr_paths.lake_url == f"s3://{dr_site.bucket}/eu-central/lake"
+    assert replica.version() == paths.lake_table("raw_transactions").version()
+    assert replica.read().height == lake_rows
     # us-east's endpoint never saw eu-west's data (its bucket holds nothing).
     assert us.client().list_objects_v2(Bucket=us.bucket)["KeyCount"] == 0
     assert dr.probe(topology, home, "eu-west").problems == []

@@ -429,13 +429,16 @@ def test_ab_canary_and_shadow_route_as_configured_over_http(service):
     paths = region_paths(load_topology().region(REGION), home)
     import polars as pl
 
+    from meridian.lake_sync import sync_lake
+
     decisions = pl.read_parquet(paths.table("scoring_decisions") / "day=*" / "*.parquet")
     answered = {b["request_id"] for batch in (ab, again, first, third, shadowed) for b in batch.values()}
     assert answered <= set(decisions["request_id"])
     shadow_rows = decisions.filter(pl.col("strategy") == "shadow")
     assert shadow_rows.height >= 50 and shadow_rows["shadow_model_version"].unique().to_list() == [challenger]
     assert shadow_rows["shadow_score"].is_not_null().all()
-    with duckdb.connect(str(paths.warehouse), read_only=True) as con:
+    with duckdb.connect(str(paths.warehouse)) as con:
+        sync_lake(con, paths.lake_location)  # as the next dbt run does when it opens the warehouse
         served = {r[0] for r in con.sql("select transaction_id from stg_transactions").fetchall()}
     sent = {f"{tag}-{i}" for tag, n in (("ab", 400), ("ab-again", 60), ("shadow", 50)) for i in range(n)}
     assert sent <= served
@@ -918,7 +921,9 @@ def test_an_unreadable_lake_file_does_not_stop_the_stream(service):
     paths = region_paths(load_topology().region(REGION), home)
     assert dg.materialize([serving_stream], resources=_resources(home), partition_key=REGION).success
     body = {**_known_transaction(home), "transaction_id": "after-the-fault"}
-    (served,) = (paths.table("raw_transactions") / f"day={DAYS[-1]}" / "origin=served").glob("*.parquet")
+    # The served share's data file in the table's newest version (older versions' files stay).
+    current = paths.lake_table("raw_transactions")._open().file_uris()
+    (served,) = [Path(u) for u in current if f"day={DAYS[-1]}/origin=served/" in u]
     served.write_bytes(served.read_bytes()[:-64])  # truncated in place
     assert _call(f"{service['url']}/v1/{REGION}/score", body)[0] == 200
     _until(
@@ -1077,8 +1082,11 @@ def test_an_ab_test_on_served_traffic_reaches_a_significant_decision_once_labels
             if m.asset_key == dg.AssetKey("raw_labels")
         )
         paths = region_paths(load_topology().region(REGION), home)
-        lake_served = pl.read_parquet(paths.table("raw_transactions") / "day=*" / "served.parquet").filter(
-            pl.col("transaction_id").str.contains("-challenger-")
+        lake_served = (
+            paths.lake_table("raw_transactions")
+            .read(where={"origin": "served"})
+            .drop("origin")
+            .filter(pl.col("transaction_id").str.contains("-challenger-"))
         )
         cfg = _resources(home)["source"].config()
         fate = served_labels.outcomes(cfg, load_topology().region(REGION), lake_served)

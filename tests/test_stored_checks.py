@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from datetime import date
 
 import dagster as dg
@@ -104,8 +105,8 @@ def test_the_check_runs_after_ingestion_and_fails_on_a_replaced_partition(meridi
     from assets.checks.ingestion import raw_transactions_stored_contract
     from assets.definitions_file import load_definitions_module
     from assets.ingestion import transactions_ingestion
-    from meridian.lake import partition_file, write_parquet_atomic
     from meridian.paths import region_paths
+    from tests.helpers import lake_day, put_lake_day
 
     resources = load_definitions_module().build_resources("local")
     key = str(dg.MultiPartitionKey({"region": REGION.name, "day": DAY.isoformat()}))
@@ -127,10 +128,10 @@ def test_the_check_runs_after_ingestion_and_fails_on_a_replaced_partition(meridi
     from resources.lake import RegionalLakeResource
     from resources.topology import RegionTopologyResource
 
-    path = partition_file(region_paths(REGION, meridian_home).table("raw_transactions"), DAY.isoformat())
-    frame = pl.read_parquet(path)
+    lake = region_paths(REGION, meridian_home).lake
+    frame = lake_day(lake, "raw_transactions", DAY)
     frame = _set(_set(frame, "amount", float("nan"), rows=2), "customer_id", "useast-9", rows=1)
-    write_parquet_atomic(frame, path)
+    put_lake_day(lake, "raw_transactions", DAY, frame)  # a commit that skipped validation
     run = SimpleNamespace(
         partition_keys=[dg.MultiPartitionKey({"region": REGION.name, "day": DAY.isoformat()})]
     )
@@ -149,8 +150,12 @@ def test_the_check_runs_after_ingestion_and_fails_on_a_replaced_partition(meridi
     found = evaluation.metadata["failures"].value[key]
     assert "2 row(s): amount not a positive finite number" in found
     assert "1 row(s): customer_id not of eu-west" in found
-    path.write_bytes(b"PAR1 not really")
+    newest = max(
+        (lake / "raw_transactions" / f"day={DAY}" / "origin=source").glob("*.parquet"),
+        key=lambda p: p.stat().st_mtime,
+    )
+    newest.write_bytes(b"PAR1 not really")
     assert "unreadable" in check_alone().metadata["failures"].value[key][0]
-    path.unlink()
+    shutil.rmtree(lake / "raw_transactions")
     evaluation = check_alone()
-    assert not evaluation.passed and "no stored partition" in evaluation.metadata["failures"].value[key][0]
+    assert not evaluation.passed and "no Delta table" in evaluation.metadata["failures"].value[key][0]
