@@ -201,14 +201,15 @@ class LakeTable:
         if clashing:
             raise LakeTableError(f"{self.uri}: the frame carries partition column(s) {clashing} itself")
         data = _arrow(frame.with_columns(pl.lit(v, pl.String).alias(c) for c, v in values.items()))
-        data = self._conform(data)
+        current = self._open()  # opened once: checked against, then written to (a retry reopens)
+        data = self._conform(data, current)
         predicate = " AND ".join(f"{c} = '{v}'" for c, v in values.items())
         options = self.location.storage_options()
         write_id = uuid.uuid4().hex  # finds this write's own commit in the history afterwards
         for attempt in range(1, COMMIT_ATTEMPTS + 1):
             try:
                 write_deltalake(
-                    self.uri,
+                    current if current is not None and attempt == 1 else self.uri,
                     data,
                     mode="overwrite",
                     partition_by=list(self.partition_by),
@@ -231,17 +232,16 @@ class LakeTable:
                 ) from error
         return self._commit_of(write_id, attempt)
 
-    def _conform(self, data: pa.Table) -> pa.Table:
+    def _conform(self, data: pa.Table, current) -> pa.Table:
         """`data` with the table's schema, or LakeTableError naming every difference.
 
         A column of nulls only (Arrow type `null`, as polars types `None`) takes the table's
         type: it holds nothing a cast could change. Anything else must already match: delta-rs
         would cast (a string column of numbers into a float column) where the lake's schema
         is a contract."""
-        current = self._open()
         if current is None:
             return data
-        table_schema = current.to_pyarrow_dataset().schema
+        table_schema = pa.schema(current.schema().to_arrow())
         have = {field.name: field.type for field in table_schema}
         for index, field in enumerate(data.schema):
             if pa.types.is_null(field.type) and field.name in have:

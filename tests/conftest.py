@@ -184,6 +184,8 @@ HEAVY_FIRST = (
     "test_serving",
     "test_failover",
     "test_e2e",
+    "test_lake_on_object_storage",
+    "test_lake_tables",
     "test_drift",
     "test_ui",
     "test_feature_store",

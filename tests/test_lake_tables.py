@@ -128,14 +128,16 @@ while True:
 """
 
 
+def _s3_literal(s3: S3Location) -> str:
+    """Source text that rebuilds `s3` in a child process (its repr hides the credentials)."""
+    fields = (s3.region, s3.bucket, s3.prefix, s3.endpoint_url, s3.access_key_id, s3.secret_access_key)
+    return f"S3Location({', '.join(repr(f) for f in fields)})"
+
+
 def _writer_source(location: LakeLocation) -> str:
     if location.s3 is None:
         return f"location = LakeLocation.local({location.uri!r})"
-    s3 = location.s3
-    return (
-        f"location = LakeLocation.on_object_store(S3Location({s3.region!r}, {s3.bucket!r}, {s3.prefix!r}, "
-        f"{s3.endpoint_url!r}, {s3.access_key_id!r}, {s3.secret_access_key!r}))"
-    )
+    return f"location = LakeLocation.on_object_store({_s3_literal(location.s3)})"
 
 
 def test_a_writer_killed_at_any_moment_leaves_only_whole_committed_versions(location, tmp_path):
@@ -246,8 +248,8 @@ from meridian.governance import default_policy
 from meridian.lake_replication import replicate_table
 from meridian.object_store import S3Location
 from meridian.topology import load_topology
-source = S3Location({s!r}, {sb!r}, {sp!r}, {se!r}, {sk!r}, {ss!r})
-target = S3Location({t!r}, {tb!r}, {tp!r}, {te!r}, {tk!r}, {ts!r})
+source = {source}
+target = {target}
 replicate_table(source, target, "raw_transactions", load_topology(), default_policy(), threads=1)
 """
 
@@ -255,21 +257,7 @@ replicate_table(source, target, "raw_transactions", load_topology(), default_pol
 def _killed_replication(source: S3Location, target: S3Location, failpoint: str, tmp_path: Path) -> None:
     script = tmp_path / "replicate.py"
     script.write_text(
-        _REPLICATOR.format(
-            repo=str(REPO),
-            s=source.region,
-            sb=source.bucket,
-            sp=source.prefix,
-            se=source.endpoint_url,
-            sk=source.access_key_id,
-            ss=source.secret_access_key,
-            t=target.region,
-            tb=target.bucket,
-            tp=target.prefix,
-            te=target.endpoint_url,
-            tk=target.access_key_id,
-            ts=target.secret_access_key,
-        )
+        _REPLICATOR.format(repo=str(REPO), source=_s3_literal(source), target=_s3_literal(target))
     )
     run = subprocess.run(
         [sys.executable, str(script)], env={**os.environ, "MERIDIAN_FAILPOINT": failpoint}, timeout=60

@@ -86,7 +86,9 @@ def _lake_problems(paths: RegionPaths) -> list[str]:
                 problems.append(f"lake table {name} on {paths.lake_url} is unreachable: {error}"[:300])
                 break
     if not paths.lake.is_dir():
-        missing = paths.warehouse.exists() and paths.lake_url is None  # (on object storage: no local lake yet)
+        missing = (
+            paths.warehouse.exists() and paths.lake_url is None
+        )  # (on object storage: no local lake yet)
         return problems + ([f"lake {paths.lake} is missing"] if missing else [])
     for table in sorted(p for p in paths.lake.iterdir() if p.is_dir()):
         if (table / "_delta_log").is_dir():  # a Delta table: its log must open
