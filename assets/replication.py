@@ -118,7 +118,7 @@ def _live_replica_metadata(context, link, alerting: AlertingResource) -> dict[st
 def _object_store_lake_replica(topo, lake: RegionalLakeResource, region: str, alerting) -> dict[str, object]:
     """Replicate R's Delta tables from R's bucket to its DR region's (meridian.lake_replication):
     files first, then the log in order. Empty when R's lake is a local folder."""
-    from meridian.lake_replication import LakeReplicationError, replicate_region_lake
+    from meridian.lake_replication import LakeReplicationError, replica_location, replicate_region_lake
 
     source = lake.primary_paths(topo, region)
     if source.lake_url is None:
@@ -151,7 +151,7 @@ def _object_store_lake_replica(topo, lake: RegionalLakeResource, region: str, al
         for t in done
     ]
     return {
-        "object_store_lake": f"{source.lake_url} → {target.lake_url}",
+        "object_store_lake": f"{source.lake_url} → {replica_location(target, region).url}",
         "object_store_tables": dg.MetadataValue.md(markdown_table(rows) if rows else "none yet"),
         "object_store_bytes_copied": sum(t.bytes_copied for t in done),
     }

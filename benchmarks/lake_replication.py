@@ -93,7 +93,9 @@ def main() -> None:
         table = LakeLocation.on_object_store(source).table(TABLE)
         rng = np.random.default_rng(7)
         for offset in range(args.days):
-            table.replace(_frame(rng, args.mb_per_day), day=FIRST_DAY + timedelta(days=offset))
+            table.replace(
+                _frame(rng, args.mb_per_day), day=FIRST_DAY + timedelta(days=offset), origin="source"
+            )
         objects = list(list_objects(source, source.client(), f"{TABLE}/"))
         total_mb = sum(o.size for o in objects) / 1e6
         print(
@@ -118,7 +120,9 @@ def main() -> None:
         plain_mb_s, ours_mb_s = total_mb / min(plain), total_mb / min(ours)
 
         replica = _location(stores["eu-central"], "delta-0")
-        table.replace(_frame(rng, args.mb_per_day), day=FIRST_DAY)  # one day changes: one commit
+        table.replace(
+            _frame(rng, args.mb_per_day), day=FIRST_DAY, origin="source"
+        )  # one day changes: one commit
         incremental = replicate_table(source, replica, TABLE, topology, policy)
         nothing = replicate_table(source, replica, TABLE, topology, policy)
         same = (

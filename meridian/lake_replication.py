@@ -312,7 +312,9 @@ def _latest_metadata(source: S3Location, client, table: str, log: _Log) -> dict 
 def replicate_region_lake(
     topology: Topology, policy: Policy, source_paths, target_paths, tables: Iterable[str]
 ) -> list[TableReplication]:
-    """Each of `tables` of a region whose lake is on object storage, to its DR region's lake.
+    """Each of `tables` of a region whose lake is on object storage, to its replica in its DR
+    region's bucket: `<DR storage root>/replicas/<region>/lake/<table>` (beside the DR region's
+    own lake, never in it).
 
     Both regions' storage roots must be on object storage (`RegionPaths.lake_url`); each side
     is reached with its own region's endpoint and credentials."""
@@ -322,10 +324,19 @@ def replicate_region_lake(
             f"replicating {source_paths.region}'s lake on object storage needs the DR region's on object "
             f"storage too: {', '.join(missing)} has a local storage_root"
         )
-    source, target = source_paths.lake_location.s3, target_paths.lake_location.s3
+    source, target = source_paths.lake_location.s3, replica_location(target_paths, source_paths.region)
     done = []
     for table in tables:
         if source_paths.lake_location.table(table).version() is None:
             continue  # nothing ingested into it yet
         done.append(replicate_table(source, target, table, topology, policy))
     return done
+
+
+def replica_location(dr_paths, region: str) -> S3Location:
+    """Where region's lake replica lives in its DR region's bucket, with the DR region's credentials."""
+    from dataclasses import replace
+
+    dr_lake = dr_paths.lake_location.s3
+    root = dr_lake.prefix.rsplit("/", 1)[0] if "/" in dr_lake.prefix else ""
+    return replace(dr_lake, prefix="/".join(p for p in (root, "replicas", region, "lake") if p))

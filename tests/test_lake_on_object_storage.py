@@ -102,7 +102,7 @@ def test_the_pipeline_writes_and_reads_the_regions_lake_on_its_own_object_store(
         S3Location(
             "eu-central",
             dr_site.bucket,
-            "eu-central/lake",
+            "eu-central/replicas/eu-west/lake",  # beside eu-central's own lake, never in it
             dr_site.endpoint,
             dr_site.access_key_id,
             dr_site.secret_access_key,
@@ -111,6 +111,8 @@ def test_the_pipeline_writes_and_reads_the_regions_lake_on_its_own_object_store(
     assert dr_paths.lake_url == f"s3://{dr_site.bucket}/eu-central/lake"
     assert replica.version() == paths.lake_table("raw_transactions").version()
     assert replica.read().height == lake_rows
+    dr_own = LakeLocation.on_object_store(dr_paths.lake_location.s3).table("raw_transactions")
+    assert dr_own.version() is None  # the DR region's own lake is untouched
     # us-east's endpoint never saw eu-west's data (its bucket holds nothing).
     assert us.client().list_objects_v2(Bucket=us.bucket)["KeyCount"] == 0
     assert dr.probe(topology, home, "eu-west").problems == []
