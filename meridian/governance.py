@@ -191,19 +191,35 @@ def check_transfer(
     zones, every file must have a readable schema whose columns are all aggregate or
     public; a file whose content cannot be classified does not cross.
     """
+    if topology.zone_of(source_region) == topology.zone_of(target_region):
+        return  # nothing is read for a transfer inside the zone
+    check_columns_transfer(
+        topology, policy, source_region, target_region, {p.name: file_columns(p) for p in files}, what
+    )
+
+
+def check_columns_transfer(
+    topology: Topology,
+    policy: Policy,
+    source_region: str,
+    target_region: str,
+    columns_of: dict[str, list[str] | None],
+    what: str,
+) -> None:
+    """check_transfer's rule on named items (files, tables) given by their columns; None for
+    an item whose columns cannot be read, which does not cross zones."""
     source_zone = topology.zone_of(source_region)
     target_zone = topology.zone_of(target_region)
     if source_zone == target_zone:
         return
     problems = []
-    for path in files:
-        columns = file_columns(path)
+    for name, columns in columns_of.items():
         if columns is None:
-            problems.append(f"{path.name}: content cannot be classified")
+            problems.append(f"{name}: content cannot be classified")
             continue
         bound = policy.zone_bound(columns)
         if bound:
-            problems.append(f"{path.name}: {', '.join(bound)}")
+            problems.append(f"{name}: {', '.join(bound)}")
     if problems:
         raise ResidencyViolation(
             f"{what}: {source_region} (zone {source_zone}) -> {target_region} (zone {target_zone}) refused; "

@@ -39,7 +39,7 @@ import orjson
 import xxhash
 
 from meridian.faults import failpoint
-from meridian.governance import Policy, ResidencyViolation
+from meridian.governance import Policy, check_columns_transfer
 from meridian.object_store import S3Location, StoredObject, list_objects
 from meridian.topology import Topology
 
@@ -141,20 +141,13 @@ def _check_residency(
     table: str,
     metadata: dict | None,
 ) -> None:
-    source_zone, target_zone = topology.zone_of(source.region), topology.zone_of(target.region)
-    if source_zone == target_zone:
-        return
-    if metadata is None:
-        raise ResidencyViolation(
-            f"{table}: {source.region} -> {target.region}: the table's schema cannot be read, so it does not cross zones"
-        )
-    columns = [field["name"] for field in orjson.loads(metadata["schemaString"])["fields"]]
-    bound = policy.zone_bound(columns)
-    if bound:
-        raise ResidencyViolation(
-            f"{table}: {source.region} (zone {source_zone}) -> {target.region} (zone {target_zone}) refused; "
-            f"zone-bound columns would leave zone {source_zone}: {', '.join(bound)}"
-        )
+    """governance's transfer rule on the table's schema (its newest metaData action)."""
+    columns = None
+    if metadata is not None:
+        columns = [field["name"] for field in orjson.loads(metadata["schemaString"])["fields"]]
+    check_columns_transfer(
+        topology, policy, source.region, target.region, {table: columns}, f"replication of {table}"
+    )
 
 
 def _copy(source: S3Location, src, target: S3Location, dst, rel: str, listed: StoredObject) -> int:

@@ -10,7 +10,7 @@ What the format gives, and what this module adds to it:
   day) in one commit: delta-rs writes the new data files, then commits a log entry that adds
   them and removes the old ones. A reader resolves the table through the log, so it sees the
   previous version or the new one, never a mix; a writer killed before its commit leaves data
-  files no version references (invisible, removed by `vacuum`).
+  files no version references (invisible to every reader).
 - **Concurrent writers.** A commit is a put-if-absent of the next log entry (on S3, a
   conditional put: `conditional_put=etag`; locally, a link that fails if the name exists). Of
   two writers racing for one version, one wins and the other gets `CommitFailedError`; we
@@ -30,6 +30,7 @@ import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date
+from functools import cached_property
 from pathlib import Path
 
 import orjson
@@ -48,7 +49,6 @@ DELTA_TABLES: dict[str, tuple[str, ...]] = {
     "raw_labels": ("day",),
     "quarantined_labels": ("day",),
 }
-ORIGINS = ("source", "served")
 COMMIT_ATTEMPTS = 8
 WRITE_ID = "meridian.write_id"
 # A partition value goes into a commit's predicate: only plain tokens are accepted.
@@ -86,6 +86,11 @@ class LakeLocation:
         if not re.fullmatch(r"[a-z][a-z0-9_]*", name):
             raise LakeTableError(f"{name!r} is not a lake table name (lower case letters, digits, _)")
         return f"{self.uri.rstrip('/')}/{name}"
+
+    @cached_property
+    def client(self):
+        """One S3 client for this location's own log reads (made on first use; None for a folder)."""
+        return self.s3.client() if self.s3 is not None else None
 
     def storage_options(self) -> dict[str, str] | None:
         """delta-rs' object-store options for this location: the region's endpoint and credentials only."""
@@ -174,9 +179,6 @@ class LakeTable:
             raise LakeTableError(
                 f"{self.uri}: cannot open{f' version {version}' if version is not None else ''}: {error}"
             ) from error
-
-    def exists(self) -> bool:
-        return self._open() is not None
 
     def version(self) -> int | None:
         """The latest committed version, or None when the table has none yet."""
@@ -291,7 +293,8 @@ class LakeTable:
 
             s3 = self.location.s3
             names = [
-                o.key.rsplit("/", 1)[-1] for o in list_objects(s3, s3.client(), f"{self.name}/_delta_log/")
+                o.key.rsplit("/", 1)[-1]
+                for o in list_objects(s3, self.location.client, f"{self.name}/_delta_log/")
             ]
         return [int(n[:20]) for n in names if len(n) == 25 and n.endswith(".json") and n[:20].isdigit()]
 
@@ -300,7 +303,8 @@ class LakeTable:
         if self.location.s3 is None:
             return (Path(self.uri) / name).read_bytes()
         s3 = self.location.s3
-        return s3.client().get_object(Bucket=s3.bucket, Key=s3.key(f"{self.name}/{name}"))["Body"].read()
+        reply = self.location.client.get_object(Bucket=s3.bucket, Key=s3.key(f"{self.name}/{name}"))
+        return reply["Body"].read()
 
     def changed_partitions(self, since: int, until: int) -> list[dict[str, str]] | None:
         """The partitions the commits after `since` up to `until` added or removed files in, or
@@ -389,15 +393,3 @@ class LakeTable:
             table.delete(predicate)
             found.append((partition, str(path), problem))
         return found
-
-    def vacuum(self, retention_hours: int = 168) -> list[str]:
-        """Delete data files no version newer than `retention_hours` references (killed writers' files too)."""
-        table = self._open()
-        if table is None:
-            return []
-        return table.vacuum(retention_hours=retention_hours, dry_run=False, enforce_retention_duration=False)
-
-
-def table_versions(location: LakeLocation, names: Sequence[str]) -> dict[str, int | None]:
-    """The latest version of each named table: what a reader that starts now sees."""
-    return {name: location.table(name).version() for name in names}

@@ -181,13 +181,16 @@ def read_served_transactions(raw_transactions, days: list[date]) -> pl.DataFrame
     A day whose file cannot be read (a storage fault truncated it) is passed over with a
     warning: its transactions are out of the lake for every reader until the dbt asset drops
     the partition with an ERROR alert, so no chargeback can label them either."""
-    frames = []
-    for day in days:
-        try:
-            frame = raw_transactions.read(where={"day": day.isoformat(), "origin": "served"})
-        except (OSError, ValueError) as error:  # pyarrow's ArrowInvalid is a ValueError
-            log.warning("served transactions of %s are unreadable (%s): no chargebacks for them", day, error)
-            continue
-        if frame is not None and frame.height:
-            frames.append(frame.drop("origin"))
+    try:  # one read of every day; only when a file is unreadable, day by day to pass over it
+        frames = [raw_transactions.read(where={"day": [d.isoformat() for d in days], "origin": "served"})]
+    except (OSError, ValueError):  # pyarrow's ArrowInvalid is a ValueError
+        frames = []
+        for day in days:
+            try:
+                frames.append(raw_transactions.read(where={"day": day.isoformat(), "origin": "served"}))
+            except (OSError, ValueError) as error:
+                log.warning(
+                    "served transactions of %s are unreadable (%s): no chargebacks for them", day, error
+                )
+    frames = [f.drop("origin") for f in frames if f is not None and f.height]
     return pl.concat(frames, how="diagonal_relaxed") if frames else None
