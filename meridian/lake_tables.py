@@ -344,10 +344,19 @@ class LakeTable:
             return None
         expression = None
         for column, wanted in (where or {}).items():
+            if column not in self.partition_by:
+                raise LakeTableError(
+                    f"{self.name}: {column!r} is not a partition column ({', '.join(self.partition_by)})"
+                )
             values = (
                 [wanted] if isinstance(wanted, str | date) or not isinstance(wanted, Sequence) else wanted
             )
-            term = ds.field(column).isin([_partition_value(column, v) for v in values])
+            # Typed as the column, so an empty list is a filter matching nothing, not Arrow's
+            # null-typed array that no string column can be compared with.
+            typed = pa.array(
+                [_partition_value(column, v) for v in values], type=dataset.schema.field(column).type
+            )
+            term = ds.field(column).isin(typed)
             expression = term if expression is None else expression & term
         return pl.from_arrow(dataset.to_table(columns=list(columns) if columns else None, filter=expression))
 

@@ -56,7 +56,34 @@ def wait(instance, predicate, what: str, timeout: float):
         if found:
             return found
         time.sleep(0.5)  # one indexed query on the instance: cheap to ask often
-    raise AssertionError(f"timed out waiting for {what}")
+    raise AssertionError(f"timed out waiting for {what}; the instance's runs:\n{_runs_table(instance)}")
+
+
+def failure_of(instance, run_id: str) -> str:
+    """What failed in a run: each failed step's error, as the UI shows it."""
+    events = instance.all_logs(
+        run_id, of_type={dg.DagsterEventType.STEP_FAILURE, dg.DagsterEventType.RUN_FAILURE}
+    )
+    parts = []
+    for event in events:
+        data = event.dagster_event.event_specific_data
+        error = getattr(data, "error", None)
+        parts.append(f"{event.step_key or 'run'}: {error.to_string() if error else event.message}")
+    return "\n".join(parts)
+
+
+def _runs_table(instance) -> str:
+    """Every run the instance holds, newest first: what a timeout was stuck behind."""
+    lines = []
+    for record in instance.get_run_records(limit=40):
+        run = record.dagster_run
+        tags = {
+            k: v
+            for k, v in run.tags.items()
+            if k.startswith(("meridian/", "dagster/partition", "dagster/sensor"))
+        }
+        lines.append(f"  {run.run_id[:8]} {run.job_name} {run.status.value} {tags}")
+    return "\n".join(lines) or "  (none)"
 
 
 def start_daemon(env: dict[str, str], log_path: Path) -> tuple[subprocess.Popen, object]:

@@ -87,6 +87,11 @@ def test_a_day_is_replaced_in_one_commit_and_every_version_stays_readable(locati
     other_day = table.read(where={"day": [DAY + timedelta(days=1)]})
     assert other_day.height == 3  # replacing one day never touched another
 
+    # An empty list of days (the first day of history has no earlier days) matches nothing.
+    assert table.read(where={"day": [], "origin": "served"}).height == 0
+    with pytest.raises(LakeTableError, match=r"'amount' is not a partition column"):
+        table.read(where={"amount": 1.0})
+
     emptied = table.replace(_rows(0, 3), day=DAY, origin="source")
     assert emptied.rows == 0 and emptied.removed_files == 1
     assert table.read(where={"day": DAY, "origin": "source"}).height == 0

@@ -13,7 +13,7 @@ import pytest
 from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
 from meridian.paths import REPO_ROOT
-from tests.daemon import kill_tree, launch, start_daemon, stop_daemon, wait
+from tests.daemon import failure_of, kill_tree, launch, start_daemon, stop_daemon, wait
 from tests.helpers import lake_day
 
 pytestmark = pytest.mark.e2e
@@ -182,6 +182,8 @@ def test_a_killed_run_worker_fails_its_run_and_the_retry_resumes_from_the_failed
                 ]
                 if not runs:
                     return None
+                if runs[0].status in terminal:
+                    raise AssertionError(f"the run ended before dbt: {failure_of(instance, runs[0].run_id)}")
                 steps = instance.all_logs(runs[0].run_id, of_type=dg.DagsterEventType.STEP_START)
                 return runs[0] if any(e.step_key == "regional_dbt_models" for e in steps) else None
 
