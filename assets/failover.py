@@ -169,11 +169,12 @@ def region_health_sensor(
             f"the health loop (pid {loop['pid']}, every {loop['interval_seconds']} s) probes and fails over"
         )
     tracker = health.HealthTracker(policy, json.loads(context.cursor) if context.cursor else None)
-    for region in topo.active_region_names:
-        if dr.is_failed_over(home, region):
-            tracker.failed_over(region)
-            continue
-        result = dr.probe(topo, home, region, online_store.open)
+    probed = [r for r in topo.active_region_names if not dr.is_failed_over(home, r)]
+    for region in sorted(set(topo.active_region_names) - set(probed)):
+        tracker.failed_over(region)
+    probes = dr.probe_all(topo, home, probed, online_store.open)
+    for region in probed:
+        result = probes[region]
         verdict = tracker.observe(
             home,
             region,

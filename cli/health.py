@@ -52,11 +52,12 @@ def run_loop(interval: float, max_seconds: float | None = None) -> int:
     with DagsterInstance.get() as instance:
         while not stop and (max_seconds is None or time.monotonic() - started < max_seconds):
             tick = time.monotonic()
-            for region in topology.active_region_names:
-                if dr.is_failed_over(home, region):
-                    tracker.failed_over(region)
-                    continue
-                result = dr.probe(topology, home, region, open_store)
+            probed = [r for r in topology.active_region_names if not dr.is_failed_over(home, r)]
+            for region in sorted(set(topology.active_region_names) - set(probed)):
+                tracker.failed_over(region)
+            probes = dr.probe_all(topology, home, probed, open_store)
+            for region in probed:
+                result = probes[region]
                 verdict = tracker.observe(
                     home,
                     region,

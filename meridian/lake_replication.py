@@ -330,6 +330,37 @@ def replica_location(dr_paths, region: str) -> S3Location:
     """Where region's lake replica lives in its DR region's bucket, with the DR region's credentials."""
     from dataclasses import replace
 
-    dr_lake = dr_paths.lake_location.s3
-    root = dr_lake.prefix.rsplit("/", 1)[0] if "/" in dr_lake.prefix else ""
-    return replace(dr_lake, prefix="/".join(p for p in (root, "replicas", region, "lake") if p))
+    from meridian.object_store import parse_s3_url
+    from meridian.paths import replica_lake_url
+
+    _, prefix = parse_s3_url(replica_lake_url(dr_paths, region))
+    return replace(dr_paths.lake_location.s3, prefix=prefix)
+
+
+@dataclass
+class ReplicaLag:
+    table: str
+    source_version: int | None
+    replica_version: int | None
+    versions_behind: int | None  # None: a side could not be read (`problem` says which)
+    lag_seconds: float  # since the oldest commit the replica lacks was written (0: in step)
+    problem: str | None = None
+
+
+def replica_lag(source: S3Location, target: S3Location, table: str, now: float | None = None) -> ReplicaLag:
+    """How far the replica of `table` is behind its source, from the two logs' listings only
+    (no object is read). An endpoint that does not answer is a `problem`, never a wait: the
+    clients give up after their connect and read timeouts (meridian.object_store)."""
+    now = time.time() if now is None else now
+    logs = {}
+    for side, location in (("source", source), ("replica", target)):
+        try:
+            logs[side] = _read_log(location, location.client(), table)
+        except Exception as error:  # the endpoint down or frozen, credentials refused
+            reason = str(error).splitlines()[0][:160]
+            return ReplicaLag(table, None, None, None, 0.0, f"{side} {location.url} unreachable: {reason}")
+    have, want = logs["replica"].version, logs["source"].version
+    behind = (want if want is not None else -1) - (have if have is not None else -1)
+    first_missing = logs["source"].commits.get((have if have is not None else -1) + 1)
+    lag = max(0.0, now - first_missing.last_modified.timestamp()) if behind > 0 and first_missing else 0.0
+    return ReplicaLag(table, want, have, max(0, behind), lag)

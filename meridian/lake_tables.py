@@ -69,6 +69,9 @@ class LakeLocation:
 
     uri: str
     s3: S3Location | None = None
+    # A bound on each call to the store, retries included (a health probe's budget); None:
+    # the pipeline's, where a data file may take a while (see storage_options).
+    deadline_s: float | None = None
 
     @classmethod
     def local(cls, folder: Path) -> LakeLocation:
@@ -77,6 +80,12 @@ class LakeLocation:
     @classmethod
     def on_object_store(cls, location: S3Location) -> LakeLocation:
         return cls(uri=location.url, s3=location)
+
+    def with_deadline(self, seconds: float) -> LakeLocation:
+        """This location, every call bounded by `seconds` (no retries): what a probe uses."""
+        from dataclasses import replace
+
+        return replace(self, deadline_s=seconds)
 
     @property
     def region(self) -> str | None:
@@ -103,8 +112,17 @@ class LakeLocation:
             # Commits are put-if-absent: S3's conditional writes, no external lock service.
             "conditional_put": "etag",
             "connect_timeout": f"{CONNECT_TIMEOUT_S}s",
-            "timeout": f"{READ_TIMEOUT_S * 6}s",
         }
+        # delta-rs' object store retries a failed request for 3 minutes by default: a frozen
+        # endpoint (SIGSTOP, a black-holed network) would hold a probe or a run that long.
+        if self.deadline_s is not None:
+            options |= {
+                "timeout": f"{self.deadline_s}s",
+                "max_retries": "0",
+                "retry_timeout": f"{self.deadline_s}s",
+            }
+        else:
+            options |= {"timeout": f"{READ_TIMEOUT_S * 6}s", "max_retries": "3", "retry_timeout": "60s"}
         if self.s3.endpoint_url:
             options["AWS_ENDPOINT_URL"] = self.s3.endpoint_url
             options["AWS_VIRTUAL_HOSTED_STYLE_REQUEST"] = "false"

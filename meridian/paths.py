@@ -62,13 +62,14 @@ class RegionPaths:
 
         if self.lake_url is None:
             return LakeLocation.local(self.lake)
-        if self.host != self.region:
-            raise ValueError(
-                f"{self.region} is failed over to {self.host}, and its lake is on object storage "
-                f"({self.lake_url}): serving a region's object-store lake from its DR site is not built yet"
-            )
-        purpose = f"{self.region}'s lake is on object storage ({self.lake_url})"
-        return LakeLocation.on_object_store(region_location(self.region, self.lake_url, os.environ, purpose))
+        # While failed over, `lake_url` is R's replica in its DR region's bucket (replica_lake_url),
+        # reached through the DR site's endpoint with its credentials: same zone, never another.
+        purpose = (
+            f"{self.region}'s lake is on object storage ({self.lake_url})"
+            if self.host == self.region
+            else f"{self.region} is failed over to {self.host}, whose bucket serves its lake ({self.lake_url})"
+        )
+        return LakeLocation.on_object_store(region_location(self.host, self.lake_url, os.environ, purpose))
 
     def lake_table(self, name: str):
         """A Delta table of the lake (meridian.lake_tables.DELTA_TABLES)."""
@@ -94,3 +95,14 @@ def region_paths(region: Region, home: Path | None = None) -> RegionPaths:
     if not root.is_absolute():
         root = (home or meridian_home()) / root
     return RegionPaths(region=region.name, root=root.resolve())
+
+
+def replica_lake_url(dr_paths: RegionPaths, region: str) -> str:
+    """Where `region`'s lake replica lives in its DR region's bucket: `<DR storage root>/replicas/<region>/lake`,
+    beside the DR region's own lake (`<DR storage root>/lake`), never in it."""
+    if dr_paths.lake_url is None:
+        raise ValueError(
+            f"{region}'s lake is on object storage, so its DR region {dr_paths.region} needs a storage_root "
+            "on object storage too (it has a local one)"
+        )
+    return f"{dr_paths.lake_url.removesuffix('/lake')}/replicas/{region}/lake"

@@ -53,12 +53,66 @@ class RegionObjectStore:
             config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 1}),
         )
 
+    # With a front (tests.endpoint_front): `endpoint` is the front's, `store_url` moto's own.
+    front: subprocess.Popen | None = field(default=None, repr=False)
+    store_url: str = ""
+    workdir: Path | None = field(default=None, repr=False)
+
     def kill(self) -> None:
+        """The store itself gone (its objects with it: moto keeps them in memory)."""
         self.process.send_signal(signal.SIGKILL)
         self.process.wait(timeout=10)
 
+    def kill_endpoint(self) -> None:
+        """An outage: the endpoint SIGKILLed; the objects behind it survive."""
+        self.front.send_signal(signal.SIGKILL)
+        self.front.wait(timeout=10)
 
-def start_region_store(region: str, workdir: Path) -> RegionObjectStore:
+    def restart_endpoint(self) -> None:
+        self.front = _start_front(self.endpoint, self.store_url, self.workdir / f"front-{self.region}.log")
+
+    def freeze_endpoint(self) -> None:
+        """The endpoint SIGSTOPped: connections are accepted by the kernel and never answered."""
+        self.front.send_signal(signal.SIGSTOP)
+
+    def thaw_endpoint(self) -> None:
+        self.front.send_signal(signal.SIGCONT)
+
+    def close(self) -> None:
+        for process in (self.front, self.process):
+            if process is not None and process.poll() is None:
+                process.send_signal(signal.SIGCONT)
+                process.terminate()
+                process.wait(timeout=10)
+
+
+def _port(url: str) -> int:
+    return int(url.rsplit(":", 1)[1])
+
+
+def _start_front(endpoint: str, store_url: str, log_path: Path) -> subprocess.Popen:
+    log = open(log_path, "a")  # noqa: SIM115 - the front's output, kept beside the store's
+    front = subprocess.Popen(
+        [sys.executable, "-m", "tests.endpoint_front", str(_port(endpoint)), str(_port(store_url))],
+        cwd=Path(__file__).resolve().parent.parent,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            with urllib.request.urlopen(f"{endpoint}/moto-api/data.json", timeout=1):
+                return front
+        except OSError:
+            if front.poll() is not None or time.monotonic() > deadline:
+                front.kill()
+                raise RuntimeError(f"the endpoint front on {endpoint} did not start") from None
+            time.sleep(0.05)
+
+
+def start_region_store(region: str, workdir: Path, front: bool = False) -> RegionObjectStore:
+    """The region's store; with `front`, reached through an endpoint the drills can kill and
+    freeze without losing the objects (tests.endpoint_front)."""
     port = free_port()
     log = open(workdir / f"moto-{region}.log", "w")  # noqa: SIM115 - the server's output, kept with it
     process = subprocess.Popen(
@@ -100,4 +154,8 @@ def start_region_store(region: str, workdir: Path) -> RegionObjectStore:
         region, endpoint, f"meridian-{region}-landing", key["AccessKeyId"], key["SecretAccessKey"], process
     )
     store.client().create_bucket(Bucket=store.bucket)  # 4: from here on every call is authenticated
+    if front:
+        store.store_url, store.workdir = endpoint, workdir
+        store.endpoint = f"http://127.0.0.1:{free_port()}"
+        store.front = _start_front(store.endpoint, endpoint, workdir / f"front-{region}.log")
     return store

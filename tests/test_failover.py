@@ -744,3 +744,220 @@ def test_redis_drill_kills_the_primary_serves_from_the_promoted_replica_and_reat
     finally:
         primary.close()
         replica.close()
+
+
+def _lake_to_buckets(home: Path, workdir: Path) -> tuple[dict, Path, dict[str, str]]:
+    """The drill region's lake moves to its own bucket: an S3-compatible store per region
+    (eu-west, its DR region eu-central), each behind an endpoint the drill can kill and freeze
+    (tests.endpoint_front). The Delta tables' objects are uploaded as they are (their logs name
+    files relative to the table) and removed from the disk; the topology's storage roots
+    become the buckets. Returns the stores, the topology file and the environment."""
+    import yaml
+
+    from meridian.lake_tables import DELTA_TABLES
+    from tests.object_stores import start_region_store
+
+    stores = {r: start_region_store(r, workdir, front=True) for r in (REGION, DR_REGION)}
+    raw = yaml.safe_load((REPO_ROOT / "platform" / "regions.yaml").read_text())
+    for region in raw["regions"]:
+        if region["name"] in stores:
+            region["storage_root"] = f"s3://{stores[region['name']].bucket}/{region['name']}"
+    topology_file = workdir / "regions.yaml"
+    topology_file.write_text(yaml.safe_dump(raw))
+    env = {"MERIDIAN_TOPOLOGY": str(topology_file)}
+    for store in stores.values():
+        suffix = store.region.upper().replace("-", "_")
+        env |= {
+            f"MERIDIAN_S3_ENDPOINT_{suffix}": store.endpoint,
+            f"MERIDIAN_S3_ACCESS_KEY_ID_{suffix}": store.access_key_id,
+            f"MERIDIAN_S3_SECRET_ACCESS_KEY_{suffix}": store.secret_access_key,
+        }
+    lake = region_paths(load_topology().region(REGION), home).lake
+    client, bucket = stores[REGION].client(), stores[REGION].bucket
+    for table in DELTA_TABLES:
+        for file in sorted(p for p in (lake / table).rglob("*") if p.is_file()):
+            client.upload_file(str(file), bucket, f"{REGION}/lake/{file.relative_to(lake).as_posix()}")
+        shutil.rmtree(lake / table)
+    return stores, topology_file, env
+
+
+def test_object_store_drill_kills_the_regions_endpoint_and_redis_and_serves_from_the_dr_bucket(
+    home_copy, redis_url, tmp_path
+):
+    """The production path: eu-west's lake on its own object store, its online store on its own
+    Redis with a live replica in eu-central. First its DR endpoint dies while eu-west writes:
+    replication falls behind, replication_status shows it, and it catches up with no gap when
+    the endpoint returns. Then a day lands after the last replication (the RPO), and eu-west's
+    endpoint and its Redis are SIGKILLed: the health sensor sees it, the failover serves eu-west
+    from its replica in eu-central's bucket (in place, through eu-central's endpoint and
+    credentials) and the promoted Redis replica. The DR site writes the region's lake while it
+    serves. The endpoint returns with its objects; failback merges the DR site's commits back
+    as new commits, reports exactly the late day as the RPO, rewinds the replica and
+    replicates the region's commits to it."""
+    from assets.replication import build_replica_asset
+    from meridian.lake_replication import replica_location
+    from meridian.lake_tables import LakeLocation
+    from resources.online_store import OnlineStoreResource
+    from resources.topology import RegionTopologyResource
+    from serving.main import build_app
+    from tests.servers import RedisServer
+
+    home, resources, primary_paths = home_copy
+    stores, topology_file, env_vars = _lake_to_buckets(home, tmp_path)
+    primary_redis = RedisServer(tmp_path / "redis-eu-west", durable=True).start()
+    replica_redis = RedisServer(tmp_path / "redis-eu-central").start()
+    store = OnlineStoreResource(
+        backend="redis",
+        redis_url=redis_url,
+        redis_urls={REGION: primary_redis.url},
+        replica_urls={REGION: replica_redis.url},
+    )
+    resources = {
+        **resources,
+        "online_store": store,
+        "topology": RegionTopologyResource(path=str(topology_file)),
+    }
+    raw_lake_replica = build_replica_asset("raw_lake")
+    try:
+        with pytest.MonkeyPatch.context() as env, dg.instance_for_test() as instance:
+            for name, value in {
+                **env_vars,
+                "MERIDIAN_ONLINE_STORE": "redis",
+                "MERIDIAN_REDIS_URL": redis_url,
+                "MERIDIAN_REDIS_URL_EU_WEST": primary_redis.url,
+                "MERIDIAN_REDIS_REPLICA_URL_EU_WEST": replica_redis.url,
+            }.items():
+                env.setenv(name, value)
+            topology = load_topology(topology_file)
+            primary = dr.primary_paths(topology, home, REGION)
+            dr_paths = dr.primary_paths(topology, home, DR_REGION)
+            assert primary.lake_url == f"s3://{stores[REGION].bucket}/{REGION}/lake"
+            replica = LakeLocation.on_object_store(replica_location(dr_paths, REGION))
+            assert primary_redis.load_online_rows(primary_paths.root, REGION) > 100
+            assert dg.materialize(
+                [a for a in REPLICA_ASSETS if a.key.path[-1] in ("raw_lake_replica", "online_store_replica")],
+                resources=resources,
+                partition_key=REGION,
+            ).success
+            source_table = primary.lake_table("raw_transactions")
+            assert replica.table("raw_transactions").version() == source_table.version()
+
+            # ---- drill 3: the DR endpoint is down while the region writes
+            in_step = source_table.version()
+            stores[DR_REGION].kill_endpoint()
+            rows = source_table.read(where={"day": DAYS[-1], "origin": "source"}).drop("day", "origin")
+            extra_day = trainable_days(4, after=2)[-1]
+            source_table.replace(rows, day=extra_day, origin="source")  # the region writes on
+            behind = dg.materialize(
+                [raw_lake_replica], resources=resources, partition_key=REGION, raise_on_error=False
+            )
+            assert not behind.success  # the replication run fails, naming the endpoint
+            status = dg.materialize([replication_status], resources=resources, instance=instance)
+            shown = status.get_asset_materialization_events()[0].event_specific_data.materialization.metadata
+            assert shown["object_store_lake_breaches"].value >= 1
+            assert "replica " in shown["object_store_lake_replicas"].value and "unreachable" in (
+                shown["object_store_lake_replicas"].value
+            )
+            stores[DR_REGION].restart_endpoint()
+            status = dg.materialize([replication_status], resources=resources, instance=instance)
+            shown = status.get_asset_materialization_events()[0].event_specific_data.materialization.metadata
+            assert "| raw_transactions | " in shown["object_store_lake_replicas"].value
+            assert shown["max_object_store_lake_lag_s"].value > 0  # one commit behind, and since when
+            caught_up = dg.materialize([raw_lake_replica], resources=resources, partition_key=REGION)
+            assert caught_up.success
+            for version in range(in_step, source_table.version() + 1):  # no gap: each version reads the same
+                assert (
+                    replica.table("raw_transactions").read(version=version).height
+                    == source_table.read(version=version).height
+                )
+
+            with serving(build_app(poll_seconds=0.2, regions=[REGION])) as url:
+                status_code, body = _call(f"{url}/v1/{REGION}/score", _transaction(home, 40))
+                assert status_code == 200 and body["site"] == REGION
+                requests, cursor = _evaluate_sensor(instance, resources, None)
+                assert requests == []
+                # A day lands after the last replication: the lake's RPO.
+                source_table.replace(rows, day=LATE_DAY, origin="source")
+                time.sleep(0.05)
+
+                # ---- drill 1: the region's endpoint and its Redis are SIGKILLed
+                fault_at = time.monotonic()
+                stores[REGION].kill_endpoint()
+                primary_redis.kill()
+                requests = []
+                while not requests:
+                    requests, cursor = _evaluate_sensor(instance, resources, cursor)
+                    if not requests:
+                        time.sleep(0.5)
+                reason = requests[0].run_config["ops"]["region_failover_op"]["config"]["reason"]
+                assert "lake table" in reason and "unreachable" in reason, reason
+                failover = region_failover.execute_in_process(
+                    run_config=requests[0].run_config,
+                    instance=instance,
+                    resources=resources,
+                    tags=requests[0].tags,
+                )
+                assert failover.success
+                body = _score_until(url, _transaction(home, 41), fault_at, 30, site=DR_REGION)
+                rto = time.monotonic() - fault_at
+                print(
+                    f"RTO, eu-west's endpoint and Redis SIGKILLed to the first score from eu-central: {rto:.2f} s"
+                )
+                assert rto < RTO_TARGET_S, rto
+                # The region's lake is its replica in eu-central's bucket now: the DR site writes it.
+                serving_lake = dr.active_paths(topology, home, REGION)
+                assert (
+                    serving_lake.lake_url
+                    == f"s3://{stores[DR_REGION].bucket}/{DR_REGION}/replicas/{REGION}/lake"
+                )
+                at_failover = replica.table("raw_transactions").version()
+                time.sleep(1.5)  # the stream log's writer flushes every 200 ms, fsyncs every second
+                assert dg.materialize([serving_stream], resources=resources, partition_key=REGION).success
+                served = replica.table("raw_transactions").read(where={"origin": "served"})
+                assert replica.table("raw_transactions").version() > at_failover
+                assert {"drill-41"} <= set(served["transaction_id"].to_list())
+                assert (
+                    dr_paths.lake_location.table("raw_transactions").version() is None
+                )  # eu-central's own lake
+
+                # ---- the endpoint returns with its objects, and Redis with what it acknowledged
+                stores[REGION].restart_endpoint()
+                primary_redis.start()
+                back = region_failover.execute_in_process(
+                    run_config={
+                        "ops": {
+                            "region_failover_op": {
+                                "config": {"region": REGION, "action": "failback", "drain_seconds": 0.5}
+                            }
+                        }
+                    },
+                    instance=instance,
+                    resources=resources,
+                )
+                assert back.success
+                report = back.output_for_node("region_failover_op")
+                lake_rpo = [f for f in report["rpo_files"] if f.startswith("lake/raw_transactions/")]
+                assert lake_rpo == [
+                    f"lake/raw_transactions/day={LATE_DAY}/origin=source"
+                ]  # exactly the late day
+                assert (
+                    report["reconciled"]["merged"] >= 1
+                    and report["reconciled"]["replica_entries_rewound"] >= 1
+                )
+                merged = source_table.read(where={"origin": "served"})
+                assert "drill-41" in set(
+                    merged["transaction_id"].to_list()
+                )  # the DR site's write is the region's
+                assert (
+                    source_table.read(where={"day": LATE_DAY}).height == rows.height
+                )  # and the late day is kept
+                # The replica follows the region again, byte for byte by version.
+                assert replica.table("raw_transactions").version() == source_table.version()
+                assert replica.table("raw_transactions").read().height == source_table.read().height
+                assert dg.materialize([raw_lake_replica], resources=resources, partition_key=REGION).success
+                _score_until(url, _transaction(home, 42), fault_at, 60, site=REGION)
+    finally:
+        primary_redis.close()
+        replica_redis.close()
+        for s in stores.values():
+            s.close()

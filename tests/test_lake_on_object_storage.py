@@ -5,6 +5,7 @@ and no other region's endpoint sees a byte. A killed endpoint is an outage the p
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 
 import dagster as dg
@@ -35,10 +36,11 @@ raw_lake_replica = build_replica_asset("raw_lake")
 @pytest.fixture(scope="module")
 def region_on_s3(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("lake-s3")
-    stores = {r: start_region_store(r, workdir) for r in ("eu-west", "eu-central", "us-east")}
+    stores = {r: start_region_store(r, workdir) for r in ("eu-west", "eu-central", "us-east", "ap-southeast")}
     raw = yaml.safe_load((REPO_ROOT / "platform" / "regions.yaml").read_text())
     for region in raw["regions"]:
-        if region["name"] in ("eu-west", "eu-central"):  # a region and its DR region
+        # A region and its DR region; and ap-southeast, whose endpoint the freeze drill stops.
+        if region["name"] in ("eu-west", "eu-central", "ap-southeast"):
             region["storage_root"] = f"s3://{stores[region['name']].bucket}/{region['name']}"
     topology_file = workdir / "regions.yaml"
     topology_file.write_text(yaml.safe_dump(raw))
@@ -124,6 +126,72 @@ def test_the_pipeline_writes_and_reads_the_regions_lake_on_its_own_object_store(
         [transactions_ingestion], resources=resources, partition_key=key("2026-01-04"), raise_on_error=False
     )
     assert not failed.success  # a write to a dead endpoint fails the run; nothing is half-written
+
+
+def test_a_frozen_endpoint_is_an_outage_within_the_probe_budget_and_stalls_no_other_region(
+    region_on_s3, monkeypatch
+):
+    """ap-southeast's store is SIGSTOPped (it accepts connections and never answers, as a hung
+    server or a black-holed network): its probe reports the outage within its deadline; the
+    health tick probes the regions at once, so the others' verdicts do not wait behind it;
+    another region's run goes on at its own pace; on SIGCONT the region is healthy again."""
+    import time
+
+    from assets.failover import region_health_sensor
+    from meridian.dr.probes import LAKE_PROBE_DEADLINE_S
+
+    stores, topology_file, workdir = region_on_s3
+    frozen = stores["ap-southeast"]
+    for name, value in _env(frozen).items():
+        monkeypatch.setenv(name, value)
+    home = workdir / "frozen-home"
+    monkeypatch.setenv("MERIDIAN_HOME", str(home))
+    monkeypatch.setenv("MERIDIAN_TOPOLOGY", str(topology_file))
+    resources = {
+        **load_definitions_module().build_resources("local"),
+        "topology": RegionTopologyResource(path=str(topology_file)),
+        "lake": RegionalLakeResource(home=str(home)),
+        "source": TransactionSourceResource(rows_per_day=100),
+        "alerting": AlertingResource(path=str(workdir / "frozen-alerts.jsonl")),
+    }
+
+    def ingest(region: str, day: str):
+        key = str(dg.MultiPartitionKey({"region": region, "day": day}))
+        started = time.monotonic()
+        result = dg.materialize([transactions_ingestion], resources=resources, partition_key=key)
+        return result.success, time.monotonic() - started
+
+    assert ingest("ap-southeast", DAYS[0])[0]  # the region holds a lake on its bucket
+    ok, unfrozen_s = ingest("us-east", DAYS[0])
+    assert ok
+    topology = load_topology(topology_file)
+    assert dr.probe(topology, home, "ap-southeast").problems == []
+
+    frozen.process.send_signal(signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        problems = dr.probe(topology, home, "ap-southeast").problems
+        frozen_probe_s = time.monotonic() - started
+        assert any("lake table" in p and "unreachable" in p for p in problems), problems
+        assert frozen_probe_s < LAKE_PROBE_DEADLINE_S + 2, frozen_probe_s
+        # One health tick probes every region at once: the frozen one bounds it, nobody queues behind it.
+        with dg.instance_for_test() as instance:
+            started = time.monotonic()
+            context = dg.build_sensor_context(instance=instance, resources=resources)
+            list(region_health_sensor(context) or [])
+            tick_s = time.monotonic() - started
+        assert tick_s < LAKE_PROBE_DEADLINE_S + 4, tick_s
+        # Another region's run is not held by the frozen endpoint.
+        ok, frozen_s = ingest("us-east", DAYS[1])
+        assert ok and frozen_s < max(3 * unfrozen_s, unfrozen_s + 5), (frozen_s, unfrozen_s)
+        print(
+            f"frozen endpoint: probe {frozen_probe_s:.2f} s (deadline {LAKE_PROBE_DEADLINE_S} s), "
+            f"health tick {tick_s:.2f} s, us-east run {frozen_s:.2f} s (unfrozen {unfrozen_s:.2f} s)"
+        )
+    finally:
+        frozen.process.send_signal(signal.SIGCONT)
+    assert dr.probe(topology, home, "ap-southeast").problems == []  # resumed: healthy, nothing lost
+    assert ingest("ap-southeast", DAYS[1])[0]
 
 
 def test_a_storage_root_of_another_scheme_is_refused_with_the_reason(tmp_path: Path):

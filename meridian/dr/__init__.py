@@ -18,7 +18,7 @@ below are its interface.
 """
 
 from meridian.dr.failover import FailoverReport, fail_back, fail_over
-from meridian.dr.probes import Probe, probe
+from meridian.dr.probes import Probe, probe, probe_all
 from meridian.dr.provisioning import (
     RegionStorageUnavailable,
     ensure_provisioned,
@@ -71,6 +71,7 @@ __all__ = [
     "load_state",
     "primary_paths",
     "probe",
+    "probe_all",
     "provision",
     "publish_deployment",
     "read_replica_staleness",

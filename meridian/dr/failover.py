@@ -13,10 +13,21 @@ from pathlib import Path
 import orjson
 import polars as pl
 
-from meridian.dr.lake_failback import checkout_versions, delta_table_of, merge_back, partition_of
+from meridian.dr.lake_failback import (
+    active_paths_of,
+    check_primary_holds,
+    checkout_versions,
+    delta_table_of,
+    merge_back,
+    object_store_lake_replica,
+    partition_of,
+    reseed_lake_replica,
+    unreplicated_partitions,
+)
 from meridian.dr.online import promote_for_failover, reattach, redis_rows_lost, snapshot_rows_lost
 from meridian.dr.probes import probe
 from meridian.dr.state import FailoverError, failover_root, load_state, primary_paths, replica, save_state
+from meridian.lake_tables import LakeLocation
 from meridian.paths import RegionPaths
 from meridian.redis_replication import PROMOTED_MARKER, RedisReplicaLink
 from meridian.replication import hash_file, walk
@@ -80,6 +91,7 @@ def fail_over(
     missing = {cls: m for cls, m in missing.items() if m}
     if missing:
         raise FailoverError(f"{dr.name}'s replicas of {region} lack files: {missing}; re-run replication")
+    lake_url, lake_versions = object_store_lake_replica(topology, home, region)
     target = failover_root(topology, home, region)
     staging = target.with_name(f".{region}.checkout")
     shutil.rmtree(staging, ignore_errors=True)
@@ -117,6 +129,8 @@ def fail_over(
         "replica_versions": report.replica_versions,
         "replica_published_at": published,
     }
+    if lake_url is not None:
+        state[region] |= {"lake_url": lake_url, "lake_versions": lake_versions}
     save_state(home, state)
     report.seconds = time.perf_counter() - started
     return report
@@ -264,6 +278,16 @@ def fail_back(
         for cls, rep in replicas.items()
     }
     _verify_primary_holds_what_replicas_held(region, dr_name, primary, used)
+    lake_versions = entry.get("lake_versions") or {}
+    dr_lake = active_paths_of(entry, region, site).lake_location if entry.get("lake_url") else None
+    if dr_lake is not None:
+        problems = check_primary_holds(primary.lake_location, dr_lake, lake_versions)
+        if problems:
+            raise FailoverError(
+                f"failback refused: {region}'s lake at {primary.lake_url} lacks the commits its replica "
+                f"held at the failover ({'; '.join(problems)}); it is not the storage that failed. "
+                f"Restore it and keep serving {region} from {dr_name} meanwhile"
+            )
     if registry_client is not None:
         _verify_registry_holds_what_its_replica_held(
             region, dr_name, replicas["model_registry"], used["model_registry"], registry_client
@@ -283,6 +307,8 @@ def fail_back(
             had = used[cls]["files"].get(source.rel)
             if had is None or (mtime > published and hash_file(source.path)[0] != had["checksum"]):
                 lost.append(source.rel)
+    if dr_lake is not None:  # the primary's commits the replica never got (all from before the fault)
+        lost.extend(unreplicated_partitions(primary.lake_location, lake_versions))
     promoted = online_replica is not None and (site / PROMOTED_MARKER).is_file()
     if promoted:
         rpo_online_rows = redis_rows_lost(open_store, primary, online_replica, dr_name, since)
@@ -331,13 +357,24 @@ def fail_back(
                 shutil.copyfile(source.path, tmp)
                 os.replace(tmp, dest)
                 reconciled["copied_back"] += 1
-    reconciled["merged"] += merge_back(
-        primary.lake,
-        site / "lake",
-        sorted(delta_tables),
-        checkout_versions(at_failover),
-        lambda ours, theirs: merge_rows(ours, theirs, region, dr_name),
-    )
+    merge = lambda ours, theirs: merge_rows(ours, theirs, region, dr_name)  # noqa: E731
+    if dr_lake is None:
+        reconciled["merged"] += merge_back(
+            LakeLocation.local(primary.lake),
+            LakeLocation.local(site / "lake"),
+            sorted(delta_tables),
+            checkout_versions(at_failover),
+            merge,
+        )
+    else:  # the replica served R in place: merge from it, rewind it, replicate R's commits over
+        reconciled["merged"] += merge_back(
+            primary.lake_location,
+            dr_lake,
+            sorted(lake_versions),
+            {t: v for t, v in lake_versions.items() if v is not None},
+            merge,
+        )
+        reconciled["replica_entries_rewound"] = reseed_lake_replica(topology, primary, dr_lake, lake_versions)
     # Online rows: last-writer-wins on (event time, HLC, site), stamps kept both ways.
     from meridian.online_sqlite import SqliteOnlineStore
 

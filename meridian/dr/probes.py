@@ -68,6 +68,23 @@ def probe(
     return Probe(region, not problems, problems, age)
 
 
+# What asking a region's object store may cost a probe: a frozen endpoint is an outage within
+# this, never a health tick held for delta-rs' default 3 minutes of retries.
+LAKE_PROBE_DEADLINE_S = 3.0
+
+
+def probe_all(
+    topology: Topology, home: Path, regions: list[str], open_store: Callable[..., object] | None = None
+) -> dict[str, Probe]:
+    """`regions` probed at once: a frozen site costs the tick its own probe's deadline, and
+    never delays another region's verdict behind it."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=max(1, len(regions)), thread_name_prefix="probe") as pool:
+        futures = {region: pool.submit(probe, topology, home, region, open_store) for region in regions}
+        return {region: future.result() for region, future in futures.items()}
+
+
 DUCKDB_MAGIC = b"DUCK"  # bytes 8..12 of every DuckDB database file
 
 
@@ -79,9 +96,10 @@ def _lake_problems(paths: RegionPaths) -> list[str]:
     if paths.lake_url is not None and paths.host == paths.region:  # the lake's tables on object storage
         from meridian.lake_tables import DELTA_TABLES
 
+        location = paths.lake_location.with_deadline(LAKE_PROBE_DEADLINE_S)
         for name in sorted(DELTA_TABLES):
             try:
-                paths.lake_location.table(name).version()
+                location.table(name).version()
             except Exception as error:  # an endpoint down or frozen, credentials refused, a torn log
                 problems.append(f"lake table {name} on {paths.lake_url} is unreachable: {error}"[:300])
                 break

@@ -58,7 +58,12 @@ def active_paths(topology: Topology, home: Path, region: str) -> RegionPaths:
     """Where region R's data lives now: its own root, or its DR site while failed over."""
     entry = load_state(home).get(region)
     if entry and entry.get("state") == "failed_over":
-        return RegionPaths(region, failover_root(topology, home, region), site=entry["serving_region"])
+        return RegionPaths(
+            region,
+            failover_root(topology, home, region),
+            site=entry["serving_region"],
+            lake_url=entry.get("lake_url"),  # a lake on object storage: its replica in the DR bucket
+        )
     return primary_paths(topology, home, region)
 
 
