@@ -390,6 +390,49 @@ def _score_until(url: str, txn: dict, since: float, limit_s: float, site: str | 
         time.sleep(0.05)
 
 
+def _redis_pair(tmp_path: Path, redis_url: str):
+    """The region's own Redis (durable: what it acknowledged survives a SIGKILL), a live replica
+    of it for the DR region, and the online store resource configured with both."""
+    from resources.online_store import OnlineStoreResource
+    from tests.servers import RedisServer
+
+    primary = RedisServer(tmp_path / "redis-eu-west", durable=True).start()
+    replica = RedisServer(tmp_path / "redis-eu-central").start()
+    store = OnlineStoreResource(
+        backend="redis",
+        redis_url=redis_url,
+        redis_urls={REGION: primary.url},
+        replica_urls={REGION: replica.url},
+    )
+    return primary, replica, store
+
+
+def _fail_over_when_detected(instance, resources, cursor) -> tuple[str, dict]:
+    """The health sensor, evaluated every 0.5 s as the drill's watcher, until it requests a
+    failover; then the failover run it requested. Returns its reason and the run's report."""
+    requests = []
+    while not requests:
+        requests, cursor = _evaluate_sensor(instance, resources, cursor)
+        if not requests:
+            time.sleep(0.5)
+    failover = region_failover.execute_in_process(
+        run_config=requests[0].run_config, instance=instance, resources=resources, tags=requests[0].tags
+    )
+    assert failover.success
+    reason = requests[0].run_config["ops"]["region_failover_op"]["config"]["reason"]
+    return reason, failover.output_for_node("region_failover_op")
+
+
+def _fail_back(instance, resources) -> dict:
+    """The failback job, as an operator runs it (a short drain: the drill's service polls every 0.2 s)."""
+    config = {"region": REGION, "action": "failback", "drain_seconds": 0.5}
+    back = region_failover.execute_in_process(
+        run_config={"ops": {"region_failover_op": {"config": config}}}, instance=instance, resources=resources
+    )
+    assert back.success
+    return back.output_for_node("region_failover_op")
+
+
 def _evaluate_sensor(instance, resources, cursor):
     context = dg.build_sensor_context(instance=instance, cursor=cursor, resources=resources)
     requests = list(region_health_sensor(context) or [])
@@ -615,19 +658,11 @@ def test_redis_drill_kills_the_primary_serves_from_the_promoted_replica_and_reat
 
     from meridian.online_redis import RedisOnlineStore
     from meridian.redis_replication import wait_in_sync
-    from resources.online_store import OnlineStoreResource
     from serving.main import build_app
-    from tests.servers import RedisServer, free_port
+    from tests.servers import free_port
 
     home, resources, primary_paths = home_copy
-    primary = RedisServer(tmp_path / "redis-eu-west", durable=True).start()
-    replica = RedisServer(tmp_path / "redis-eu-central").start()
-    store = OnlineStoreResource(
-        backend="redis",
-        redis_url=redis_url,
-        redis_urls={REGION: primary.url},
-        replica_urls={REGION: replica.url},
-    )
+    primary, replica, store = _redis_pair(tmp_path, redis_url)
     resources = {**resources, "online_store": store}
     link = store.replica_link(REGION)
     try:
@@ -677,22 +712,9 @@ def test_redis_drill_kills_the_primary_serves_from_the_promoted_replica_and_reat
                 fault_at = time.monotonic()
                 primary.kill()
                 # ---- detection, failover, serving from the promoted replica
-                requests = []
-                while not requests:
-                    requests, cursor = _evaluate_sensor(instance, resources, cursor)
-                    if not requests:
-                        time.sleep(0.5)
-                assert (
-                    "online store" in requests[0].run_config["ops"]["region_failover_op"]["config"]["reason"]
-                )
-                failover = region_failover.execute_in_process(
-                    run_config=requests[0].run_config,
-                    instance=instance,
-                    resources=resources,
-                    tags=requests[0].tags,
-                )
-                assert failover.success
-                promoted = failover.output_for_node("region_failover_op")["online_replica"]
+                reason, output = _fail_over_when_detected(instance, resources, cursor)
+                assert "online store" in reason
+                promoted = output["online_replica"]
                 assert promoted["promoted"] is True and promoted["serving"] == "redis replica"
                 body = _score_until(url, _transaction(home, 58), fault_at, 30)
                 rto = time.monotonic() - fault_at
@@ -717,19 +739,7 @@ def test_redis_drill_kills_the_primary_serves_from_the_promoted_replica_and_reat
 
                 # ---- the primary returns with what it acknowledged; failback
                 primary.start()
-                back = region_failover.execute_in_process(
-                    run_config={
-                        "ops": {
-                            "region_failover_op": {
-                                "config": {"region": REGION, "action": "failback", "drain_seconds": 0.5}
-                            }
-                        }
-                    },
-                    instance=instance,
-                    resources=resources,
-                )
-                assert back.success
-                report = back.output_for_node("region_failover_op")
+                report = _fail_back(instance, resources)
                 assert report["rpo_online_rows"] == 4  # exactly the rows the partition kept from the replica
                 assert report["reconciled"]["online_rows"] >= 1  # the DR site's push
                 assert report["online_replica"]["reattached"] is True
@@ -797,21 +807,12 @@ def test_object_store_drill_kills_the_regions_endpoint_and_redis_and_serves_from
     from assets.replication import build_replica_asset
     from meridian.lake_replication import replica_location
     from meridian.lake_tables import LakeLocation
-    from resources.online_store import OnlineStoreResource
     from resources.topology import RegionTopologyResource
     from serving.main import build_app
-    from tests.servers import RedisServer
 
     home, resources, primary_paths = home_copy
     stores, topology_file, env_vars = _lake_to_buckets(home, tmp_path)
-    primary_redis = RedisServer(tmp_path / "redis-eu-west", durable=True).start()
-    replica_redis = RedisServer(tmp_path / "redis-eu-central").start()
-    store = OnlineStoreResource(
-        backend="redis",
-        redis_url=redis_url,
-        redis_urls={REGION: primary_redis.url},
-        replica_urls={REGION: replica_redis.url},
-    )
+    primary_redis, replica_redis, store = _redis_pair(tmp_path, redis_url)
     resources = {
         **resources,
         "online_store": store,
@@ -884,20 +885,8 @@ def test_object_store_drill_kills_the_regions_endpoint_and_redis_and_serves_from
                 fault_at = time.monotonic()
                 stores[REGION].kill_endpoint()
                 primary_redis.kill()
-                requests = []
-                while not requests:
-                    requests, cursor = _evaluate_sensor(instance, resources, cursor)
-                    if not requests:
-                        time.sleep(0.5)
-                reason = requests[0].run_config["ops"]["region_failover_op"]["config"]["reason"]
+                reason, _ = _fail_over_when_detected(instance, resources, cursor)
                 assert "lake table" in reason and "unreachable" in reason, reason
-                failover = region_failover.execute_in_process(
-                    run_config=requests[0].run_config,
-                    instance=instance,
-                    resources=resources,
-                    tags=requests[0].tags,
-                )
-                assert failover.success
                 body = _score_until(url, _transaction(home, 41), fault_at, 30, site=DR_REGION)
                 rto = time.monotonic() - fault_at
                 print(
@@ -923,19 +912,7 @@ def test_object_store_drill_kills_the_regions_endpoint_and_redis_and_serves_from
                 # ---- the endpoint returns with its objects, and Redis with what it acknowledged
                 stores[REGION].restart_endpoint()
                 primary_redis.start()
-                back = region_failover.execute_in_process(
-                    run_config={
-                        "ops": {
-                            "region_failover_op": {
-                                "config": {"region": REGION, "action": "failback", "drain_seconds": 0.5}
-                            }
-                        }
-                    },
-                    instance=instance,
-                    resources=resources,
-                )
-                assert back.success
-                report = back.output_for_node("region_failover_op")
+                report = _fail_back(instance, resources)
                 lake_rpo = [f for f in report["rpo_files"] if f.startswith("lake/raw_transactions/")]
                 assert lake_rpo == [
                     f"lake/raw_transactions/day={LATE_DAY}/origin=source"
