@@ -111,48 +111,43 @@ def replication_status(
 
 def _object_store_lakes(topo, home, alerting: AlertingResource) -> list[dict]:
     """One row per Delta table of each region whose lake is on object storage: versions on both
-    sides, commits behind and for how long (meridian.lake_replication.replica_lag). A side that
+    sides, commits behind and for how long (meridian.lake_replication.replica_lags). A side that
     does not answer is a breach: the replica's RPO cannot be shown."""
-    from meridian.lake_replication import replica_lag, replica_location
+    from meridian.lake_replication import ReplicaLag, replica_lags, replica_location
     from meridian.lake_tables import DELTA_TABLES
 
     rows = []
+    max_lag_s = topo.replication.classes["raw_lake"].max_lag_minutes * 60 + 60
     for region in topo.active_region_names:
         source = dr.primary_paths(topo, home, region)
         if source.lake_url is None or dr.is_failed_over(home, region):
             continue  # (failed over: the replica is the live copy, failover_regions shows it)
-        spec = topo.replication.classes["raw_lake"]
         try:
             target = replica_location(dr.primary_paths(topo, home, topo.dr_region(region).name), region)
-            lags = [replica_lag(source.lake_location.s3, target, table) for table in sorted(DELTA_TABLES)]
+            lags = replica_lags(source.lake_location.s3, target, sorted(DELTA_TABLES))
         except Exception as error:  # configuration: no DR bucket, credentials missing
-            lags, problem = [], str(error)
-            rows.append(
-                {"region": region, "table": "all", "status": "BREACH", "lag_s": 0.0, "problem": problem}
-            )
+            lags = [ReplicaLag("all", None, None, None, 0.0, str(error))]
         for lag in lags:
-            breach = lag.problem is not None or lag.lag_seconds > spec.max_lag_minutes * 60 + 60
-            rows.append(
-                {
-                    "region": region,
-                    "table": lag.table,
-                    "source_version": lag.source_version if lag.source_version is not None else "n/a",
-                    "replica_version": lag.replica_version if lag.replica_version is not None else "none",
-                    "versions_behind": lag.versions_behind if lag.versions_behind is not None else "n/a",
-                    "lag_s": round(lag.lag_seconds, 1),
-                    "status": "BREACH" if breach else "ok",
-                    "problem": lag.problem or "",
-                }
-            )
-        for row in rows:
-            if row["region"] == region and row["status"] == "BREACH":
-                why = row["problem"] or f"{row['versions_behind']} commit(s) behind for {row['lag_s']} s"
+            breach = lag.problem is not None or lag.lag_seconds > max_lag_s
+            row = {
+                "region": region,
+                "table": lag.table,
+                "source_version": lag.source_version if lag.source_version is not None else "n/a",
+                "replica_version": lag.replica_version if lag.replica_version is not None else "none",
+                "versions_behind": lag.versions_behind if lag.versions_behind is not None else "n/a",
+                "lag_s": round(lag.lag_seconds, 1),
+                "status": "BREACH" if breach else "ok",
+                "problem": lag.problem or "",
+            }
+            rows.append(row)
+            if breach:
+                why = lag.problem or f"{lag.versions_behind} commit(s) behind for {row['lag_s']} s"
                 alerting.send(
                     "WARN",
                     region,
                     "replication_status",
-                    f"lake-replica:{region}:{row['table']}",
-                    f"the object-store lake replica of {region} ({row['table']}) is in breach: {why}",
+                    f"lake-replica:{region}:{lag.table}",
+                    f"the object-store lake replica of {region} ({lag.table}) is in breach: {why}",
                 )
     return rows
 

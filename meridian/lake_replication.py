@@ -337,6 +337,23 @@ def replica_location(dr_paths, region: str) -> S3Location:
     return replace(dr_paths.lake_location.s3, prefix=prefix)
 
 
+def rewind_replica(target: S3Location, table: str, version: int | None) -> int:
+    """Remove the replica's commits after `version` (a DR site's own, merged back into the
+    source by its failback), newest first, so a reader sees an older committed version at
+    every moment; then replicate_table brings the source's newer commits over. Returns the
+    commits removed. Their data files stay until a vacuum: no remaining version names them."""
+    client = target.client()
+    log = _read_log(target, client, table)
+    keep = -1 if version is None else version
+    doomed = [(v, item.key) for v, item in log.commits.items() if v > keep]
+    doomed += [(v, item.key) for v, items in log.checkpoints.items() if v > keep for item in items]
+    if log.last_checkpoint is not None and doomed:  # it may name a removed checkpoint: listed anew without it
+        client.delete_object(Bucket=target.bucket, Key=target.key(log.last_checkpoint.key))
+    for _, key in sorted(doomed, reverse=True):
+        client.delete_object(Bucket=target.bucket, Key=target.key(key))
+    return sum(1 for v in log.commits if v > keep)
+
+
 @dataclass
 class ReplicaLag:
     table: str
@@ -347,20 +364,33 @@ class ReplicaLag:
     problem: str | None = None
 
 
-def replica_lag(source: S3Location, target: S3Location, table: str, now: float | None = None) -> ReplicaLag:
-    """How far the replica of `table` is behind its source, from the two logs' listings only
-    (no object is read). An endpoint that does not answer is a `problem`, never a wait: the
-    clients give up after their connect and read timeouts (meridian.object_store)."""
+def replica_lags(
+    source: S3Location, target: S3Location, tables: Iterable[str], now: float | None = None
+) -> list[ReplicaLag]:
+    """How far the replica of each of `tables` is behind its source, from the two logs'
+    listings only (no object is read). An endpoint that does not answer is a `problem`, never a
+    wait: the clients give up after their connect and read timeouts (meridian.object_store)."""
     now = time.time() if now is None else now
-    logs = {}
-    for side, location in (("source", source), ("replica", target)):
-        try:
-            logs[side] = _read_log(location, location.client(), table)
-        except Exception as error:  # the endpoint down or frozen, credentials refused
-            reason = str(error).splitlines()[0][:160]
-            return ReplicaLag(table, None, None, None, 0.0, f"{side} {location.url} unreachable: {reason}")
-    have, want = logs["replica"].version, logs["source"].version
-    behind = (want if want is not None else -1) - (have if have is not None else -1)
-    first_missing = logs["source"].commits.get((have if have is not None else -1) + 1)
-    lag = max(0.0, now - first_missing.last_modified.timestamp()) if behind > 0 and first_missing else 0.0
-    return ReplicaLag(table, want, have, max(0, behind), lag)
+    clients = {"source": source.client(), "replica": target.client()}
+    lags = []
+    for table in tables:
+        logs = {}
+        for side, location in (("source", source), ("replica", target)):
+            try:
+                logs[side] = _read_log(location, clients[side], table)
+            except Exception as error:  # the endpoint down or frozen, credentials refused
+                reason = str(error).splitlines()[0][:160]
+                problem = f"{side} {location.url} unreachable: {reason}"
+                lags.append(ReplicaLag(table, None, None, None, 0.0, problem))
+                break
+        else:
+            have, want = logs["replica"].version, logs["source"].version
+            behind = (want if want is not None else -1) - (have if have is not None else -1)
+            first_missing = logs["source"].commits.get((have if have is not None else -1) + 1)
+            lag = (
+                max(0.0, now - first_missing.last_modified.timestamp())
+                if behind > 0 and first_missing
+                else 0.0
+            )
+            lags.append(ReplicaLag(table, want, have, max(0, behind), lag))
+    return lags

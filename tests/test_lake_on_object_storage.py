@@ -46,9 +46,7 @@ def region_on_s3(tmp_path_factory):
     topology_file.write_text(yaml.safe_dump(raw))
     yield stores, topology_file, workdir
     for store in stores.values():
-        if store.process.poll() is None:
-            store.process.terminate()
-            store.process.wait(timeout=10)
+        store.close()
 
 
 def _env(store) -> dict[str, str]:

@@ -14,7 +14,6 @@ import orjson
 import polars as pl
 
 from meridian.dr.lake_failback import (
-    active_paths_of,
     check_primary_holds,
     checkout_versions,
     delta_table_of,
@@ -26,7 +25,15 @@ from meridian.dr.lake_failback import (
 )
 from meridian.dr.online import promote_for_failover, reattach, redis_rows_lost, snapshot_rows_lost
 from meridian.dr.probes import probe
-from meridian.dr.state import FailoverError, failover_root, load_state, primary_paths, replica, save_state
+from meridian.dr.state import (
+    FailoverError,
+    active_paths,
+    failover_root,
+    load_state,
+    primary_paths,
+    replica,
+    save_state,
+)
 from meridian.lake_tables import LakeLocation
 from meridian.paths import RegionPaths
 from meridian.redis_replication import PROMOTED_MARKER, RedisReplicaLink
@@ -279,9 +286,11 @@ def fail_back(
     }
     _verify_primary_holds_what_replicas_held(region, dr_name, primary, used)
     lake_versions = entry.get("lake_versions") or {}
-    dr_lake = active_paths_of(entry, region, site).lake_location if entry.get("lake_url") else None
+    # A lake on object storage: R's replica in the DR bucket served it (still the active paths here).
+    dr_lake = active_paths(topology, home, region).lake_location if entry.get("lake_url") else None
+    primary_lake = primary.lake_location if dr_lake is not None else None
     if dr_lake is not None:
-        problems = check_primary_holds(primary.lake_location, dr_lake, lake_versions)
+        problems = check_primary_holds(primary_lake, dr_lake, lake_versions)
         if problems:
             raise FailoverError(
                 f"failback refused: {region}'s lake at {primary.lake_url} lacks the commits its replica "
@@ -308,7 +317,7 @@ def fail_back(
             if had is None or (mtime > published and hash_file(source.path)[0] != had["checksum"]):
                 lost.append(source.rel)
     if dr_lake is not None:  # the primary's commits the replica never got (all from before the fault)
-        lost.extend(unreplicated_partitions(primary.lake_location, lake_versions))
+        lost.extend(unreplicated_partitions(primary_lake, lake_versions))
     promoted = online_replica is not None and (site / PROMOTED_MARKER).is_file()
     if promoted:
         rpo_online_rows = redis_rows_lost(open_store, primary, online_replica, dr_name, since)
@@ -368,13 +377,15 @@ def fail_back(
         )
     else:  # the replica served R in place: merge from it, rewind it, replicate R's commits over
         reconciled["merged"] += merge_back(
-            primary.lake_location,
+            primary_lake,
             dr_lake,
             sorted(lake_versions),
             {t: v for t, v in lake_versions.items() if v is not None},
             merge,
         )
-        reconciled["replica_entries_rewound"] = reseed_lake_replica(topology, primary, dr_lake, lake_versions)
+        reconciled["replica_entries_rewound"] = reseed_lake_replica(
+            topology, primary_lake, dr_lake, lake_versions
+        )
     # Online rows: last-writer-wins on (event time, HLC, site), stamps kept both ways.
     from meridian.online_sqlite import SqliteOnlineStore
 

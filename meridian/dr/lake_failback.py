@@ -25,7 +25,6 @@ import polars as pl
 from meridian.dr.probes import LAKE_PROBE_DEADLINE_S
 from meridian.dr.state import FailoverError, primary_paths
 from meridian.lake_tables import DELTA_TABLES, LakeLocation
-from meridian.paths import RegionPaths
 from meridian.topology import Topology
 
 _LOG_ENTRY = re.compile(r"^lake/(?P<table>[a-z_]+)/_delta_log/(?P<version>\d{20})\.json$")
@@ -93,11 +92,6 @@ def merge_back(
 # ---- a lake on object storage: the replica in the DR bucket served the region in place
 
 
-def replica_versions(replica: LakeLocation, tables: Iterable[str]) -> dict[str, int | None]:
-    """Each table's version in the replica the DR site is about to serve from (None: no replica of it)."""
-    return {name: replica.table(name).version() for name in tables}
-
-
 def unreplicated_partitions(primary: LakeLocation, checked_out: dict[str, int | None]) -> list[str]:
     """The primary's partitions that commits after the replica's version changed: what the
     failover could not serve (the RPO), as `lake/<table>/day=<d>/...` paths."""
@@ -140,44 +134,20 @@ def check_primary_holds(
     return problems
 
 
-def rewind_replica(replica: LakeLocation, name: str, version: int | None) -> int:
-    """Remove the replica's commits after `version` (the DR site's own, merged back into the
-    primary by now), newest first, so a reader sees an older committed version at every
-    moment; then replication brings the primary's newer commits over. Returns entries removed.
-    Their data files stay until a vacuum: no reader of a remaining version names them."""
-    from meridian.lake_replication import _CHECKPOINT, _COMMIT, LOG_DIR
-    from meridian.object_store import list_objects
-
-    s3, client = replica.s3, replica.client
-    keep = -1 if version is None else version
-    doomed = []
-    for item in list_objects(s3, client, f"{name}/{LOG_DIR}/"):
-        file = item.key.rsplit("/", 1)[-1]
-        match = _COMMIT.match(file) or _CHECKPOINT.match(file)
-        if match and int(match[1]) > keep:
-            doomed.append((int(match[1]), item.key))
-        elif file == "_last_checkpoint":  # may name a checkpoint of the DR site's: listed anew without it
-            doomed.append((1 << 62, item.key))
-    for _, key in sorted(doomed, reverse=True):
-        client.delete_object(Bucket=s3.bucket, Key=s3.key(key))
-    return sum(1 for v, _ in doomed if v < 1 << 62)
-
-
 def object_store_lake_replica(
     topology: Topology, home: Path, region: str
 ) -> tuple[str | None, dict[str, int | None]]:
     """R's lake on object storage: the URL of its replica in the DR bucket (what serves R's lake
     while failed over, in place) and each table's version there. (None, {}) for a local lake."""
-    from meridian.paths import replica_lake_url
+    from meridian.lake_replication import replica_location
 
-    primary = primary_paths(topology, home, region)
-    if primary.lake_url is None:
+    if primary_paths(topology, home, region).lake_url is None:
         return None, {}
     dr_name = topology.dr_region(region).name
     try:
-        url = replica_lake_url(primary_paths(topology, home, dr_name), region)
-        replica = RegionPaths(region, primary.root, site=dr_name, lake_url=url).lake_location
-        versions = replica_versions(replica.with_deadline(LAKE_PROBE_DEADLINE_S), sorted(DELTA_TABLES))
+        s3 = replica_location(primary_paths(topology, home, dr_name), region)
+        url, replica = s3.url, LakeLocation.on_object_store(s3).with_deadline(LAKE_PROBE_DEADLINE_S)
+        versions = {name: replica.table(name).version() for name in sorted(DELTA_TABLES)}
     except Exception as error:  # no DR bucket configured, its endpoint down, credentials refused
         raise FailoverError(f"{dr_name} cannot serve {region}'s lake from its bucket: {error}") from error
     if versions.get("raw_transactions") is None:
@@ -187,22 +157,17 @@ def object_store_lake_replica(
     return url, versions
 
 
-def active_paths_of(entry: dict, region: str, site: Path) -> RegionPaths:
-    """The paths R had while failed over (its failover state entry): where the DR site wrote."""
-    return RegionPaths(region, site, site=entry["serving_region"], lake_url=entry.get("lake_url"))
-
-
 def reseed_lake_replica(
-    topology: Topology, primary: RegionPaths, replica: LakeLocation, versions: dict[str, int | None]
+    topology: Topology, primary: LakeLocation, replica: LakeLocation, versions: dict[str, int | None]
 ) -> int:
     """The replica after the merge: the DR site's commits removed (they are on the primary now,
     as new commits), then brought up to the primary's log by replication. Entries removed."""
     from meridian.governance import default_policy
-    from meridian.lake_replication import replicate_table
+    from meridian.lake_replication import replicate_table, rewind_replica
 
     rewound = 0
     for name, version in sorted(versions.items()):
-        rewound += rewind_replica(replica, name, version)
-        if primary.lake_location.table(name).version() is not None:
-            replicate_table(primary.lake_location.s3, replica.s3, name, topology, default_policy())
+        rewound += rewind_replica(replica.s3, name, version)
+        if primary.table(name).version() is not None:
+            replicate_table(primary.s3, replica.s3, name, topology, default_policy())
     return rewound
