@@ -50,6 +50,11 @@ DELTA_TABLES: dict[str, tuple[str, ...]] = {
     "quarantined_labels": ("day",),
 }
 COMMIT_ATTEMPTS = 8
+# A checkpoint every 10 commits (delta-rs writes it after the commit that reaches it): opening a
+# table reads the newest checkpoint and at most 9 log entries, not every entry since version 0.
+# Without it a day-by-day backfill on object storage cost one GET per earlier day per commit.
+CHECKPOINT_INTERVAL = 10
+TABLE_PROPERTIES = {"delta.checkpointInterval": str(CHECKPOINT_INTERVAL)}
 WRITE_ID = "meridian.write_id"
 # A partition value goes into a commit's predicate: only plain tokens are accepted.
 _PARTITION_VALUE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
@@ -236,6 +241,8 @@ class LakeTable:
                     predicate=predicate,
                     storage_options=options,
                     commit_properties=CommitProperties(custom_metadata={WRITE_ID: write_id}),
+                    # (set when the table is created; later writes keep the table's own)
+                    configuration=TABLE_PROPERTIES if current is None else None,
                 )
                 break
             except CommitFailedError as error:

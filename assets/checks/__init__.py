@@ -45,6 +45,25 @@ def partitioned_check(**kwargs: Any) -> Callable[[Callable[..., Any]], dg.AssetC
     return decorate
 
 
+def _days_of_delta_table(lake_table, days: list[str]) -> dict[str, pl.DataFrame] | str:
+    """The source's share of each day (without partition columns) from one read of the table's
+    newest version (a read per day opened the table, its log, once per day); or why not."""
+    where = {"day": list(days), **({"origin": "source"} if "origin" in lake_table.partition_by else {})}
+    try:
+        frame = lake_table.read(where=where)
+    except Exception as error:  # an unreadable table is a finding, not a crash of the check
+        return f"unreadable: {type(error).__name__}: {error}"[:300]
+    if frame is None:
+        return f"no Delta table at {lake_table.uri}"
+    frame = frame.with_columns(pl.col("day").cast(pl.String))
+    found = {
+        d: rows.drop(lake_table.partition_by)
+        for (d,), rows in frame.partition_by("day", as_dict=True).items()
+    }
+    empty = frame.head(0).drop(lake_table.partition_by)
+    return {day: found.get(day, empty) for day in days}
+
+
 def check_stored_partitions(
     context: dg.AssetCheckExecutionContext,
     topology: RegionTopologyResource,
@@ -60,24 +79,18 @@ def check_stored_partitions(
     for region_name, days in days_by_region(context).items():
         region = topo.region(region_name)
         paths = lake.paths(topo, region_name)
+        by_day: dict[str, pl.DataFrame] | None = None
+        if table in DELTA_TABLES:
+            by_day = _days_of_delta_table(paths.lake_table(table), days)
+            if isinstance(by_day, str):  # unreadable, or no table: a finding for each day
+                failing.update({f"{d}|{region_name}": [by_day] for d in days})
+                checked += len(days)
+                continue
         for day in days:
             checked += 1
             key = f"{day}|{region_name}"
-            if table in DELTA_TABLES:  # the source's share of the day, from the table's newest version
-                lake_table = paths.lake_table(table)
-                try:
-                    where = {
-                        "day": day,
-                        **({"origin": "source"} if "origin" in lake_table.partition_by else {}),
-                    }
-                    frame = lake_table.read(where=where)
-                except Exception as error:  # an unreadable table is a finding, not a crash of the check
-                    failing[key] = [f"unreadable: {type(error).__name__}: {error}"[:300]]
-                    continue
-                if frame is None:
-                    failing[key] = [f"no Delta table at {lake_table.uri}"]
-                    continue
-                frame = frame.drop(lake_table.partition_by)
+            if by_day is not None:
+                frame = by_day[day]
                 rows += frame.height
                 if found := problems_of(frame, region, date.fromisoformat(day)):
                     failing[key] = found
