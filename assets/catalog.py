@@ -9,7 +9,6 @@ import dagster as dg
 from assets.governance import GLOBAL_GROUP
 from assets.replication_status import replication_status
 from meridian import governance
-from meridian.lake import write_bytes_atomic
 from meridian.report import markdown_table
 from resources.lake import RegionalLakeResource
 from resources.topology import RegionTopologyResource
@@ -108,12 +107,12 @@ def governance_catalog(
                 "partitioned_by": type(partitions).__name__ if partitions else None,
             }
         )
-    path = lake.root() / "platform" / "governance_catalog.json"
-    write_bytes_atomic(
+    store, name = lake.global_store(topo), "platform/governance_catalog.json"
+    store.write(
+        name,
         json.dumps(
             {"at": datetime.now(UTC).isoformat(), "assets": entries, "problems": problems}, indent=1
         ).encode(),
-        path,
     )
     view = [
         {
@@ -137,6 +136,6 @@ def governance_catalog(
             "by_classification": dg.MetadataValue.json(dict(counts)),
             "catalog": dg.MetadataValue.md(markdown_table(view)),
             "policy_problems": dg.MetadataValue.md("\n".join(f"- {p}" for p in problems) or "none"),
-            "path": dg.MetadataValue.path(str(path)),
+            "path": dg.MetadataValue.path(store.url(name)),
         }
     )

@@ -11,7 +11,6 @@ from assets.metadata import png_markdown
 from assets.replication import CLASS_UPSTREAM
 from assets.replication_status import replication_status
 from meridian import cost
-from meridian.lake import write_bytes_atomic
 from meridian.paths import region_paths
 from meridian.plots import cost_plot
 from meridian.report import markdown_table
@@ -83,16 +82,17 @@ def cost_report(
 ) -> dg.MaterializeResult:
     topo = topology.load()
     home = lake.root()
+    store = lake.global_store(topo)
     since = (datetime.now(UTC) - timedelta(days=30)).timestamp()
     names = [r.name for r in topo.regions]
     report = cost.price(
         topo,
         stored={r.name: cost.dir_bytes(region_paths(r, home).root) for r in topo.regions},
-        global_stored=cost.dir_bytes(home / "global") + cost.dir_bytes(home / "platform"),
+        global_stored=store.stored_bytes("global", "platform"),
         replicated=replicated_bytes(context.instance, names, since),
         compute=compute_seconds(context.instance, names, since),
     )
-    path = home / "platform" / "cost_report.json"
+    name = "platform/cost_report.json"
     doc = {
         "at": datetime.now(UTC).isoformat(),
         "per_region": report.per_region,
@@ -100,7 +100,7 @@ def cost_report(
         "per_asset": report.per_asset,
         "unpriced": report.unpriced,
     }
-    write_bytes_atomic(json.dumps(doc, indent=1).encode(), path)
+    store.write(name, json.dumps(doc, indent=1).encode())
     return dg.MaterializeResult(
         metadata={
             "total_usd": report.total_usd,
@@ -117,6 +117,6 @@ def cost_report(
                 "per_region above and cost_report.json hold the figures",
             ),
             "unpriced": dg.MetadataValue.json(report.unpriced),
-            "path": dg.MetadataValue.path(str(path)),
+            "path": dg.MetadataValue.path(store.url(name)),
         }
     )

@@ -11,7 +11,7 @@ from assets.metadata import png_markdown
 from assets.performance import model_performance
 from meridian import deployment, dr, registry
 from meridian.drift_rules import STATUS_RANK
-from meridian.lake import partition_file, write_bytes_atomic
+from meridian.lake import partition_file
 from meridian.plots import health_plot
 from meridian.report import markdown_table
 from resources.alerting import AlertingResource
@@ -107,10 +107,9 @@ def platform_health(
                 **counts,
             }
         )
-    home = lake.root()  # the lake resource's data root, as every other global asset writes
-    write_bytes_atomic(
+    lake.global_store(topo).write(
+        "platform/health.json",
         json.dumps({"at": now.isoformat(), "regions": rows}, indent=1, default=str).encode(),
-        home / "platform" / "health.json",
     )
     return dg.MaterializeResult(
         metadata={

@@ -1,7 +1,9 @@
 """`residency_audit`: proves that no personal or pseudonymous data of a zone sits outside it (blocking check)."""
 
 import json
+import tempfile
 from datetime import UTC, datetime
+from pathlib import Path
 
 import dagster as dg
 
@@ -9,7 +11,6 @@ from assets.governance import GLOBAL_GROUP
 from assets.replication import REPLICA_ASSETS
 from assets.sharing import global_merchant_risk
 from meridian import governance, residency
-from meridian.lake import write_bytes_atomic
 from meridian.report import markdown_table
 from resources.alerting import AlertingResource
 from resources.lake import RegionalLakeResource
@@ -42,7 +43,10 @@ def residency_audit(
 ):
     topo = topology.load()
     home = lake.root()
-    report = residency.residency_audit(topo, governance.default_policy(), home)
+    with tempfile.TemporaryDirectory(prefix="residency-audit-") as scratch:
+        # The platform's bucket, when the global services publish there: audited like home/global.
+        published = lake.global_store(topo).download(Path(scratch))
+        report = residency.residency_audit(topo, governance.default_policy(), home, published)
     findings = [
         {"path": f.path, "zone of location": f.location_zone, "problem": f.problem} for f in report.findings
     ]
@@ -55,8 +59,9 @@ def residency_audit(
             f"residency audit: {len(findings)} finding(s), first: {findings[0]['path']}: {findings[0]['problem']}",
             {"findings": findings[:20]},
         )
-    out = home / "platform" / "residency_audit.json"
-    write_bytes_atomic(
+    store, name = lake.global_store(topo), "platform/residency_audit.json"
+    store.write(
+        name,
         json.dumps(
             {
                 "at": datetime.now(UTC).isoformat(),
@@ -69,7 +74,6 @@ def residency_audit(
             },
             indent=1,
         ).encode(),
-        out,
     )
     yield dg.MaterializeResult(
         metadata={
@@ -80,7 +84,7 @@ def residency_audit(
             "files_by_zone": dg.MetadataValue.json(report.by_zone),
             "personal_values_indexed": dg.MetadataValue.json(report.personal_values_indexed),
             "findings": dg.MetadataValue.md(markdown_table(findings[:50]) if findings else "none"),
-            "report": dg.MetadataValue.path(str(out)),
+            "report": dg.MetadataValue.path(store.url(name)),
         }
     )
     yield dg.AssetCheckResult(

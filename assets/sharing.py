@@ -5,7 +5,6 @@ import polars as pl
 
 from assets.governance import GLOBAL_GROUP
 from meridian import governance
-from meridian.lake import write_parquet_atomic
 from meridian.report import markdown_table
 from meridian.sharing import aggregate_shared, regional_extract
 from meridian.validation import currency_rates
@@ -13,6 +12,7 @@ from resources.lake import RegionalLakeResource
 from resources.topology import RegionTopologyResource
 
 WINDOW_DAYS = 30
+SHARED_NAME = "global/merchant_risk/data.parquet"  # in the global store
 
 
 @dg.asset(
@@ -49,8 +49,8 @@ def global_merchant_risk(
     leaked = policy.zone_bound(table.columns)
     if leaked:
         raise dg.Failure(f"global_merchant_risk would store zone-bound columns {leaked}; refused")
-    path = home / "global" / "merchant_risk" / "data.parquet"
-    size = write_parquet_atomic(table, path)
+    store = lake.global_store(topo)
+    size = store.write_parquet(SHARED_NAME, table)
     top = table.filter(pl.col("transactions") >= 50).sort("fraud_rate", descending=True).head(10)
     return dg.MaterializeResult(
         metadata={
@@ -63,6 +63,6 @@ def global_merchant_risk(
             ),
             "column_classification": dg.MetadataValue.json(policy.classify_all(table.columns)),
             "riskiest_merchants": dg.MetadataValue.md(markdown_table(top.to_dicts())),
-            "path": dg.MetadataValue.path(str(path)),
+            "path": dg.MetadataValue.path(store.url(SHARED_NAME)),
         }
     )

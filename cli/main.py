@@ -23,6 +23,7 @@ from types import ModuleType
 from assets.definitions_file import load_definitions_module
 from cli.runs import LAUNCHED_BY, RunPlan, prepare_environment, quiet_libraries, run_global, run_regions
 from cli.summary import summarize
+from meridian.global_store import GlobalStore
 from meridian.paths import REPO_ROOT
 from meridian.reference_data import HISTORY_START
 from meridian.run_tags import REGION_TAG
@@ -87,7 +88,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             f"\nGlobal: residency audit {audit} ({glob.captured.get('files_scanned', '?')} files scanned), "
             f"replication breaches: {glob.captured.get('breaches', '?')}, "
             f"cost report total: ${glob.captured.get('total_usd', '?')} "
-            f"(catalog, audit and cost in {home / 'platform'})"
+            f"(catalog, audit and cost in {GlobalStore.of(topology, home).url('platform')})"
         )
     for o in [*outcomes, *([glob] if glob else [])]:
         if o.error:

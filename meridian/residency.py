@@ -125,6 +125,11 @@ def _tables(path: Path, kind: str, columns: Callable[[list[str]], list[str] | No
         records = []
         text = path.read_bytes()
         documents = text.splitlines() if kind == "jsonl" else [text]
+        if kind == "json":
+            try:
+                json.loads(text)
+            except ValueError:
+                documents = text.splitlines()  # JSON lines under .json: a Delta log entry
         for line in documents:
             with contextlib.suppress(ValueError):
                 records.append(_flatten_all(json.loads(line)))
@@ -226,10 +231,8 @@ def _data_files(home: Path) -> list[tuple[Path, str]]:
 def personal_values_by_zone(topology: Topology, policy: Policy, home: Path) -> dict[str, np.ndarray]:
     """Every value each zone holds in a column the policy classifies as personal or pseudonymous,
     from every row of its regions' lake tables of record (policy `tables` stored in the lake:
-    where personal data enters a region): what must never be found outside the zone. Copies
-    elsewhere (scratch files, exports) do not make a value a zone's own."""
-    from concurrent.futures import ThreadPoolExecutor
-
+    where personal data enters a region, on its disk or its bucket): what must never be found
+    outside the zone. Copies elsewhere (scratch files, exports) do not make a value a zone's own."""
     from meridian.paths import region_paths
 
     lake_tables = {
@@ -237,22 +240,43 @@ def personal_values_by_zone(topology: Topology, policy: Policy, home: Path) -> d
         for name, table in policy.tables.items()
         if table.store == "lake" and (bound := _zone_bound_columns(policy, table.columns))
     }
-    sources = [
-        (region.zone, path, bound)
-        for region in topology.regions
-        for name, bound in lake_tables.items()
-        # every data file of the table: one per day, or a Delta table's (day=*/[origin=*/]part-*)
-        for path in sorted(region_paths(region, home).table(name).rglob("day=*/**/*.parquet"))
-        if not path.name.startswith(".")
-    ]
+    sources: list[tuple[str, Callable[[], pl.DataFrame | None], list[str]]] = []
+    for region in topology.regions:
+        paths = region_paths(region, home)
+        for name, bound in lake_tables.items():
+            if paths.lake_url is not None:  # on the region's bucket: the table's current rows
+                table = paths.lake_table(name)
+                sources.append((region.zone, lambda t=table, b=bound: _present(t.read(), b), bound))
+                continue
+            # every data file of the table: one per day, or a Delta table's (day=*/[origin=*/]part-*)
+            for path in sorted(paths.table(name).rglob("day=*/**/*.parquet")):
+                if not path.name.startswith("."):
+                    sources.append((region.zone, lambda p=path, b=bound: _parquet_columns(p, b), bound))
+    return personal_values(sources)
 
-    def tokens_of(source: tuple[str, Path, list[str]]) -> pl.Series | None:
-        _, path, bound = source
+
+def _parquet_columns(path: Path, wanted: list[str]) -> pl.DataFrame:
+    return pl.read_parquet(path, columns=[c for c in pq.read_schema(path).names if c in wanted])
+
+
+def _present(frame: pl.DataFrame | None, wanted: list[str]) -> pl.DataFrame | None:
+    return None if frame is None else frame.select(c for c in frame.columns if c in wanted)
+
+
+def personal_values(
+    sources: list[tuple[str, Callable[[], pl.DataFrame | None], list[str]]],
+) -> dict[str, np.ndarray]:
+    """The hashed tokens of each zone's personal values: `sources` are (zone, a loader of a
+    frame of zone-bound columns, those columns), read two at a time."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def tokens_of(source: tuple[str, Callable[[], pl.DataFrame | None], list[str]]) -> pl.Series | None:
+        _, load, _ = source
         try:
-            present = [c for c in pq.read_schema(path).names if c in bound]
-            return _tokens(pl.read_parquet(path, columns=present), present)["token"]
+            frame = load()
         except (OSError, pl.exceptions.PolarsError, ValueError):
             return None  # unreadable inside its zone: it cannot be found outside it either
+        return None if frame is None else _tokens(frame, frame.columns)["token"]
 
     found: dict[str, list[pl.Series]] = {}
     with ThreadPoolExecutor(max_workers=2) as pool:  # polars releases the GIL
@@ -306,6 +330,16 @@ def _scan_file(
     """(problems, holds zone-bound columns, unreadable) of one file."""
     problems: list[str] = []
     bound_any = False
+    if kind not in _SUFFIXES.values():
+        return (
+            (
+                [f"not a kind of file the audit reads ({kind}): cannot prove it holds no personal data"]
+                if zone is None
+                else []
+            ),
+            False,
+            True,
+        )
     try:
         for table in _tables(path, kind, lambda names: None):
             where = f"table {table.name}: " if table.name else ""
@@ -336,7 +370,7 @@ def _content_digest(path: Path) -> str:
 
 
 def _record(
-    report: AuditReport, home: Path, path: Path, zone: str | None, problems: list[str], bound: bool
+    report: AuditReport, name: str, path: Path, zone: str | None, problems: list[str], bound: bool
 ) -> None:
     report.files_scanned += 1
     report.bytes_scanned += path.stat().st_size
@@ -344,10 +378,12 @@ def _record(
     key = zone or "global"
     report.by_zone[key] = report.by_zone.get(key, 0) + 1
     for problem in problems:
-        report.findings.append(AuditFinding(str(path.relative_to(home)), key, problem))
+        report.findings.append(AuditFinding(name, key, problem))
 
 
-def residency_audit(topology: Topology, policy: Policy, home: Path) -> AuditReport:
+def residency_audit(
+    topology: Topology, policy: Policy, home: Path, published: list[tuple[str, Path]] = ()
+) -> AuditReport:
     """Scan every row of every data file under `home` for zone-bound data outside its zone.
 
     Two passes. First, every value of every column the policy classifies as personal or
@@ -357,19 +393,32 @@ def residency_audit(topology: Topology, policy: Policy, home: Path) -> AuditRepo
     message counts too) is checked against the values of the other zones — or of every
     zone, for a file outside all zones — and zone-bound column names outside every zone
     are reported. Files are recognised by suffix or by content (replica objects).
+    `published`: (name, local copy) of objects stored outside every zone elsewhere than
+    under `home` (the platform's bucket, meridian.global_store), audited as such.
     """
+    files = [
+        (str(path.relative_to(home)), path, kind, _location_zone(topology, home, path))
+        for path, kind in _data_files(home)
+    ]
+    files += [(name, path, file_kind(path) or "unknown", None) for name, path in published]
+    return audit_files(policy, files, personal_values_by_zone(topology, policy, home))
+
+
+def audit_files(
+    policy: Policy, files: list[tuple[str, Path, str, str | None]], personal: dict[str, np.ndarray]
+) -> AuditReport:
+    """The audit's second pass over `files`: (name, path, kind, zone it is stored in, None outside
+    every zone), against each zone's `personal` values (personal_values_by_zone)."""
     from concurrent.futures import ThreadPoolExecutor
 
     report = AuditReport()
-    files = [(path, kind, _location_zone(topology, home, path)) for path, kind in _data_files(home)]
-    personal = personal_values_by_zone(topology, policy, home)
     every = np.unique(np.concatenate(list(personal.values()))) if personal else np.array([], dtype=np.uint64)
     foreign_by_zone = {zone: np.setdiff1d(every, own, assume_unique=True) for zone, own in personal.items()}
     # A replica object is a byte-for-byte copy of a file in the same zone (content-addressed):
     # the same bytes in the same zone give the same findings, so each is scanned once.
-    keys = [(_content_digest(path), zone) for path, _, zone in files]
+    keys = [(_content_digest(path), zone) for _, path, _, zone in files]
     first = {}
-    for (path, kind, zone), key in zip(files, keys, strict=True):
+    for (_, path, kind, zone), key in zip(files, keys, strict=True):
         first.setdefault(key, (path, kind, zone))
 
     def scan(item: tuple[Path, str, str | None]) -> tuple[list[str], bool, bool]:
@@ -379,9 +428,9 @@ def residency_audit(topology: Topology, policy: Policy, home: Path) -> AuditRepo
 
     with ThreadPoolExecutor(max_workers=2) as pool:  # polars and NumPy release the GIL
         results = dict(zip(first, pool.map(scan, first.values()), strict=True))
-    for (path, _, zone), key in zip(files, keys, strict=True):
+    for (name, path, _, zone), key in zip(files, keys, strict=True):
         problems, bound, unreadable = results[key]
         report.files_unreadable += int(unreadable)
-        _record(report, home, path, zone, problems, bound)
+        _record(report, name, path, zone, problems, bound)
     report.personal_values_indexed = {z: int(v.size) for z, v in personal.items()}
     return report

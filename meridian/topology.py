@@ -165,6 +165,16 @@ class Topology(_Strict):
     global_cost: CostRates | None = None
     # Where the global services' steps run (no personal data: aggregates and metadata only).
     global_compute: Compute | None = None
+    # Where the global services publish (meridian.global_store): MERIDIAN_HOME when unset,
+    # else the platform's own bucket, `s3://bucket/prefix`, outside every zone.
+    global_storage_root: str | None = None
+
+    @field_validator("global_storage_root")
+    @classmethod
+    def _object_store_url(cls, value: str | None) -> str | None:
+        if value is not None and not (value.startswith("s3://") and len(value) > len("s3://")):
+            raise ValueError(f"{value!r}: give an object-store URL, s3://bucket/prefix (or leave it unset)")
+        return value
 
     def zone_of(self, region: str) -> str:
         return self.region(region).zone
@@ -224,7 +234,19 @@ def _check_references(topology: Topology) -> list[str]:
                 )
     if not topology.active_regions:
         problems.append("no active region")
+    if topology.global_storage_root is not None:
+        bucket = _bucket(topology.global_storage_root)
+        for region in topology.regions:
+            if "://" in region.storage_root and _bucket(region.storage_root) == bucket:
+                problems.append(
+                    f"global_storage_root {topology.global_storage_root!r} is in the bucket of region {region.name!r}: "
+                    f"the global services publish outside every zone, in a bucket of their own"
+                )
     return problems
+
+
+def _bucket(url: str) -> str:
+    return url.split("://", 1)[1].split("/", 1)[0]
 
 
 def parse_topology(raw: object, source: str = "<memory>") -> Topology:

@@ -13,6 +13,7 @@ import dagster as dg
 import polars as pl
 from pydantic import Field
 
+from meridian.global_store import GlobalStore
 from meridian.lake import parquet_row_count, partition_file, write_parquet_atomic
 from meridian.lake_tables import DELTA_TABLES
 from meridian.paths import RegionPaths, meridian_home, region_paths
@@ -48,6 +49,10 @@ class RegionalLakeResource(dg.ConfigurableResource):
         if paths.host == region:
             ensure_provisioned(self.root(), paths)
         return paths
+
+    def global_store(self, topology: Topology) -> GlobalStore:
+        """Where the global services publish (the data root, or the platform's bucket)."""
+        return GlobalStore.of(topology, self.root())
 
     def primary_paths(self, topology: Topology, region: str) -> RegionPaths:
         return region_paths(topology.region(region), self.root())

@@ -177,6 +177,7 @@ def production(tmp_path_factory, redis_url):
 HEAVY_FIRST = (
     "test_production_daemon",
     "test_cli_run",
+    "test_residency_on_the_wire",
     "test_monitoring",
     "test_dbt_incremental",
     "test_production",

@@ -110,13 +110,20 @@ def _start_front(endpoint: str, store_url: str, log_path: Path) -> subprocess.Po
             time.sleep(0.05)
 
 
-def start_region_store(region: str, workdir: Path, front: bool = False) -> RegionObjectStore:
+def start_region_store(
+    region: str, workdir: Path, front: bool = False, wire_log: Path | None = None
+) -> RegionObjectStore:
     """The region's store; with `front`, reached through an endpoint the drills can kill and
-    freeze without losing the objects (tests.endpoint_front)."""
+    freeze without losing the objects (tests.endpoint_front); with `wire_log`, a folder where
+    the endpoint logs and keeps every object written to it (tests.wire_log)."""
     port = free_port()
     log = open(workdir / f"moto-{region}.log", "w")  # noqa: SIM115 - the server's output, kept with it
+    server = ["moto.server", "-H", "127.0.0.1", "-p", str(port)]
+    if wire_log is not None:
+        server = ["tests.wire_log", str(port), str(wire_log)]
     process = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        [sys.executable, "-m", *server],
+        cwd=Path(__file__).resolve().parent.parent,
         env={
             **os.environ,
             "INITIAL_NO_AUTH_ACTION_COUNT": str(SETUP_CALLS),

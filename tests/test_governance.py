@@ -90,9 +90,16 @@ def test_the_audit_passes_on_clean_data_and_names_every_planted_leak(home):
         customer = pl.read_parquet(source, columns=["customer_id"])["customer_id"][0]
         con.execute("insert into notes values (?)", [f"escalated by support for {customer}, see ticket"])
     con.close()
+    # 4. an eu customer id in a Delta log entry outside every zone: JSON lines under `.json`,
+    # the id inside the column statistics (a string of JSON within the JSON)
+    log_entry = home / "exports" / "_delta_log" / "00000000000000000000.json"
+    log_entry.parent.mkdir()
+    stats = json.dumps({"numRecords": 1, "minValues": {"customer_id": customer}})
+    log_entry.write_text(json.dumps({"commitInfo": {}}) + "\n" + json.dumps({"add": {"stats": stats}}) + "\n")
     report = residency.residency_audit(TOPOLOGY, POLICY, home)
     assert not report.passed
     problems = _problems_by_path(report)
+    assert "of zone(s) ['eu']" in problems["exports/_delta_log/00000000000000000000.json"]
     assert (
         "personal or pseudonymous value(s) of zone(s) ['eu']"
         in problems["regions/us-east/lake/scratch/copy.parquet"]
@@ -104,7 +111,7 @@ def test_the_audit_passes_on_clean_data_and_names_every_planted_leak(home):
     )
     assert "of zone(s) ['eu']" in problems["dagster/runs.db"]
     # The same file inside its own zone is fine (a DR replica in eu-central, say).
-    for path in (planted_us, renamed, db):
+    for path in (planted_us, renamed, db, log_entry):
         path.unlink()
     eu_central = (
         region_paths(TOPOLOGY.region("eu-central"), home).root / "replicas" / "eu-west" / "copy.parquet"

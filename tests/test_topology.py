@@ -59,6 +59,21 @@ def test_duplicate_region_is_refused():
         parse_topology(raw)
 
 
+def test_the_global_services_publish_to_a_bucket_of_their_own_outside_every_zone():
+    raw = copy.deepcopy(RAW)
+    raw["global_storage_root"] = "platform/global"
+    with pytest.raises(
+        TopologyError, match=r"global_storage_root: .*give an object-store URL, s3://bucket/prefix"
+    ):
+        parse_topology(raw)
+    _region(raw, "eu-west")["storage_root"] = "s3://meridian-eu/eu-west"
+    raw["global_storage_root"] = "s3://meridian-eu/platform"
+    with pytest.raises(TopologyError, match=r"is in the bucket of region 'eu-west'"):
+        parse_topology(raw)
+    raw["global_storage_root"] = "s3://meridian-platform/published"
+    assert parse_topology(raw).global_storage_root == "s3://meridian-platform/published"
+
+
 def test_missing_field_is_refused_with_its_path():
     raw = copy.deepcopy(RAW)
     del _region(raw, "us-east")["cost"]["transfer_gb"]
