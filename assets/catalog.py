@@ -9,6 +9,7 @@ import dagster as dg
 from assets.governance import GLOBAL_GROUP
 from assets.replication_status import replication_status
 from meridian import governance
+from meridian.lake_tables import DELTA_TABLES
 from meridian.report import markdown_table
 from resources.lake import RegionalLakeResource
 from resources.topology import RegionTopologyResource
@@ -25,7 +26,13 @@ def _actual_columns(
     import pyarrow.parquet as pq
 
     for region in topo.active_region_names:
-        files = sorted(lake.paths(topo, region).table(table).glob("*/*.parquet"))
+        paths = lake.paths(topo, region)
+        if table in DELTA_TABLES:  # its newest version's schema, on disk or on the region's bucket
+            dataset = paths.lake_table(table).dataset()
+            if dataset is not None:
+                found |= set(dataset.schema.names) - set(DELTA_TABLES[table])
+            continue
+        files = sorted(paths.table(table).glob("day=*/*.parquet"))
         if files:
             found |= set(pq.read_schema(files[-1]).names)
     return found or None

@@ -161,14 +161,17 @@ def test_no_personal_value_crosses_a_zone_on_the_wire(platform_on_the_wire):
     ):
         assert f"platform/{name}" in published, (name, sorted(published))
     assert report.by_zone.get("global", 0) >= 5
-    audit = json.loads(
-        (wire / GLOBAL / "objects" / _copy_of(wire, "platform/platform/residency_audit.json")).read_text()
-    )
+    audit = json.loads(_published(wire, "platform/platform/residency_audit.json"))
     assert audit["passed"] is True, audit["findings"][:5]
+    # The catalog read each lake table's columns from the regions' buckets: as the policy declares.
+    catalog = json.loads(_published(wire, "platform/platform/governance_catalog.json"))
+    assert catalog["problems"] == [], catalog["problems"]
 
 
-def _copy_of(wire: Path, key: str) -> str:
-    return [w["copy"] for w in _writes(wire, GLOBAL) if w["key"] == key][-1]
+def _published(wire: Path, key: str) -> bytes:
+    """The last version of `key` the platform's endpoint received."""
+    copy = [w["copy"] for w in _writes(wire, GLOBAL) if w["key"] == key][-1]
+    return (wire / GLOBAL / "objects" / copy).read_bytes()
 
 
 def test_a_planted_cross_zone_write_fails_the_check(platform_on_the_wire, monkeypatch):
