@@ -803,12 +803,20 @@ def test_object_store_drill_kills_the_regions_endpoint_and_redis_and_serves_from
     credentials) and the promoted Redis replica. The DR site writes the region's lake while it
     serves. The endpoint returns with its objects; failback merges the DR site's commits back
     as new commits, reports exactly the late day as the RPO, rewinds the replica and
-    replicates the region's commits to it."""
+    replicates the region's commits to it.
+
+    Detection and failover run as in operation: dagster-daemon and `meridian health-loop` as
+    shipped, with the region's endpoints and Redis in their environment; the loop launches
+    the failover run into the daemon's instance."""
+    from dagster._core.instance import DagsterInstance
+
     from assets.replication import build_replica_asset
+    from meridian.dr import health
     from meridian.lake_replication import replica_location
     from meridian.lake_tables import LakeLocation
     from resources.topology import RegionTopologyResource
     from serving.main import build_app
+    from tests.daemon import shipped_local_env, start_daemon, start_health_loop, stop_daemon, stop_health_loop
 
     home, resources, primary_paths = home_copy
     stores, topology_file, env_vars = _lake_to_buckets(home, tmp_path)
@@ -819,15 +827,27 @@ def test_object_store_drill_kills_the_regions_endpoint_and_redis_and_serves_from
         "topology": RegionTopologyResource(path=str(topology_file)),
     }
     raw_lake_replica = build_replica_asset("raw_lake")
+    drill_env = {
+        **env_vars,
+        "MERIDIAN_ONLINE_STORE": "redis",
+        "MERIDIAN_REDIS_URL": redis_url,
+        "MERIDIAN_REDIS_URL_EU_WEST": primary_redis.url,
+        "MERIDIAN_REDIS_REPLICA_URL_EU_WEST": replica_redis.url,
+    }
+    operated = {**shipped_local_env(home), **drill_env}
+    daemon, daemon_log = start_daemon(operated, tmp_path / "daemon.log")  # starts while drill 3 runs
+    loop = loop_log = None
+
+    def logs() -> str:
+        return "".join(
+            (tmp_path / name).read_text()[-2000:]
+            for name in ("loop.log", "daemon.log")
+            if (tmp_path / name).exists()
+        )
+
     try:
         with pytest.MonkeyPatch.context() as env, dg.instance_for_test() as instance:
-            for name, value in {
-                **env_vars,
-                "MERIDIAN_ONLINE_STORE": "redis",
-                "MERIDIAN_REDIS_URL": redis_url,
-                "MERIDIAN_REDIS_URL_EU_WEST": primary_redis.url,
-                "MERIDIAN_REDIS_REPLICA_URL_EU_WEST": replica_redis.url,
-            }.items():
+            for name, value in drill_env.items():
                 env.setenv(name, value)
             topology = load_topology(topology_file)
             primary = dr.primary_paths(topology, home, REGION)
@@ -872,11 +892,18 @@ def test_object_store_drill_kills_the_regions_endpoint_and_redis_and_serves_from
                     == source_table.read(version=version).height
                 )
 
+            loop, loop_log = start_health_loop(operated, home, tmp_path / "loop.log")
             with serving(build_app(poll_seconds=0.2, regions=[REGION])) as url:
                 status_code, body = _call(f"{url}/v1/{REGION}/score", _transaction(home, 40))
                 assert status_code == 200 and body["site"] == REGION
-                requests, cursor = _evaluate_sensor(instance, resources, None)
-                assert requests == []
+                deadline = time.monotonic() + 180
+                while not (
+                    health.loop_alive(home)
+                    and REGION in health.load(home)["tracker"]["seen_up"]
+                    and "region_health_sensor" in (tmp_path / "daemon.log").read_text()
+                ):
+                    assert time.monotonic() < deadline and loop.poll() is None, logs()
+                    time.sleep(0.2)
                 # A day lands after the last replication: the lake's RPO.
                 source_table.replace(rows, day=LATE_DAY, origin="source")
                 time.sleep(0.05)
@@ -885,14 +912,19 @@ def test_object_store_drill_kills_the_regions_endpoint_and_redis_and_serves_from
                 fault_at = time.monotonic()
                 stores[REGION].kill_endpoint()
                 primary_redis.kill()
-                reason, _ = _fail_over_when_detected(instance, resources, cursor)
-                assert "lake table" in reason and "unreachable" in reason, reason
                 body = _score_until(url, _transaction(home, 41), fault_at, 30, site=DR_REGION)
                 rto = time.monotonic() - fault_at
                 print(
                     f"RTO, eu-west's endpoint and Redis SIGKILLed to the first score from eu-central: {rto:.2f} s"
                 )
                 assert rto < RTO_TARGET_S, rto
+                # The failover was the loop's run in the daemon's instance, for the lake's outage.
+                with DagsterInstance.from_config(operated["DAGSTER_HOME"]) as operated_instance:
+                    runs = operated_instance.get_run_records(dg.RunsFilter(job_name="region_failover"))
+                assert [r.dagster_run.tags["meridian/triggered_by"] for r in runs] == ["health_loop"], logs()
+                assert runs[0].dagster_run.status == dg.DagsterRunStatus.SUCCESS
+                reason = runs[0].dagster_run.run_config["ops"]["region_failover_op"]["config"]["reason"]
+                assert "lake table" in reason and "unreachable" in reason, reason
                 # The region's lake is its replica in eu-central's bucket now: the DR site writes it.
                 serving_lake = dr.active_paths(topology, home, REGION)
                 assert (
@@ -934,6 +966,9 @@ def test_object_store_drill_kills_the_regions_endpoint_and_redis_and_serves_from
                 assert dg.materialize([raw_lake_replica], resources=resources, partition_key=REGION).success
                 _score_until(url, _transaction(home, 42), fault_at, 60, site=REGION)
     finally:
+        if loop is not None:
+            stop_health_loop(loop, loop_log)
+        stop_daemon(daemon, daemon_log)
         primary_redis.close()
         replica_redis.close()
         for s in stores.values():
