@@ -35,13 +35,18 @@ from meridian.validation import (
     validate_transactions,
 )
 from resources.alerting import AlertingResource
-from resources.lake import RegionalLakeResource
+from resources.lake import PartitionWrite, RegionalLakeResource
 from resources.source import TransactionSourceResource
 from resources.topology import RegionTopologyResource
 
 RECONCILIATION_CHECK = "accepted_plus_quarantined_equals_delivered"
 INGESTION_GROUP = "ingestion"
 OWNERS = ["team:fraud-data"]
+
+
+# Delivered rows per lake commit in a ranged run: days are committed together up to this many
+# (a 62-day default run is one commit per table; a 500k-rows-a-day backfill one per 2 days).
+BATCH_ROWS = 1_000_000
 
 
 def _ingest(
@@ -74,7 +79,10 @@ def _ingest(
             for folder in (paths.lake, landing.landing_root(paths.root), landing.state_root(paths.root)):
                 for leftover in sweep_temporaries(folder):
                     swept.append(str(leftover.relative_to(paths.root)))
-            for day in days:
+            # Days are validated one by one and committed in batches: a batch's days are one
+            # commit per table (all of them or none), then their deliveries are marked ingested.
+            pending: list[tuple[str, landing.DayDelivery, landing.DayResult]] = []
+            for index, day in enumerate(days):
                 served = source.deliver(
                     feed, region, date.fromisoformat(day), store, paths.lake_table("raw_transactions")
                 )
@@ -85,51 +93,44 @@ def _ingest(
                 result = landing.validate_day(
                     delivery, lambda rows, d=day, r=region: validate(rows, date.fromisoformat(d), r), feed
                 )
-                accepted = lake.write_partition(paths, accepted_key.path[-1], day, result.accepted)
-                quarantined = lake.write_partition(paths, quarantine_key.path[-1], day, result.quarantined)
-                landing.commit_day(paths.root, feed, day, delivery)  # the lake holds them: ingested
-                for reason, n in result.reasons().items():
-                    reasons[reason] = reasons.get(reason, 0) + n
-                conflicting = result.quarantined.filter(pl.col("reason").str.starts_with(CONFLICT_REASON))
-                if conflicting.height:  # someone sent another payment's content under an id
-                    alerting.send(
-                        "WARN",
-                        region_name,
-                        accepted_key.to_user_string(),
-                        f"conflicting-ids:{region_name}:{accepted_key.to_user_string()}:{day}",
-                        f"{conflicting['transaction_id'].n_unique()} id(s) of {day} were delivered with "
-                        "conflicting content; all their copies are quarantined",
-                        {"transaction_ids": conflicting["transaction_id"].unique().sort().head(20).to_list()},
+                pending.append((day, delivery, result))
+                if index < len(days) - 1 and sum(r.delivered for _, _, r in pending) < BATCH_ROWS:
+                    continue
+                written = {
+                    asset.path[-1]: lake.write_partitions(
+                        paths, asset.path[-1], {d: getattr(r, part) for d, _, r in pending}
                     )
-                for file in result.files.iter_rows(named=True):
-                    files.append({"region": region_name, "day": day, **file})
-                rows.append(
-                    {
-                        "region": region_name,
-                        "day": day,
-                        "files": result.files.height,
-                        "delivered": result.delivered,
-                        # chargebacks of transactions the scoring service served (labels only)
-                        **(
+                    for asset, part in ((accepted_key, "accepted"), (quarantine_key, "quarantined"))
+                }
+                for day, delivery, result in pending:
+                    landing.commit_day(paths.root, feed, day, delivery)  # the lake holds them: ingested
+                    accepted = written[accepted_key.path[-1]][day]
+                    quarantined = written[quarantine_key.path[-1]][day]
+                    for reason, n in result.reasons().items():
+                        reasons[reason] = reasons.get(reason, 0) + n
+                    conflicting = result.quarantined.filter(pl.col("reason").str.starts_with(CONFLICT_REASON))
+                    if conflicting.height:  # someone sent another payment's content under an id
+                        alerting.send(
+                            "WARN",
+                            region_name,
+                            accepted_key.to_user_string(),
+                            f"conflicting-ids:{region_name}:{accepted_key.to_user_string()}:{day}",
+                            f"{conflicting['transaction_id'].n_unique()} id(s) of {day} were delivered with "
+                            "conflicting content; all their copies are quarantined",
                             {
-                                "served_chargebacks": sum(
-                                    r.get("served_chargebacks", 0) for r in delivery.manifest.values()
-                                )
-                            }
-                            if labels
-                            else {}
-                        ),
-                        "accepted": accepted.rows,
-                        "quarantined": quarantined.rows,
-                        "accepted_bytes": accepted.bytes,
-                        # the Delta version of the accepted table that holds this day now
-                        "lake_version": accepted.version,
-                        # accepted ids repeated, or delivered in another form: must be 0
-                        "conflicts_accepted": accepted_conflicts(
-                            delivery.rows, result.accepted_with_source, identity
-                        ),
-                    }
-                )
+                                "transaction_ids": conflicting["transaction_id"]
+                                .unique()
+                                .sort()
+                                .head(20)
+                                .to_list()
+                            },
+                        )
+                    for file in result.files.iter_rows(named=True):
+                        files.append({"region": region_name, "day": day, **file})
+                    rows.append(
+                        _day_row(region_name, day, delivery, result, accepted, quarantined, labels, identity)
+                    )
+                pending = []
                 lake_dirs.add(str(paths.table(accepted_key.path[-1])))
     failures.raise_if_any([accepted_key, quarantine_key], run_days)
     table = pl.DataFrame(rows)
@@ -202,6 +203,38 @@ def _ingest(
             "unbalanced_files": dg.MetadataValue.json(unbalanced_files.to_dicts()),
         },
     )
+
+
+def _day_row(
+    region: str,
+    day: str,
+    delivery: landing.DayDelivery,
+    result: landing.DayResult,
+    accepted: PartitionWrite,
+    quarantined: PartitionWrite,
+    labels: bool,
+    identity: tuple[str, ...] | None,
+) -> dict[str, object]:
+    """One region-day of the run: what was delivered, and what the lake's commit holds of it."""
+    return {
+        "region": region,
+        "day": day,
+        "files": result.files.height,
+        "delivered": result.delivered,
+        # chargebacks of transactions the scoring service served (labels only)
+        **(
+            {"served_chargebacks": sum(r.get("served_chargebacks", 0) for r in delivery.manifest.values())}
+            if labels
+            else {}
+        ),
+        "accepted": accepted.rows,
+        "quarantined": quarantined.rows,
+        "accepted_bytes": accepted.bytes,
+        # the Delta version of the accepted table that holds this day now
+        "lake_version": accepted.version,
+        # accepted ids repeated, or delivered in another form: must be 0
+        "conflicts_accepted": accepted_conflicts(delivery.rows, result.accepted_with_source, identity),
+    }
 
 
 def _file_rows_for_ui(files: list[dict[str, object]], limit: int = 60) -> list[dict[str, object]]:

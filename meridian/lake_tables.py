@@ -23,6 +23,7 @@ What the format gives, and what this module adds to it:
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import re
 import time
@@ -149,6 +150,10 @@ class Commit:
     removed_files: int
     attempts: int
     bytes: int = 0  # of the data files the commit added
+    # per partition (its values in partition_by order), from the commit's own add actions;
+    # a partition the commit emptied has no entry
+    partition_rows: dict[tuple[str, ...], int] = dataclasses.field(default_factory=dict)
+    partition_bytes: dict[tuple[str, ...], int] = dataclasses.field(default_factory=dict)
 
 
 def _partition_value(column: str, value: object) -> str:
@@ -214,21 +219,42 @@ class LakeTable:
         An empty `frame` removes the partition's rows. Retries a commit that lost a race to
         another writer; raises LakeCommitConflict after COMMIT_ATTEMPTS.
         """
+        return self.replace_partitions([(partition, frame)])
+
+    def replace_partitions(self, parts: Sequence[tuple[Mapping[str, object], pl.DataFrame]]) -> Commit:
+        """Replace several partitions (each naming every partition column) in one commit: a
+        reader sees all of them replaced or none. The commit's rows and bytes per partition
+        are read back from its log entry (`Commit.partition_rows`, `partition_bytes`)."""
         from deltalake import CommitProperties, write_deltalake
         from deltalake.exceptions import CommitFailedError, SchemaMismatchError
 
-        if set(partition) != set(self.partition_by):
-            raise LakeTableError(
-                f"{self.uri}: a replacement names every partition column {list(self.partition_by)}, got {sorted(partition)}"
-            )
-        values = {column: _partition_value(column, partition[column]) for column in self.partition_by}
-        clashing = [c for c in self.partition_by if c in frame.columns]
-        if clashing:
-            raise LakeTableError(f"{self.uri}: the frame carries partition column(s) {clashing} itself")
-        data = _arrow(frame.with_columns(pl.lit(v, pl.String).alias(c) for c, v in values.items()))
+        if not parts:
+            raise LakeTableError(f"{self.uri}: a replacement names at least one partition")
+        frames, clauses, seen = [], [], set()
+        for partition, frame in parts:
+            if set(partition) != set(self.partition_by):
+                raise LakeTableError(
+                    f"{self.uri}: a replacement names every partition column {list(self.partition_by)}, got {sorted(partition)}"
+                )
+            values = {column: _partition_value(column, partition[column]) for column in self.partition_by}
+            key = tuple(values.values())
+            if key in seen:
+                raise LakeTableError(f"{self.uri}: partition {values} named twice in one replacement")
+            seen.add(key)
+            clashing = [c for c in self.partition_by if c in frame.columns]
+            if clashing:
+                raise LakeTableError(f"{self.uri}: the frame carries partition column(s) {clashing} itself")
+            frames.append(frame.with_columns(pl.lit(v, pl.String).alias(c) for c, v in values.items()))
+            clauses.append("(" + " AND ".join(f"{c} = '{v}'" for c, v in values.items()) + ")")
+        # An empty frame only names a partition to empty; the rows come from the others.
+        rows = [f for f in frames if f.height] or frames[:1]
+        try:
+            data = _arrow(pl.concat(rows, how="vertical") if len(rows) > 1 else rows[0])
+        except pl.exceptions.PolarsError as error:
+            raise LakeTableError(f"{self.uri}: the partitions' frames differ in their columns: {error}") from error
         current = self._open()  # opened once: checked against, then written to (a retry reopens)
         data = self._conform(data, current)
-        predicate = " AND ".join(f"{c} = '{v}'" for c, v in values.items())
+        predicate = " OR ".join(clauses) if len(clauses) > 1 else clauses[0][1:-1]
         options = self.location.storage_options()
         write_id = uuid.uuid4().hex  # finds this write's own commit in the history afterwards
         for attempt in range(1, COMMIT_ATTEMPTS + 1):
@@ -298,7 +324,16 @@ class LakeTable:
                 info = action.get("commitInfo")
                 if info is not None and info.get(WRITE_ID) == write_id:
                     metrics = info.get("operationMetrics") or {}
+                    rows_of: dict[tuple[str, ...], int] = {}
+                    bytes_of: dict[tuple[str, ...], int] = {}
+                    for add in (a["add"] for a in actions if "add" in a):
+                        key = tuple(str(add["partitionValues"].get(c)) for c in self.partition_by)
+                        stats = orjson.loads(add["stats"]) if add.get("stats") else {}
+                        rows_of[key] = rows_of.get(key, 0) + int(stats.get("numRecords", 0))
+                        bytes_of[key] = bytes_of.get(key, 0) + int(add.get("size", 0))
                     return Commit(
+                        partition_rows=rows_of,
+                        partition_bytes=bytes_of,
                         bytes=sum(int(a["add"].get("size", 0)) for a in actions if "add" in a),
                         table=self.name,
                         version=version,

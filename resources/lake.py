@@ -66,14 +66,32 @@ class RegionalLakeResource(dg.ConfigurableResource):
         has origins, only `origin`'s share of it); any other table one Parquet file per day.
         """
         if table in DELTA_TABLES:
-            lake_table = paths.lake_table(table)
-            partition = (
-                {"day": day, "origin": origin} if "origin" in lake_table.partition_by else {"day": day}
-            )
-            commit = lake_table.replace(frame, **partition)
-            return PartitionWrite(
-                path=paths.table(table), rows=commit.rows, bytes=commit.bytes, version=commit.version
-            )
+            return self.write_partitions(paths, table, {day: frame}, origin)[day]
         path = partition_file(paths.table(table), day)
         size = write_parquet_atomic(frame, path)
         return PartitionWrite(path=path, rows=parquet_row_count(path), bytes=size)
+
+    def write_partitions(
+        self, paths: RegionPaths, table: str, frames: dict[str, pl.DataFrame], origin: str = "source"
+    ) -> dict[str, PartitionWrite]:
+        """Replace several days of `table` (day -> frame): a Delta table in one commit, every day
+        or none (a backfill's days cost one commit, not one each: on object storage a commit is
+        a dozen requests); any other table a file per day. Rows and bytes per day are read
+        back from the commit."""
+        if table not in DELTA_TABLES:
+            return {day: self.write_partition(paths, table, day, frame, origin) for day, frame in frames.items()}
+        lake_table = paths.lake_table(table)
+        with_origin = "origin" in lake_table.partition_by
+        commit = lake_table.replace_partitions(
+            [({"day": day, **({"origin": origin} if with_origin else {})}, f) for day, f in frames.items()]
+        )
+        out = {}
+        for day in frames:
+            key = (day, origin) if with_origin else (day,)
+            out[day] = PartitionWrite(
+                path=paths.table(table),
+                rows=commit.partition_rows.get(key, 0),
+                bytes=commit.partition_bytes.get(key, 0),
+                version=commit.version,
+            )
+        return out

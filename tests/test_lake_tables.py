@@ -98,6 +98,39 @@ def test_a_day_is_replaced_in_one_commit_and_every_version_stays_readable(locati
     assert table.read(version=second.version, where={"day": DAY, "origin": "source"}).height == 4
 
 
+def test_several_days_are_replaced_in_one_commit_with_their_rows_read_back_per_day(location):
+    """A backfill's days in one commit: a reader sees all of them or none; the commit says how
+    many rows each day holds; an empty day empties its partition; the other origin is kept."""
+    table = location.table("raw_transactions", ("day", "origin"))
+    days = [DAY + timedelta(days=i) for i in range(3)]
+    table.replace(_rows(2, 9, days[0]), day=days[0], origin="served")
+    table.replace(_rows(6, 1, days[2]), day=days[2], origin="source")
+    before = table.version()
+    commit = table.replace_partitions(
+        [
+            ({"day": days[0], "origin": "source"}, _rows(5, 2, days[0])),
+            ({"day": days[1], "origin": "source"}, _rows(4, 2, days[1])),
+            ({"day": days[2], "origin": "source"}, _rows(0, 2, days[2])),  # emptied
+        ]
+    )
+    assert commit.version == before + 1  # one commit for the three days
+    key = lambda d: (d.isoformat(), "source")  # noqa: E731
+    assert commit.partition_rows == {key(days[0]): 5, key(days[1]): 4}
+    assert commit.partition_bytes[key(days[0])] > 0 and commit.rows == 9
+    now = table.read()
+    assert sorted(now.group_by("day", "origin").len().rows()) == [
+        (days[0].isoformat(), "served", 2),
+        (days[0].isoformat(), "source", 5),
+        (days[1].isoformat(), "source", 4),
+    ]
+    assert table.read(version=before).filter(pl.col("origin") == "source").height == 6  # the version before
+    with pytest.raises(LakeTableError, match="named twice"):
+        table.replace_partitions(
+            [({"day": DAY, "origin": "source"}, _rows(1, 3)), ({"day": DAY, "origin": "source"}, _rows(1, 3))]
+        )
+    assert table.version() == commit.version  # a refused replacement commits nothing
+
+
 def test_a_frame_that_does_not_match_the_tables_schema_is_refused_not_cast(location):
     table = location.table("raw_labels")
     table.replace(_rows(3, 1), day=DAY)
