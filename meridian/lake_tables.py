@@ -251,7 +251,9 @@ class LakeTable:
         try:
             data = _arrow(pl.concat(rows, how="vertical") if len(rows) > 1 else rows[0])
         except pl.exceptions.PolarsError as error:
-            raise LakeTableError(f"{self.uri}: the partitions' frames differ in their columns: {error}") from error
+            raise LakeTableError(
+                f"{self.uri}: the partitions' frames differ in their columns: {error}"
+            ) from error
         current = self._open()  # opened once: checked against, then written to (a retry reopens)
         data = self._conform(data, current)
         predicate = " OR ".join(clauses) if len(clauses) > 1 else clauses[0][1:-1]

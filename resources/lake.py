@@ -79,7 +79,9 @@ class RegionalLakeResource(dg.ConfigurableResource):
         a dozen requests); any other table a file per day. Rows and bytes per day are read
         back from the commit."""
         if table not in DELTA_TABLES:
-            return {day: self.write_partition(paths, table, day, frame, origin) for day, frame in frames.items()}
+            return {
+                day: self.write_partition(paths, table, day, frame, origin) for day, frame in frames.items()
+            }
         lake_table = paths.lake_table(table)
         with_origin = "origin" in lake_table.partition_by
         commit = lake_table.replace_partitions(
