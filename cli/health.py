@@ -43,7 +43,11 @@ def run_loop(interval: float, max_seconds: float | None = None) -> int:
     tracker = health.HealthTracker(topology.failover, health.load(home).get("tracker"))
     stop = []
     attempted: set[str] = set()
-    signal.signal(signal.SIGTERM, lambda *_: stop.append(True))
+
+    def on_sigterm(*_) -> None:
+        stop.append(True)
+
+    signal.signal(signal.SIGTERM, on_sigterm)
     started = time.monotonic()
     print(
         f"meridian health-loop: probing {', '.join(topology.active_region_names)} every {interval} s",
@@ -92,6 +96,8 @@ def run_loop(interval: float, max_seconds: float | None = None) -> int:
                     raise_on_error=False,
                 )
                 print(f"{region}: failover run {outcome.run_id} success={outcome.success}", flush=True)
+                # Dagster's run set SIGTERM to raise KeyboardInterrupt: stop between ticks again.
+                signal.signal(signal.SIGTERM, on_sigterm)
             health.save(home, tracker, loop_interval=interval)
             time.sleep(max(0.0, interval - (time.monotonic() - tick)))
     return 0

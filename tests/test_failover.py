@@ -15,6 +15,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from datetime import UTC, datetime
 from pathlib import Path
 
 import dagster as dg
@@ -433,6 +434,21 @@ def _fail_back(instance, resources) -> dict:
     return back.output_for_node("region_failover_op")
 
 
+def _wait_until_watched(home: Path, loop, daemon_log: Path, logs) -> None:
+    """Until the health loop is alive and has seen the region up, and the daemon has started
+    the health sensor (which stands aside while the loop is alive)."""
+    from meridian.dr import health
+
+    deadline = time.monotonic() + 180
+    while not (
+        health.loop_alive(home)
+        and REGION in health.load(home)["tracker"]["seen_up"]
+        and "region_health_sensor" in daemon_log.read_text()
+    ):
+        assert time.monotonic() < deadline and loop.poll() is None, logs()
+        time.sleep(0.2)
+
+
 def _evaluate_sensor(instance, resources, cursor):
     context = dg.build_sensor_context(instance=instance, cursor=cursor, resources=resources)
     requests = list(region_health_sensor(context) or [])
@@ -562,7 +578,6 @@ def test_the_rto_with_the_daemon_and_the_health_loop_as_shipped(region_with_repl
     dagster_home = Path(env["DAGSTER_HOME"])
     daemon, daemon_log = start_daemon(env, tmp_path / "daemon.log")
     loop, loop_log = start_health_loop(env, home, tmp_path / "loop.log")
-    from meridian.dr import health
 
     def logs() -> str:
         return (tmp_path / "loop.log").read_text()[-2000:] + (tmp_path / "daemon.log").read_text()[-2000:]
@@ -571,14 +586,7 @@ def test_the_rto_with_the_daemon_and_the_health_loop_as_shipped(region_with_repl
         with pytest.MonkeyPatch.context() as patch:
             patch.setenv("MERIDIAN_HOME", str(home))
             with serving(build_app(regions=[REGION])) as url:
-                deadline = time.monotonic() + 180
-                while not (
-                    health.loop_alive(home)
-                    and REGION in health.load(home)["tracker"]["seen_up"]
-                    and "region_health_sensor" in (tmp_path / "daemon.log").read_text()
-                ):
-                    assert time.monotonic() < deadline and loop.poll() is None, logs()
-                    time.sleep(0.2)
+                _wait_until_watched(home, loop, tmp_path / "daemon.log", logs)
                 assert _call(f"{url}/v1/{REGION}/score", _transaction(home, 100))[1]["site"] == REGION
                 lost = primary.root.with_name(f"{REGION}.lost")
                 fault_at = time.monotonic()
@@ -811,7 +819,6 @@ def test_object_store_drill_kills_the_regions_endpoint_and_redis_and_serves_from
     from dagster._core.instance import DagsterInstance
 
     from assets.replication import build_replica_asset
-    from meridian.dr import health
     from meridian.lake_replication import replica_location
     from meridian.lake_tables import LakeLocation
     from resources.topology import RegionTopologyResource
@@ -896,20 +903,13 @@ def test_object_store_drill_kills_the_regions_endpoint_and_redis_and_serves_from
             with serving(build_app(poll_seconds=0.2, regions=[REGION])) as url:
                 status_code, body = _call(f"{url}/v1/{REGION}/score", _transaction(home, 40))
                 assert status_code == 200 and body["site"] == REGION
-                deadline = time.monotonic() + 180
-                while not (
-                    health.loop_alive(home)
-                    and REGION in health.load(home)["tracker"]["seen_up"]
-                    and "region_health_sensor" in (tmp_path / "daemon.log").read_text()
-                ):
-                    assert time.monotonic() < deadline and loop.poll() is None, logs()
-                    time.sleep(0.2)
+                _wait_until_watched(home, loop, tmp_path / "daemon.log", logs)
                 # A day lands after the last replication: the lake's RPO.
                 source_table.replace(rows, day=LATE_DAY, origin="source")
                 time.sleep(0.05)
 
                 # ---- drill 1: the region's endpoint and its Redis are SIGKILLed
-                fault_at = time.monotonic()
+                fault_at, fault_wall = time.monotonic(), datetime.now(UTC)
                 stores[REGION].kill_endpoint()
                 primary_redis.kill()
                 body = _score_until(url, _transaction(home, 41), fault_at, 30, site=DR_REGION)
@@ -920,7 +920,10 @@ def test_object_store_drill_kills_the_regions_endpoint_and_redis_and_serves_from
                 assert rto < RTO_TARGET_S, rto
                 # The failover was the loop's run in the daemon's instance, for the lake's outage.
                 with DagsterInstance.from_config(operated["DAGSTER_HOME"]) as operated_instance:
-                    runs = operated_instance.get_run_records(dg.RunsFilter(job_name="region_failover"))
+                    # (the copied home's instance holds the module's earlier drills' runs)
+                    runs = operated_instance.get_run_records(
+                        dg.RunsFilter(job_name="region_failover", created_after=fault_wall)
+                    )
                 assert [r.dagster_run.tags["meridian/triggered_by"] for r in runs] == ["health_loop"], logs()
                 assert runs[0].dagster_run.status == dg.DagsterRunStatus.SUCCESS
                 reason = runs[0].dagster_run.run_config["ops"]["region_failover_op"]["config"]["reason"]
