@@ -9,7 +9,8 @@ meridian.lake_tables. Then, alternating, `--repeat` rounds of:
   source and written to a fresh prefix of the target, boto3, `THREADS` threads;
 - **Meridian**: `meridian.lake_replication.replicate_table` into another fresh prefix of the
   target: the log read, the files it references copied with the same client and threads
-  (MD5 checked against the source ETag, Content-MD5 sent, xxh3 computed and stored), then
+  (MD5 checked against the source ETag, CRC32 sent for the target to check, xxh3 computed
+  and stored; the plain copy's writes carry botocore's CRC32 too), then
   the log entries in order.
 
 The best round of each is compared (throughput in MB/s of data moved). Then the incremental

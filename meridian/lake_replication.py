@@ -10,8 +10,8 @@ if each log entry arrives only after every data file it references:
 2. Collect the data files the new versions add (from a checkpoint when the source's older
    log entries were cleaned up) and check residency on the table's schema, before any byte moves.
 3. Copy the data files the replica lacks, concurrently. Each is checksummed end to end: its
-   MD5 is compared with the source's ETag when read, and sent as Content-MD5 so the target
-   refuses bytes that changed in transit; its xxh3 is stored in the object's metadata.
+   MD5 is compared with the source's ETag when read, and its CRC32 is sent with the write so
+   the target refuses bytes that changed in transit; its xxh3 is stored in the object's metadata.
 4. Copy the log entries in version order, each a put-if-absent, then `_last_checkpoint`.
 
 Incremental: a run reads only the log entries newer than the replica's version and copies only
@@ -26,7 +26,6 @@ its DR region.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import re
 import time
@@ -157,11 +156,14 @@ def _copy(source: S3Location, src, target: S3Location, dst, rel: str, listed: St
         raise LakeReplicationError(
             f"{source.url}/{rel}: read {len(body)} bytes whose MD5 is not the object's ETag"
         )
+    # The write is checked by the target: botocore sends the body's CRC32 (x-amz-checksum-crc32)
+    # and the store refuses bytes that do not match it. (A Content-MD5 as well was a second
+    # check of the same bytes: one more MD5 pass in the store for nothing.)
     dst.put_object(
         Bucket=target.bucket,
         Key=target.key(rel),
         Body=body,
-        ContentMD5=base64.b64encode(md5.digest()).decode(),
+        ChecksumAlgorithm="CRC32",
         Metadata={"xxh3-128": xxhash.xxh3_128_hexdigest(body), "source-etag": listed.etag},
     )
     failpoint("lake_replication.file_copied")
@@ -236,7 +238,12 @@ def replicate_table(
     if missing:
         raise LakeReplicationError(f"{table}: the source's log is missing versions {missing[:5]}")
 
-    entries = {v: _get(source, src, source_log.commits[v].key) for v in versions}
+    # Reads are safe in any order: the log entries (and the checkpoints among them) at once.
+    later_checkpoints = [item.key for v in versions for item in source_log.checkpoints.get(v, [])]
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        keys = [source_log.commits[v].key for v in versions] + later_checkpoints
+        bodies = dict(zip(keys, pool.map(lambda key: _get(source, src, key), keys), strict=True))
+    entries = {v: bodies[source_log.commits[v].key] for v in versions}
     needed, metadata = set(), None
     checkpoint_bodies: list[tuple[str, bytes]] = []
     if base is not None:
@@ -280,7 +287,7 @@ def replicate_table(
         failpoint("lake_replication.log_entry_copied")
         result.replica_version = version
         for item in source_log.checkpoints.get(version, []):
-            _put_log_entry(target, dst, item.key, _get(source, src, item.key), table)
+            _put_log_entry(target, dst, item.key, bodies[item.key], table)
     if source_log.last_checkpoint is not None:
         dst.put_object(
             Bucket=target.bucket,

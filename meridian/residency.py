@@ -240,38 +240,41 @@ def personal_values_by_zone(topology: Topology, policy: Policy, home: Path) -> d
         for name, table in policy.tables.items()
         if table.store == "lake" and (bound := _zone_bound_columns(policy, table.columns))
     }
-    sources: list[tuple[str, Callable[[], pl.DataFrame | None], list[str]]] = []
+    sources: list[tuple[str, Callable[[], pl.DataFrame | None]]] = []
     for region in topology.regions:
         paths = region_paths(region, home)
         for name, bound in lake_tables.items():
             if paths.lake_url is not None:  # on the region's bucket: the table's current rows
+                # (a bucket that does not answer fails the audit: it cannot index that zone)
                 table = paths.lake_table(name)
-                sources.append((region.zone, lambda t=table, b=bound: _present(t.read(), b), bound))
+                sources.append((region.zone, lambda t=table, b=bound: _table_columns(t, b)))
                 continue
             # every data file of the table: one per day, or a Delta table's (day=*/[origin=*/]part-*)
             for path in sorted(paths.table(name).rglob("day=*/**/*.parquet")):
                 if not path.name.startswith("."):
-                    sources.append((region.zone, lambda p=path, b=bound: _parquet_columns(p, b), bound))
+                    sources.append((region.zone, lambda p=path, b=bound: parquet_columns(p, b)))
     return personal_values(sources)
 
 
-def _parquet_columns(path: Path, wanted: list[str]) -> pl.DataFrame:
+def parquet_columns(path: Path, wanted: list[str]) -> pl.DataFrame:
+    """The columns of a Parquet file among `wanted` (those it has)."""
     return pl.read_parquet(path, columns=[c for c in pq.read_schema(path).names if c in wanted])
 
 
-def _present(frame: pl.DataFrame | None, wanted: list[str]) -> pl.DataFrame | None:
-    return None if frame is None else frame.select(c for c in frame.columns if c in wanted)
+def _table_columns(table, wanted: list[str]) -> pl.DataFrame | None:
+    dataset = table.dataset()
+    if dataset is None:
+        return None
+    return table.read(columns=[c for c in dataset.schema.names if c in wanted])
 
 
-def personal_values(
-    sources: list[tuple[str, Callable[[], pl.DataFrame | None], list[str]]],
-) -> dict[str, np.ndarray]:
+def personal_values(sources: list[tuple[str, Callable[[], pl.DataFrame | None]]]) -> dict[str, np.ndarray]:
     """The hashed tokens of each zone's personal values: `sources` are (zone, a loader of a
-    frame of zone-bound columns, those columns), read two at a time."""
+    frame of its zone-bound columns), read two at a time."""
     from concurrent.futures import ThreadPoolExecutor
 
-    def tokens_of(source: tuple[str, Callable[[], pl.DataFrame | None], list[str]]) -> pl.Series | None:
-        _, load, _ = source
+    def tokens_of(source: tuple[str, Callable[[], pl.DataFrame | None]]) -> pl.Series | None:
+        _, load = source
         try:
             frame = load()
         except (OSError, pl.exceptions.PolarsError, ValueError):
@@ -280,7 +283,7 @@ def personal_values(
 
     found: dict[str, list[pl.Series]] = {}
     with ThreadPoolExecutor(max_workers=2) as pool:  # polars releases the GIL
-        for (zone, _, _), tokens in zip(sources, pool.map(tokens_of, sources), strict=True):
+        for (zone, _), tokens in zip(sources, pool.map(tokens_of, sources), strict=True):
             if tokens is not None:
                 found.setdefault(zone, []).append(tokens)
     return {zone: np.unique(_hashes(pl.concat(parts))) for zone, parts in found.items() if parts}

@@ -121,7 +121,7 @@ def audit_the_wire(wire: Path, zones: dict[str, str | None]) -> residency.AuditR
             files.append((f"{site}: s3://{write['bucket']}/{write['key']}", copy, kind, zone))
             for table, bound in record.items():
                 if kind == "parquet" and write["key"].startswith(f"{site}/lake/{table}/"):
-                    sources.append((zone, lambda c=copy, b=bound: residency._parquet_columns(c, b), bound))
+                    sources.append((zone, lambda c=copy, b=bound: residency.parquet_columns(c, b)))
     return residency.audit_files(policy, files, residency.personal_values(sources))
 
 
