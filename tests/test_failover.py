@@ -449,6 +449,28 @@ def _wait_until_watched(home: Path, loop, daemon_log: Path, logs) -> None:
         time.sleep(0.2)
 
 
+def _wait_for_replication_runs(dagster_home: str, logs) -> None:
+    """Until the daemon's instance has no `regional_replication` run queued or in flight (its
+    replication sensor launches one when it sees files the replicas lack): a write after this
+    is one no replication has copied when the fault comes."""
+    from dagster import DagsterInstance
+
+    unfinished = [
+        dg.DagsterRunStatus.QUEUED,
+        dg.DagsterRunStatus.NOT_STARTED,
+        dg.DagsterRunStatus.STARTING,
+        dg.DagsterRunStatus.STARTED,
+        dg.DagsterRunStatus.CANCELING,
+    ]
+    deadline = time.monotonic() + 180
+    with DagsterInstance.from_config(dagster_home) as instance:
+        while instance.get_run_records(
+            dg.RunsFilter(job_name="regional_replication", statuses=unfinished), limit=1
+        ):
+            assert time.monotonic() < deadline, logs()
+            time.sleep(0.2)
+
+
 def _evaluate_sensor(instance, resources, cursor):
     context = dg.build_sensor_context(instance=instance, cursor=cursor, resources=resources)
     requests = list(region_health_sensor(context) or [])
@@ -920,8 +942,8 @@ def test_object_store_drill_kills_the_regions_endpoint_and_redis_and_serves_from
                 assert status_code == 200 and body["site"] == REGION
                 _wait_until_watched(home, loop, tmp_path / "daemon.log", logs)
                 # A day lands after the last replication: the lake's RPO.
+                _wait_for_replication_runs(operated["DAGSTER_HOME"], logs)
                 source_table.replace(rows, day=LATE_DAY, origin="source")
-                replicated = replica.table("raw_transactions").version()  # what the DR site will serve
                 time.sleep(0.05)
 
                 # ---- drill 1: the region's endpoint and its Redis are SIGKILLed
@@ -951,6 +973,8 @@ def test_object_store_drill_kills_the_regions_endpoint_and_redis_and_serves_from
                     == f"s3://{stores[DR_REGION].bucket}/{DR_REGION}/replicas/{REGION}/lake"
                 )
                 at_failover = replica.table("raw_transactions").version()
+                # The replica's version the failover served from.
+                checked_out = dr.load_state(home)[REGION]["lake_versions"]["raw_transactions"]
                 time.sleep(1.5)  # the stream log's writer flushes every 200 ms, fsyncs every second
                 assert dg.materialize([serving_stream], resources=resources, partition_key=REGION).success
                 served = replica.table("raw_transactions").read(where={"origin": "served"})
@@ -964,10 +988,11 @@ def test_object_store_drill_kills_the_regions_endpoint_and_redis_and_serves_from
                 stores[REGION].restart_endpoint()
                 primary_redis.start()
                 # What was lost, told from the rows: each partition of the primary whose rows the
-                # replica lacked at the fault (the late day; and the daemon's micro-batch of the
-                # scores before the fault, when its sensor ran after the last replication).
+                # replica lacked at the version the failover checked out (the late day; and the
+                # daemon's micro-batch of the scores before the fault, when it ran after the last
+                # replication).
                 lost = _partitions_differing(
-                    source_table.read(), replica.table("raw_transactions").read(version=replicated)
+                    source_table.read(), replica.table("raw_transactions").read(version=checked_out)
                 )
                 report = _fail_back(instance, resources)
                 lake_rpo = [f for f in report["rpo_files"] if f.startswith("lake/raw_transactions/")]
