@@ -1,5 +1,9 @@
 """The lake's tables as Delta Lake tables, on a local folder or on a region's object store.
 
+Longer than ~450 lines on purpose: it is the one owner of the Delta log (commit with retry,
+read-back of a commit's add actions, versions, changed partitions, checkpoints); split, the
+log's format would be read in two places.
+
 One code path serves both: a `LakeLocation` is a folder (the embedded default) or
 `s3://bucket/prefix` reached through the region's own endpoint and credentials
 (meridian.object_store). A `LakeTable` is a Delta table under it, partitioned by its

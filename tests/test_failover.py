@@ -449,26 +449,25 @@ def _wait_until_watched(home: Path, loop, daemon_log: Path, logs) -> None:
         time.sleep(0.2)
 
 
-def _wait_for_replication_runs(dagster_home: str, logs) -> None:
+def _wait_for_replication_runs(dagster_home: str) -> None:
     """Until the daemon's instance has no `regional_replication` run queued or in flight (its
-    replication sensor launches one when it sees files the replicas lack): a write after this
-    is one no replication has copied when the fault comes."""
+    replication sensor launches one when it sees files the replicas lack)."""
     from dagster import DagsterInstance
 
-    unfinished = [
-        dg.DagsterRunStatus.QUEUED,
-        dg.DagsterRunStatus.NOT_STARTED,
-        dg.DagsterRunStatus.STARTING,
-        dg.DagsterRunStatus.STARTED,
-        dg.DagsterRunStatus.CANCELING,
-    ]
-    deadline = time.monotonic() + 180
+    from tests.daemon import wait
+
+    unfinished = dg.RunsFilter(
+        job_name="regional_replication",
+        statuses=[
+            dg.DagsterRunStatus.QUEUED,
+            dg.DagsterRunStatus.NOT_STARTED,
+            dg.DagsterRunStatus.STARTING,
+            dg.DagsterRunStatus.STARTED,
+            dg.DagsterRunStatus.CANCELING,
+        ],
+    )
     with DagsterInstance.from_config(dagster_home) as instance:
-        while instance.get_run_records(
-            dg.RunsFilter(job_name="regional_replication", statuses=unfinished), limit=1
-        ):
-            assert time.monotonic() < deadline, logs()
-            time.sleep(0.2)
+        wait(instance, lambda: not instance.get_run_records(unfinished, limit=1), "no replication run", 180)
 
 
 def _evaluate_sensor(instance, resources, cursor):
@@ -942,7 +941,7 @@ def test_object_store_drill_kills_the_regions_endpoint_and_redis_and_serves_from
                 assert status_code == 200 and body["site"] == REGION
                 _wait_until_watched(home, loop, tmp_path / "daemon.log", logs)
                 # A day lands after the last replication: the lake's RPO.
-                _wait_for_replication_runs(operated["DAGSTER_HOME"], logs)
+                _wait_for_replication_runs(operated["DAGSTER_HOME"])
                 source_table.replace(rows, day=LATE_DAY, origin="source")
                 time.sleep(0.05)
 
