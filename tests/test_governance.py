@@ -215,3 +215,42 @@ def test_the_audit_reads_every_row_and_finds_personal_values_of_any_shape_and_fi
     )
     assert "column 'payload_ref'" in problems["regions/us-west/replicas/stray/objects/ab/ab12cd34"]
     assert report.personal_values_indexed["eu"] > source.height  # every id, e-mail, card, device
+
+
+def test_the_audits_fast_path_finds_exactly_what_the_per_column_tokens_find():
+    """`_any_token` (no unpivot, no de-duplication) answers as `_tokens` + membership would,
+    and the hash index's bitmap never hides a member: every value of a large set is found,
+    values outside it are not (beyond 64-bit collisions), across free text and ids."""
+    rng = __import__("numpy").random.default_rng(7)
+    members = [f"cust-{i:07d}" for i in range(200_000)]
+    index = residency.HashIndex(__import__("numpy").unique(residency._hashes(pl.Series(members))))
+    assert index.contains(residency._hashes(pl.Series(members))).all()
+    outsiders = pl.Series([f"other-{i:07d}" for i in range(200_000)])
+    assert not index.contains(residency._hashes(outsiders)).any()
+
+    def frame(hidden: str | None, where: str) -> pl.DataFrame:
+        ids = [f"txn-{i}" for i in range(500)]
+        notes = [f"refund for order {i}: ok" for i in range(500)]
+        tags = [["a", "bb"]] * 500
+        if hidden is not None:
+            at = int(rng.integers(500))
+            if where == "id":
+                ids[at] = hidden
+            elif where == "note":
+                notes[at] = f'{{"msg": "customer {hidden} disputed"}}'
+            else:  # inside a nested column (a cast to text failed on these: the file went unread)
+                tags = [*tags[:at], ["a", hidden], *tags[at + 1 :]]
+        return pl.DataFrame({"id": ids, "note": notes, "amount": rng.random(500), "tags": tags})
+
+    for hidden in (None, members[12_345], members[-1]):
+        for where in ("id", "note", "tags"):
+            table = frame(hidden, where)
+            columns = residency._text_columns(table)
+            detailed = residency._member_mask(residency._tokens(table, columns)["token"], index).any()
+            assert residency._any_token(table, columns, index) == detailed == (hidden is not None)
+            problems = residency._content_problems(
+                residency._Table("", table, True), "eu", {"us": index}, index
+            )
+            assert bool(problems) == (hidden is not None)
+            if hidden is not None:
+                assert f"column '{where}'" in problems[0] and "['us']" in problems[0]
