@@ -28,7 +28,7 @@ from assets.ml_shared import load_booster
 from assets.partitions import REGION_DAY_PARTITIONS, RegionFailures, days_by_region
 from assets.promotion import fraud_model_promotion
 from meridian import modeling, registry
-from meridian.batch_scoring import FEATURES_COMPLETE, VIEW_TUPLE, prediction_features
+from meridian.batch_scoring import FEATURES_COMPLETE, VIEW_TUPLE, prediction_features_by_day
 from meridian.drift_rules import STATUS_RANK, drift_rows, served_drift
 from meridian.feature_store import complete_from, history_start
 from meridian.lake import partition_file
@@ -116,15 +116,20 @@ def feature_drift(
             booster = load_booster(mlflow_tracking, region, version)
             columns = booster.feature_name()
             reference = reference.with_columns(
-                pl.Series("score", booster.predict(modeling.design_matrix(reference, columns), num_threads=2))
+                pl.Series(
+                    "score",
+                    booster.predict(
+                        modeling.design_matrix(reference, columns),
+                        num_threads=modeling.lgb_threads(reference.height),
+                    ),
+                )
             )
             with (
                 file_lock(paths.warehouse_lock, shared=True),
                 duckdb.connect(str(paths.warehouse), read_only=True) as con,
             ):
                 warm_from = complete_from(history_start(con), VIEW_TUPLE)
-                for day in days:
-                    current = prediction_features(con, topo.region(region), day, warm_from)
+                for day, current in prediction_features_by_day(con, topo.region(region), days, warm_from):
                     predictions = partition_file(paths.table("predictions"), day)
                     if predictions.exists():
                         scores = pl.read_parquet(predictions, columns=["transaction_id", "score"])

@@ -433,3 +433,28 @@ def test_two_first_runs_on_a_fresh_root_both_initialise_mlflow(tmp_path: Path):
         ]
         results = [(run.wait(timeout=300), run.stderr.read()) for run in runs]
         assert all(code == 0 for code, _ in results), [err[-1500:] for code, err in results if code]
+
+
+def test_days_retrieved_together_equal_each_day_retrieved_alone(lake_home: Path, monkeypatch):
+    """Batch scoring and drift retrieve a run of days in one point-in-time query, split by day:
+    the rows, columns and values equal those of each day's own query — across a gap in the
+    days, a day with no transactions, and runs cut by the row budget."""
+    import duckdb
+
+    from meridian import batch_scoring
+    from meridian.paths import region_paths
+    from meridian.topology import load_topology
+
+    region = load_topology().region(REGION)
+    wanted = [*DAYS[-6:-3], DAYS[-1], "2031-01-01"]  # a gap, then a day the lake has no rows of
+    with duckdb.connect(str(region_paths(region, lake_home).warehouse), read_only=True) as con:
+        alone = {day: batch_scoring.prediction_features(con, region, day) for day in wanted}
+        for budget in (batch_scoring.ROWS_PER_RETRIEVAL, 3000):  # 3000: about one day per query
+            monkeypatch.setattr(batch_scoring, "ROWS_PER_RETRIEVAL", budget)
+            together = list(batch_scoring.prediction_features_by_day(con, region, list(reversed(wanted))))
+            assert [day for day, _ in together] == sorted(wanted)
+            for day, frame in together:
+                expected = alone[day].sort("transaction_id")
+                assert frame.sort("transaction_id").equals(expected), (budget, day)
+                assert frame.height == (0 if day == "2031-01-01" else expected.height)
+    assert alone[DAYS[-1]].height > 2000 and alone["2031-01-01"].is_empty()
