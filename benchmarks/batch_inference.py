@@ -79,7 +79,13 @@ def prepare(home: Path, rows: int) -> None:
     frame = frame.join(labels, on="transaction_id")
     columns = modeling.feature_columns(VIEW_TUPLE)
     booster = lgb.train(
-        {**modeling.BASE_PARAMS, "num_leaves": 64, "learning_rate": 0.05, "min_child_samples": 50},
+        {
+            **modeling.BASE_PARAMS,
+            "num_threads": 2,
+            "num_leaves": 64,
+            "learning_rate": 0.05,
+            "min_child_samples": 50,
+        },
         lgb.Dataset(modeling.design_matrix(frame, columns), frame["label"].to_numpy(), feature_name=columns),
         num_boost_round=300,
     )
@@ -160,7 +166,7 @@ def measure(home: Path, repeat: int) -> dict[str, float]:
         for name, fn in (
             ("asset", run_asset),
             ("step", scoring_step),
-            ("raw", lambda: booster.predict(matrix, num_threads=2)),
+            ("raw", lambda: booster.predict(matrix, num_threads=modeling.lgb_threads(rows))),
         ):
             started = time.perf_counter()
             fn()
