@@ -15,13 +15,12 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from datetime import date, timedelta
 from pathlib import Path
 from types import ModuleType
 
 from assets.definitions_file import load_definitions_module
-from cli.runs import LAUNCHED_BY, RunPlan, prepare_environment, quiet_libraries, run_global, run_regions
+from cli.runs import LAUNCHED_BY, RunPlan, exit_quickly, prepare_environment, quiet_libraries, run_all
 from cli.summary import summarize
 from meridian.global_store import GlobalStore
 from meridian.paths import REPO_ROOT
@@ -73,13 +72,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             f"so at least {MIN_TRAINING_DAYS} days)\n",
             flush=True,
         )
-    # The global run's definitions load while the regions run (the main process waits anyway).
-    with ThreadPoolExecutor(max_workers=1) as loader:
-        module = loader.submit(load_definitions_module) if plan.train and args.parallel > 1 else None
-        outcomes = run_regions(regions, days, plan, home / "logs", args.parallel)
-        preloaded = module.result() if module is not None else None
-    ok = all(o.success for o in outcomes)
-    glob = run_global(plan, home / "logs", preloaded) if plan.train and ok else None
+    outcomes, glob = run_all(regions, days, plan, home / "logs", args.parallel, with_global=plan.train)
     print("\nSummary")
     print(text_table(summarize(outcomes, days, topology)))
     if glob is not None:
@@ -104,6 +97,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             f"  .venv/bin/mlflow ui --backend-store-uri sqlite:///{home / 'mlflow' / 'mlflow.db'}"
             "   # then open http://127.0.0.1:5000"
         )
+    exit_quickly()
     return 0 if all(o.success for o in outcomes) and (glob is None or glob.success) else 1
 
 

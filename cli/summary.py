@@ -33,20 +33,28 @@ def _warehouse_rows(paths: RegionPaths, table: str, days: list[str]) -> int | st
         return "-"
 
 
+def landed_counts(paths: RegionPaths, days: list[str]) -> dict[str, int | str]:
+    """What the run's days left in the region's lake and warehouse (counted by the region's
+    worker once its runs are done, where the lake's libraries are loaded already)."""
+    return {
+        "transactions": _lake_rows(paths, "raw_transactions", days),
+        "quarantined": _lake_rows(paths, "quarantined_transactions", days),
+        "chargebacks": _lake_rows(paths, "raw_labels", days),
+        "feature_rows": _warehouse_rows(paths, "customer_spend_features", days),
+    }
+
+
 def summarize(outcomes: list[RegionOutcome], days: list[str], topology: Topology) -> list[dict[str, object]]:
     """One row per region, counted from what landed in its lake and warehouse."""
     rows = []
     for o in outcomes:
-        paths = region_paths(topology.region(o.region))
+        counts = o.counts or landed_counts(region_paths(topology.region(o.region)), days)
         rows.append(
             {
                 "region": o.region,
                 "status": "ok" if o.success else "FAILED",
                 "days": len(days),
-                "transactions": _lake_rows(paths, "raw_transactions", days),
-                "quarantined": _lake_rows(paths, "quarantined_transactions", days),
-                "chargebacks": _lake_rows(paths, "raw_labels", days),
-                "feature_rows": _warehouse_rows(paths, "customer_spend_features", days),
+                **counts,
                 "model": f"v{o.captured['model_version']}" if "model_version" in o.captured else "-",
                 "test_pr_auc": o.captured.get("test_pr_auc", "-"),
                 "test_roc_auc": o.captured.get("test_roc_auc", "-"),
