@@ -159,3 +159,57 @@ def test_the_check_runs_after_ingestion_and_fails_on_a_replaced_partition(meridi
     shutil.rmtree(lake / "raw_transactions")
     evaluation = check_alone()
     assert not evaluation.passed and "no Delta table" in evaluation.metadata["failures"].value[key][0]
+
+
+@pytest.mark.parametrize("rows_per_read", [250, 2_000_000])
+def test_the_check_reads_days_in_bounded_batches_and_judges_each(meridian_home, monkeypatch, rows_per_read):
+    """The stored-partition check reads a region's days a batch at a time, bounded by
+    ROWS_PER_READ (the whole window at once peaked at 13.7 GB at 500k rows a day): each day is
+    judged on its own rows whatever the batches, and a bad day is named alone."""
+    from types import SimpleNamespace
+
+    import assets.checks as checks
+    from meridian.paths import region_paths
+    from meridian.stored_checks import transaction_partition_problems
+    from resources.lake import RegionalLakeResource
+    from resources.topology import RegionTopologyResource
+    from tests.helpers import day_range, lake_day, put_lake_day, write_lake
+
+    days = day_range(DAY, 5)
+    paths = region_paths(REGION, meridian_home)
+    write_lake(paths, REGION, GeneratorConfig(rows_per_day=200), days[:4])  # the 5th day: none
+    bad = days[2]
+    put_lake_day(
+        paths.lake,
+        "raw_transactions",
+        bad,
+        _set(lake_day(paths.lake, "raw_transactions", bad), "amount", -1.0),
+    )
+    monkeypatch.setattr(checks, "ROWS_PER_READ", rows_per_read)
+    reads = []
+    real_read = type(paths.lake_table("raw_transactions")).read
+
+    def counting_read(self, *args, **kwargs):
+        reads.append(kwargs.get("where", {}).get("day"))
+        return real_read(self, *args, **kwargs)
+
+    monkeypatch.setattr(type(paths.lake_table("raw_transactions")), "read", counting_read)
+    run = SimpleNamespace(
+        partition_keys=[dg.MultiPartitionKey({"region": REGION.name, "day": d.isoformat()}) for d in days]
+    )
+    evaluation = checks.check_stored_partitions(
+        run,
+        RegionTopologyResource(),
+        RegionalLakeResource(),
+        "raw_transactions",
+        transaction_partition_problems,
+    )
+    batches = list(reads)
+    stored = sum(lake_day(paths.lake, "raw_transactions", d).height for d in days[:4])
+    assert evaluation.metadata["partitions_checked"].value == 5
+    assert evaluation.metadata["rows_checked"].value == stored > 600
+    failing = evaluation.metadata["failures"].value
+    assert f"{bad}|{REGION.name}" in failing and "amount not a positive finite number" in str(failing)
+    assert all(key.split("|")[0] in (bad.isoformat(), days[4].isoformat()) for key in failing), failing
+    # One day first, then as many as the budget allows at the largest day seen.
+    assert [len(r) for r in batches] == ([1, 1, 1, 1, 1] if rows_per_read == 250 else [1, 4])

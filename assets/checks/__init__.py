@@ -9,7 +9,7 @@ batch inference), and judge the file as stored, whoever wrote it last.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -45,23 +45,38 @@ def partitioned_check(**kwargs: Any) -> Callable[[Callable[..., Any]], dg.AssetC
     return decorate
 
 
-def _days_of_delta_table(lake_table, days: list[str]) -> dict[str, pl.DataFrame] | str:
-    """The source's share of each day (without partition columns) from one read of the table's
-    newest version (a read per day opened the table, its log, once per day); or why not."""
-    where = {"day": list(days), **({"origin": "source"} if "origin" in lake_table.partition_by else {})}
-    try:
-        frame = lake_table.read(where=where)
-    except Exception as error:  # an unreadable table is a finding, not a crash of the check
-        return f"unreadable: {type(error).__name__}: {error}"[:300]
-    if frame is None:
-        return f"no Delta table at {lake_table.uri}"
-    frame = frame.with_columns(pl.col("day").cast(pl.String))
-    found = {
-        d: rows.drop(lake_table.partition_by)
-        for (d,), rows in frame.partition_by("day", as_dict=True).items()
-    }
-    empty = frame.head(0).drop(lake_table.partition_by)
-    return {day: found.get(day, empty) for day in days}
+# Rows the check holds at once: days are read together up to this (one open of the table and
+# its log per batch, not per day), never the whole window (at 500k rows a day, 30 days read
+# at once peaked at 13.7 GB: benchmarks/scaling.py).
+ROWS_PER_READ = 2_000_000
+
+
+def _days_of_delta_table(lake_table, days: list[str]) -> Iterator[tuple[str, pl.DataFrame | str]]:
+    """(day, the source's share of the day without partition columns) for each of `days`, read
+    a batch of days at a time from the table's newest version; a string says why a batch could
+    not be read. The first batch is one day; the next hold as many days as ROWS_PER_READ allows
+    at the largest day seen so far."""
+    largest, at = 0, 0
+    while at < len(days):
+        batch = days[at : at + (1 if at == 0 else max(1, ROWS_PER_READ // max(largest, 1)))]
+        at += len(batch)
+        where = {"day": batch, **({"origin": "source"} if "origin" in lake_table.partition_by else {})}
+        try:
+            frame = lake_table.read(where=where)
+        except Exception as error:  # an unreadable table is a finding, not a crash of the check
+            reason = f"unreadable: {type(error).__name__}: {error}"[:300]
+            yield from ((day, reason) for day in batch)
+            continue
+        if frame is None:
+            yield from ((day, f"no Delta table at {lake_table.uri}") for day in batch)
+            continue
+        frame = frame.with_columns(pl.col("day").cast(pl.String))
+        found = {d: rows for (d,), rows in frame.partition_by("day", as_dict=True).items()}
+        empty = frame.head(0).drop(lake_table.partition_by)
+        for day in batch:
+            rows = found.pop(day, None)
+            largest = max(largest, 0 if rows is None else rows.height)
+            yield day, empty if rows is None else rows.drop(lake_table.partition_by)
 
 
 def check_stored_partitions(
@@ -79,22 +94,20 @@ def check_stored_partitions(
     for region_name, days in days_by_region(context).items():
         region = topo.region(region_name)
         paths = lake.paths(topo, region_name)
-        by_day: dict[str, pl.DataFrame] | None = None
         if table in DELTA_TABLES:
-            by_day = _days_of_delta_table(paths.lake_table(table), days)
-            if isinstance(by_day, str):  # unreadable, or no table: a finding for each day
-                failing.update({f"{d}|{region_name}": [by_day] for d in days})
-                checked += len(days)
-                continue
-        for day in days:
-            checked += 1
-            key = f"{day}|{region_name}"
-            if by_day is not None:
-                frame = by_day[day]
+            for day, frame in _days_of_delta_table(paths.lake_table(table), days):
+                checked += 1
+                key = f"{day}|{region_name}"
+                if isinstance(frame, str):  # unreadable, or no table: a finding for the day
+                    failing[key] = [frame]
+                    continue
                 rows += frame.height
                 if found := problems_of(frame, region, date.fromisoformat(day)):
                     failing[key] = found
-                continue
+            continue
+        for day in days:
+            checked += 1
+            key = f"{day}|{region_name}"
             path: Path = partition_file(paths.table(table), day)
             if not path.exists():
                 failing[key] = [f"no stored partition at {path}"]
