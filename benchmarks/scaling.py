@@ -35,10 +35,11 @@ from collections import defaultdict
 from datetime import date, timedelta
 from pathlib import Path
 
-import psutil
-
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
+sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
+
+from harness import sample_tree_rss  # noqa: E402
 
 REGION = "us-east"
 START = date(2026, 1, 1)
@@ -82,18 +83,7 @@ def run_size(rows: int, n_days: int) -> tuple[dict[str, float], dict[str, float]
             [sys.executable, __file__, "--child", home, str(rows), str(n_days)], cwd=REPO_ROOT
         )
         done = threading.Event()
-
-        def sample() -> None:
-            root = psutil.Process(proc.pid)
-            while not done.is_set():
-                try:
-                    tree = [root, *root.children(recursive=True)]
-                    samples.append((time.time(), sum(p.memory_info().rss for p in tree if p.is_running())))
-                except psutil.Error:
-                    pass
-                time.sleep(0.05)
-
-        sampler = threading.Thread(target=sample, daemon=True)
+        sampler = threading.Thread(target=sample_tree_rss, args=(proc.pid, done, samples), daemon=True)
         sampler.start()
         code = proc.wait()
         wall = time.perf_counter() - started
