@@ -24,6 +24,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
+from functools import cached_property
 from pathlib import Path
 
 import duckdb
@@ -92,8 +93,9 @@ class FeatureView:
             "source_sql_sha256": hashlib.sha256(self.source_sql.encode()).hexdigest(),
         }
 
-    @property
+    @cached_property
     def version(self) -> str:
+        # Cached: the view is frozen, and the serving path reads it on every request.
         payload = json.dumps(self.definition(), sort_keys=True).encode()
         return hashlib.sha256(payload).hexdigest()[:16]
 

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import time
 from datetime import UTC, datetime
 
@@ -50,6 +51,7 @@ from fastapi import FastAPI, HTTPException, Request, Response
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Route
 
 from meridian import registry
 from meridian.online_store import OnlineStoreUnavailable, serve, to_micros
@@ -65,13 +67,12 @@ from serving.sites import RegionSites
 
 log = logging.getLogger("meridian.serving")
 # Scoring on the event loop (0) or on that many threads off it. Measured with
-# benchmarks/serving.py --quick on 2 cores (one script, same bodies): on the loop p99 at
-# 500 rps 2.2-4.1 ms and 979-1,367 rps at most; on 4 threads 10.7 ms and 699 rps; on 1
-# thread 6.7 ms and 699 rps. The GIL hand-off between the loop and a scoring thread costs
-# more than the store read and the predict it moves (0.15 ms together in process), so the
-# default keeps the latency target and scores on the loop. With a store whose reads can
-# stall (a remote Redis), `--scoring-threads N` keeps one slow read from holding up every
-# other request (tests/test_serving.py); async store reads would give both (issue 18).
+# benchmarks/serving.py --quick on 2 cores (one script, same bodies, wrk closed loop with 8
+# connections): on the loop 3,966 requests/s, p99 4.3 ms; on 1 thread 2,126 requests/s, p99
+# 6.9 ms. The GIL hand-off between the loop and a scoring thread costs more than the store
+# read and the predict it moves (0.06 ms together in process), so the default scores on the
+# loop. With a store whose reads can stall (a remote Redis), `--scoring-threads N` keeps one
+# slow read from holding up every other request (tests/test_serving.py).
 SCORING_THREADS = 0
 
 
@@ -117,7 +118,7 @@ def create_app(
         yield
         sites.shutdown()  # queued log entries and pushes are written before the process exits
 
-    app = FastAPI(title="Meridian scoring", version="1", lifespan=lifespan)
+    app = FastAPI(title="Meridian scoring", version="1", lifespan=lifespan, telemetry=_telemetry())
     app.state.services = services
     app.state.sites = sites
     app.state.stop_polling = sites.stop
@@ -200,37 +201,21 @@ def create_app(
     async def http_error(_request: Request, error: StarletteHTTPException) -> Response:
         return _json(error.status_code, {"detail": error.detail}, getattr(error, "headers", None))
 
-    # The hot path parses its own body (pydantic's JSON validator, in Rust) and returns
-    # pre-serialized JSON: FastAPI's generic body and response handling cost more than the
-    # scoring itself. Each served region has its own route, whose schema is exact: its
-    # currencies are the region's (as the lake validates them), so a body the schema calls
-    # valid is one the service takes. Validation errors are FastAPI's 422 shape, naming the field.
-    def score_route(name: str):
-        model = transaction_model(topology.region(name))
-
-        async def score(request: Request) -> Response:
-            return await score_one(request, name, model)
-
-        app.add_api_route(
-            f"/v1/{name}/score",
-            score,
-            methods=["POST"],
-            name=f"score_{name.replace('-', '_')}",
-            summary=f"Score a transaction in {name}",
-            response_model=Score,
-            responses=errors,
-            openapi_extra={
-                "requestBody": {
-                    "required": True,
-                    "content": {"application/json": {"schema": model.model_json_schema()}},
-                }
-            },
-        )
-
-    async def score_one(request: Request, region: str, model: type[Transaction]) -> Response:
-        started = time.perf_counter()
+    # The hot path. FastAPI's request handling (the endpoint's Request, its dependency
+    # machinery, the Response object and its send wrappers) cost more than the scoring
+    # itself: profiled under load (py-spy, benchmarks/serving.py), a third of the CPU of a
+    # request. So each served region's score route is registered twice at one path:
+    # - a bare ASGI route, first in the router, that answers every request: it reads the
+    #   body (bounded by MAX_BODY_BYTES), validates it with pydantic's JSON validator (Rust)
+    #   and sends pre-serialized JSON;
+    # - the documented FastAPI route behind it (OpenAPI: its schema, its responses), which
+    #   runs the same `score_body` and is reached only if the bare route is removed.
+    # Both sit inside the app's middleware, so its error handlers above still shape every
+    # error (422 naming the field, 415, 503, 404) and a middleware added to the app sees the
+    # score routes too. The region's schema is exact: its currencies are the region's (as
+    # the lake validates them), so a body the schema calls valid is one the service takes.
+    async def score_body(region: str, model: type[Transaction], media: str, body: bytes, started: float):
         service = service_for(region)
-        media = request.headers.get("content-type", "")
         kind, _, params = media.partition(";")
         kind = kind.strip().lower()
         charset = params.lower().replace(" ", "").partition("charset=")[2].strip('"')
@@ -241,7 +226,7 @@ def create_app(
         if reason := service.unavailable():
             raise HTTPException(503, detail=f"region {region} unavailable: {reason}")
         try:
-            txn = model.model_validate_json(await request.body())
+            txn = model.model_validate_json(body)
         except ValidationError as error:
             raise RequestValidationError(
                 [{**e, "loc": ("body", *e["loc"])} for e in error.errors(include_url=False)]
@@ -250,7 +235,55 @@ def create_app(
             result = score_transaction(service, txn, started)
         else:
             result = await anyio.to_thread.run_sync(score_transaction, service, txn, started, limiter=limiter)
-        return Response(orjson.dumps(result), media_type="application/json")
+        return orjson.dumps(result)
+
+    def score_route(name: str):
+        model = transaction_model(topology.region(name))
+        path = f"/v1/{name}/score"
+
+        async def bare(scope, receive, send) -> None:
+            started = time.perf_counter()
+            media = ""
+            for key, value in scope["headers"]:
+                if key == b"content-type":
+                    media = value.decode("latin-1")
+                    break
+            body = await _read_body(receive)
+            payload = await score_body(name, model, media, body, started)
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 200,
+                    "headers": [
+                        (b"content-type", b"application/json"),
+                        (b"content-length", b"%d" % len(payload)),
+                    ],
+                }
+            )
+            await send({"type": "http.response.body", "body": payload})
+
+        async def documented(request: Request) -> Response:
+            started = time.perf_counter()
+            body = await _read_body(request.receive)
+            payload = await score_body(name, model, request.headers.get("content-type", ""), body, started)
+            return Response(payload, media_type="application/json")
+
+        app.add_api_route(
+            path,
+            documented,
+            methods=["POST"],
+            name=f"score_{name.replace('-', '_')}",
+            summary=f"Score a transaction in {name}",
+            response_model=Score,
+            responses={**errors, 413: {"description": f"the body is larger than {MAX_BODY_BYTES:,} bytes"}},
+            openapi_extra={
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": model.model_json_schema()}},
+                }
+            },
+        )
+        app.router.routes.insert(0, Route(path, _BareASGI(bare), methods=["POST"]))
 
     for name in served:
         score_route(name)
@@ -282,6 +315,57 @@ def create_app(
         }
 
     return app
+
+
+def _telemetry() -> dict | None:
+    """FastAPI's OpenTelemetry instrumentation if this process has OpenTelemetry set up, else off.
+
+    FastAPI asks OpenTelemetry's global providers on every request whether any is configured
+    (environment lookups included): 7 % of a scoring request's CPU under load, profiled, on a
+    service that had none. A deployment that sets OpenTelemetry up does so before the app is
+    built (`opentelemetry-instrument`, an SDK in the entry point) or asks FastAPI to
+    (FASTAPI_OTEL_AUTO_CONFIGURE=true); then FastAPI's defaults apply unchanged.
+    """
+    from fastapi.telemetry._api import _unconfigured
+    from opentelemetry import _logs, metrics, trace
+
+    if os.getenv("FASTAPI_OTEL_AUTO_CONFIGURE", "").lower() == "true":
+        return None
+    providers = (trace.get_tracer_provider(), metrics.get_meter_provider(), _logs.get_logger_provider())
+    if not all(_unconfigured(p) for p in providers):
+        return None
+    return {"tracing": False, "metrics": False, "logs": False}
+
+
+# A transaction is a few hundred bytes; a body past this is refused (413) before it is read
+# whole, so a client cannot make the service buffer megabytes per request.
+MAX_BODY_BYTES = 64 * 1024
+
+
+class _BareASGI:
+    """A plain ASGI callable for a Starlette Route (a function would be wrapped as an endpoint)."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        await self.app(scope, receive, send)
+
+
+async def _read_body(receive) -> bytes:
+    """The request body, refused with 413 as soon as it passes MAX_BODY_BYTES."""
+    chunks, size = [], 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise HTTPException(400, detail="the client disconnected before the body was sent")
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise HTTPException(413, detail=f"the body is larger than {MAX_BODY_BYTES:,} bytes")
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 def _text(value: object) -> str:

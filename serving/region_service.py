@@ -107,8 +107,10 @@ class RegionService:
     def customer_row(self, customer_id: str) -> OnlineRow | None:
         """The customer's latest row: a push not yet written, else the store's."""
         view = VIEWS["customer_spend"].name
+        return self._latest(view, customer_id, self.store.read(view, customer_id))
+
+    def _latest(self, view: str, customer_id: str, stored: OnlineRow | None) -> OnlineRow | None:
         pending = self.push.latest(view, customer_id) if self.push else None
-        stored = self.store.read(view, customer_id)
         if pending is None or (stored is not None and stored.event_time_us > pending.event_time_us):
             return stored
         return pending
@@ -123,7 +125,11 @@ class RegionService:
         (out of order) is scored on the stored row and pushes nothing.
         """
         spend_view, risk_view = VIEWS["customer_spend"], VIEWS["merchant_risk"]
-        base = self.customer_row(txn.customer_id)
+        # The customer's and the merchant's rows in one read (one round trip to Redis).
+        stored, risk_row = self.store.read_keys(
+            [(spend_view.name, txn.customer_id), (risk_view.name, txn.merchant_id)]
+        )
+        base = self._latest(spend_view.name, txn.customer_id, stored)
         if base is None:
             raise ScoringRefused(404, f"customer {txn.customer_id!r} is unknown in {self.region.name}")
         folded = None
@@ -141,7 +147,6 @@ class RegionService:
             spend = serve(spend_view, folded, at_us)
         else:
             spend = serve(spend_view, base, base.event_time_us)
-        risk_row = self.store.read(risk_view.name, txn.merchant_id)
         values: dict[str, object] = {spend_view.column(n): v for n, v in spend.items()}
         for name, value in serve(risk_view, risk_row, at_us).items():
             values[risk_view.column(name)] = value

@@ -66,6 +66,9 @@ class ServedStore:
     def read(self, view: str, entity: str) -> OnlineRow | None:
         return self._reading(lambda store: store.read(view, entity))
 
+    def read_keys(self, keys):
+        return self._reading(lambda store: store.read_keys(keys))
+
     def read_many(self, view, entities):
         return self._reading(lambda store: store.read_many(view, entities))
 

@@ -50,6 +50,21 @@ def test_reads_and_writes_round_trip_with_version_and_event_time(store):
     assert store.count("customer_spend") == 2 and store.count("merchant_risk") == 1
 
 
+def test_read_keys_answers_each_view_and_entity_in_the_order_asked(store):
+    """The scoring path reads a customer's and a merchant's rows at once (one statement, one
+    round trip); each answer is the same row `read` gives, a missing key is None."""
+    store.write([_row("k1", 100, 1.0), _row("m1", 200, 2.0, view="merchant_risk", version="v2")])
+    keys = [
+        ("merchant_risk", "m1"),
+        ("customer_spend", "nobody"),
+        ("customer_spend", "k1"),
+        ("merchant_risk", "k1"),
+    ]
+    assert store.read_keys(keys) == [store.read(view, entity) for view, entity in keys]
+    assert [row and row.entity for row in store.read_keys(keys)] == ["m1", None, "k1", None]
+    assert store.read_keys([]) == []
+
+
 def test_an_older_write_never_replaces_a_newer_value_and_a_rerun_is_idempotent(store):
     store.write([_row("c1", 200, 2.0)])
     assert store.write([_row("c1", 100, 1.0)]).stale == 1
@@ -81,6 +96,65 @@ def test_batch_and_push_in_any_order_never_move_a_value_back_in_time(store, sequ
     for entity in entities:
         expected = max(t for _, e, t in sequence if e == entity)
         assert store.read("customer_spend", prefix + entity).values == {"txn_count_1h": float(expected)}
+
+
+# A batch of rows as the push thread and the conflict tooling send them: repeated keys,
+# odd entity names, payloads that need escaping, HLC and origin set or left to the store.
+batch_rows = st.lists(
+    st.tuples(
+        st.sampled_from(["c1", "c2", "ü 'quoted' \"x\"", "tab\tnewline\n", "e" * 300]),
+        st.integers(0, 2**62),
+        st.one_of(st.floats(allow_nan=False), st.text(max_size=20), st.none()),
+        st.sampled_from([5, 2**53 + 1, 2**62]),  # 0 would be stamped with the store's clock
+        st.sampled_from(["", "eu-west", "us-east"]),
+    ),
+    min_size=1,
+    max_size=30,
+)
+
+
+@settings(max_examples=80, deadline=None)
+@given(rows=batch_rows)
+def test_one_batched_write_equals_the_row_by_row_upsert(tmp_path_factory, rows):
+    """SqliteOnlineStore.write sends a batch as one JSON array (UPSERT_JSON); it must land
+    exactly as the same rows upserted one by one, in order, with the same change count."""
+    import sqlite3
+
+    from meridian.online_sqlite import SqliteOnlineStore
+
+    root = tmp_path_factory.mktemp("batched")
+    store = SqliteOnlineStore(root / "batched.sqlite", origin="here")
+    one_by_one = sqlite3.connect(root / "rows.sqlite")
+    one_by_one.execute(SqliteOnlineStore.SCHEMA)
+    for entity, t, _value, hlc, origin in rows[:3]:  # some rows already stored
+        store.write([OnlineRow("v", entity, t // 2, "old", {"x": 1}, hlc, origin or "here")])
+        one_by_one.execute(
+            SqliteOnlineStore.UPSERT, ("v", entity, t // 2, "old", '{"x":1}', hlc, origin or "here")
+        )
+    online = [OnlineRow("v", e, t, "new", {"x": value}, hlc, origin) for e, t, value, hlc, origin in rows]
+    result = store.write(online)
+    before = one_by_one.total_changes
+    for r in online:
+        one_by_one.execute(
+            SqliteOnlineStore.UPSERT,
+            (
+                "v",
+                r.entity,
+                r.event_time_us,
+                "new",
+                orjson.dumps(r.values).decode(),
+                r.hlc,
+                r.origin or "here",
+            ),
+        )
+    query = (
+        "select view, entity, event_time_us, version, payload, hlc, origin from online_features order by 1, 2"
+    )
+    batched = sqlite3.connect(root / "batched.sqlite").execute(query).fetchall()
+    assert batched == one_by_one.execute(query).fetchall()
+    assert result.applied == one_by_one.total_changes - before
+    assert result.applied + result.stale == len(rows)
+    store.close()
 
 
 def test_serving_applies_the_ttl_and_the_documented_defaults():

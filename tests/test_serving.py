@@ -206,15 +206,15 @@ def test_with_scoring_threads_a_score_blocked_in_the_store_does_not_hold_up_othe
     app = build_app(poll_seconds=0.2, regions=[REGION], stream_log=False, push=False, scoring_threads=2)
     store = app.state.services[REGION].store
     entered, release = threading.Event(), threading.Event()
-    original = store.read
+    original = store.read_keys
 
-    def blocked_read(view, entity):
-        if entity == body["customer_id"]:
+    def blocked_read(keys):
+        if any(entity == body["customer_id"] for _, entity in keys):
             entered.set()
             release.wait(10)  # on the event loop, this would hold every request for 10 s
-        return original(view, entity)
+        return original(keys)
 
-    store.read = blocked_read
+    store.read_keys = blocked_read
     answers: dict[str, tuple[int, dict]] = {}
     with serving(app) as url:
         scoring = threading.Thread(
@@ -232,6 +232,36 @@ def test_with_scoring_threads_a_score_blocked_in_the_store_does_not_hold_up_othe
             release.set()
             scoring.join(15)
     assert answers["score"][0] == 200
+
+
+def test_the_single_row_fast_path_scores_exactly_as_booster_predict(service):
+    """serving.models.SingleRowPredictor (LightGBM's single-row fast API, kept for the hot path)
+    against Booster.predict on the region's champion: every row equal, bit for bit, with
+    missing values, zeros, negatives, extremes and the columns' real ranges."""
+    import numpy as np
+
+    from serving.models import LoadedModel
+
+    app = service["app"]
+    model = app.state.services[REGION].models.current
+    fresh = LoadedModel(model.version, model.booster, model.columns)
+    rng = np.random.default_rng(7)
+    rows = rng.normal(0, 50, size=(3000, len(model.columns)))
+    rows[rng.random(rows.shape) < 0.15] = np.nan
+    rows[::97] = 0.0
+    rows[1::89] = 1e300
+    rows[2::83] = -1e300
+    expected = model.booster.predict(rows, num_threads=1)
+    got = np.array(
+        [
+            fresh.predict(
+                {c: (None if np.isnan(v) else float(v)) for c, v in zip(model.columns, row, strict=True)}
+            )
+            for row in rows
+        ]
+    )
+    assert np.array_equal(got, expected), float(np.max(np.abs(got - expected)))
+    assert 0.0 < got.min() < got.max() < 1.0  # probabilities, and not one constant
 
 
 def test_request_features_match_the_offline_sql(service):
@@ -687,6 +717,15 @@ def test_no_raw_body_is_a_server_error_fuzzed_over_http(service):
             assert all(entry["loc"] and entry["msg"] for entry in document["detail"]), document
 
     check()
+    # A body past the service's bound is refused before it is read whole (413), never buffered.
+    from serving.app import MAX_BODY_BYTES
+
+    huge = json.dumps({**good, "merchant_id": "m" * MAX_BODY_BYTES}).encode()
+    status, raw, media = _raw(url, huge, "application/json")
+    assert (
+        status == 413 and "larger than" in json.loads(raw)["detail"] and media.startswith("application/json")
+    )
+    assert _raw(url, json.dumps(good).encode(), "application/json")[0] == 200  # and the next one is served
     print(f"raw-body fuzz: {sum(seen.values())} requests, statuses {dict(sorted(seen.items()))}")
     assert sum(seen.values()) >= 600 and seen.get(415, 0) > 0 and seen.get(422, 0) > 0
 
