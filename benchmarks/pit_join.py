@@ -1,29 +1,46 @@
-"""Point-in-time retrieval: Meridian's ASOF join beside a range join + de-duplication.
+"""Point-in-time retrieval: Meridian's ASOF join beside its floor, a range join and Feast.
 
-Synthetic data shaped like the fraud use case: label rows (entity df) for customers and
-merchants, and three feature views (two keyed by customer, one by merchant) holding
-10M feature rows in all at full size. Each method runs in its own child process on the
-same DuckDB file and writes its full result, so the timings include materialisation;
-the script then checks that both methods return the same rows.
+Two data sets, shaped like the fraud use case, each method in its own child process on the
+same DuckDB file, writing its full result to Parquet (the timings include materialisation):
 
-    python benchmarks/pit_join.py           # 1M label rows x 10M feature rows, 100k entities
+- one view (`--views one`): 1M label rows × one view of 10M feature rows (100k customers,
+  the 30-day TTL of the pipeline's customer_spend view),
+  one row per customer and feature time, as the view declares (`unique_key`, backed in the
+  pipeline by a dbt uniqueness test). Methods:
+  - `floor`: a bare DuckDB `ASOF LEFT JOIN` of the labels and the view, no de-duplication,
+    no TTL, no defaults, no time-zone normalisation: the least any retrieval can do;
+  - `asof`: Meridian's retrieval (`meridian.feature_store.point_in_time_sql`), TTL, defaults
+    and UTC normalisation on, de-duplication skipped because the view is declared unique;
+  - `asof_dedup`: the same retrieval with the view not declared unique (a source without
+    the guarantee): the de-duplication window over every feature row, measured apart;
+  - `feast`: Feast's `get_historical_features` on the same rows.
+- three views (`--views three`): 1M label rows × three views (two by customer, one by
+  merchant) of 10M feature rows in all, with ties on (entity, feature time) that
+  de-duplication must settle: `asof`, a hand-written `range_join` + de-duplication, `feast`.
+
+The script checks that Meridian, the range join and Feast return the same rows, and prints
+seconds, peak RSS (the process tree) and the ratios beside the targets, with the load average.
+
+    python benchmarks/pit_join.py           # full size, both data sets
     python benchmarks/pit_join.py --quick   # 50k x 500k
+    python benchmarks/pit_join.py --views one
 
-Feast's `get_historical_features` (DuckDB offline store over Parquet files) runs on the
-same data in a virtual environment of its own, created under benchmarks/.work/ when
-missing (its pins clash with the project's). `--no-feast` skips it. The last line printed
-is one JSON object.
+Feast (DuckDB offline store over Parquet files) runs in a virtual environment of its own,
+created under benchmarks/.work/ when missing (its pins clash with the project's).
+`--no-feast` skips it. The last line printed is one JSON object.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 
@@ -45,6 +62,7 @@ VIEWS = (
         "created",
         (Feature("f1", "double", 0.0), Feature("f2", "bigint", 0)),
         timedelta(days=7),
+        timedelta(0),
     ),
     FeatureView(
         "velocity",
@@ -54,6 +72,7 @@ VIEWS = (
         "created",
         (Feature("f3", "double", 0.0),),
         timedelta(days=2),
+        timedelta(0),
     ),
     FeatureView(
         "risk",
@@ -63,8 +82,24 @@ VIEWS = (
         "created",
         (Feature("f4", "double", 0.01),),
         timedelta(days=30),
+        timedelta(0),
     ),
 )
+# The one-view data set: unique on (customer_id, ts) by construction, and declared so; the
+# TTL of the pipeline's customer_spend view (meridian/feature_views.py), 30 days.
+SINGLE = FeatureView(
+    "customer_spend",
+    "spend_view",
+    "customer_id",
+    "ts",
+    "created",
+    (Feature("f1", "double", 0.0), Feature("f2", "bigint", 0)),
+    timedelta(days=30),
+    timedelta(0),
+    unique_key=("customer_id", "ts"),
+)
+# Issue 18's targets for the one-view data set.
+TARGET_OF_FLOOR, TARGET_VS_FEAST, TARGET_MEMORY_SHARE = 1.3, 10.0, 1 / 6
 SHARES = {"spend_view": 0.5, "velocity_view": 0.3, "risk_view": 0.2}
 FEAST_VENV = REPO_ROOT / "benchmarks" / ".work" / "feast-venv"
 FEAST_REQUIREMENTS = ["feast[duckdb]==0.67.0", "pandas<3"]
@@ -115,6 +150,49 @@ def generate(db: Path, labels: int, features: int, entities: int) -> None:
     con.close()
 
 
+def generate_single(db: Path, labels: int, features: int, entities: int) -> None:
+    """One view, one row per (customer, feature time): customer i % entities, in the
+    (i // entities)-th slot of the 60 days, at a random second inside the slot."""
+    import duckdb
+
+    con = duckdb.connect(str(db))
+    span = DAYS * 86_400
+    slot = span // max(1, features // entities)
+    con.execute(f"""
+        create table spend_view as
+        select (i % {entities})::bigint as customer_id,
+               timestamp '2026-01-01' + to_seconds(((i // {entities}) * {slot} + hash(i, 'j') % {slot})::bigint) as ts,
+               timestamp '2026-01-01' + to_seconds(((i // {entities}) * {slot} + hash(i, 'j') % {slot})::bigint) as created,
+               (hash(i, 'x') % 10000) / 100.0 as f1,
+               (hash(i, 'y') % 100)::bigint as f2
+        from range({features}) r(i)
+    """)
+    con.execute(f"""
+        create table labels as
+        select i as label_id,
+               (hash(i, 'lk') % {entities})::bigint as customer_id,
+               timestamp '2026-01-01' + to_seconds((hash(i, 'lt') % {span})::bigint) as event_time
+        from range({labels}) r(i)
+    """)
+    duplicates = con.execute(
+        "select count(*) - count(distinct (customer_id, ts)) from spend_view"
+    ).fetchall()[0][0]
+    assert duplicates == 0, (
+        f"the one-view data set must be unique on (customer_id, ts): {duplicates} duplicates"
+    )
+    for table, name in (("spend_view", "customer_spend"), ("labels", "labels")):
+        con.execute(f"copy {table} to '{db.parent / (name + '.parquet')}' (format parquet)")
+    con.close()
+
+
+def floor_sql() -> str:
+    """The floor: a bare ASOF LEFT JOIN (no de-duplication, TTL, defaults or UTC normalisation)."""
+    return (
+        "select l.*, v.f1, v.f2, v.ts from labels l asof left join spend_view v "
+        "on l.customer_id = v.customer_id and l.event_time >= v.ts"
+    )
+
+
 def range_join_sql() -> str:
     """The usual approach: every feature row in the TTL window, then keep the latest per label."""
     parts, selects = [], ["l.*"]
@@ -136,29 +214,37 @@ def range_join_sql() -> str:
     return "with " + ",".join(parts) + "\nselect " + ", ".join(selects) + "\nfrom labels l\n" + joins
 
 
+def method_sql(method: str) -> str:
+    if method == "floor":
+        return floor_sql()
+    if method == "asof_single":
+        return point_in_time_sql("select * from labels", "event_time", (SINGLE,))
+    if method == "asof_dedup":
+        return point_in_time_sql("select * from labels", "event_time", (replace(SINGLE, unique_key=()),))
+    if method == "asof":
+        return point_in_time_sql("select * from labels", "event_time", VIEWS)
+    return range_join_sql()
+
+
 def run_method(db: Path, method: str, out: Path) -> None:
     import duckdb
 
     con = duckdb.connect(str(db), read_only=True)
-    sql = (
-        point_in_time_sql("select * from labels", "event_time", VIEWS)
-        if method == "asof"
-        else range_join_sql()
-    )
+    sql = method_sql(method)
     started = time.perf_counter()
     con.execute(f"copy ({sql}) to '{out}' (format parquet)")
     out.with_suffix(".seconds").write_text(f"{time.perf_counter() - started:.4f}")
     con.close()
 
 
-def agree(a: Path, b: Path) -> tuple[int, int]:
+def agree(a: Path, b: Path, views: tuple[FeatureView, ...] = VIEWS) -> tuple[int, int]:
     """Rows of `a` and rows of `a` missing from `b`; unknown values count as the feature default."""
     import duckdb
 
     con = duckdb.connect()
     cols = ["label_id"] + [
         f"coalesce({v.column(f.name)}::{f.dtype}, {f.default!r}::{f.dtype})"
-        for v in VIEWS
+        for v in views
         for f in v.features
     ]
     sel = ", ".join(cols)
@@ -173,90 +259,133 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--no-feast", action="store_true", help="skip the Feast comparison")
-    parser.add_argument("--phase", choices=["generate", "asof", "range_join"], help=argparse.SUPPRESS)
+    parser.add_argument("--views", choices=["one", "three", "both"], default="both")
+    parser.add_argument("--phase", choices=PHASES, help=argparse.SUPPRESS)
     parser.add_argument("--db", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     parser.add_argument("--labels", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--features", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--entities", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.phase == "generate":
-        return generate(Path(args.db), args.labels, args.features, args.entities)
+    if args.phase in ("generate", "generate_single"):
+        make = generate if args.phase == "generate" else generate_single
+        return make(Path(args.db), args.labels, args.features, args.entities)
     if args.phase:
         return run_method(Path(args.db), args.phase, Path(args.out))
 
     labels, features, entities = (50_000, 500_000, 10_000) if args.quick else (1_000_000, 10_000_000, 100_000)
     work = Path(tempfile.mkdtemp(prefix="meridian-pit-"))
+    load_before = os.getloadavg()[0]
+    report: dict[str, object] = {"benchmark": "pit_join", "quick": args.quick, "label_rows": labels}
     try:
-        db = work / "features.duckdb"
-        gen_s, _ = measure_child(
-            __file__,
-            [
-                "--phase",
-                "generate",
-                "--db",
-                str(db),
-                "--labels",
-                str(labels),
-                "--features",
-                str(features),
-                "--entities",
-                str(entities),
-            ],
-        )
-        print(
-            f"{labels:,} label rows x {features:,} feature rows in 3 views, {entities:,} entities "
-            f"(generated in {gen_s:.1f}s)"
-        )
-        results = {}
-        print(f"{'method':<12} {'retrieval s':>12} {'process s':>10} {'peak RSS MB':>12}")
-
-        def record(method: str, wall: float, peak: float) -> None:
-            seconds = float((work / f"{method}.seconds").read_text())
-            results[method] = {
-                "seconds": round(seconds, 3),
-                "process_seconds": round(wall, 2),
-                "peak_rss_mb": round(peak),
-            }
-            print(f"{method:<12} {seconds:>12.2f} {wall:>10.2f} {peak:>12.0f}", flush=True)
-
-        for method in ("asof", "range_join"):
-            out = work / f"{method}.parquet"
-            record(method, *measure_child(__file__, ["--phase", method, "--db", str(db), "--out", str(out)]))
-        if not args.no_feast:
-            python = feast_python()
-            phase = str(REPO_ROOT / "benchmarks" / "feast_phase.py")
-            record("feast", *measure_child(phase, [str(work), str(work / "feast.parquet")], python))
-        rows, diff = agree(work / "asof.parquet", work / "range_join.parquet")
-        print(f"rows: {rows:,}; rows that differ from the range join: {diff}")
-        feast_diff = None
-        if "feast" in results:
-            _, feast_diff = agree(work / "asof.parquet", work / "feast.parquet")
-            print(f"rows that differ from Feast: {feast_diff}")
-        print(
-            json.dumps(
-                {
-                    "benchmark": "pit_join",
-                    "quick": args.quick,
-                    "label_rows": labels,
-                    "feature_rows": features,
-                    "speedup_vs_range_join": round(
-                        results["range_join"]["seconds"] / results["asof"]["seconds"], 2
-                    ),
-                    "speedup_vs_feast": (
-                        round(results["feast"]["seconds"] / results["asof"]["seconds"], 2)
-                        if "feast" in results
-                        else None
-                    ),
-                    "rows_differing_from_feast": feast_diff,
-                    "peak_rss_mb": results["asof"]["peak_rss_mb"],
-                    "rows_differing_from_range_join": diff,
-                    "methods": results,
-                }
-            )
-        )
+        if args.views in ("one", "both"):
+            report["one_view"] = one_view(work / "one", labels, features, entities, not args.no_feast)
+        if args.views in ("three", "both"):
+            report["three_views"] = three_views(work / "three", labels, features, entities, not args.no_feast)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    report["load_average"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
+    print(f"load average {load_before:.2f} before, {os.getloadavg()[0]:.2f} after")
+    print(json.dumps(report))
+
+
+PHASES = ["generate", "generate_single", "floor", "asof", "asof_single", "asof_dedup", "range_join"]
+
+
+def _generate(phase: str, db: Path, labels: int, features: int, entities: int) -> float:
+    db.parent.mkdir(parents=True, exist_ok=True)
+    args = ["--phase", phase, "--db", str(db), "--labels", str(labels), "--features", str(features)]
+    seconds, _ = measure_child(__file__, [*args, "--entities", str(entities)])
+    return seconds
+
+
+def _run(work: Path, db: Path, method: str, results: dict, label: str | None = None) -> None:
+    """One method in its own process: retrieval seconds (inside), process seconds, peak RSS."""
+    out = work / f"{method}.parquet"
+    if method == "feast":
+        views = "customer_spend" if label else "spend,velocity,risk"
+        phase = str(REPO_ROOT / "benchmarks" / "feast_phase.py")
+        wall, peak = measure_child(phase, [str(work), str(out), views], feast_python())
+    else:
+        wall, peak = measure_child(__file__, ["--phase", method, "--db", str(db), "--out", str(out)])
+    seconds = float(out.with_suffix(".seconds").read_text())
+    name = label or method
+    results[name] = {
+        "seconds": round(seconds, 3),
+        "process_seconds": round(wall, 2),
+        "peak_rss_mb": round(peak),
+    }
+    print(f"  {name:<12} {seconds:>12.2f} {wall:>10.2f} {peak:>12.0f}", flush=True)
+
+
+def one_view(work: Path, labels: int, features: int, entities: int, feast: bool) -> dict:
+    db = work / "features.duckdb"
+    gen = _generate("generate_single", db, labels, features, entities)
+    print(f"one view: {labels:,} label rows x {features:,} feature rows, {entities:,} customers, unique on")
+    print(f"(customer, feature time) (generated in {gen:.1f} s)")
+    print(f"  {'method':<12} {'retrieval s':>12} {'process s':>10} {'peak RSS MB':>12}")
+    results: dict[str, dict] = {}
+    for method, label in (("floor", "floor"), ("asof_single", "asof"), ("asof_dedup", "asof_dedup")):
+        _run(work, db, method, results, label)
+    if feast:
+        _run(work, db, "feast", results, "feast")
+    views = (SINGLE,)
+    rows, dedup_diff = agree(work / "asof_single.parquet", work / "asof_dedup.parquet", views)
+    summary = {
+        "feature_rows": features,
+        "methods": results,
+        "rows": rows,
+        "rows_differing_from_dedup": dedup_diff,
+        "of_floor": round(results["asof"]["seconds"] / results["floor"]["seconds"], 2),
+        "dedup_of_floor": round(results["asof_dedup"]["seconds"] / results["floor"]["seconds"], 2),
+    }
+    print(f"  rows: {rows:,}; rows differing between asof and asof_dedup: {dedup_diff}")
+    print(
+        f"  asof / floor: {summary['of_floor']}x (target <= {TARGET_OF_FLOOR}); with de-duplication {summary['dedup_of_floor']}x"
+    )
+    if "feast" in results:
+        _, feast_diff = agree(work / "asof_single.parquet", work / "feast.parquet", views)
+        summary["rows_differing_from_feast"] = feast_diff
+        summary["speedup_vs_feast"] = round(results["feast"]["seconds"] / results["asof"]["seconds"], 2)
+        summary["memory_share_of_feast"] = round(
+            results["asof"]["peak_rss_mb"] / results["feast"]["peak_rss_mb"], 3
+        )
+        print(f"  rows differing from Feast: {feast_diff}")
+        print(
+            f"  vs Feast: {summary['speedup_vs_feast']}x faster (target >= {TARGET_VS_FEAST}); peak memory "
+            f"{summary['memory_share_of_feast']} of Feast's (target <= {TARGET_MEMORY_SHARE:.3f})"
+        )
+    return summary
+
+
+def three_views(work: Path, labels: int, features: int, entities: int, feast: bool) -> dict:
+    db = work / "features.duckdb"
+    gen = _generate("generate", db, labels, features, entities)
+    print(f"three views: {labels:,} label rows x {features:,} feature rows, {entities:,} entities, with ties")
+    print(f"(generated in {gen:.1f} s)")
+    print(f"  {'method':<12} {'retrieval s':>12} {'process s':>10} {'peak RSS MB':>12}")
+    results: dict[str, dict] = {}
+    for method in ("asof", "range_join"):
+        _run(work, db, method, results)
+    if feast:
+        _run(work, db, "feast", results)
+    rows, diff = agree(work / "asof.parquet", work / "range_join.parquet")
+    summary = {
+        "feature_rows": features,
+        "methods": results,
+        "rows": rows,
+        "rows_differing_from_range_join": diff,
+        "speedup_vs_range_join": round(results["range_join"]["seconds"] / results["asof"]["seconds"], 2),
+    }
+    print(f"  rows: {rows:,}; rows that differ from the range join: {diff}")
+    if "feast" in results:
+        _, feast_diff = agree(work / "asof.parquet", work / "feast.parquet")
+        summary["rows_differing_from_feast"] = feast_diff
+        summary["speedup_vs_feast"] = round(results["feast"]["seconds"] / results["asof"]["seconds"], 2)
+        print(
+            f"  rows that differ from Feast: {feast_diff}; {summary['speedup_vs_feast']}x faster than Feast"
+        )
+    return summary
 
 
 if __name__ == "__main__":

@@ -70,12 +70,24 @@ class FeatureView:
     source_sql: str = (
         ""  # the source's dbt definition (meridian.feature_store.dbt_definition), hashed into the version
     )
+    # The columns of a uniqueness test the source's dbt model carries (meridian_unique_combination)
+    # that make it one row per (entity, feature time): the entity key and the column the event
+    # timestamp is computed from. Declared, retrieval skips its de-duplication (a window over
+    # every row of the view; on 10M rows, half the retrieval: benchmarks/pit_join.py). The
+    # rows served are the same, so it is not part of the version. Held to the dbt project by
+    # tests/test_feature_store.py; a dbt build whose test fails fails its run (assets/transforms.py).
+    unique_key: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.ttl <= timedelta(0):
             raise FeatureViewError(
                 f"feature view {self.name!r}: ttl must be positive, got {self.ttl}; a zero TTL would serve only "
                 "rows stamped exactly at the event time (Feast reads zero as 'no expiry': here, give a long TTL)"
+            )
+        if self.unique_key and self.entity_key not in self.unique_key:
+            raise FeatureViewError(
+                f"feature view {self.name!r}: unique_key {list(self.unique_key)} must include the entity key "
+                f"{self.entity_key!r}: only a source with one row per entity and feature time skips de-duplication"
             )
         if self.warmup < timedelta(0):
             raise FeatureViewError(f"feature view {self.name!r}: warmup must be >= 0, got {self.warmup}")
@@ -269,14 +281,21 @@ def point_in_time_sql(
                 f"  where {feature_time} >= {_timestamp_literal(earliest)}"
                 f" and {feature_time} <= {_timestamp_literal(latest)}\n"
             )
+        dedup = (
+            ""
+            if view.unique_key
+            else (
+                f"  qualify row_number() over (\n"
+                f"    partition by {_quote(view.entity_key)}, {feature_time}\n"
+                f"    order by {view.created_timestamp} desc, {tie_break}) = 1\n"
+            )
+        )
         ctes.append(
             f"{alias} as (\n"
             f"  select {_quote(view.entity_key)} as __key, {feature_time} as __ts, {feats}\n"
             f"  from {view.source}\n"
             f"{bound}"
-            f"  qualify row_number() over (\n"
-            f"    partition by {_quote(view.entity_key)}, {feature_time}\n"
-            f"    order by {view.created_timestamp} desc, {tie_break}) = 1\n"
+            f"{dedup}"
             f")"
         )
         joins.append(

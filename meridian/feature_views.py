@@ -66,5 +66,7 @@ def feature_views() -> tuple[FeatureView, ...]:
             # Chargebacks landed in the last 30 days, for transactions up to 10 days older still.
             warmup=FEATURE_LOOKBACK + LABEL_LOOKBACK,
             source_sql=dbt_definition("merchant_risk_features"),
+            # One row per merchant and day, by the model's meridian_unique_combination test.
+            unique_key=("merchant_id", "as_of_day"),
         ),
     )

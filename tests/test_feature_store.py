@@ -19,6 +19,7 @@ from meridian.feature_store import (
     FeatureViewError,
     dbt_definition,
     dbt_project_vars,
+    point_in_time_sql,
     retrieve,
 )
 
@@ -160,6 +161,40 @@ def test_point_in_time_retrieval_matches_brute_force(data):
     assert bounded.sort(key, nulls_last=True).equals(got.sort(key, nulls_last=True))
 
 
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(scenario())
+def test_a_view_declared_unique_skips_de_duplication_and_serves_the_same_rows(data):
+    """On a source that is one row per (entity, feature time), as a declared `unique_key`
+    promises, retrieval without the de-duplication window gives exactly the rows with it;
+    the SQL really leaves the window out."""
+    import dataclasses
+
+    spend, risk, late, entities = data
+
+    def one_per_key_and_time(rows):
+        latest = {}
+        for row in sorted(rows, key=lambda r: r[2]):
+            latest[row[0], row[1]] = row  # the latest created wins, as de-duplication picks
+        return list(latest.values())
+
+    con = duckdb.connect()
+    _load(con, *(one_per_key_and_time(rows) for rows in (spend, risk, late)), entities)
+    unique = tuple(dataclasses.replace(v, unique_key=(v.entity_key, "ts")) for v in VIEWS)
+    assert "row_number()" in point_in_time_sql("select * from entities", "t", VIEWS)
+    assert "row_number()" not in point_in_time_sql("select * from entities", "t", unique)
+    key = ["customer", "merchant", "t"]
+    declared = retrieve(con, "select * from entities", "t", unique).pl().sort(key, nulls_last=True)
+    general = retrieve(con, "select * from entities", "t", VIEWS).pl().sort(key, nulls_last=True)
+    assert declared.equals(general)
+
+
+def test_a_unique_key_without_the_entity_key_is_refused():
+    with pytest.raises(FeatureViewError, match="must include the entity key"):
+        FeatureView(
+            "v", "src", "customer", "ts", "ts", (), timedelta(days=1), timedelta(0), unique_key=("ts",)
+        )
+
+
 def test_a_value_from_the_future_is_never_served():
     con = duckdb.connect()
     _load(con, [("a", 100, 100, 1.0), ("a", 101, 101, 2.0)], [], [], [("a", "m", 100)])
@@ -179,11 +214,15 @@ def test_the_version_changes_with_the_definition_and_the_source_sql():
         timedelta(0),
         "select 1",
     )
-    assert base.version == FeatureView(**{**base.__dict__}).version
-    assert base.version != FeatureView(**{**base.__dict__, "ttl": timedelta(days=2)}).version
-    assert base.version != FeatureView(**{**base.__dict__, "warmup": timedelta(days=2)}).version
-    assert base.version != FeatureView(**{**base.__dict__, "source_sql": "select 2"}).version
-    assert base.version != FeatureView(**{**base.__dict__, "features": (Feature("x", "float"),)}).version
+    from dataclasses import replace
+
+    assert base.version == replace(base).version
+    assert base.version != replace(base, ttl=timedelta(days=2)).version
+    assert base.version != replace(base, warmup=timedelta(days=2)).version
+    assert base.version != replace(base, source_sql="select 2").version
+    assert base.version != replace(base, features=(Feature("x", "float"),)).version
+    # Declaring the source unique changes how rows are retrieved, not which: same version.
+    assert base.version == replace(base, unique_key=("k", "ts")).version
 
 
 def _edited_manifest(tmp_path, edit) -> Path:
@@ -324,3 +363,11 @@ def test_every_feature_views_columns_are_in_its_dbt_models_enforced_contract_wit
         for feature in view.features:
             assert columns[feature.name]["data_type"] == feature.dtype, (view.source, feature.name)
         assert view.entity_key in columns
+        if view.unique_key:  # skips de-duplication: the model must carry the uniqueness test
+            tests = next(m for m in spec["models"] if m["name"] == view.source).get("data_tests", [])
+            declared = [
+                t["meridian_unique_combination"]["arguments"]["columns"] for t in tests if isinstance(t, dict)
+            ]
+            assert list(view.unique_key) in declared, (view.name, declared)
+            (time_column,) = [c for c in view.unique_key if c != view.entity_key]
+            assert time_column in view.event_timestamp, (view.name, view.event_timestamp)
