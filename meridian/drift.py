@@ -137,24 +137,40 @@ def binned(sorted_values: np.ndarray, inner_edges: np.ndarray) -> np.ndarray:
 def ks_and_wasserstein_sorted(a: np.ndarray, b: np.ndarray) -> tuple[float, float, float]:
     """(KS statistic, its asymptotic p-value, W1 distance) of two sorted arrays, in one pass.
 
-    Both come from the two empirical CDFs evaluated on the merged sample: KS is their
-    largest gap, W1 the area between them (as scipy.stats.wasserstein_distance computes it).
+    Both come from the gap between the two empirical CDFs along the merged sample: KS is its
+    largest value, W1 the area it encloses (as scipy.stats.wasserstein_distance computes it).
+    The merge is one `searchsorted` of b into a (where each b value lands among the a values),
+    then a running sum of +1/len(a) per a value and -1/len(b) per b value: the CDF gap after
+    each merged value. Inside a run of equal values the running sum passes through partial
+    states, so KS reads it only where the value changes; W1 weighs each state by the step to
+    the next value, zero inside a run. Profiled on 1M x 1M: two `searchsorted` of the merged
+    sample into each side took 60 % of a numeric column's time; this is one, on half the rows.
     """
-    merged = np.concatenate([a, b])
-    merged.sort(kind="stable")  # two sorted runs: a merge
-    cdf_a = np.searchsorted(a, merged, "right") / a.size
-    cdf_b = np.searchsorted(b, merged, "right") / b.size
-    gaps = np.abs(cdf_a - cdf_b)
-    d = float(gaps.max())
-    with np.errstate(
-        invalid="ignore", over="ignore"
-    ):  # ±inf or huge values: W1 is inf/NaN, the caller drops it
-        w1 = float(np.dot(gaps[:-1], np.diff(merged)))
-    en = a.size * b.size / (a.size + b.size)
+    n, m = a.size, b.size
+    merged = np.empty(n + m, dtype=np.float64)
+    at_b = np.searchsorted(a, b, side="left") + np.arange(m)  # b's positions in the merged order
+    is_b = np.zeros(n + m, dtype=bool)
+    is_b[at_b] = True
+    merged[at_b] = b
+    merged[~is_b] = a
+    gap = np.cumsum(np.where(is_b, -1.0 / m, 1.0 / n))
+    with np.errstate(invalid="ignore", over="ignore"):  # ±inf: a step of inf or NaN, W1 dropped by the caller
+        steps = np.diff(merged)
+        ends = np.append(steps != 0, True)  # the last of each run of equal values
+        w1 = float(np.dot(np.abs(gap[:-1]), steps))
+    d = float(np.abs(gap[ends]).max())
+    en = n * m / (n + m)
     # scipy is imported here, not at the top: every process that loads the definitions imports this module.
     from scipy import special
 
     return d, float(special.kolmogorov(np.sqrt(en) * d)), w1
+
+
+def _finite_part(sorted_values: np.ndarray) -> np.ndarray:
+    """The finite values of a sorted array without NaN: the slice between its -inf and +inf (a view)."""
+    low = np.searchsorted(sorted_values, -np.inf, side="right")
+    high = np.searchsorted(sorted_values, np.inf, side="left")
+    return sorted_values[low:high]
 
 
 def _status(value: float, rule: DriftRule) -> Literal["ok", "warn", "error"]:
@@ -274,9 +290,10 @@ def column_drift(
     result = ColumnDrift(value=None, status="ok", reason="", **base)
     notes = [dtype_note] if dtype_note else []
     if kind == "numeric":
-        a = ref.sort().to_numpy()
-        b = cur.sort().to_numpy()
-        fa, fb = a[np.isfinite(a)], b[np.isfinite(b)]
+        # NumPy's sort (SIMD quicksort): 9 ms for 1M floats against polars' 25-31 ms, measured.
+        a = np.sort(ref.to_numpy())
+        b = np.sort(cur.to_numpy())
+        fa, fb = _finite_part(a), _finite_part(b)
         shares = (1 - fa.size / a.size, 1 - fb.size / b.size)
         if max(shares) > 0:
             notes.append(f"non-finite share: reference {shares[0]:.3f}, current {shares[1]:.3f}")
@@ -288,9 +305,10 @@ def column_drift(
             cc = np.concatenate([[np.sum(b == -np.inf)], cc, [np.sum(b == np.inf)]]).astype(np.float64)
         result.psi = psi_from_counts(rc, cc)
         result.js = js_from_counts(rc, cc)
-        result.ks, result.ks_pvalue, _ = ks_and_wasserstein_sorted(a, b)
+        result.ks, result.ks_pvalue, w1 = ks_and_wasserstein_sorted(a, b)
         if fa.size and fb.size:
-            _, _, w1 = ks_and_wasserstein_sorted(fa, fb)
+            if fa.size < a.size or fb.size < b.size:  # W1 over the finite values only
+                _, _, w1 = ks_and_wasserstein_sorted(fa, fb)
             scale = float(np.std(fa))
             result.wasserstein = w1 / (scale if np.isfinite(scale) and scale > 0 else 1.0)
     else:
