@@ -154,10 +154,9 @@ def ks_and_wasserstein_sorted(a: np.ndarray, b: np.ndarray) -> tuple[float, floa
     merged[at_b] = b
     merged[~is_b] = a
     gap = np.cumsum(np.where(is_b, -1.0 / m, 1.0 / n))
+    ends = np.append(merged[1:] != merged[:-1], True)  # the last of each run of equal values (inf == inf)
     with np.errstate(invalid="ignore", over="ignore"):  # ±inf: a step of inf or NaN, W1 dropped by the caller
-        steps = np.diff(merged)
-        ends = np.append(steps != 0, True)  # the last of each run of equal values
-        w1 = float(np.dot(np.abs(gap[:-1]), steps))
+        w1 = float(np.dot(np.abs(gap[:-1]), np.diff(merged)))
     d = float(np.abs(gap[ends]).max())
     en = n * m / (n + m)
     # scipy is imported here, not at the top: every process that loads the definitions imports this module.
