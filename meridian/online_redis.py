@@ -120,12 +120,7 @@ class RedisOnlineStore:
 
     def read(self, view: str, entity: str) -> OnlineRow | None:
         found = self._guard(lambda: self._client.hmget(self._key(view, entity), "t", "v", "p", "h", "o"))
-        if found[0] is None:
-            return None
-        t, v, p, h, o = found
-        return OnlineRow(
-            view, entity, int(t), v.decode(), orjson.loads(p), int(h) if h else 0, o.decode() if o else ""
-        )
+        return _decoded(view, entity, *found)
 
     def read_keys(self, keys: Sequence[tuple[str, str]]) -> list[OnlineRow | None]:
         """Each (view, entity)'s row or None, in the order asked: one pipelined round trip."""
@@ -136,22 +131,8 @@ class RedisOnlineStore:
                 pipe.hmget(self._key(view, entity), "t", "v", "p", "h", "o")
             return pipe.execute()
 
-        out: list[OnlineRow | None] = []
-        for (view, entity), (t, v, p, h, o) in zip(keys, self._guard(run) if keys else [], strict=True):
-            out.append(
-                None
-                if t is None
-                else OnlineRow(
-                    view,
-                    entity,
-                    int(t),
-                    v.decode(),
-                    orjson.loads(p),
-                    int(h) if h else 0,
-                    o.decode() if o else "",
-                )
-            )
-        return out
+        found = self._guard(run) if keys else []
+        return [_decoded(view, entity, *fields) for (view, entity), fields in zip(keys, found, strict=True)]
 
     def read_many(self, view: str, entities: Sequence[str], *, stamps: bool = False) -> dict[str, OnlineRow]:
         """The entities' rows; `stamps` also reads each row's write stamp (HLC) and origin."""
@@ -165,18 +146,9 @@ class RedisOnlineStore:
 
         out = {}
         for entity, found in zip(entities, self._guard(run), strict=True):
-            t, v, p = found[:3]
-            if t is not None:
-                h, o = found[3:] if stamps else (None, None)
-                out[entity] = OnlineRow(
-                    view,
-                    entity,
-                    int(t),
-                    v.decode(),
-                    orjson.loads(p),
-                    int(h) if h else 0,
-                    o.decode() if o else "",
-                )
+            row = _decoded(view, entity, *found)
+            if row is not None:
+                out[entity] = row
         return out
 
     def count(self, view: str) -> int:
@@ -231,3 +203,12 @@ class RedisOnlineStore:
 
     def close(self) -> None:
         self._client.close()
+
+
+def _decoded(view: str, entity: str, t, v, p, h=None, o=None) -> OnlineRow | None:
+    """A row from its hash fields (time, version, payload[, HLC, origin]); None when absent."""
+    if t is None:
+        return None
+    return OnlineRow(
+        view, entity, int(t), v.decode(), orjson.loads(p), int(h) if h else 0, o.decode() if o else ""
+    )

@@ -37,9 +37,8 @@ class SqliteOnlineStore:
             primary key (view, entity)
         ) without rowid
     """
-    UPSERT = """
-        insert into online_features (view, entity, event_time_us, version, payload, hlc, origin)
-        values (?, ?, ?, ?, ?, ?, ?)
+    # Last writer by (event time, HLC, origin) wins: an older row never replaces a newer one.
+    _ON_CONFLICT = """
         on conflict (view, entity) do update set
             event_time_us = excluded.event_time_us,
             version = excluded.version,
@@ -49,7 +48,8 @@ class SqliteOnlineStore:
         where (excluded.event_time_us, excluded.hlc, excluded.origin)
             > (online_features.event_time_us, online_features.hlc, online_features.origin)
     """
-
+    _COLUMNS = "insert into online_features (view, entity, event_time_us, version, payload, hlc, origin)"
+    UPSERT = f"{_COLUMNS} values (?, ?, ?, ?, ?, ?, ?) {_ON_CONFLICT}"
     # The same upsert over a batch passed as one JSON array of rows (in order, as executemany
     # would apply them): SQLite walks it in C with the GIL released once per batch. With
     # executemany every row is bound by Python code that needs the GIL, so the scoring
@@ -57,19 +57,10 @@ class SqliteOnlineStore:
     # closed-loop load (benchmarks/serving.py), 3,250 requests/s with pushes on against
     # 3,990 with them off, before this. `where true` resolves SQLite's upsert-after-select
     # parsing ambiguity.
-    UPSERT_JSON = """
-        insert into online_features (view, entity, event_time_us, version, payload, hlc, origin)
-        select value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, value ->> 5, value ->> 6
-        from json_each(?) where true
-        on conflict (view, entity) do update set
-            event_time_us = excluded.event_time_us,
-            version = excluded.version,
-            payload = excluded.payload,
-            hlc = excluded.hlc,
-            origin = excluded.origin
-        where (excluded.event_time_us, excluded.hlc, excluded.origin)
-            > (online_features.event_time_us, online_features.hlc, online_features.origin)
-    """
+    UPSERT_JSON = (
+        f"{_COLUMNS} select value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, value ->> 5, "
+        f"value ->> 6 from json_each(?) where true {_ON_CONFLICT}"
+    )
 
     def __init__(self, path: Path, timeout_seconds: float = 30.0, origin: str = "", create: bool = True):
         """`create=False` (readers such as the scoring service): a missing file is an error
