@@ -31,6 +31,21 @@ from meridian.lake_tables import LakeLocation, LakeTable
 SYNCED_TABLES = ("raw_transactions", "raw_labels")
 SCHEMA = "lake"
 STATE = f"{SCHEMA}._synced"
+# Tables derived from a synced table, rebuilt in the same transaction as every load of it,
+# so they always describe the rows the warehouse holds. `raw_transactions_repeated`: the ids
+# the lake holds more than once. stg_transactions (a view) needs them to reconcile copies,
+# over the whole lake whatever days a query reads; every dbt node and test that read the
+# view grouped all of the lake's ids again (15M at 500k rows a day: 2.3 s each, 12 tests and
+# 4 models per build, and a group-by's cost per row grows with its hash table;
+# benchmarks/scaling.py). It is almost always empty, so the view then costs what the days
+# it is asked for cost.
+DERIVED = {
+    "raw_transactions": {
+        "raw_transactions_repeated": (
+            "select transaction_id, count(*) as copies from {source} group by transaction_id having count(*) > 1"
+        )
+    }
+}
 
 
 @dataclass(frozen=True)
@@ -85,6 +100,10 @@ def _sync_one(
         [SCHEMA, table.name],
     ).fetchall()[0][0]
     if present and previous == version:
+        if _derived_missing(con, table.name):  # a warehouse synced before the table was derived
+            con.execute("begin transaction").fetchall()
+            _derive(con, table.name)
+            con.execute("commit").fetchall()
         return TableSync(table.name, version, previous, "unchanged", 0, 0, time.perf_counter() - started)
     changed = None
     if present and previous is not None and previous < version and pinned is None:
@@ -107,6 +126,7 @@ def _sync_one(
                     f"insert into {target} by name select * from _lake_dataset where {condition}", values
                 ).fetchall()[0][0]
             mode, partitions = "incremental", len(changed)
+        _derive(con, table.name)
         con.execute(f"insert or replace into {STATE} values (?, ?, now())", [table.name, version]).fetchall()
         con.execute("commit").fetchall()
     except BaseException:
@@ -115,3 +135,22 @@ def _sync_one(
     finally:
         con.unregister("_lake_dataset")
     return TableSync(table.name, version, previous, mode, partitions, rows, time.perf_counter() - started)
+
+
+def _derive(con: duckdb.DuckDBPyConnection, table: str) -> None:
+    """Rebuild the tables derived from `table` (inside the caller's transaction)."""
+    for name, sql in DERIVED.get(table, {}).items():
+        query = sql.format(source=f"{SCHEMA}.{table}")
+        con.execute(f"create or replace table {SCHEMA}.{name} as {query}").fetchall()
+
+
+def _derived_missing(con: duckdb.DuckDBPyConnection, table: str) -> bool:
+    names = list(DERIVED.get(table, {}))
+    if not names:
+        return False
+    found = con.execute(
+        "select count(*) from information_schema.tables where table_schema = ? and table_name in "
+        f"({', '.join('?' * len(names))})",
+        [SCHEMA, *names],
+    ).fetchall()[0][0]
+    return found < len(names)

@@ -393,3 +393,15 @@ def test_the_warehouse_follows_the_lake_by_its_log_reloading_only_what_changed(l
     pinned = duckdb.connect()
     (old,) = sync_lake(pinned, location, ["raw_transactions"], versions={"raw_transactions": 3})
     assert (old.mode, old.version, old.rows) == ("full", 3, 80)
+
+    # The ids held more than once, derived in the same transaction as each load (the
+    # service's copies of three ids of the replaced day): after the full load, after the
+    # incremental one, on a fresh warehouse and at a pinned version.
+    repeated = "select transaction_id, copies from lake.raw_transactions_repeated order by 1"
+    expected = [(f"t{DAY:%m%d}-{i}", 2) for i in range(3)]
+    assert con.execute(repeated).fetchall() == expected == fresh.execute(repeated).fetchall()
+    assert pinned.execute(repeated).fetchall() == []
+    # A warehouse synced before the table was derived gets it at its next sync.
+    con.execute("drop table lake.raw_transactions_repeated")
+    (unchanged,) = sync_lake(con, location, ["raw_transactions"])
+    assert unchanged.mode == "unchanged" and con.execute(repeated).fetchall() == expected

@@ -6,9 +6,11 @@ with lake as (
     select * from {{ source('lake', 'raw_transactions') }}
 ),
 
+-- Only an id held more than once can have two forms (the ids the lake sync derives).
 conflicted as (
     select transaction_id, count(distinct ({{ transaction_identity('lake') }})) as versions
     from lake
+    semi join lake.raw_transactions_repeated using (transaction_id)
     group by transaction_id
     having count(distinct ({{ transaction_identity('lake') }})) > 1
 )
