@@ -975,9 +975,13 @@ def test_object_store_drill_kills_the_regions_endpoint_and_redis_and_serves_from
                 status_code, body = _call(f"{url}/v1/{REGION}/score", _transaction(home, 40))
                 assert status_code == 200 and body["site"] == REGION
                 _wait_until_watched(home, loop, tmp_path / "daemon.log", logs)
-                # A day lands after the last replication: the lake's RPO.
+                # A day lands after the last replication: the lake's RPO. Its transactions are
+                # new ids, so the rows tell it apart from anything the partition held before (in
+                # the suite, under load, the partition once already held DAYS[-1]'s ids, and a
+                # lost rewrite with the same ids measured no RPO).
                 _wait_for_replication_runs(operated["DAGSTER_HOME"])
-                source_table.replace(rows, day=LATE_DAY, origin="source")
+                late_rows = rows.with_columns(pl.col("transaction_id") + "-late")
+                source_table.replace(late_rows, day=LATE_DAY, origin="source")
                 time.sleep(0.05)
 
                 # ---- drill 1: the region's endpoint and its Redis are SIGKILLed
