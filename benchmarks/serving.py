@@ -31,7 +31,7 @@ Two kinds of load, each from another process on loopback:
 
 The last line printed is one JSON object with the figures.
 
-Why one script of ~450 lines: Meridian, its peer and the in-process floor are measured in
+Why one script of ~540 lines: Meridian, its peer and the in-process floor are measured in
 one run on the same model and rows (the house rule for a fair ratio).
 """
 
