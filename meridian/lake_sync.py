@@ -35,7 +35,7 @@ STATE = f"{SCHEMA}._synced"
 # so they always describe the rows the warehouse holds. `raw_transactions_repeated`: the ids
 # the lake holds more than once. stg_transactions (a view) needs them to reconcile copies,
 # over the whole lake whatever days a query reads; every dbt node and test that read the
-# view grouped all of the lake's ids again (15M at 500k rows a day: 2.3 s each, 12 tests and
+# view grouped all of the lake's ids again (15M at 500k rows a day: 2.3 s each, about a dozen tests and
 # 4 models per build, and a group-by's cost per row grows with its hash table;
 # benchmarks/scaling.py). It is almost always empty, so the view then costs what the days
 # it is asked for cost.

@@ -206,15 +206,18 @@ class SqliteOnlineStore:
                 )
                 .fetchone()
             )
-        if found is None:
-            return None
+        return None if found is None else self._row(view, entity, *found)
+
+    def _row(
+        self, view: str, entity: str, t: int, version: str, payload: str, hlc: int, origin: str
+    ) -> OnlineRow:
         try:
-            payload = orjson.loads(found[2])
+            values = orjson.loads(payload)
         except orjson.JSONDecodeError as error:  # a corrupt row: the store, not the request
             raise OnlineStoreUnavailable(
                 f"online store {self.path} holds a corrupt row {view}/{entity}: {error}"
             ) from error
-        return OnlineRow(view, entity, found[0], found[1], payload, found[3], found[4])
+        return OnlineRow(view, entity, t, version, values, hlc, origin)
 
     def read_keys(self, keys: Sequence[tuple[str, str]]) -> list[OnlineRow | None]:
         """Each (view, entity)'s row or None, in the order asked: one statement (each term a
@@ -232,15 +235,7 @@ class SqliteOnlineStore:
                 )
                 .fetchall()
             )
-        rows = {}
-        for view, entity, t, version, payload, hlc, origin in found:
-            try:
-                values = orjson.loads(payload)
-            except orjson.JSONDecodeError as error:  # a corrupt row: the store, not the request
-                raise OnlineStoreUnavailable(
-                    f"online store {self.path} holds a corrupt row {view}/{entity}: {error}"
-                ) from error
-            rows[view, entity] = OnlineRow(view, entity, t, version, values, hlc, origin)
+        rows = {(view, entity): self._row(view, entity, *rest) for view, entity, *rest in found}
         return [rows.get(key) for key in keys]
 
     def read_many(self, view: str, entities: Sequence[str]) -> dict[str, OnlineRow]:
