@@ -9,8 +9,10 @@ same DuckDB file, writing its full result to Parquet (the timings include materi
   pipeline by a dbt uniqueness test). Methods:
   - `floor`: a bare DuckDB `ASOF LEFT JOIN` of the labels and the view, no de-duplication,
     no TTL, no defaults, no time-zone normalisation: the least any retrieval can do;
-  - `asof`: Meridian's retrieval (`meridian.feature_store.point_in_time_sql`), TTL, defaults
-    and UTC normalisation on, de-duplication skipped because the view is declared unique;
+  - `asof`: Meridian's retrieval as it writes a training set to a file
+    (`meridian.retrieval.write_retrieval`): TTL, defaults and UTC normalisation on,
+    de-duplication skipped because the view is declared unique, the customers joined in
+    parts of at most 4M feature rows (`retrieval_parts`: 3 here) so memory follows a part;
   - `asof_dedup`: the same retrieval with the view not declared unique (a source without
     the guarantee): the de-duplication window over every feature row, measured apart;
   - `feast`: Feast's `get_historical_features` on the same rows.
@@ -50,7 +52,8 @@ sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
 
 from harness import measure_child  # noqa: E402
 
-from meridian.feature_store import Feature, FeatureView, point_in_time_sql  # noqa: E402
+from meridian.feature_store import Feature, FeatureView  # noqa: E402
+from meridian.retrieval import write_retrieval  # noqa: E402
 
 DAYS = 60
 VIEWS = (
@@ -214,26 +217,33 @@ def range_join_sql() -> str:
     return "with " + ",".join(parts) + "\nselect " + ", ".join(selects) + "\nfrom labels l\n" + joins
 
 
-def method_sql(method: str) -> str:
-    if method == "floor":
-        return floor_sql()
-    if method == "asof_single":
-        return point_in_time_sql("select * from labels", "event_time", (SINGLE,))
-    if method == "asof_dedup":
-        return point_in_time_sql("select * from labels", "event_time", (replace(SINGLE, unique_key=()),))
-    if method == "asof":
-        return point_in_time_sql("select * from labels", "event_time", VIEWS)
-    return range_join_sql()
+def meridian_views(method: str) -> tuple[FeatureView, ...] | None:
+    """The views Meridian's retrieval serves in `method`; None for the other methods."""
+    return {
+        "asof": VIEWS,
+        "asof_single": (SINGLE,),
+        "asof_dedup": (replace(SINGLE, unique_key=()),),
+    }.get(method)
 
 
 def run_method(db: Path, method: str, out: Path) -> None:
+    """Meridian's methods run its own writer (`write_retrieval`: entity parts, one Parquet file);
+    the floor and the range join are one `copy ... to` of their SQL."""
     import duckdb
 
+    from meridian.retrieval import retrieval_parts
+
     con = duckdb.connect(str(db), read_only=True)
-    sql = method_sql(method)
+    views = meridian_views(method)
     started = time.perf_counter()
-    con.execute(f"copy ({sql}) to '{out}' (format parquet)")
+    if views is not None:
+        write_retrieval(con, "select * from labels", "event_time", views, out)
+    else:
+        sql = floor_sql() if method == "floor" else range_join_sql()
+        con.execute(f"copy ({sql}) to '{out}' (format parquet)")
     out.with_suffix(".seconds").write_text(f"{time.perf_counter() - started:.4f}")
+    parts = retrieval_parts(con, "select * from labels", views) if views is not None else 1
+    out.with_suffix(".parts").write_text(str(parts))
     con.close()
 
 
@@ -309,13 +319,15 @@ def _run(work: Path, db: Path, method: str, results: dict, label: str | None = N
     else:
         wall, peak = measure_child(__file__, ["--phase", method, "--db", str(db), "--out", str(out)])
     seconds = float(out.with_suffix(".seconds").read_text())
+    parts = out.with_suffix(".parts")
     name = label or method
     results[name] = {
+        "parts": int(parts.read_text()) if parts.exists() else 1,
         "seconds": round(seconds, 3),
         "process_seconds": round(wall, 2),
         "peak_rss_mb": round(peak),
     }
-    print(f"  {name:<12} {seconds:>12.2f} {wall:>10.2f} {peak:>12.0f}", flush=True)
+    print(f"  {name:<12} {seconds:>12.2f} {wall:>10.2f} {peak:>12.0f} {results[name]['parts']:>6}", flush=True)
 
 
 def one_view(work: Path, labels: int, features: int, entities: int, feast: bool) -> dict:
@@ -323,7 +335,7 @@ def one_view(work: Path, labels: int, features: int, entities: int, feast: bool)
     gen = _generate("generate_single", db, labels, features, entities)
     print(f"one view: {labels:,} label rows x {features:,} feature rows, {entities:,} customers, unique on")
     print(f"(customer, feature time) (generated in {gen:.1f} s)")
-    print(f"  {'method':<12} {'retrieval s':>12} {'process s':>10} {'peak RSS MB':>12}")
+    print(f"  {'method':<12} {'retrieval s':>12} {'process s':>10} {'peak RSS MB':>12} {'parts':>6}")
     results: dict[str, dict] = {}
     for method, label in (("floor", "floor"), ("asof_single", "asof"), ("asof_dedup", "asof_dedup")):
         _run(work, db, method, results, label)
@@ -363,7 +375,7 @@ def three_views(work: Path, labels: int, features: int, entities: int, feast: bo
     gen = _generate("generate", db, labels, features, entities)
     print(f"three views: {labels:,} label rows x {features:,} feature rows, {entities:,} entities, with ties")
     print(f"(generated in {gen:.1f} s)")
-    print(f"  {'method':<12} {'retrieval s':>12} {'process s':>10} {'peak RSS MB':>12}")
+    print(f"  {'method':<12} {'retrieval s':>12} {'process s':>10} {'peak RSS MB':>12} {'parts':>6}")
     results: dict[str, dict] = {}
     for method in ("asof", "range_join"):
         _run(work, db, method, results)

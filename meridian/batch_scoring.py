@@ -49,7 +49,7 @@ def prediction_features_by_day(
     """(day, `prediction_features` of the day) for each of `days`, in order: runs of
     consecutive days holding up to ROWS_PER_RETRIEVAL transactions in all are retrieved in
     one query (the same rows, the same point-in-time rule) and split by day."""
-    from meridian.feature_store import retrieve
+    from meridian.retrieval import retrieve
 
     if not days:
         return

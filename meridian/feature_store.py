@@ -8,12 +8,7 @@ plus everything in dbt that determines the source's values (the manifest's check
 the model and its ancestors, the macros they use, the vars they read), so any change to
 either yields a new version.
 
-Retrieval is point-in-time correct: for every (entity, event time) row it returns, per
-view, the values of the row with the latest event timestamp <= the event time, and among
-equal event timestamps the latest created timestamp; a value older than the TTL, or an
-entity the view has never seen, gets the feature's documented default. It is one DuckDB
-`ASOF LEFT JOIN` per view over the view de-duplicated on (entity, event timestamp), not a
-range join followed by de-duplication.
+Retrieval, point-in-time correct, is meridian.retrieval.
 """
 
 from __future__ import annotations
@@ -23,7 +18,7 @@ import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, datetime, timedelta
 from functools import cached_property
 from pathlib import Path
 
@@ -210,11 +205,11 @@ def dbt_definition(
     )
 
 
-def _quote(identifier: str) -> str:
+def quote_identifier(identifier: str) -> str:
     return '"' + identifier.replace('"', '""') + '"'
 
 
-def _literal(value: object) -> str:
+def sql_literal(value: object) -> str:
     if value is None:
         return "NULL"
     if isinstance(value, bool):
@@ -224,110 +219,7 @@ def _literal(value: object) -> str:
 
 def feature_tie_break(view: FeatureView) -> str:
     """ORDER BY terms that make the choice among fully tied rows deterministic."""
-    return ", ".join(f"{_quote(f.name)} desc nulls last" for f in view.features)
-
-
-def utc_naive(value: datetime) -> datetime:
-    """A datetime as naive UTC: aware values are converted, naive ones are taken as UTC."""
-    return value.astimezone(UTC).replace(tzinfo=None) if value.tzinfo is not None else value
-
-
-def utc_sql(expression: str) -> str:
-    """A TIMESTAMP, TIMESTAMPTZ, TIMESTAMP_NS (or DATE cast to timestamp) expression as a naive
-    UTC TIMESTAMP, whatever the session's time zone: epoch microseconds do not depend on it."""
-    return f"make_timestamp(epoch_us({expression}))"
-
-
-def _timestamp_literal(value: datetime) -> str:
-    return f"timestamp '{utc_naive(value).isoformat(sep=' ')}'"
-
-
-def point_in_time_sql(
-    entity_sql: str,
-    event_time: str,
-    views: tuple[FeatureView, ...],
-    event_time_range: tuple[datetime, datetime] | None = None,
-) -> str:
-    """SQL that adds every view's point-in-time values to the rows of `entity_sql`.
-
-    `entity_sql` is any query with the views' entity keys and the `event_time` column;
-    its rows come back once each, with their columns, in no particular order.
-
-    Time zones: every timestamp (the entity rows' event time, each view's feature time,
-    the range bounds) is compared as naive UTC, so TIMESTAMP (read as UTC), TIMESTAMPTZ
-    and nanosecond timestamps give the same rows in any DuckDB session time zone, and
-    the range may be given as naive-UTC or aware datetimes.
-
-    `event_time_range` (earliest, latest), when every entity row's event time is known to
-    lie in it (one day of transactions to score, say), restricts each view to the rows
-    that can be served: feature times in [earliest − TTL, latest]. Older rows are past
-    their TTL for every entity row and newer ones are in their future, so the result is
-    the same (tested); the view is scanned for a few days instead of its whole history.
-    """
-    ctes = [f"__entities as (select *, {utc_sql(_quote(event_time))} as __event_utc from ({entity_sql}))"]
-    selects = ["__e.* exclude (__event_utc)"]
-    joins = []
-    for i, view in enumerate(views):
-        alias = f"__v{i}"
-        feats = ", ".join(f"{_quote(f.name)}" for f in view.features)
-        # Rows equal on entity, event and created time (two transactions of one customer in
-        # the same microsecond): pick by the feature values, so that every run picks the same.
-        tie_break = feature_tie_break(view)
-        feature_time = utc_sql(view.event_timestamp)
-        bound = ""
-        if event_time_range is not None:
-            earliest, latest = utc_naive(event_time_range[0]) - view.ttl, event_time_range[1]
-            bound = (
-                f"  where {feature_time} >= {_timestamp_literal(earliest)}"
-                f" and {feature_time} <= {_timestamp_literal(latest)}\n"
-            )
-        dedup = (
-            ""
-            if view.unique_key
-            else (
-                f"  qualify row_number() over (\n"
-                f"    partition by {_quote(view.entity_key)}, {feature_time}\n"
-                f"    order by {view.created_timestamp} desc, {tie_break}) = 1\n"
-            )
-        )
-        ctes.append(
-            f"{alias} as (\n"
-            f"  select {_quote(view.entity_key)} as __key, {feature_time} as __ts, {feats}\n"
-            f"  from {view.source}\n"
-            f"{bound}"
-            f"{dedup}"
-            f")"
-        )
-        joins.append(
-            f"asof left join {alias} on __e.{_quote(view.entity_key)} = {alias}.__key "
-            f"and __e.__event_utc >= {alias}.__ts"
-        )
-        live = f"{alias}.__ts >= __e.__event_utc - to_microseconds({int(view.ttl.total_seconds() * 1e6)})"
-        for f in view.features:
-            selects.append(
-                f"case when {live} then cast({alias}.{_quote(f.name)} as {f.dtype}) "
-                f"else cast({_literal(f.default)} as {f.dtype}) end as {_quote(view.column(f.name))}"
-            )
-        selects.append(f"case when {live} then {alias}.__ts end as {_quote(view.column('feature_time'))}")
-    return (
-        "with "
-        + ",\n".join(ctes)
-        + "\nselect "
-        + ",\n  ".join(selects)
-        + "\nfrom __entities as __e\n"
-        + "\n".join(joins)
-    )
-
-
-def retrieve(
-    con: duckdb.DuckDBPyConnection,
-    entity_sql: str,
-    event_time: str,
-    views: tuple[FeatureView, ...],
-    event_time_range: tuple[datetime, datetime] | None = None,
-) -> duckdb.DuckDBPyRelation:
-    """Point-in-time feature retrieval as a lazy DuckDB relation."""
-    return con.sql(point_in_time_sql(entity_sql, event_time, views, event_time_range))
+    return ", ".join(f"{quote_identifier(f.name)} desc nulls last" for f in view.features)
 
 
 # ---------------------------------------------------------------- warm-up

@@ -77,7 +77,7 @@ def sweep_temporaries(root: Path) -> list[Path]:
 
 
 @contextmanager
-def _atomic_target(path: Path) -> Iterator[Path]:
+def atomic_target(path: Path) -> Iterator[Path]:
     """A hidden temporary name beside `path`; on success it is fsynced and renamed over `path`."""
     make_dirs(path.parent)
     tmp = temporary_name(path.parent, path.name)
@@ -93,14 +93,14 @@ def _atomic_target(path: Path) -> Iterator[Path]:
 
 def write_parquet_atomic(frame: pl.DataFrame, path: Path) -> int:
     """Write `frame` to `path` atomically; return the bytes written."""
-    with _atomic_target(path) as tmp:
+    with atomic_target(path) as tmp:
         frame.write_parquet(tmp, compression="zstd", statistics=True)
     return path.stat().st_size
 
 
 def write_bytes_atomic(payload: bytes, path: Path) -> None:
     """Write a small file (a manifest, a registry entry) atomically."""
-    with _atomic_target(path) as tmp:
+    with atomic_target(path) as tmp:
         tmp.write_bytes(payload)
 
 

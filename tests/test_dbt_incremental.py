@@ -114,8 +114,8 @@ def test_the_dbt_project_runs_on_its_own_from_meridian_home(built: tuple[Path, P
 def test_point_in_time_retrieval_on_the_region_warehouse_serves_each_transactions_own_features(
     built: tuple[Path, Path],
 ):
-    from meridian.feature_store import retrieve
     from meridian.feature_views import feature_views
+    from meridian.retrieval import retrieve
 
     full, _ = built
     con = duckdb.connect(str(full), read_only=True)

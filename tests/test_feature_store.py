@@ -12,6 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from meridian import retrieval
 from meridian.feature_store import (
     DBT_MANIFEST,
     Feature,
@@ -19,8 +20,14 @@ from meridian.feature_store import (
     FeatureViewError,
     dbt_definition,
     dbt_project_vars,
+)
+from meridian.retrieval import (
     point_in_time_sql,
+    retrieval_parts,
     retrieve,
+    retrieve_frame,
+    retrieve_parts,
+    write_retrieval,
 )
 
 T0 = datetime(2026, 1, 1)
@@ -96,7 +103,14 @@ def _load(con: duckdb.DuckDBPyConnection, spend, risk, late, entities) -> None:
         "late_src": pl.DataFrame(late, schema=["customer", "ts", "created", "w"], orient="row"),
         "entities": pl.DataFrame(entities, schema=["customer", "merchant", "t"], orient="row"),
     }
-    schemas = {"x": pl.Float64, "y": pl.Int64, "z": pl.Boolean, "w": pl.Float64}
+    schemas = {
+        "x": pl.Float64,
+        "y": pl.Int64,
+        "z": pl.Boolean,
+        "w": pl.Float64,
+        "customer": pl.Utf8,
+        "merchant": pl.Utf8,
+    }
     for name, frame in frames.items():
         frame = frame.with_columns(
             [
@@ -371,3 +385,70 @@ def test_every_feature_views_columns_are_in_its_dbt_models_enforced_contract_wit
             assert list(view.unique_key) in declared, (view.name, declared)
             (time_column,) = [c for c in view.unique_key if c != view.entity_key]
             assert time_column in view.event_timestamp, (view.name, view.event_timestamp)
+
+
+def _sorted(frame: pl.DataFrame) -> pl.DataFrame:
+    return frame.sort(frame.columns, nulls_last=True)
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(scenario(), st.integers(1, 12))
+def test_a_retrieval_in_entity_parts_returns_every_row_once_as_the_whole_join_does(data, part_rows):
+    """Cut into parts of at most `part_rows` rows of the views keyed on the first view's entity
+    (customer: `spend` and `late`; `risk`, by merchant, is joined whole in each part), the
+    retrieval returns the whole join's rows, each once: entity rows with a NULL key and keys no
+    view holds included. The session's ASOF planning setting is as it was afterwards."""
+    spend, risk, late, entities = data
+    con = duckdb.connect()
+    _load(con, spend, risk, late, entities)
+    con.execute("insert into entities values (null, 'a', ?), (null, null, ?)", [_minutes(100), _minutes(5)])
+    whole = retrieve(con, "select * from entities", "t", VIEWS).pl()
+    parts = retrieval_parts(con, "select * from entities", VIEWS, part_rows=part_rows)
+    assert parts == max(1, -(-max(len(spend), len(late)) // part_rows))
+    got = retrieve_frame(con, "select * from entities", "t", VIEWS, part_rows=part_rows)
+    assert got.height == len(entities) + 2
+    assert _sorted(got).equals(_sorted(whole))
+    one_by_one = [
+        rel.pl() for rel in retrieve_parts(con, "select * from entities", "t", VIEWS, part_rows=part_rows)
+    ]
+    assert len(one_by_one) == parts and sum(f.height for f in one_by_one) == got.height
+    assert con.sql("select current_setting('asof_loop_join_threshold')").fetchall()[0][0] == 64
+
+
+def test_entity_keys_of_two_types_are_joined_whole_since_their_hashes_differ():
+    """1 (BIGINT) and 1.0 (DOUBLE) join, but hash apart: such a retrieval is not cut."""
+    con = duckdb.connect()
+    con.execute(
+        "create table spend_src as select 1::double as customer, ?::timestamp as ts, ts as created, 5.0 as x",
+        [_minutes(0)],
+    )
+    con.execute("create table entities as select 1::bigint as customer, ?::timestamp as t", [_minutes(10)])
+    views = (VIEWS[0],)
+    assert retrieval_parts(con, "select * from entities", views, part_rows=1) == 1
+    got = retrieve_frame(con, "select * from entities", "t", views, part_rows=1)
+    assert got["spend__x"].to_list() == [5.0]
+
+
+def test_a_written_retrieval_is_whole_or_the_file_it_replaces(tmp_path, monkeypatch):
+    """Written part by part to one file; a write that fails midway leaves the earlier file as it was."""
+    con = duckdb.connect()
+    spend = [(k, m, m, float(m)) for k in KEYS[:3] for m in range(0, 200, 10)]
+    entities = [(k, "a", m) for k in KEYS for m in range(5, 200, 20)]
+    _load(con, spend, [], [], entities)
+    views = (VIEWS[0],)
+    path = tmp_path / "training.parquet"
+    rows = write_retrieval(con, "select * from entities", "t", views, path, part_rows=20)
+    expected = retrieve(con, "select * from entities", "t", views).pl()
+    assert rows == len(entities) and _sorted(pl.read_parquet(path)).equals(_sorted(expected))
+    before = path.read_bytes()
+
+    def parts_then_a_failure(*args, **kwargs):
+        yield from list(real(*args, **kwargs))[:2]
+        raise OSError("disk full")
+
+    real = retrieval.retrieve_parts
+    monkeypatch.setattr(retrieval, "retrieve_parts", parts_then_a_failure)
+    with pytest.raises(OSError, match="disk full"):
+        write_retrieval(con, "select * from entities", "t", views, path, part_rows=20)
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["training.parquet"]  # no temporary left
