@@ -9,14 +9,35 @@ log. It blocks (store reads, LightGBM): the HTTP layer runs it off the event loo
 
 from __future__ import annotations
 
+import itertools
+import os
 import time
-import uuid
 from datetime import UTC, datetime
 
 from meridian import registry
 from meridian.online_store import OnlineStoreUnavailable, to_micros
 from serving.region_service import RegionService, ScoringRefused
 from serving.schemas import Transaction
+
+
+class _RequestIds:
+    """Request ids unique as uuid4's are, cheaper: this process's random 96-bit prefix and a
+    counter. `uuid4()` makes a getrandom call and a UUID object per request: 6 % of the event
+    loop's CPU under closed-loop load (py-spy). A forked child draws a prefix of its own."""
+
+    def __init__(self) -> None:
+        self._reset()
+        os.register_at_fork(after_in_child=self._reset)
+
+    def _reset(self) -> None:
+        self._prefix = os.urandom(12).hex()
+        self._counter = itertools.count()
+
+    def next(self) -> str:
+        return f"{self._prefix}-{next(self._counter):012x}"
+
+
+REQUEST_IDS = _RequestIds()
 
 
 def score_transaction(service: RegionService, txn: Transaction, started: float | None = None) -> dict:
@@ -57,7 +78,7 @@ def score_transaction(service: RegionService, txn: Transaction, started: float |
     if folded is not None and service.push is not None:
         service.push.push(folded)
     result = {
-        "request_id": str(uuid.uuid4()),
+        "request_id": REQUEST_IDS.next(),
         "region": region,
         "transaction_id": txn.transaction_id,
         "score": probability,

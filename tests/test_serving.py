@@ -1223,3 +1223,27 @@ def test_a_frozen_redis_holds_other_requests_for_one_timeout_at_most_and_recover
     finally:
         server.signal(signal.SIGCONT)
         server.close()
+
+
+def test_request_ids_are_unique_within_a_process_across_threads_and_in_a_forked_child():
+    import os
+    from concurrent.futures import ThreadPoolExecutor
+
+    from serving.scoring import REQUEST_IDS
+
+    with ThreadPoolExecutor(4) as pool:
+        ids = [
+            i
+            for batch in pool.map(lambda _: [REQUEST_IDS.next() for _ in range(2000)], range(4))
+            for i in batch
+        ]
+    assert len(set(ids)) == len(ids) == 8000
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its ids must not repeat the parent's next ones
+        os.write(write, REQUEST_IDS.next().encode())
+        os._exit(0)
+    os.waitpid(pid, 0)
+    child = os.read(read, 100).decode()
+    parent = REQUEST_IDS.next()
+    assert child.split("-")[0] != parent.split("-")[0] and child not in ids
