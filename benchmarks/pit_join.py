@@ -327,7 +327,9 @@ def _run(work: Path, db: Path, method: str, results: dict, label: str | None = N
         "process_seconds": round(wall, 2),
         "peak_rss_mb": round(peak),
     }
-    print(f"  {name:<12} {seconds:>12.2f} {wall:>10.2f} {peak:>12.0f} {results[name]['parts']:>6}", flush=True)
+    print(
+        f"  {name:<12} {seconds:>12.2f} {wall:>10.2f} {peak:>12.0f} {results[name]['parts']:>6}", flush=True
+    )
 
 
 def one_view(work: Path, labels: int, features: int, entities: int, feast: bool) -> dict:

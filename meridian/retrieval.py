@@ -36,6 +36,18 @@ def _timestamp_literal(value: datetime) -> str:
     return f"timestamp '{utc_naive(value).isoformat(sep=' ')}'"
 
 
+def _servable_rows(view: FeatureView, event_time_range: tuple[datetime, datetime] | None) -> str | None:
+    """The condition on a view's rows that entity rows in `event_time_range` can be served:
+    feature times in [earliest - TTL, latest]. None without a range."""
+    if event_time_range is None:
+        return None
+    earliest, latest = utc_naive(event_time_range[0]) - view.ttl, event_time_range[1]
+    feature_time = utc_sql(view.event_timestamp)
+    return (
+        f"{feature_time} >= {_timestamp_literal(earliest)} and {feature_time} <= {_timestamp_literal(latest)}"
+    )
+
+
 def point_in_time_sql(
     entity_sql: str,
     event_time: str,
@@ -81,12 +93,7 @@ def point_in_time_sql(
         # the same microsecond): pick by the feature values, so that every run picks the same.
         tie_break = feature_tie_break(view)
         feature_time = utc_sql(view.event_timestamp)
-        conditions = []
-        if event_time_range is not None:
-            earliest, latest = utc_naive(event_time_range[0]) - view.ttl, event_time_range[1]
-            conditions.append(
-                f"{feature_time} >= {_timestamp_literal(earliest)} and {feature_time} <= {_timestamp_literal(latest)}"
-            )
+        conditions = [servable] if (servable := _servable_rows(view, event_time_range)) else []
         if owns and view.entity_key == views[0].entity_key:
             conditions.append(owns)
         bound = f"  where {' and '.join(conditions)}\n" if conditions else ""
@@ -171,14 +178,8 @@ def retrieval_parts(
         return 1
     largest = 0
     for view in keyed:
-        where = ""
-        if event_time_range is not None:
-            earliest, latest = utc_naive(event_time_range[0]) - view.ttl, event_time_range[1]
-            feature_time = utc_sql(view.event_timestamp)
-            where = (
-                f" where {feature_time} >= {_timestamp_literal(earliest)}"
-                f" and {feature_time} <= {_timestamp_literal(latest)}"
-            )
+        servable = _servable_rows(view, event_time_range)
+        where = f" where {servable}" if servable else ""
         largest = max(largest, con.sql(f"select count(*) from {view.source}{where}").fetchall()[0][0])
     return max(1, -(-largest // part_rows))
 
