@@ -10,7 +10,7 @@ same DuckDB file, writing its full result to Parquet (the timings include materi
   - `floor`: a bare DuckDB `ASOF LEFT JOIN` of the labels and the view, no de-duplication,
     no TTL, no defaults, no time-zone normalisation: the least any retrieval can do;
   - `asof`: Meridian's retrieval as it writes a training set to a file
-    (`meridian.retrieval.write_retrieval`): TTL, defaults and UTC normalisation on,
+    (`meridian.retrieval.write_parts`): TTL, defaults and UTC normalisation on,
     de-duplication skipped because the view is declared unique, the customers joined in
     parts of at most 4M feature rows (`retrieval_parts`: 3 here) so memory follows a part;
   - `asof_dedup`: the same retrieval with the view not declared unique (a source without
@@ -53,7 +53,7 @@ sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
 from harness import measure_child  # noqa: E402
 
 from meridian.feature_store import Feature, FeatureView  # noqa: E402
-from meridian.retrieval import write_retrieval  # noqa: E402
+from meridian.retrieval import retrieve_parts, write_parts  # noqa: E402
 
 DAYS = 60
 VIEWS = (
@@ -227,7 +227,7 @@ def meridian_views(method: str) -> tuple[FeatureView, ...] | None:
 
 
 def run_method(db: Path, method: str, out: Path) -> None:
-    """Meridian's methods run its own writer (`write_retrieval`: entity parts, one Parquet file);
+    """Meridian's methods run its own writer (`retrieve_parts` written by `write_parts`: entity parts, one Parquet file);
     the floor and the range join are one `copy ... to` of their SQL."""
     import duckdb
 
@@ -237,7 +237,7 @@ def run_method(db: Path, method: str, out: Path) -> None:
     views = meridian_views(method)
     started = time.perf_counter()
     if views is not None:
-        write_retrieval(con, "select * from labels", "event_time", views, out)
+        write_parts(retrieve_parts(con, "select * from labels", "event_time", views), out)
     else:
         sql = floor_sql() if method == "floor" else range_join_sql()
         con.execute(f"copy ({sql}) to '{out}' (format parquet)")

@@ -10,7 +10,7 @@ rather than the view's.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -209,40 +209,23 @@ def retrieve_parts(
         con.execute(f"set asof_loop_join_threshold = {int(threshold)}")
 
 
-def retrieve_frame(
-    con: duckdb.DuckDBPyConnection,
-    entity_sql: str,
-    event_time: str,
-    views: tuple[FeatureView, ...],
-    event_time_range: tuple[datetime, datetime] | None = None,
-    part_rows: int = RETRIEVAL_PART_ROWS,
-) -> pl.DataFrame:
-    """The retrieval as one polars frame, joined part by part (`retrieve_parts`)."""
-    frames = [
-        rel.pl() for rel in retrieve_parts(con, entity_sql, event_time, views, event_time_range, part_rows)
-    ]
+def collect_parts(parts: Iterable[duckdb.DuckDBPyRelation]) -> pl.DataFrame:
+    """A retrieval's parts (`retrieve_parts`) as one polars frame, joined one after the other."""
+    frames = [rel.pl() for rel in parts]
     return frames[0] if len(frames) == 1 else pl.concat(frames, how="vertical")
 
 
-def write_retrieval(
-    con: duckdb.DuckDBPyConnection,
-    entity_sql: str,
-    event_time: str,
-    views: tuple[FeatureView, ...],
-    path: Path,
-    event_time_range: tuple[datetime, datetime] | None = None,
-    part_rows: int = RETRIEVAL_PART_ROWS,
-) -> int:
-    """The retrieval written to one Parquet file, part by part (`retrieve_parts`), streamed in
-    record batches; its rows. Written to a temporary name and renamed: `path` holds a whole
-    retrieval, or what it held before."""
+def write_parts(parts: Iterable[duckdb.DuckDBPyRelation], path: Path) -> int:
+    """A retrieval's parts (`retrieve_parts`) written to one Parquet file, each joined and
+    streamed in record batches in turn; its rows. Written to a temporary name and renamed:
+    `path` holds a whole retrieval, or what it held before."""
     from meridian.lake import atomic_target
 
     rows = 0
     with atomic_target(path) as tmp:
         writer = None
         try:
-            for rel in retrieve_parts(con, entity_sql, event_time, views, event_time_range, part_rows):
+            for rel in parts:
                 reader = rel.fetch_record_batch(WRITE_BATCH_ROWS)
                 if writer is None:
                     writer = pq.ParquetWriter(tmp, reader.schema)

@@ -18,7 +18,7 @@ import polars as pl
 
 from meridian.feature_store import FeatureView, complete_from, history_start, warmup_of
 from meridian.modeling import transaction_entities_sql
-from meridian.retrieval import retrieve_frame
+from meridian.retrieval import collect_parts, retrieve_parts
 from meridian.topology import Region
 
 SPLITS = ("train", "validation", "test")
@@ -77,7 +77,9 @@ def build_training_set(
     # same customer never has in steady state (training/serving skew).
     matured = f"t.label_matures_at <= timestamp '{as_of}' and t.event_time >= timestamp '{warm_from}'"
     entity_sql = transaction_entities_sql(region, source, matured, extra="t.is_fraud::int as label")
-    frame = retrieve_frame(con, entity_sql, "event_time", views).sort("event_time", "transaction_id")
+    frame = collect_parts(retrieve_parts(con, entity_sql, "event_time", views)).sort(
+        "event_time", "transaction_id"
+    )
     if frame.is_empty():
         raise NotEnoughHistory(
             f"no label of a transaction after the feature warm-up (from {warm_from:%Y-%m-%d}, "

@@ -83,7 +83,13 @@ class RegionObjectStore:
             if process is not None and process.poll() is None:
                 process.send_signal(signal.SIGCONT)
                 process.terminate()
-                process.wait(timeout=10)
+                try:
+                    process.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    # Seen once in the suite under load: a front alive 10 s after SIGTERM (cause
+                    # not found). The drill's assertions had passed; the teardown must not fail it.
+                    process.kill()
+                    process.wait(timeout=10)
 
 
 def _port(url: str) -> int:

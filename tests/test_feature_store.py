@@ -12,7 +12,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from meridian import retrieval
 from meridian.feature_store import (
     DBT_MANIFEST,
     Feature,
@@ -22,12 +21,12 @@ from meridian.feature_store import (
     dbt_project_vars,
 )
 from meridian.retrieval import (
+    collect_parts,
     point_in_time_sql,
     retrieval_parts,
     retrieve,
-    retrieve_frame,
     retrieve_parts,
-    write_retrieval,
+    write_parts,
 )
 
 T0 = datetime(2026, 1, 1)
@@ -405,7 +404,7 @@ def test_a_retrieval_in_entity_parts_returns_every_row_once_as_the_whole_join_do
     whole = retrieve(con, "select * from entities", "t", VIEWS).pl()
     parts = retrieval_parts(con, "select * from entities", VIEWS, part_rows=part_rows)
     assert parts == max(1, -(-max(len(spend), len(late)) // part_rows))
-    got = retrieve_frame(con, "select * from entities", "t", VIEWS, part_rows=part_rows)
+    got = collect_parts(retrieve_parts(con, "select * from entities", "t", VIEWS, part_rows=part_rows))
     assert got.height == len(entities) + 2
     assert _sorted(got).equals(_sorted(whole))
     one_by_one = [
@@ -425,11 +424,11 @@ def test_entity_keys_of_two_types_are_joined_whole_since_their_hashes_differ():
     con.execute("create table entities as select 1::bigint as customer, ?::timestamp as t", [_minutes(10)])
     views = (VIEWS[0],)
     assert retrieval_parts(con, "select * from entities", views, part_rows=1) == 1
-    got = retrieve_frame(con, "select * from entities", "t", views, part_rows=1)
+    got = collect_parts(retrieve_parts(con, "select * from entities", "t", views, part_rows=1))
     assert got["spend__x"].to_list() == [5.0]
 
 
-def test_a_written_retrieval_is_whole_or_the_file_it_replaces(tmp_path, monkeypatch):
+def test_a_written_retrieval_is_whole_or_the_file_it_replaces(tmp_path):
     """Written part by part to one file; a write that fails midway leaves the earlier file as it was."""
     con = duckdb.connect()
     spend = [(k, m, m, float(m)) for k in KEYS[:3] for m in range(0, 200, 10)]
@@ -437,18 +436,16 @@ def test_a_written_retrieval_is_whole_or_the_file_it_replaces(tmp_path, monkeypa
     _load(con, spend, [], [], entities)
     views = (VIEWS[0],)
     path = tmp_path / "training.parquet"
-    rows = write_retrieval(con, "select * from entities", "t", views, path, part_rows=20)
+    rows = write_parts(retrieve_parts(con, "select * from entities", "t", views, part_rows=20), path)
     expected = retrieve(con, "select * from entities", "t", views).pl()
     assert rows == len(entities) and _sorted(pl.read_parquet(path)).equals(_sorted(expected))
     before = path.read_bytes()
 
-    def parts_then_a_failure(*args, **kwargs):
-        yield from list(real(*args, **kwargs))[:2]
+    def parts_then_a_failure():
+        yield from list(retrieve_parts(con, "select * from entities", "t", views, part_rows=20))[:2]
         raise OSError("disk full")
 
-    real = retrieval.retrieve_parts
-    monkeypatch.setattr(retrieval, "retrieve_parts", parts_then_a_failure)
     with pytest.raises(OSError, match="disk full"):
-        write_retrieval(con, "select * from entities", "t", views, path, part_rows=20)
+        write_parts(parts_then_a_failure(), path)
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["training.parquet"]  # no temporary left
