@@ -9,7 +9,8 @@ with bounds as (
         {{ run_end_day() }} as end_day
 ),
 
-txns as (
+-- Read twice: not materialized, so each reader scans the view with its own filters.
+txns as not materialized (
     select transaction_id, merchant_id, event_day
     from {{ ref('stg_transactions') }}
     where event_day between {{ days_before(run_start_day('as_of_day'), var('feature_lookback_days') | int + var('label_lookback_days') | int) }}

@@ -7,9 +7,12 @@
 --   * copies that agree on the payment (transaction_identity) are one transaction, and the
 --     source's copy is the one kept (it carries the fields the service never sees);
 --   * copies that disagree are all left out, and listed in transaction_id_conflicts.
--- A view: filters on event_day still prune the lake's day partitions for the rows read;
--- only the id and identity columns are read across all days, to find the repeated ids.
-with lake as (
+-- A view: filters on event_day still prune the lake's day partitions for the rows read.
+-- `not materialized`: DuckDB materializes a CTE read more than once, and `lake` is read three
+-- times, so every query of this view (each test, each model) copied every column of every
+-- row of the lake first: at 15M rows, 23 GB through the buffer, 5 GB spilled, 27 s for a
+-- one-column not_null test (benchmarks/scaling.py). Inlined, each reader scans what it needs.
+with lake as not materialized (
     select * from {{ source('lake', 'raw_transactions') }}
 ),
 
@@ -17,7 +20,7 @@ with lake as (
 -- transaction as every load of it (meridian/lake_sync.py DERIVED), so that a query of a few
 -- days does not group every id of the lake again. Not a dbt source: it is part of
 -- raw_transactions (one Dagster asset), and dagster-dbt gives each source its own asset.
-repeated as (
+repeated as not materialized (
     select transaction_id
     from lake.raw_transactions_repeated
 ),

@@ -2,7 +2,8 @@
 -- an id, or one id on two event days): stg_transactions accepts none of their copies.
 -- One row per copy, with the lake partition it came from (day and origin); the warn-severity test on this model
 -- raises the alert in Dagster, and the region's build goes on.
-with lake as (
+-- Not materialized: read twice, it would be copied whole first (see stg_transactions).
+with lake as not materialized (
     select * from {{ source('lake', 'raw_transactions') }}
 ),
 
