@@ -30,6 +30,9 @@ seconds, peak RSS (the process tree) and the ratios beside the targets, with the
 Feast (DuckDB offline store over Parquet files) runs in a virtual environment of its own,
 created under benchmarks/.work/ when missing (its pins clash with the project's).
 `--no-feast` skips it. The last line printed is one JSON object.
+
+Longer than ~400 lines on purpose: both data sets, their generators and every method's SQL
+sit side by side, so what is compared reads in one file.
 """
 
 from __future__ import annotations

@@ -1,4 +1,7 @@
-"""Point-in-time retrieval against a brute-force reference, on random data."""
+"""Feature views and point-in-time retrieval against a brute-force reference, on random data.
+
+Longer than ~400 lines on purpose: the property tests share one random scenario and its loader.
+"""
 
 from __future__ import annotations
 
