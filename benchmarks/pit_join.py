@@ -12,7 +12,7 @@ same DuckDB file, writing its full result to Parquet (the timings include materi
   - `asof`: Meridian's retrieval as it writes a training set to a file
     (`meridian.retrieval.write_parts`): TTL, defaults and UTC normalisation on,
     de-duplication skipped because the view is declared unique, the customers joined in
-    parts of at most 4M feature rows (`retrieval_parts`: 3 here) so memory follows a part;
+    parts of at most 5M feature rows (`retrieval_parts`: 2 here) so memory follows a part;
   - `asof_dedup`: the same retrieval with the view not declared unique (a source without
     the guarantee): the de-duplication window over every feature row, measured apart;
   - `feast`: Feast's `get_historical_features` on the same rows.
