@@ -9,6 +9,7 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
+from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
 from instance.event_log import PooledSqliteEventLogStorage
 from meridian.paths import REPO_ROOT
@@ -24,6 +25,16 @@ def daily(context) -> dg.MaterializeResult:
 
 @dg.asset_check(asset=daily)
 def daily_is_fine() -> dg.AssetCheckResult:
+    return dg.AssetCheckResult(passed=True)
+
+
+@dg.asset(partitions_def=DAYS, backfill_policy=dg.BackfillPolicy.single_run())
+def ranged(context) -> dg.MaterializeResult:
+    return dg.MaterializeResult(metadata={"days": len(context.partition_keys)})
+
+
+@dg.asset_check(asset=ranged)
+def ranged_is_fine() -> dg.AssetCheckResult:
     return dg.AssetCheckResult(passed=True)
 
 
@@ -57,6 +68,62 @@ def test_the_shipped_instance_stores_events_where_dagsters_storage_would(tmp_pat
         check=True,
     ).stdout
     assert out.strip() == str(sorted(DAYS.get_partition_keys()[:4]))
+
+
+def _ranged_run(dagster_home: Path, batch_size: str, monkeypatch) -> tuple[list, dict, list]:
+    """A run of `daily` and its check over every day as one step (as `meridian run` launches a
+    region's days): the event types of the run, each day's latest materialization, the check's
+    planned executions, read back through a fresh instance."""
+    monkeypatch.setenv("DAGSTER_EVENT_BATCH_SIZE", batch_size)
+    install_instance_config(dagster_home, "local")
+    days = DAYS.get_partition_keys()
+    with dg.DagsterInstance.from_config(str(dagster_home)) as instance:
+        run = dg.materialize(
+            [ranged, ranged_is_fine],
+            instance=instance,
+            tags={ASSET_PARTITION_RANGE_START_TAG: days[0], ASSET_PARTITION_RANGE_END_TAG: days[-1]},
+        )
+        assert run.success
+    with dg.DagsterInstance.from_config(str(dagster_home)) as reader:
+        types = [e.dagster_event_type for e in reader.all_logs(run.run_id)]
+        latest = reader.get_latest_materialization_event(ranged.key)
+        assets = {
+            "latest": latest.dagster_event.partition if latest and latest.dagster_event else None,
+            "partitions": sorted(reader.get_materialized_partitions(ranged.key)),
+            "planned": len(
+                reader.fetch_planned_materializations(
+                    dg.AssetRecordsFilter(asset_key=ranged.key), limit=100
+                ).records
+            ),
+        }
+        checks = sorted(
+            (r.status.value, r.run_id == run.run_id)
+            for r in reader.event_log_storage.get_asset_check_execution_history(ranged_is_fine.check_key, limit=50)
+        )
+    return types, assets, checks
+
+
+def test_a_ranged_runs_event_batches_are_stored_as_dagster_stores_them_event_by_event(tmp_path, monkeypatch):
+    batches: list[int] = []
+    original = PooledSqliteEventLogStorage.store_event_batch
+
+    def counted(self, events):
+        batches.append(len(events))
+        return original(self, events)
+
+    monkeypatch.setattr(PooledSqliteEventLogStorage, "store_event_batch", counted)
+    one_by_one = _ranged_run(tmp_path / "one-by-one", "0", monkeypatch)
+    assert batches == []
+    batched = _ranged_run(tmp_path / "batched", "1000", monkeypatch)
+    # The planned events and the step's ten materializations each went as one batch ...
+    assert len(DAYS.get_partition_keys()) in batches and max(batches) > len(DAYS.get_partition_keys())
+    # ... and the stored result is the same, event for event.
+    assert batched == one_by_one
+    types, assets, checks = batched
+    days = DAYS.get_partition_keys()
+    assert types.count(dg.DagsterEventType.ASSET_MATERIALIZATION) == len(days)
+    assert assets == {"latest": days[-1], "partitions": days, "planned": len(days)}
+    assert ("SUCCEEDED", True) in checks and all(mine for _, mine in checks)
 
 
 def test_two_instances_on_one_home_see_each_others_events_and_a_wipe_leaves_no_stale_shard(tmp_path: Path):
