@@ -37,6 +37,7 @@ from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 
 import sqlalchemy as db
+from dagster._core.errors import DagsterInvariantViolationError
 from dagster._core.events import ASSET_CHECK_EVENTS, ASSET_EVENTS, BATCH_WRITABLE_EVENTS
 from dagster._core.events.log import EventLogEntry
 from dagster._core.storage.event_log.sqlite.sqlite_event_log import (
@@ -44,7 +45,6 @@ from dagster._core.storage.event_log.sqlite.sqlite_event_log import (
     SqliteEventLogStorage,
 )
 from dagster._core.storage.sqlalchemy_compat import db_result
-from dagster._core.errors import DagsterInvariantViolationError
 from dagster._serdes import ConfigurableClassData
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.pool import QueuePool
@@ -148,7 +148,9 @@ class PooledSqliteEventLogStorage(SqliteEventLogStorage):
                     with db_result(conn, statement) as result:
                         event_id = result.inserted_primary_key[0]
                     if event_id is None:
-                        raise DagsterInvariantViolationError("Cannot store asset event tags for null event id.")
+                        raise DagsterInvariantViolationError(
+                            "Cannot store asset event tags for null event id."
+                        )
                     self._store_asset_event_tags(conn, [event], [event_id])
                     self._store_asset_event(conn, event, event_id)
             pending.clear()

@@ -98,7 +98,9 @@ def _ranged_run(dagster_home: Path, batch_size: str, monkeypatch) -> tuple[list,
         }
         checks = sorted(
             (r.status.value, r.run_id == run.run_id)
-            for r in reader.event_log_storage.get_asset_check_execution_history(ranged_is_fine.check_key, limit=50)
+            for r in reader.event_log_storage.get_asset_check_execution_history(
+                ranged_is_fine.check_key, limit=50
+            )
         )
     return types, assets, checks
 
