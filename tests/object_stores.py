@@ -1,5 +1,5 @@
-"""An S3-compatible server per region on loopback: `moto[server]` run as a network server (a
-process of its own, never in-process patching), with IAM authentication on, one bucket and
+"""An S3-compatible server per region on loopback: moto's server (tests.s3_server) run as a network
+server (a process of its own, never in-process patching), with IAM authentication on, one bucket and
 one set of credentials of its own. Another region's credentials are unknown to it."""
 
 from __future__ import annotations
@@ -124,9 +124,7 @@ def start_region_store(
     the endpoint logs and keeps every object written to it (tests.wire_log)."""
     port = free_port()
     log = open(workdir / f"moto-{region}.log", "w")  # noqa: SIM115 - the server's output, kept with it
-    server = ["moto.server", "-H", "127.0.0.1", "-p", str(port)]
-    if wire_log is not None:
-        server = ["tests.wire_log", str(port), str(wire_log)]
+    server = ["tests.s3_server", str(port), *([str(wire_log)] if wire_log is not None else [])]
     process = subprocess.Popen(
         [sys.executable, "-m", *server],
         cwd=Path(__file__).resolve().parent.parent,

@@ -1,6 +1,6 @@
-"""A region's S3 endpoint that logs every object written to it: `python -m tests.wire_log PORT DIR`.
+"""What a region's S3 endpoint logs of every object written to it (`python -m tests.s3_server PORT DIR`).
 
-moto's own server application (the same one `python -m moto.server` runs), behind a WSGI layer
+moto's own server application (tests.s3_server), behind a WSGI layer
 that, after each successful write (PUT of an object, a server-side copy, the completion of a
 multipart upload), appends `{bucket, key, bytes, sha256, copy}` to `DIR/writes.jsonl` and keeps
 the stored object's bytes in `DIR/objects/<copy>` (a number and the key's suffix). The bytes are read from the store after it
@@ -12,13 +12,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sys
 import threading
 from pathlib import Path
 from urllib.parse import parse_qs, unquote
-
-from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
-from werkzeug.serving import run_simple
 
 
 def _stored(bucket: str, key: str) -> bytes | None:
@@ -70,12 +66,3 @@ class WireLog:
             line = {"bucket": bucket, "key": key, "bytes": len(payload), "sha256": digest, "copy": copy}
             with open(self.directory / "writes.jsonl", "a") as log:
                 log.write(json.dumps(line) + "\n")
-
-
-def main(port: int, directory: Path) -> None:
-    app = DomainDispatcherApplication(create_backend_app)
-    run_simple("127.0.0.1", port, WireLog(app, directory), threaded=True, request_handler=MotoRequestHandler)
-
-
-if __name__ == "__main__":
-    main(int(sys.argv[1]), Path(sys.argv[2]))
