@@ -39,6 +39,7 @@ import dagster as dg
 from pydantic import Field
 
 from meridian.locks import file_lock, pid_alive
+from meridian.mlflow_store import seed_sqlite_store
 from meridian.paths import meridian_home
 
 # An unreachable server must fail in seconds, not after MLflow's default ~2 minutes of retries.
@@ -166,6 +167,8 @@ class MlflowTrackingResource(dg.ConfigurableResource):
         )
         try:
             with init_lock:
+                if parsed.scheme == "sqlite":
+                    seed_sqlite_store(Path(parsed.path))
                 client = self.client()
                 client.search_experiments(max_results=1)
                 client.search_registered_models(max_results=1)
