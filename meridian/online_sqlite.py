@@ -179,9 +179,17 @@ class SqliteOnlineStore:
         return WriteResult(applied=applied, stale=total - applied)
 
     def write_frame(self, view: str, version: str, frame: pl.DataFrame) -> WriteResult:
-        """Bulk write of an encoded frame (`encode_frame`), one transaction, same rule as `write`."""
+        """Bulk write of an encoded frame (`encode_frame`), one transaction, same rule as `write`.
+
+        The rows go in the table's key order (entity within the view): the upserts then walk
+        the primary key's B-tree once, page after page, instead of at random, and the cost per
+        row stays flat as the store grows (`benchmarks/online_materialization.py --growth`:
+        in arrival order it rose from 6.6 to 10.5 us between 50k and 500k entities; in key
+        order 4.2 and 4.0 us). The sort is stable: rows of one entity keep their order.
+        """
         con = self._con()
         before = con.total_changes
+        frame = frame.sort("entity", maintain_order=True)
         with self._errors("cannot be written"), con:
             for chunk in frame.iter_slices(50_000):
                 now = CLOCK.now()

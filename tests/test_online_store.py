@@ -157,6 +157,47 @@ def test_one_batched_write_equals_the_row_by_row_upsert(tmp_path_factory, rows):
     store.close()
 
 
+@settings(max_examples=60, deadline=None)
+@given(rows=batch_rows)
+def test_a_frame_written_in_key_order_lands_as_its_rows_upserted_in_arrival_order(tmp_path_factory, rows):
+    """write_frame applies a frame sorted by entity (stable): with repeated entities, odd names and
+    rows already stored, the store ends as the same rows upserted one by one in the frame's order."""
+    import sqlite3
+
+    import polars as pl
+
+    from meridian.online_sqlite import SqliteOnlineStore
+
+    root = tmp_path_factory.mktemp("frame")
+    store = SqliteOnlineStore(root / "frame.sqlite", origin="here")
+    one_by_one = sqlite3.connect(root / "rows.sqlite")
+    one_by_one.execute(SqliteOnlineStore.SCHEMA)
+    for entity, t, _value, hlc, _origin in rows[:3]:  # some rows already stored
+        store.write([OnlineRow("v", entity, t // 2, "old", {"x": 1}, hlc, "here")])
+        one_by_one.execute(SqliteOnlineStore.UPSERT, ("v", entity, t // 2, "old", '{"x":1}', hlc, "here"))
+    frame = pl.DataFrame(
+        {
+            "entity": [e for e, *_ in rows],
+            "event_time_us": [t for _, t, *_ in rows],
+            "payload": [orjson.dumps({"x": value}).decode() for _, _, value, *_ in rows],
+        },
+        schema={"entity": pl.String, "event_time_us": pl.Int64, "payload": pl.String},
+    )
+    result = store.write_frame("v", "new", frame)
+    # write_frame stamps every row of a chunk with one HLC: the reference uses the one it stored.
+    stamps = dict(sqlite3.connect(root / "frame.sqlite").execute("select entity, hlc from online_features"))
+    before = one_by_one.total_changes
+    for entity, t, payload in frame.iter_rows():
+        one_by_one.execute(SqliteOnlineStore.UPSERT, ("v", entity, t, "new", payload, stamps[entity], "here"))
+    query = "select view, entity, event_time_us, version, payload, origin from online_features order by 1, 2"
+    assert (
+        sqlite3.connect(root / "frame.sqlite").execute(query).fetchall()
+        == one_by_one.execute(query).fetchall()
+    )
+    assert result.applied == one_by_one.total_changes - before
+    store.close()
+
+
 def test_serving_applies_the_ttl_and_the_documented_defaults():
     view = VIEWS["customer_spend"]
     now = to_micros(datetime(2026, 1, 31))
