@@ -68,6 +68,7 @@ def child(home: Path, rows: int, n_days: int) -> None:
                 partition_key=REGION,
                 asset_selection=[dg.AssetKey("training_set")],
                 tags={"meridian/region": REGION},
+                run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
                 raise_on_error=False,
             )
             if not result.success:

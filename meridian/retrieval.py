@@ -10,6 +10,7 @@ rather than the view's.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -196,18 +197,32 @@ def retrieve_parts(
     """The retrieval as lazy relations, one per entity part (`retrieval_parts`), to be consumed
     one after the other: memory follows a part, not the view. Their rows together are
     `retrieve`'s, each once. While they are consumed the connection plans every ASOF join as
-    one (DuckDB would loop over a part whose size it misjudges); the setting is restored after."""
+    one (DuckDB would loop over a part whose size it misjudges); the setting is restored after.
+
+    With several parts the entity rows are computed once, into a temporary table the parts
+    read, dropped when the generator ends or is closed (so a part must run before the next is
+    asked for, as `collect_parts` and `write_parts` do; one kept for later fails, naming the
+    table). The entity query is often a join over the lake (the training set's labelled
+    events with their transactions): run once per part, it made the training set's cost grow
+    faster than its rows (`benchmarks/scaling.py --days 53`, 500k rows a day, 6 parts)."""
     parts = retrieval_parts(con, entity_sql, views, event_time_range, part_rows)
     if parts == 1:
         yield retrieve(con, entity_sql, event_time, views, event_time_range)
         return
     (threshold,) = con.sql("select current_setting('asof_loop_join_threshold')").fetchall()[0]
+    entities = f"meridian_retrieval_entities_{uuid.uuid4().hex[:16]}"
+    con.execute(f"create temporary table {entities} as {entity_sql}")
     con.execute("set asof_loop_join_threshold = 0")
     try:
         for i in range(parts):
-            yield con.sql(point_in_time_sql(entity_sql, event_time, views, event_time_range, (i, parts)))
+            yield con.sql(
+                point_in_time_sql(
+                    f"select * from {entities}", event_time, views, event_time_range, (i, parts)
+                )
+            )
     finally:
         con.execute(f"set asof_loop_join_threshold = {int(threshold)}")
+        con.execute(f"drop table if exists {entities}")
 
 
 def collect_parts(parts: Iterable[duckdb.DuckDBPyRelation]) -> pl.DataFrame:

@@ -399,7 +399,8 @@ def test_a_retrieval_in_entity_parts_returns_every_row_once_as_the_whole_join_do
     """Cut into parts of at most `part_rows` rows of the views keyed on the first view's entity
     (customer: `spend` and `late`; `risk`, by merchant, is joined whole in each part), the
     retrieval returns the whole join's rows, each once: entity rows with a NULL key and keys no
-    view holds included. The session's ASOF planning setting is as it was afterwards."""
+    view holds included. The session's ASOF planning setting is as it was afterwards, and the
+    entity rows the parts shared (computed once) are gone."""
     spend, risk, late, entities = data
     con = duckdb.connect()
     _load(con, spend, risk, late, entities)
@@ -415,6 +416,7 @@ def test_a_retrieval_in_entity_parts_returns_every_row_once_as_the_whole_join_do
     ]
     assert len(one_by_one) == parts and sum(f.height for f in one_by_one) == got.height
     assert con.sql("select current_setting('asof_loop_join_threshold')").fetchall()[0][0] == 64
+    assert con.sql("select count(*) from duckdb_tables() where temporary").fetchall() == [(0,)]
 
 
 def test_entity_keys_of_two_types_are_joined_whole_since_their_hashes_differ():
@@ -445,8 +447,10 @@ def test_a_written_retrieval_is_whole_or_the_file_it_replaces(tmp_path):
     before = path.read_bytes()
 
     def parts_then_a_failure():
-        yield from list(retrieve_parts(con, "select * from entities", "t", views, part_rows=20))[:2]
-        raise OSError("disk full")
+        for i, part in enumerate(retrieve_parts(con, "select * from entities", "t", views, part_rows=20)):
+            if i == 2:
+                raise OSError("disk full")
+            yield part
 
     with pytest.raises(OSError, match="disk full"):
         write_parts(parts_then_a_failure(), path)
