@@ -46,14 +46,14 @@ def seed_sqlite_store(db_path: Path) -> bool:
     The caller holds the store's initialisation lock, so no other process is creating it."""
     if db_path.exists():
         return False
-    template = template_path()
     try:
+        template = template_path()
         if not template.exists():
             with file_lock(template.with_name(template.name + ".lock"), timeout_s=300):
                 if not template.exists():
                     _build_template(template)
         with atomic_target(db_path) as tmp:
             shutil.copyfile(template, tmp)
-    except OSError:
-        return False  # no writable cache: MLflow creates the schema itself
+    except (OSError, RuntimeError):  # no writable cache (or no home folder to hold it)
+        return False  # MLflow creates the schema itself
     return True
