@@ -54,6 +54,7 @@ def seed_sqlite_store(db_path: Path) -> bool:
                     _build_template(template)
         with atomic_target(db_path) as tmp:
             shutil.copyfile(template, tmp)
-    except (OSError, RuntimeError):  # no writable cache (or no home folder to hold it)
-        return False  # MLflow creates the schema itself
+    except Exception:  # an optimisation only: no writable cache, no home folder,
+        # or an MLflow whose table creation moved; MLflow then creates the schema itself
+        return False
     return True
