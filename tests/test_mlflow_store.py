@@ -12,10 +12,23 @@ import pytest
 from meridian import mlflow_store
 from resources.mlflow import MlflowTrackingResource
 
+_CONSTRAINT = ("CONSTRAINT ", "FOREIGN KEY", "CHECK ", "PRIMARY KEY", "UNIQUE ")
 
-def _schema(db: Path) -> tuple[set[tuple[str, str]], list[tuple]]:
+
+def _clauses(sql: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """A CREATE statement as its columns in order and its constraints as a set. MLflow's own
+    migrations write a table's constraints in an order that changes from process to process
+    (two stores MLflow made itself differ so), so only their set is compared."""
+    lines = [line.strip().rstrip(",").strip() for line in sql.splitlines()]
+    constraints = tuple(sorted(line for line in lines if line.startswith(_CONSTRAINT)))
+    return tuple(line for line in lines if not line.startswith(_CONSTRAINT)), constraints
+
+
+def _schema(db: Path) -> tuple[dict[str, tuple], list[tuple]]:
     with sqlite3.connect(db) as conn:
-        objects = set(conn.execute("select name, coalesce(sql, '') from sqlite_master"))
+        objects = {
+            name: _clauses(sql or "") for name, sql in conn.execute("select name, sql from sqlite_master")
+        }
         version = conn.execute("select version_num from alembic_version").fetchall()
     return objects, version
 
