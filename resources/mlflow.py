@@ -37,6 +37,7 @@ from urllib.parse import urlparse
 
 import dagster as dg
 from pydantic import Field
+from sqlalchemy.engine import make_url
 
 from meridian.locks import file_lock, pid_alive
 from meridian.mlflow_store import seed_sqlite_store
@@ -146,12 +147,14 @@ class MlflowTrackingResource(dg.ConfigurableResource):
                     "registered. Start the server or set the tracking URI in the mlflow resource config."
                 ) from error
             return
-        if parsed.scheme == "sqlite":
-            path = Path(parsed.path)
+        # The store's file as MLflow (SQLAlchemy) reads the URI: sqlite:////abs/mlflow.db is
+        # absolute, sqlite:///mlflow.db relative to the working directory.
+        store = Path(make_url(uri).database or "") if parsed.scheme == "sqlite" else None
+        if store is not None:
             try:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                if not os.access(path.parent, os.W_OK):
-                    raise PermissionError(f"{path.parent} is not writable")
+                store.parent.mkdir(parents=True, exist_ok=True)
+                if not os.access(store.parent, os.W_OK):
+                    raise PermissionError(f"{store.parent} is not writable")
             except OSError as error:
                 raise MlflowUnavailable(
                     f"MLflow backend store {uri} is unusable ({error}); nothing was trained or registered"
@@ -161,14 +164,14 @@ class MlflowTrackingResource(dg.ConfigurableResource):
         # ("table ... already exists"), so the first touch of each store happens under a
         # lock beside the database, as the Dagster instance's own initialisation does.
         init_lock = (
-            file_lock(Path(parsed.path).parent / ".mlflow-init.lock", timeout_s=300)
-            if parsed.scheme == "sqlite"
+            file_lock(store.parent / ".mlflow-init.lock", timeout_s=300)
+            if store is not None
             else nullcontext()
         )
         try:
             with init_lock:
-                if parsed.scheme == "sqlite":
-                    seed_sqlite_store(Path(parsed.path))
+                if store is not None:
+                    seed_sqlite_store(store)
                 client = self.client()
                 client.search_experiments(max_results=1)
                 client.search_registered_models(max_results=1)

@@ -71,7 +71,7 @@ def test_the_shipped_instance_stores_events_where_dagsters_storage_would(tmp_pat
 
 
 def _ranged_run(dagster_home: Path, batch_size: str, monkeypatch) -> tuple[list, dict, list]:
-    """A run of `daily` and its check over every day as one step (as `meridian run` launches a
+    """A run of `ranged` and its check over every day as one step (as `meridian run` launches a
     region's days): the event types of the run, each day's latest materialization, the check's
     planned executions, read back through a fresh instance."""
     monkeypatch.setenv("DAGSTER_EVENT_BATCH_SIZE", batch_size)

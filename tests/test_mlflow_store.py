@@ -84,3 +84,14 @@ def test_an_unwritable_cache_leaves_the_store_to_mlflow(tmp_path: Path, monkeypa
     assert mlflow_store.seed_sqlite_store(db) is False and not db.exists()
     MlflowTrackingResource(tracking_uri=f"sqlite:///{db}").preflight()
     assert _default_experiment(db)[0] == "Default"
+
+
+def test_a_relative_sqlite_uri_is_seeded_where_mlflow_opens_it(tmp_path: Path, cache: Path, monkeypatch):
+    """sqlite:///name is relative to the working directory for MLflow (SQLAlchemy): the copy,
+    its folder and the initialisation lock go there, not under the file system's root."""
+    folder = f"meridian-relative-{tmp_path.name}"
+    monkeypatch.chdir(tmp_path)
+    MlflowTrackingResource(tracking_uri=f"sqlite:///{folder}/mlflow.db").preflight()
+    assert (tmp_path / folder / "mlflow.db").exists() and (tmp_path / folder / ".mlflow-init.lock").exists()
+    assert not Path("/", folder).exists()
+    assert _default_experiment(tmp_path / folder / "mlflow.db")[0] == "Default"
