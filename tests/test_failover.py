@@ -470,6 +470,24 @@ def _wait_for_replication_runs(dagster_home: str) -> None:
         wait(instance, lambda: not instance.get_run_records(unfinished, limit=1), "no replication run", 180)
 
 
+def _finished_failover_runs(dagster_home: str, created_after: datetime | None = None) -> list:
+    """The daemon's instance's `region_failover` runs, once each has ended. The service switches
+    sites as soon as the run writes the failover state, a moment before the run reports its end,
+    so a run read right after the first answer from the DR site may still show STARTED."""
+    from dagster import DagsterInstance
+
+    from tests.daemon import wait
+
+    def ended() -> list | None:
+        runs = instance.get_run_records(
+            dg.RunsFilter(job_name="region_failover", created_after=created_after)
+        )
+        return runs if runs and all(r.dagster_run.is_finished for r in runs) else None
+
+    with DagsterInstance.from_config(dagster_home) as instance:
+        return wait(instance, ended, "the failover run's end", 60)
+
+
 def _evaluate_sensor(instance, resources, cursor):
     context = dg.build_sensor_context(instance=instance, cursor=cursor, resources=resources)
     requests = list(region_health_sensor(context) or [])
@@ -586,7 +604,6 @@ def test_the_rto_with_the_daemon_and_the_health_loop_as_shipped(region_with_repl
     """dagster-daemon and `meridian health-loop` running as shipped (1 s probes, two failed
     probes, the service's 2 s poll): fault to the first answer from the DR site under the target.
     The failover is a run in the instance, launched by the loop; the sensor stood aside."""
-    from dagster._core.instance import DagsterInstance
 
     from serving.main import build_app
     from tests.daemon import shipped_local_env, start_daemon, start_health_loop, stop_daemon, stop_health_loop
@@ -621,10 +638,7 @@ def test_the_rto_with_the_daemon_and_the_health_loop_as_shipped(region_with_repl
                 rto = time.monotonic() - fault_at
                 print(f"RTO with dagster-daemon and the health loop as shipped: {rto:.2f} s")
                 assert rto < RTO_TARGET_S, f"RTO {rto:.1f}s"
-        with pytest.MonkeyPatch.context() as patch:
-            patch.setenv("DAGSTER_HOME", str(dagster_home))
-            with DagsterInstance.get() as instance:
-                runs = instance.get_run_records(dg.RunsFilter(job_name="region_failover"))
+        runs = _finished_failover_runs(str(dagster_home))
         assert [r.dagster_run.tags["meridian/triggered_by"] for r in runs] == ["health_loop"]
         assert runs[0].dagster_run.status == dg.DagsterRunStatus.SUCCESS
     finally:
@@ -887,7 +901,6 @@ def test_object_store_drill_kills_the_regions_endpoint_and_redis_and_serves_from
     Detection and failover run as in operation: dagster-daemon and `meridian health-loop` as
     shipped, with the region's endpoints and Redis in their environment; the loop launches
     the failover run into the daemon's instance."""
-    from dagster._core.instance import DagsterInstance
 
     from assets.replication import build_replica_asset
     from meridian.lake_replication import replica_location
@@ -995,11 +1008,8 @@ def test_object_store_drill_kills_the_regions_endpoint_and_redis_and_serves_from
                 )
                 assert rto < RTO_TARGET_S, rto
                 # The failover was the loop's run in the daemon's instance, for the lake's outage.
-                with DagsterInstance.from_config(operated["DAGSTER_HOME"]) as operated_instance:
-                    # (the copied home's instance holds the module's earlier drills' runs)
-                    runs = operated_instance.get_run_records(
-                        dg.RunsFilter(job_name="region_failover", created_after=fault_wall)
-                    )
+                # (the copied home's instance holds the module's earlier drills' runs)
+                runs = _finished_failover_runs(operated["DAGSTER_HOME"], created_after=fault_wall)
                 assert [r.dagster_run.tags["meridian/triggered_by"] for r in runs] == ["health_loop"], logs()
                 assert runs[0].dagster_run.status == dg.DagsterRunStatus.SUCCESS
                 reason = runs[0].dagster_run.run_config["ops"]["region_failover_op"]["config"]["reason"]
