@@ -63,6 +63,8 @@ def _read_jsonl(path: Path) -> tuple[pl.DataFrame, list[str]]:
     bad: list[str] = []
     with open(path, "rb") as handle:
         for number, line in enumerate(handle, start=1):
+            if number == 1:
+                line = line.removeprefix(UTF8_BOM)  # Windows tools start UTF-8 text with one
             if not line.strip():
                 continue
             try:
@@ -85,6 +87,22 @@ def _read_jsonl(path: Path) -> tuple[pl.DataFrame, list[str]]:
     return pl.DataFrame(rows, schema=dict.fromkeys(names, pl.String)), bad
 
 
+UTF8_BOM = b"\xef\xbb\xbf"
+
+
+def _comma_separated(path: Path) -> None:
+    """Refuse a CSV whose header has no comma but another separator: read as the contract's
+    comma-separated file it would be one column, or fail on a ragged line, and every row would
+    be quarantined for a reason that does not say why."""
+    with open(path, "rb") as handle:
+        header = handle.readline(64 * 1024)
+    if b"," in header:
+        return
+    for separator, name in ((b";", "';'"), (b"\t", "a tab"), (b"|", "'|'")):
+        if separator in header:
+            raise UnreadableFile(f"unreadable csv file: its header is separated by {name}, not by ','")
+
+
 def read_file(path: Path) -> tuple[pl.DataFrame, list[str]]:
     """The rows of a delivered file as they are typed in it, and the reasons of unreadable lines.
 
@@ -97,6 +115,8 @@ def read_file(path: Path) -> tuple[pl.DataFrame, list[str]]:
             frame, bad = pl.read_parquet(path), []
         elif suffix == ".csv":
             empty = path.stat().st_size == 0
+            if not empty:
+                _comma_separated(path)
             frame = pl.DataFrame() if empty else pl.read_csv(path, infer_schema=False, raise_if_empty=False)
             bad = []
         else:

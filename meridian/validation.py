@@ -166,6 +166,18 @@ def _timestamp(column: str, dtype: pl.DataType) -> pl.Expr:
     )
 
 
+def _number(column: str, dtype: pl.DataType) -> pl.Expr:
+    """A column of numbers as Float64: a numeric type as it is, text parsed (padding stripped,
+    as a spreadsheet export pads); anything else (a boolean, a date, a nested value) is null,
+    which the rules quarantine as not a number, never 1.0 for `true`."""
+    col = pl.col(column)
+    if dtype.is_numeric():
+        return col.cast(pl.Float64)
+    if dtype == pl.String:
+        return col.str.strip_chars().cast(pl.Float64, strict=False)
+    return pl.lit(None, dtype=pl.Float64)
+
+
 def _as_text(raw: pl.DataFrame, columns: tuple[str, ...], keep: tuple[str, ...]) -> pl.DataFrame:
     """Every column as the text a source would send, except `keep` (parsed by their own rule):
     a source that sends integers or typed values is validated, not crashed on."""
@@ -252,7 +264,7 @@ def validate_transactions(raw: pl.DataFrame, day: date, region: Region) -> Valid
     raw = _as_text(raw, TRANSACTION_COLUMNS, keep=("event_time", "amount"))
     frame = raw.with_columns(
         _ts=_timestamp("event_time", raw.schema["event_time"]),
-        _amount=pl.col("amount").cast(pl.Float64, strict=False),
+        _amount=_number("amount", raw.schema["amount"]),
         _rate=pl.col("currency").replace_strict(USD_RATES, default=None, return_dtype=pl.Float64),
     )
     missing = [

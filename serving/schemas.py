@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Literal
 
-from pydantic import BaseModel, Field, create_model, field_validator
+from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
 
 from meridian.countries import ISO_COUNTRIES
 from meridian.feature_views import feature_views
@@ -22,12 +22,23 @@ VIEWS = {view.name: view for view in feature_views()}
 
 
 class Transaction(BaseModel):
-    """A transaction to score. `transaction_model(region)` narrows currency to the region's."""
+    """A transaction to score. `transaction_model(region)` narrows currency to the region's.
+
+    Exact, not lenient: a field the schema does not name is refused (422 naming it) rather
+    than ignored, so a misspelt optional field (`device` for `device_id`) is not scored as
+    absent; the amount is a JSON number (never `true` or `"12.5"`, which pydantic's lax mode
+    would turn into 1.0 and 12.5); the event time is an ISO 8601 date-time (never a bare
+    number, whose unit lax mode guesses from its size).
+    """
+
+    model_config = ConfigDict(extra="forbid")
 
     transaction_id: str = Field(min_length=1, max_length=64)
     customer_id: str = Field(min_length=1, max_length=64)
     merchant_id: str = Field(min_length=1, max_length=64)
-    amount: float = Field(gt=0, lt=1e9, allow_inf_nan=False, description="in `currency`, strictly positive")
+    amount: float = Field(
+        gt=0, lt=1e9, allow_inf_nan=False, strict=True, description="in `currency`, strictly positive"
+    )
     currency: str = Field(pattern=r"^[A-Z]{3}$")
     channel: Literal["pos", "contactless", "ecom"]
     country: Literal[tuple(sorted(ISO_COUNTRIES))] = Field(description="ISO 3166-1 alpha-2")  # type: ignore[valid-type]
@@ -50,6 +61,14 @@ class Transaction(BaseModel):
             except UnicodeEncodeError:
                 raise ValueError("not valid Unicode text (a lone surrogate)") from None
         return value
+
+    @field_validator("event_time", mode="before")
+    @classmethod
+    def _not_a_number(cls, at: object) -> object:
+        # Lax parsing reads a number as Unix time, in seconds or milliseconds by its size.
+        if isinstance(at, int | float):
+            raise ValueError("must be an ISO 8601 date-time string, not a number")
+        return at
 
     @field_validator("event_time")
     @classmethod
@@ -77,6 +96,7 @@ def transaction_model(region: Region) -> type[Transaction]:
                 gt=0,
                 lt=ceiling,
                 allow_inf_nan=False,
+                strict=True,
                 description=f"in `currency`, strictly positive, under {MAX_AMOUNT_USD:,.0f} USD",
             ),
         ),

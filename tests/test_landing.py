@@ -116,6 +116,14 @@ def test_every_kind_of_malformed_file_is_quarantined_with_its_reason_and_nothing
     _deliver(root, f"transactions/{DAY}/corrupt.parquet", b"PAR1 this is not parquet")
     _deliver(root, f"transactions/{DAY}/latin1.csv", "transaction_id,amount\ncafé,1\n".encode("latin-1"))
     _deliver(root, f"transactions/{DAY}/empty.csv", b"")
+    # A UTF-8 byte order mark (Windows tools write one) is not a bad first line.
+    bom = good.slice(20, 2).with_columns(pl.col("transaction_id") + "-bom")
+    _deliver(
+        root,
+        f"transactions/{DAY}/bom.jsonl",
+        b"\xef\xbb\xbf" + "\n".join(json.dumps(r) for r in bom.iter_rows(named=True)).encode(),
+    )
+    _deliver(root, f"transactions/{DAY}/semicolons.csv", b"transaction_id;amount\nt-semi;12,50\n")
     _deliver(root, f"transactions/{DAY}/header-only.csv", _csv(good.head(0)))
     (landing.landing_root(root) / f"transactions/{DAY}/.in-flight.csv").write_bytes(b"half a fi")
 
@@ -131,7 +139,8 @@ def test_every_kind_of_malformed_file_is_quarantined_with_its_reason_and_nothing
     assert by_key["no-amount.csv"]["problem"] == "missing required column(s) ['amount']"
     assert by_key["spaced.csv"]["accepted"] == 3  # a spreadsheet's padded header names its column
     assert by_key["extra.csv"]["accepted"] == 2 and by_key["extra.csv"]["ignored_columns"] == "note"
-    for name in ("corrupt.parquet", "latin1.csv"):
+    assert by_key["bom.jsonl"]["accepted"] == 2 and by_key["bom.jsonl"]["quarantined"] == 0
+    for name in ("corrupt.parquet", "latin1.csv", "semicolons.csv"):
         assert by_key[name]["status"] == "unreadable" and by_key[name]["quarantined"] == 1
     assert by_key["empty.csv"]["delivered"] == by_key["header-only.csv"]["delivered"] == 0
     reasons = result.reasons()
@@ -145,6 +154,7 @@ def test_every_kind_of_malformed_file_is_quarantined_with_its_reason_and_nothing
         f"file transactions/{DAY}/no-amount.csv: missing required column(s) ['amount']",
         f"file transactions/{DAY}/corrupt.parquet: unreadable parquet file",
         f"file transactions/{DAY}/latin1.csv: unreadable csv file",
+        f"file transactions/{DAY}/semicolons.csv: unreadable csv file: its header is separated by ';'",
     ):
         assert any(r.startswith(expected) for r in reasons), (expected, reasons)
     # Quarantined rows say which file they came from.

@@ -148,6 +148,14 @@ def test_bad_requests_are_4xx_naming_the_problem(service):
     assert status == 422 and body["detail"][0]["loc"][-1] == "merchant_id"
     status, body = _call(url, {**good, "amount": "lots"})
     assert status == 422 and body["detail"][0]["loc"][-1] == "amount"
+    # Exact, not lenient: lax coercion would score `true` as 1.0 and "12.5" as 12.5, an event
+    # time as a number whose unit it guesses, and would drop a misspelt field unseen.
+    for field, value in [("amount", True), ("amount", "12.5"), ("event_time", 1_700_000_000)]:
+        status, body = _call(url, {**good, field: value})
+        assert status == 422 and body["detail"][0]["loc"][-1] == field, (field, value, body)
+    status, body = _call(url, {**good, "device": "d-1"})  # device_id misspelt
+    assert status == 422 and body["detail"][0]["loc"][-1] == "device", body
+    assert "not permitted" in body["detail"][0]["msg"]
     status, body = _call(url, raw=b"{not json")
     assert status == 422
     status, body = _call(url, {**good, "currency": "XYZ"})

@@ -209,3 +209,17 @@ def test_other_dtypes_and_offsets_are_validated_not_crashed_on(topology):
     accepted = validate_transactions(typed, DAY, region).accepted
     assert accepted.height == 6 and accepted["event_time"].dt.hour().unique().to_list() == [0]
     assert accepted.schema["transaction_id"] == pl.String and accepted["amount"].sum() == 21.0
+
+
+def test_an_amount_is_a_number_or_number_text_never_a_boolean(topology):
+    """Text amounts padded as a spreadsheet exports them parse; a boolean column (from a
+    typed source) is not an amount of 1.0, and neither is a date: they are quarantined."""
+    region = topology.region("us-east")
+    rows = generate_transactions(GeneratorConfig(rows_per_day=4), region, DAY).rows
+    padded = rows.with_columns(amount=pl.Series([" 12.50 ", "7\t", "\u00a03", "1 000"]))
+    result = validate_transactions(padded, DAY, region)
+    assert sorted(result.accepted["amount"].to_list()) == [3.0, 7.0, 12.5]
+    assert result.reasons() == {"amount is not a number": 1}  # "1 000": a thousands separator
+    for values in ([True, True, False, True], [DAY] * 4):
+        result = validate_transactions(rows.with_columns(amount=pl.Series(values)), DAY, region)
+        assert result.accepted.height == 0 and result.reasons() == {"amount is not a number": 4}
