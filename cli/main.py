@@ -20,6 +20,7 @@ from pathlib import Path
 from types import ModuleType
 
 from assets.definitions_file import load_definitions_module
+from cli.arguments import day, integer, names, number
 from cli.runs import LAUNCHED_BY, RunPlan, exit_quickly, prepare_environment, quiet_libraries, run_all
 from cli.summary import summarize
 from meridian.global_store import GlobalStore
@@ -36,7 +37,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from meridian.topology import load_topology
 
     topology = load_topology(settings().topology_path)
-    regions = args.regions.split(",") if args.regions else topology.active_region_names
+    regions = args.regions or topology.active_region_names
     unknown = [r for r in regions if r not in topology.active_region_names]
     if unknown:
         print(
@@ -45,7 +46,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    start = date.fromisoformat(args.start)
+    start = date.fromisoformat(args.start)  # checked by its argument type (cli.arguments.day)
     days = [(start + timedelta(days=i)).isoformat() for i in range(args.days)]
     train = not args.skip_ml and len(days) >= MIN_TRAINING_DAYS
     source_config = {"rows_per_day": args.rows_per_day, "malformed_rate": args.malformed_rate}
@@ -62,7 +63,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(f"Meridian home: {home}")
     print(
         f"Materializing {days[0]}..{days[-1]} ({len(days)} days) for {', '.join(regions)}; "
-        f"{args.rows_per_day:,} transactions per region-day, {args.parallel} region(s) at a time\n",
+        f"{args.rows_per_day:,} transactions per region-day, {min(args.parallel, len(regions))} region(s) "
+        "at a time\n",
         flush=True,
     )
     if not train and not args.skip_ml:
@@ -223,7 +225,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     with DagsterInstance.get() as instance:
         for warning in operations_warnings(home, instance):
             print(f"meridian serve: warning: {warning}", file=sys.stderr, flush=True)
-    regions = args.regions.split(",") if args.regions else None
+    regions = args.regions or None
     app = build_app(poll_seconds=args.poll_seconds, regions=regions, scoring_threads=args.scoring_threads)
     print(
         f"Meridian scoring service on http://{args.host}:{args.port} (OpenAPI: /docs, /openapi.json)",
@@ -238,27 +240,32 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="meridian", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="materialize the regional graph for a window of days")
-    run.add_argument("--start", default=HISTORY_START.isoformat(), help="first day (YYYY-MM-DD)")
-    run.add_argument("--days", type=int, default=DEFAULT_DAYS, help="number of days")
-    run.add_argument("--regions", help="comma-separated regions (default: every active region)")
-    run.add_argument("--rows-per-day", type=int, default=5_000, help="transactions per region-day")
-    run.add_argument("--malformed-rate", type=float, default=0.002, help="share of malformed rows injected")
+    run.add_argument("--start", type=day, default=HISTORY_START.isoformat(), help="first day (YYYY-MM-DD)")
+    run.add_argument("--days", type=integer(1), default=DEFAULT_DAYS, help="number of days")
+    run.add_argument("--regions", type=names, help="comma-separated regions (default: every active region)")
+    run.add_argument("--rows-per-day", type=integer(1), default=5_000, help="transactions per region-day")
+    run.add_argument(
+        "--malformed-rate", type=number(0, 1), default=0.002, help="share of malformed rows injected"
+    )
     run.add_argument("--home", help="data root (default $MERIDIAN_HOME or .meridian/)")
     run.add_argument(
         "--parallel",
-        type=int,
+        type=integer(1),
         # One more worker than cores: a region's run waits on the instance's SQLite event writes
         # (fsync per event) about a third of the time, which another region's work fills.
         default=min(3, (os.cpu_count() or 1) + 1),
         help="regions run at once (default: cores + 1, at most 3)",
     )
-    run.add_argument("--trials", type=int, default=15, help="hyperparameter trials per region")
+    run.add_argument("--trials", type=integer(1), default=15, help="hyperparameter trials per region")
     run.add_argument(
-        "--tuning-seconds", type=float, default=90.0, help="time budget of the search per region"
+        "--tuning-seconds",
+        type=number(0, inclusive_minimum=False),
+        default=90.0,
+        help="time budget of the search per region",
     )
     run.add_argument(
         "--score-days",
-        type=int,
+        type=integer(0),
         default=12,
         help="last days of the window to score (12: the matured test days, whose performance shows, and after)",
     )
@@ -267,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
     back = sub.add_parser("rollback", help="return a region's champion model to the previous champion")
     back.add_argument("--region", required=True, help="active region whose champion to roll back")
     back.add_argument(
-        "--to-version", type=int, help="an earlier champion version (default: the previous one)"
+        "--to-version", type=integer(1), help="an earlier champion version (default: the previous one)"
     )
     back.add_argument("--home", help="data root (default $MERIDIAN_HOME or .meridian/)")
     back.set_defaults(func=cmd_rollback)
@@ -281,18 +288,32 @@ def main(argv: list[str] | None = None) -> int:
         "health-loop",
         help="probe every region each second and fail over when one is down (run beside the daemon)",
     )
-    hl.add_argument("--interval", type=float, default=1.0, help="seconds between probes of every region")
-    hl.add_argument("--max-seconds", type=float, help="stop after this long (drills, tests)")
+    hl.add_argument(
+        "--interval",
+        type=number(0, inclusive_minimum=False),
+        default=1.0,
+        help="seconds between probes of every region",
+    )
+    hl.add_argument(
+        "--max-seconds", type=number(0, inclusive_minimum=False), help="stop after this long (drills, tests)"
+    )
     hl.add_argument("--home", help="data root (default $MERIDIAN_HOME or .meridian/)")
     hl.set_defaults(func=cmd_health_loop)
     srv = sub.add_parser("serve", help="start the scoring service (after `meridian run`)")
     srv.add_argument("--host", default="127.0.0.1")
-    srv.add_argument("--port", type=int, default=8000)
-    srv.add_argument("--regions", help="comma-separated regions to serve (default: every active region)")
-    srv.add_argument("--poll-seconds", type=float, default=2.0, help="how often model aliases are checked")
+    srv.add_argument("--port", type=integer(0, 65535), default=8000)
+    srv.add_argument(
+        "--regions", type=names, help="comma-separated regions to serve (default: every active region)"
+    )
+    srv.add_argument(
+        "--poll-seconds",
+        type=number(0, inclusive_minimum=False),
+        default=2.0,
+        help="how often model aliases are checked",
+    )
     srv.add_argument(
         "--scoring-threads",
-        type=int,
+        type=integer(0),
         help="threads that score off the event loop (default 0: on the loop, the lower latency; see serving/app.py)",
     )
     srv.add_argument("--home", help="data root (default $MERIDIAN_HOME or .meridian/)")

@@ -1,0 +1,62 @@
+"""Argument types for the CLI: a value outside its range is argparse's usage error naming the
+option and the bound, before any work starts (not a traceback, and not a run that goes ahead
+with a negative row count or a malformed share of 1.5)."""
+
+from __future__ import annotations
+
+import argparse
+import math
+from collections.abc import Callable
+from datetime import date
+
+
+def integer(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
+    """An int within [minimum, maximum]."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < minimum or (maximum is not None and value > maximum):
+            bound = f"at least {minimum}" if maximum is None else f"between {minimum} and {maximum}"
+            raise argparse.ArgumentTypeError(f"{value} is out of range: must be {bound}")
+        return value
+
+    parse.__name__ = "integer"  # argparse names the type in its message
+    return parse
+
+
+def number(
+    minimum: float, maximum: float | None = None, inclusive_minimum: bool = True
+) -> Callable[[str], float]:
+    """A finite float within the bounds (`inclusive_minimum=False`: strictly above `minimum`)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        low_ok = value >= minimum if inclusive_minimum else value > minimum
+        if not math.isfinite(value) or not low_ok or (maximum is not None and value > maximum):
+            low = f"{'at least' if inclusive_minimum else 'above'} {minimum:g}"
+            bound = low if maximum is None else f"{low} and at most {maximum:g}"
+            raise argparse.ArgumentTypeError(f"{text} is out of range: must be finite, {bound}")
+        return value
+
+    parse.__name__ = "number"
+    return parse
+
+
+def day(text: str) -> str:
+    """A calendar day as YYYY-MM-DD, returned as written in ISO form."""
+    try:
+        return date.fromisoformat(text).isoformat()
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a day (YYYY-MM-DD): {error}") from None
+
+
+def names(text: str) -> list[str]:
+    """A comma-separated list of names: spaces around each stripped, repeats dropped (in order),
+    so `eu-west, us-east` names two regions and `eu-west,eu-west` one, not two runs of it."""
+    return list(dict.fromkeys(part.strip() for part in text.split(",")))

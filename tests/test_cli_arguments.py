@@ -1,0 +1,54 @@
+"""The CLI refuses an out-of-range option before any work, naming the option and its bound."""
+
+from __future__ import annotations
+
+import pytest
+
+from cli.arguments import names
+from cli.main import main
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["run", "--days", "0"], "argument --days: 0 is out of range: must be at least 1"),
+        (["run", "--days", "three"], "argument --days: 'three' is not a whole number"),
+        (["run", "--rows-per-day", "0"], "argument --rows-per-day: 0 is out of range: must be at least 1"),
+        (["run", "--start", "2026-02-30"], "argument --start: '2026-02-30' is not a day (YYYY-MM-DD)"),
+        (["run", "--malformed-rate", "1.5"], "argument --malformed-rate: 1.5 is out of range"),
+        (
+            ["run", "--malformed-rate", "nan"],
+            "argument --malformed-rate: nan is out of range: must be finite",
+        ),
+        (["run", "--trials", "0"], "argument --trials: 0 is out of range: must be at least 1"),
+        (["run", "--parallel", "0"], "argument --parallel: 0 is out of range: must be at least 1"),
+        (["run", "--tuning-seconds", "inf"], "argument --tuning-seconds: inf is out of range"),
+        (["run", "--score-days", "-1"], "argument --score-days: -1 is out of range"),
+        (["serve", "--port", "70000"], "argument --port: 70000 is out of range: must be between 0 and 65535"),
+        (
+            ["serve", "--poll-seconds", "0"],
+            "argument --poll-seconds: 0 is out of range: must be finite, above 0",
+        ),
+        (["health-loop", "--interval", "-1"], "argument --interval: -1 is out of range"),
+        (
+            ["rollback", "--region", "eu-west", "--to-version", "0"],
+            "argument --to-version: 0 is out of range",
+        ),
+    ],
+)
+def test_an_out_of_range_option_is_a_usage_error_naming_it(argv, message, capsys):
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    assert exited.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_region_lists_are_stripped_and_repeats_dropped():
+    assert names("eu-west, us-east ,eu-west") == ["eu-west", "us-east"]
+    assert names("") == [""]  # named as an unknown region by the command, not read as "all"
+
+
+def test_an_unknown_region_in_a_list_is_named_before_any_work(tmp_path, capsys):
+    assert main(["run", "--regions", "eu-west, mars", "--home", str(tmp_path / "home")]) == 2
+    err = capsys.readouterr().err
+    assert "unknown or standby region(s) 'mars'" in err and "eu-west'" not in err
