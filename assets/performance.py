@@ -25,10 +25,20 @@ from resources.topology import RegionTopologyResource
 
 
 class PerformanceConfig(dg.Config):
-    threshold: float = Field(default=0.5, description="operating threshold for precision and recall")
-    window_days: int = Field(default=7, description="matured days the check looks at")
+    threshold: float = Field(
+        default=0.5,
+        gt=0,
+        lt=1,
+        allow_inf_nan=False,
+        description="operating threshold for precision and recall",
+    )
+    window_days: int = Field(default=7, ge=1, description="matured days the check looks at")
     max_pr_auc_drop: float = Field(
-        default=0.15, description="ERROR when the champion's recent PR-AUC is this far below its test PR-AUC"
+        default=0.15,
+        ge=0,
+        le=1,
+        allow_inf_nan=False,
+        description="ERROR when the champion's recent PR-AUC is this far below its test PR-AUC",
     )
 
 

@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 
 import dagster as dg
 import polars as pl
+from pydantic import Field
 
 from assets.ml_shared import (
     ML_GROUP,
@@ -30,8 +31,10 @@ from resources.topology import RegionTopologyResource
 
 
 class PromotionConfig(dg.Config):
-    min_pr_auc_gain: float = 0.005  # challenger must beat the champion's test PR-AUC by this much
-    calibration_tolerance: float = 0.005  # ... and its ECE may exceed the champion's by at most this
+    # The challenger must beat the champion's test PR-AUC by this much ...
+    min_pr_auc_gain: float = Field(default=0.005, ge=-1, le=1, allow_inf_nan=False)
+    # ... and its ECE may exceed the champion's by at most this.
+    calibration_tolerance: float = Field(default=0.005, ge=0, le=1, allow_inf_nan=False)
 
 
 @dg.asset(

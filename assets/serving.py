@@ -52,11 +52,13 @@ SERVED_PROVENANCE = "scoring-service stream log"
 
 class DeploymentSettings(dg.Config):
     strategy: str = Field(default="champion", description="champion | ab | canary | shadow")
-    challenger_weight: float = Field(default=0.1, description="ab: the challenger's share of customers")
+    challenger_weight: float = Field(
+        default=0.1, ge=0, le=1, allow_inf_nan=False, description="ab: the challenger's share of customers"
+    )
     canary_ramp: list[int] = Field(
         default_factory=lambda: list(deployment.DEFAULT_RAMP), description="canary: percent per step"
     )
-    canary_step: int = Field(default=0, description="canary: index into the ramp")
+    canary_step: int = Field(default=0, ge=0, description="canary: index into the ramp")
     experiment_id: str | None = Field(
         default=None, description="default: region-strategy-versions; a new id reshuffles assignment"
     )

@@ -14,6 +14,7 @@ from pathlib import Path
 import dagster as dg
 import duckdb
 import polars as pl
+from pydantic import Field
 
 from assets.features import view_asset_key
 from assets.metadata import png_image, png_markdown
@@ -45,9 +46,13 @@ from resources.topology import RegionTopologyResource
 
 
 class TrainingSetConfig(dg.Config):
-    as_of: str | None = None  # "YYYY-MM-DD"; default: the day after the last labelled day
-    validation_share: float = 0.15
-    test_share: float = 0.15
+    as_of: str | None = Field(
+        default=None,
+        pattern=r"^\d{4}-\d{2}-\d{2}$",
+        description="YYYY-MM-DD; default: the day after the last labelled day",
+    )
+    validation_share: float = Field(default=0.15, gt=0, lt=1, allow_inf_nan=False)
+    test_share: float = Field(default=0.15, gt=0, lt=1, allow_inf_nan=False)
 
 
 @dg.asset(
@@ -139,9 +144,9 @@ def training_set(
 
 
 class TuningConfig(dg.Config):
-    n_trials: int = 20
-    timeout_seconds: float = 180.0
-    max_rounds: int = 400
+    n_trials: int = Field(default=20, ge=1)
+    timeout_seconds: float = Field(default=180.0, gt=0, allow_inf_nan=False)
+    max_rounds: int = Field(default=400, ge=1)
     seed: int = 7
 
 
@@ -223,7 +228,7 @@ def fraud_model_hyperparameters(
 
 
 class TrainingConfig(dg.Config):
-    max_rounds: int = 1000
+    max_rounds: int = Field(default=1000, ge=1)
 
 
 def _log_history(mlf, history: dict[str, list[float]]) -> None:

@@ -43,11 +43,12 @@ import logging
 import os
 import time
 from datetime import UTC, datetime
+from typing import Annotated
 
 import anyio
 import anyio.to_thread
 import orjson
-from fastapi import FastAPI, HTTPException, Request, Response
+from fastapi import FastAPI, HTTPException, Path, Request, Response
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -294,7 +295,9 @@ def create_app(
         raise HTTPException(404, detail=f"region {region!r} is not served here")
 
     @app.get("/v1/{region}/features/{customer_id}", responses=errors)
-    def features(region: str, customer_id: str) -> dict[str, object]:
+    def features(
+        region: str, customer_id: Annotated[str, Path(min_length=1, max_length=64)]
+    ) -> dict[str, object]:
         service = service_for(region)
         if reason := service.unavailable():
             raise HTTPException(503, detail=f"region {region} unavailable: {reason}")

@@ -178,6 +178,10 @@ def test_a_customer_unknown_to_the_region_is_a_404_never_a_lookup_elsewhere(serv
     assert status == 404 and "not served here" in body["detail"]
     status, body = _call(f"{service['url']}/v1/{REGION}/features/{known}")
     assert status == 200 and body["version"] == VIEWS["customer_spend"].version
+    # An id no customer can have (the score route's bound) is a 422, and is not echoed back.
+    status, body = _call(f"{service['url']}/v1/{REGION}/features/{'x' * 5000}")
+    assert status == 422 and body["detail"][0]["loc"] == ["path", "customer_id"], body
+    assert "x" * 65 not in json.dumps(body)
 
 
 def test_score_transaction_is_the_plain_function_behind_the_route(service):
