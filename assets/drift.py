@@ -20,7 +20,7 @@ from datetime import timedelta
 import dagster as dg
 import duckdb
 import polars as pl
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from assets.inference import fraud_predictions
 from assets.metadata import capped_table, png_image, png_markdown
@@ -29,7 +29,7 @@ from assets.partitions import REGION_DAY_PARTITIONS, RegionFailures, days_by_reg
 from assets.promotion import fraud_model_promotion
 from meridian import modeling, registry
 from meridian.batch_scoring import FEATURES_COMPLETE, VIEW_TUPLE, prediction_features_by_day
-from meridian.drift_rules import STATUS_RANK, drift_rows, served_drift
+from meridian.drift_rules import STATUS_RANK, drift_rows, parse_rule, served_drift
 from meridian.feature_store import complete_from, history_start
 from meridian.lake import partition_file
 from meridian.locks import file_lock
@@ -71,6 +71,13 @@ class DriftConfig(dg.Config):
         description='per column (or column prefix): "method:warn:error", e.g. {"amount_usd": "ks:0.1:0.2"}; '
         "methods psi, ks, js, wasserstein, chi2",
     )
+
+    @field_validator("rules")
+    @classmethod
+    def _each_rule_parses(cls, rules: dict[str, str]) -> dict[str, str]:
+        for spec in rules.values():
+            parse_rule(spec)  # refused when the step starts, naming the rule, not mid-way
+        return rules
 
 
 @dg.asset(

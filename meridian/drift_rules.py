@@ -5,10 +5,13 @@ holds the per-feature exceptions and configured overrides, and reads what the se
 served (its decision log) so served inputs are judged like batch ones.
 """
 
+import math
+from typing import get_args
+
 import polars as pl
 
 from meridian.batch_scoring import FEATURES_COMPLETE
-from meridian.drift import DriftRule, column_drift, frame_drift
+from meridian.drift import DriftRule, Method, column_drift, frame_drift
 from meridian.lake import partition_file
 
 STATUS_RANK = {"ok": 0, "no_data": 0, "warn": 1, "error": 2}
@@ -24,12 +27,32 @@ FEATURE_RULES: dict[str, DriftRule] = {
 }
 
 
+def parse_rule(spec: str) -> DriftRule:
+    """A configured rule, "method:warn:error" (e.g. "ks:0.1:0.2"); ValueError saying what is wrong.
+
+    The levels are finite, 0 <= warn <= error: a NaN level would never alert, and a warning
+    level above the error level would make the warning unreachable.
+    """
+    parts = spec.split(":")
+    if len(parts) != 3:
+        raise ValueError(f"{spec!r}: a drift rule is method:warn:error, e.g. 'ks:0.1:0.2'")
+    method, warn_text, error_text = (p.strip() for p in parts)
+    if method not in get_args(Method):
+        raise ValueError(f"{spec!r}: unknown method {method!r}; one of {', '.join(get_args(Method))}")
+    try:
+        warn, error = float(warn_text), float(error_text)
+    except ValueError:
+        raise ValueError(f"{spec!r}: the warn and error levels must be numbers") from None
+    if not (math.isfinite(warn) and math.isfinite(error) and 0 <= warn <= error):
+        raise ValueError(f"{spec!r}: the levels must be finite with 0 <= warn <= error")
+    return DriftRule(method, warn, error, "configured")
+
+
 def rule_for(column: str, overrides: dict[str, str]) -> DriftRule | None:
     """The rule for a column: a config override, else FEATURE_RULES by prefix, else the kind's default."""
     for prefix, spec in sorted(overrides.items(), key=lambda kv: -len(kv[0])):
         if column.startswith(prefix):
-            method, warn, error = spec.split(":")
-            return DriftRule(method, float(warn), float(error), "configured")
+            return parse_rule(spec)
     for prefix, rule in FEATURE_RULES.items():
         if column.startswith(prefix):
             return rule

@@ -47,3 +47,33 @@ def test_the_defaults_and_the_values_the_cli_uses_are_accepted():
     PromotionConfig()
     PerformanceConfig()
     DeploymentSettings(strategy="ab", challenger_weight=0.5)
+
+
+@pytest.mark.parametrize(
+    ("spec", "problem"),
+    [
+        ("psi:0.1", "method:warn:error"),
+        ("cosine:0.1:0.2", "unknown method 'cosine'"),
+        ("ks:low:high", "must be numbers"),
+        ("psi:nan:nan", "finite"),
+        ("psi:0.3:0.1", "0 <= warn <= error"),
+        ("js:-0.1:0.2", "0 <= warn <= error"),
+    ],
+)
+def test_a_drift_rule_that_cannot_alert_as_meant_is_refused_naming_it(spec, problem):
+    from assets.drift import DriftConfig
+
+    with pytest.raises(ValidationError, match=problem):
+        DriftConfig(rules={"amount_usd": spec})
+
+
+def test_a_configured_drift_rule_is_used_for_its_columns():
+    from assets.drift import DriftConfig
+    from meridian.drift_rules import rule_for
+
+    config = DriftConfig(rules={"amount": "ks : 0.1 : 0.2", "amount_usd": "wasserstein:0.5:1"})
+    assert (rule_for("amount_usd", config.rules).method, rule_for("amount_usd", config.rules).warn) == (
+        "wasserstein",
+        0.5,
+    )  # the longest prefix wins
+    assert rule_for("amount_local", config.rules).method == "ks"
