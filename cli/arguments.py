@@ -28,9 +28,12 @@ def integer(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
 
 
 def number(
-    minimum: float, maximum: float | None = None, inclusive_minimum: bool = True
+    minimum: float,
+    maximum: float | None = None,
+    inclusive_minimum: bool = True,
+    inclusive_maximum: bool = True,
 ) -> Callable[[str], float]:
-    """A finite float within the bounds (`inclusive_minimum=False`: strictly above `minimum`)."""
+    """A finite float within the bounds (each inclusive unless said otherwise)."""
 
     def parse(text: str) -> float:
         try:
@@ -38,9 +41,11 @@ def number(
         except ValueError:
             raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
         low_ok = value >= minimum if inclusive_minimum else value > minimum
-        if not math.isfinite(value) or not low_ok or (maximum is not None and value > maximum):
+        high_ok = maximum is None or (value <= maximum if inclusive_maximum else value < maximum)
+        if not math.isfinite(value) or not low_ok or not high_ok:
             low = f"{'at least' if inclusive_minimum else 'above'} {minimum:g}"
-            bound = low if maximum is None else f"{low} and at most {maximum:g}"
+            high = f"{'at most' if inclusive_maximum else 'below'} {maximum:g}" if maximum is not None else ""
+            bound = f"{low} and {high}" if high else low
             raise argparse.ArgumentTypeError(f"{text} is out of range: must be finite, {bound}")
         return value
 

@@ -245,7 +245,10 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--regions", type=names, help="comma-separated regions (default: every active region)")
     run.add_argument("--rows-per-day", type=integer(1), default=5_000, help="transactions per region-day")
     run.add_argument(
-        "--malformed-rate", type=number(0, 1), default=0.002, help="share of malformed rows injected"
+        "--malformed-rate",
+        type=number(0, 0.5, inclusive_maximum=False),
+        default=0.002,
+        help="share of malformed rows injected",
     )
     run.add_argument("--home", help="data root (default $MERIDIAN_HOME or .meridian/)")
     run.add_argument(

@@ -26,13 +26,15 @@ class TransactionSourceResource(dg.ConfigurableResource):
     """Delivers one region-day of raw transactions or chargebacks, deterministically."""
 
     seed: int = Field(default=7, description="Seed of the generator; same seed, same data")
-    rows_per_day: int = Field(default=5_000, description="Transactions per region per day")
-    fraud_rate: float = Field(default=0.012, description="Share of transactions that are fraud")
-    malformed_rate: float = Field(default=0.0, description="Share of extra malformed rows injected per batch")
+    rows_per_day: int = Field(default=5_000, ge=1, description="Transactions per region per day")
+    fraud_rate: float = Field(default=0.012, ge=0, lt=0.5, description="Share of transactions that are fraud")
+    malformed_rate: float = Field(
+        default=0.0, ge=0, lt=0.5, description="Share of extra malformed rows injected per batch"
+    )
     history_start: str = Field(
         default=HISTORY_START.isoformat(), description="First day the source has data for"
     )
-    max_chargeback_delay_days: int = Field(default=10, description="Chargebacks land at most this late")
+    max_chargeback_delay_days: int = Field(default=10, ge=1, description="Chargebacks land at most this late")
     drift_regions: list[str] = Field(default_factory=list, description="Regions whose distributions drift")
     drift_start_day: str | None = Field(default=None, description="First drifted day (YYYY-MM-DD)")
     drift_features: list[str] = Field(default_factory=lambda: ["amount", "channel", "category"])

@@ -15,7 +15,10 @@ from cli.main import main
         (["run", "--days", "three"], "argument --days: 'three' is not a whole number"),
         (["run", "--rows-per-day", "0"], "argument --rows-per-day: 0 is out of range: must be at least 1"),
         (["run", "--start", "2026-02-30"], "argument --start: '2026-02-30' is not a day (YYYY-MM-DD)"),
-        (["run", "--malformed-rate", "1.5"], "argument --malformed-rate: 1.5 is out of range"),
+        (
+            ["run", "--malformed-rate", "0.5"],
+            "argument --malformed-rate: 0.5 is out of range: must be finite, at least 0 and below 0.5",
+        ),
         (
             ["run", "--malformed-rate", "nan"],
             "argument --malformed-rate: nan is out of range: must be finite",

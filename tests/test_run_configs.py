@@ -1,4 +1,4 @@
-"""The run configs a user edits in the launchpad refuse a value outside its range, naming the
+"""The run configs and the source resource a user edits in the launchpad refuse a value outside its range, naming the
 field: a share of 1.5, a NaN threshold or zero trials fail the step at once with that message
 instead of training on a split that cannot exist or reporting metrics at a threshold of 2."""
 
@@ -11,6 +11,7 @@ from assets.performance import PerformanceConfig
 from assets.promotion import PromotionConfig
 from assets.serving import DeploymentSettings
 from assets.training import TrainingConfig, TrainingSetConfig, TuningConfig
+from resources.source import TransactionSourceResource
 
 
 @pytest.mark.parametrize(
@@ -31,6 +32,9 @@ from assets.training import TrainingConfig, TrainingSetConfig, TuningConfig
         (PerformanceConfig, {"max_pr_auc_drop": float("inf")}),
         (DeploymentSettings, {"challenger_weight": 1.5}),
         (DeploymentSettings, {"canary_step": -1}),
+        (TransactionSourceResource, {"rows_per_day": 0}),
+        (TransactionSourceResource, {"malformed_rate": 0.5}),
+        (TransactionSourceResource, {"fraud_rate": -0.01}),
     ],
 )
 def test_a_value_outside_its_range_is_refused_naming_the_field(config, values):
