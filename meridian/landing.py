@@ -20,8 +20,9 @@ Every delivered file is processed once: the first time a file is ingested it is 
 the region's landing archive under its content hash (the ETag an object store gives a
 single-part upload) and recorded in the day's manifest; a re-run reads the archived copy, so a
 partition rebuilt later gives the same rows, and a file re-delivered identically is a no-op.
-Nothing is dropped: an unreadable file becomes one quarantine row with the reason, a file
-missing required columns has every row quarantined, a bad JSON line is a quarantine row.
+Nothing is dropped: an unreadable file becomes one quarantine row with the reason, and so does
+a file in the day's folder that breaks the naming contract (its name, its format, a link), a
+file missing required columns has every row quarantined, a bad JSON line is a quarantine row.
 """
 
 from __future__ import annotations
@@ -121,7 +122,8 @@ def archive(landed: LandedFile, state: Path, store: LocalLanding | S3Landing) ->
 class FileReport:
     key: str
     etag: str
-    status: str  # new | ingested before | changed after ingestion | removed from landing | unreadable
+    # new | ingested before | changed after ingestion | removed from landing | unreadable | not ingested
+    status: str
     delivered: int = 0
     ignored_columns: list[str] = field(default_factory=list)
     problem: str | None = None
@@ -193,7 +195,7 @@ def collect_day(
     store = store or LocalLanding(landing_root(region_root))
     state = state_root(region_root)
     manifest = load_manifest(state, feed_name, day)
-    files, _ = store.scan([feed_name], day=day)
+    files, misplaced = store.scan([feed_name], day=day)
     current = {f.key: f for f in files if day_of(f.key) == day}
     accepted_parts: list[pl.DataFrame] = [_empty(feed, False)]
     quarantined_parts: list[pl.DataFrame] = [_empty(feed, True)]
@@ -252,6 +254,11 @@ def collect_day(
     for key, known in sorted(manifest.items()):
         if key not in current:  # removed by its producer after ingestion: the lake keeps it
             take(key, state / known["archived"], known["etag"], "removed from landing")
+    for problem in misplaced:  # in the day's folder but outside the contract (name, format, link)
+        report = FileReport(problem.key, "", "not ingested", delivered=1, problem=problem.reason)
+        reports.append(report)
+        reason = f"file {problem.key}: not ingested: {problem.reason}"
+        quarantined_parts.append(_problem_row(feed, problem.key, reason))
     return DayDelivery(
         pl.concat(accepted_parts, how="vertical"),
         pl.concat(quarantined_parts, how="vertical"),

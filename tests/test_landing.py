@@ -124,6 +124,9 @@ def test_every_kind_of_malformed_file_is_quarantined_with_its_reason_and_nothing
         b"\xef\xbb\xbf" + "\n".join(json.dumps(r) for r in bom.iter_rows(named=True)).encode(),
     )
     _deliver(root, f"transactions/{DAY}/semicolons.csv", b"transaction_id;amount\nt-semi;12,50\n")
+    # Outside the naming contract: never read, and never dropped unseen either.
+    _deliver(root, f"transactions/{DAY}/my file.csv", _csv(good.head(2)))
+    _deliver(root, f"transactions/{DAY}/export.tsv", b"transaction_id\tamount\n")
     _deliver(root, f"transactions/{DAY}/header-only.csv", _csv(good.head(0)))
     (landing.landing_root(root) / f"transactions/{DAY}/.in-flight.csv").write_bytes(b"half a fi")
 
@@ -140,6 +143,12 @@ def test_every_kind_of_malformed_file_is_quarantined_with_its_reason_and_nothing
     assert by_key["spaced.csv"]["accepted"] == 3  # a spreadsheet's padded header names its column
     assert by_key["extra.csv"]["accepted"] == 2 and by_key["extra.csv"]["ignored_columns"] == "note"
     assert by_key["bom.jsonl"]["accepted"] == 2 and by_key["bom.jsonl"]["quarantined"] == 0
+    for name in ("my file.csv", "export.tsv"):
+        assert (by_key[name]["status"], by_key[name]["quarantined"], by_key[name]["accepted"]) == (
+            "not ingested",
+            1,
+            0,
+        )
     for name in ("corrupt.parquet", "latin1.csv", "semicolons.csv"):
         assert by_key[name]["status"] == "unreadable" and by_key[name]["quarantined"] == 1
     assert by_key["empty.csv"]["delivered"] == by_key["header-only.csv"]["delivered"] == 0
@@ -155,6 +164,8 @@ def test_every_kind_of_malformed_file_is_quarantined_with_its_reason_and_nothing
         f"file transactions/{DAY}/corrupt.parquet: unreadable parquet file",
         f"file transactions/{DAY}/latin1.csv: unreadable csv file",
         f"file transactions/{DAY}/semicolons.csv: unreadable csv file: its header is separated by ';'",
+        f"file transactions/{DAY}/my file.csv: not ingested: name must be letters, digits",
+        f"file transactions/{DAY}/export.tsv: not ingested: format '.tsv' is not one of",
     ):
         assert any(r.startswith(expected) for r in reasons), (expected, reasons)
     # Quarantined rows say which file they came from.
@@ -342,9 +353,15 @@ def test_a_link_in_one_zones_landing_to_another_zones_data_is_refused(tmp_path, 
     }
     result = _ingest(root, eu)
     written = pl.concat([result.accepted.select("customer_id"), result.quarantined.select("customer_id")])
-    assert written.height == 10 and not written["customer_id"].is_in(us_rows["customer_id"].implode()).any()
+    assert not written["customer_id"].is_in(us_rows["customer_id"].implode()).any()
+    assert result.accepted.height == 10
+    # The link and the pipe in the day's folder are one quarantine row each, the reason and
+    # nothing of what they point at.
+    assert result.quarantined["customer_id"].null_count() == result.quarantined.height == 2
+    assert all("not ingested" in r for r in result.quarantined["reason"].to_list())
     # Swapped for a link after it was ingested: the archived copy stays; the link is not read.
     (day_dir / "own.parquet").unlink()
     (day_dir / "own.parquet").symlink_to(us_file)
     again = _ingest(root, eu)
-    assert again.accepted.equals(result.accepted) and again.quarantined.height == 0
+    assert again.accepted.equals(result.accepted)
+    assert again.quarantined["customer_id"].null_count() == again.quarantined.height == 3
