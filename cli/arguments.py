@@ -62,6 +62,7 @@ def day(text: str) -> str:
 
 
 def names(text: str) -> list[str]:
-    """A comma-separated list of names: spaces around each stripped, repeats dropped (in order),
-    so `eu-west, us-east` names two regions and `eu-west,eu-west` one, not two runs of it."""
-    return list(dict.fromkeys(part.strip() for part in text.split(",")))
+    """A comma-separated list of names: spaces around each stripped, empty entries and repeats
+    dropped (in order), so `eu-west, us-east,` names two regions and `eu-west,eu-west` one, not
+    two runs of it; an empty list means the command's default, as an absent option does."""
+    return list(dict.fromkeys(p for part in text.split(",") if (p := part.strip())))

@@ -47,8 +47,8 @@ def test_an_out_of_range_option_is_a_usage_error_naming_it(argv, message, capsys
 
 
 def test_region_lists_are_stripped_and_repeats_dropped():
-    assert names("eu-west, us-east ,eu-west") == ["eu-west", "us-east"]
-    assert names("") == [""]  # named as an unknown region by the command, not read as "all"
+    assert names("eu-west, us-east ,eu-west,") == ["eu-west", "us-east"]
+    assert names("") == names(" , ") == []  # the default (every active region), as before
 
 
 def test_an_unknown_region_in_a_list_is_named_before_any_work(tmp_path, capsys):
