@@ -90,17 +90,29 @@ def _read_jsonl(path: Path) -> tuple[pl.DataFrame, list[str]]:
 UTF8_BOM = b"\xef\xbb\xbf"
 
 
-def _comma_separated(path: Path) -> None:
-    """Refuse a CSV whose header has no comma but another separator: read as the contract's
-    comma-separated file it would be one column, or fail on a ragged line, and every row would
-    be quarantined for a reason that does not say why."""
+def _header_lines(path: Path) -> int:
+    """How many lines precede a comma-separated CSV's header: 1 for a spreadsheet's `sep=,`
+    hint line, else 0. Refuse a file separated otherwise (a `sep=;` hint, or a header with no
+    comma but another separator): read as the contract's comma-separated file it would be one
+    column, or fail on a ragged line, and every row would be quarantined for a reason that does
+    not say why."""
     with open(path, "rb") as handle:
-        header = handle.readline(64 * 1024)
-    if b"," in header:
-        return
+        first = handle.readline(64 * 1024)
+        hint = first.removeprefix(UTF8_BOM).strip()
+        skip = 0
+        if hint.lower().startswith(b"sep=") and len(hint) == 5:
+            if hint[4:] != b",":
+                raise UnreadableFile(
+                    f"unreadable csv file: its first line declares the separator {hint[4:].decode('latin-1')!r}, "
+                    "not ','"
+                )
+            skip, first = 1, handle.readline(64 * 1024)
+    if b"," in first:
+        return skip
     for separator, name in ((b";", "';'"), (b"\t", "a tab"), (b"|", "'|'")):
-        if separator in header:
+        if separator in first:
             raise UnreadableFile(f"unreadable csv file: its header is separated by {name}, not by ','")
+    return skip
 
 
 def read_file(path: Path) -> tuple[pl.DataFrame, list[str]]:
@@ -115,9 +127,12 @@ def read_file(path: Path) -> tuple[pl.DataFrame, list[str]]:
             frame, bad = pl.read_parquet(path), []
         elif suffix == ".csv":
             empty = path.stat().st_size == 0
-            if not empty:
-                _comma_separated(path)
-            frame = pl.DataFrame() if empty else pl.read_csv(path, infer_schema=False, raise_if_empty=False)
+            skip = 0 if empty else _header_lines(path)
+            frame = (
+                pl.DataFrame()
+                if empty
+                else pl.read_csv(path, infer_schema=False, raise_if_empty=False, skip_rows=skip)
+            )
             bad = []
         else:
             frame, bad = _read_jsonl(path)

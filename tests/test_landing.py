@@ -124,6 +124,9 @@ def test_every_kind_of_malformed_file_is_quarantined_with_its_reason_and_nothing
         b"\xef\xbb\xbf" + "\n".join(json.dumps(r) for r in bom.iter_rows(named=True)).encode(),
     )
     _deliver(root, f"transactions/{DAY}/semicolons.csv", b"transaction_id;amount\nt-semi;12,50\n")
+    # A spreadsheet's separator hint line before the header.
+    hinted = good.slice(30, 2).with_columns(pl.col("transaction_id") + "-hint")
+    _deliver(root, f"transactions/{DAY}/excel.csv", b"sep=,\r\n" + _csv(hinted))
     # Outside the naming contract: never read, and never dropped unseen either.
     _deliver(root, f"transactions/{DAY}/my file.csv", _csv(good.head(2)))
     _deliver(root, f"transactions/{DAY}/export.tsv", b"transaction_id\tamount\n")
@@ -143,6 +146,7 @@ def test_every_kind_of_malformed_file_is_quarantined_with_its_reason_and_nothing
     assert by_key["spaced.csv"]["accepted"] == 3  # a spreadsheet's padded header names its column
     assert by_key["extra.csv"]["accepted"] == 2 and by_key["extra.csv"]["ignored_columns"] == "note"
     assert by_key["bom.jsonl"]["accepted"] == 2 and by_key["bom.jsonl"]["quarantined"] == 0
+    assert by_key["excel.csv"]["accepted"] == 2 and by_key["excel.csv"]["quarantined"] == 0
     for name in ("my file.csv", "export.tsv"):
         assert (by_key[name]["status"], by_key[name]["quarantined"], by_key[name]["accepted"]) == (
             "not ingested",
