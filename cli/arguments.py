@@ -53,10 +53,10 @@ def number(
     return parse
 
 
-def day(text: str) -> str:
-    """A calendar day as YYYY-MM-DD, returned as written in ISO form."""
+def day(text: str) -> date:
+    """A calendar day written YYYY-MM-DD."""
     try:
-        return date.fromisoformat(text).isoformat()
+        return date.fromisoformat(text)
     except ValueError as error:
         raise argparse.ArgumentTypeError(f"{text!r} is not a day (YYYY-MM-DD): {error}") from None
 

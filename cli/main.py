@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from datetime import date, timedelta
+from datetime import timedelta
 from pathlib import Path
 from types import ModuleType
 
@@ -46,8 +46,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    start = date.fromisoformat(args.start)  # checked by its argument type (cli.arguments.day)
-    days = [(start + timedelta(days=i)).isoformat() for i in range(args.days)]
+    days = [(args.start + timedelta(days=i)).isoformat() for i in range(args.days)]
     train = not args.skip_ml and len(days) >= MIN_TRAINING_DAYS
     source_config = {"rows_per_day": args.rows_per_day, "malformed_rate": args.malformed_rate}
     # Progress comes from the event listener; the console shows errors only (full logs are in the UI).
