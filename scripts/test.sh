@@ -2,6 +2,10 @@
 # Set up (if needed) and run the whole test suite. Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# Bytecode is cached for the project's own modules too (each __pycache__ is git-ignored): with
+# PYTHONDONTWRITEBYTECODE set, as on these machines, every process compiled assets/, meridian/
+# and the tests again, and pytest re-wrote the asserts of every test module in every worker.
+unset PYTHONDONTWRITEBYTECODE
 scripts/setup.sh
 scripts/ensure-servers.sh
 .venv/bin/ruff check .

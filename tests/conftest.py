@@ -190,6 +190,10 @@ HEAVY_FIRST = (
     "test_drift",
     "test_ui",
     "test_feature_store",
+    # Mostly waiting on servers (a replica's catch-up, a frozen endpoint's probes): started before
+    # the quick modules so that the wait overlaps other work instead of ending the run.
+    "test_landing_s3",
+    "test_redis_replica",
     "test_online_store",
     "test_global_views",
     "test_leftovers",

@@ -40,16 +40,17 @@ def dbt(
 ) -> subprocess.CompletedProcess:
     """Run dbt as Dagster does: run-scoped settings (region, lake_root, warehouse_path,
     min_day, max_day) as MERIDIAN_DBT_* environment variables, the project's own vars as
-    --vars, so dbt's partial parsing holds across the calls that share `target`."""
+    --vars, so dbt's partial parsing holds across the calls that share `target`.
+
+    Each call is `dbt` on the command line in a process of its own, forked from a process that
+    has already imported dbt (tests.dbt_fork_server) rather than started cold."""
     import os
 
     from meridian.feature_store import RUN_SCOPED_DBT_VARS, dbt_run_env
 
-    executable = Path(sys.executable).parent / "dbt"
     run_scoped = {k: v for k, v in dbt_vars.items() if k in RUN_SCOPED_DBT_VARS}
     project = {k: v for k, v in dbt_vars.items() if k not in RUN_SCOPED_DBT_VARS}
     cmd = [
-        str(executable),
         *args,
         "--profiles-dir",
         str(DBT_DIR),
@@ -60,7 +61,43 @@ def dbt(
         *(["--vars", json.dumps(project)] if project else []),
     ]
     env = {**(env if env is not None else os.environ), **dbt_run_env(run_scoped)}
-    return subprocess.run(cmd, cwd=DBT_DIR, capture_output=True, text=True, check=False, env=env)
+    target.mkdir(parents=True, exist_ok=True)
+    out = target / "dbt-console.log"
+    returncode = _dbt_fork_server().run(cmd, env, DBT_DIR, out)
+    return subprocess.CompletedProcess(["dbt", *cmd], returncode, out.read_text(errors="replace"), "")
+
+
+class _DbtForkServer:
+    """The test process's tests.dbt_fork_server, started on first use; it exits with the process."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._process = subprocess.Popen(
+            [sys.executable, "-m", "tests.dbt_fork_server"],
+            cwd=REPO_ROOT,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+
+    def run(self, args: list[str], env: dict[str, str], cwd: Path, out: Path) -> int:
+        request = {"args": args, "env": dict(env), "cwd": str(cwd), "out": str(out)}
+        with self._lock:
+            self._process.stdin.write(json.dumps(request) + "\n")
+            self._process.stdin.flush()
+            answer = self._process.stdout.readline()
+        if not answer:
+            raise RuntimeError(f"the dbt fork server exited ({self._process.poll()})")
+        return json.loads(answer)["returncode"]
+
+
+_SERVER: list[_DbtForkServer] = []
+
+
+def _dbt_fork_server() -> _DbtForkServer:
+    if not _SERVER or _SERVER[0]._process.poll() is not None:
+        _SERVER[:] = [_DbtForkServer()]
+    return _SERVER[0]
 
 
 # The regional assets every end-to-end run must materialize, ingestion to features.
