@@ -87,6 +87,41 @@ class Region(_Strict):
             raise ValueError(f"codes must be upper-case letters, got {bad}")
         return codes
 
+    @field_validator("currencies")
+    @classmethod
+    def _priced_currencies(cls, codes: tuple[str, ...]) -> tuple[str, ...]:
+        """A currency without a USD rate would pass validation with no amount_usd: every
+        amount feature and the amount limit of its transactions would be null."""
+        from meridian.reference_data import USD_RATES
+
+        unknown = [c for c in codes if c not in USD_RATES]
+        if unknown:
+            raise ValueError(f"no USD rate for {unknown} (known: {', '.join(sorted(USD_RATES))})")
+        return codes
+
+    @field_validator("countries")
+    @classmethod
+    def _iso_countries(cls, codes: tuple[str, ...]) -> tuple[str, ...]:
+        from meridian.countries import ISO_COUNTRIES
+
+        unknown = [c for c in codes if c not in ISO_COUNTRIES]
+        if unknown:
+            raise ValueError(f"not ISO 3166-1 alpha-2 codes: {unknown}")
+        return codes
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_timezone(cls, name: str) -> str:
+        """The region's local hour (a model input) is computed in this zone: a name the
+        time-zone database does not know failed the pipeline mid-run instead of here."""
+        from zoneinfo import ZoneInfo
+
+        try:
+            ZoneInfo(name)
+        except (KeyError, ValueError, OSError) as error:  # not found is a KeyError; '../x' a ValueError
+            raise ValueError(f"unknown IANA time zone {name!r} (e.g. Europe/Dublin)") from error
+        return name
+
 
 class ReplicationClass(_Strict):
     mode: Literal["sync", "async"]

@@ -36,6 +36,31 @@ def test_unknown_zone_is_refused_with_the_region_and_zone_named():
         parse_topology(raw)
 
 
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        # Before: accepted, and the pipeline failed mid-run computing the local hour.
+        ("timezone", "Mars/Olympus", r"regions\.2\.timezone: .*unknown IANA time zone 'Mars/Olympus'"),
+        ("timezone", "europe/dublin", r"unknown IANA time zone 'europe/dublin'"),
+        ("timezone", "../../etc/passwd", r"unknown IANA time zone"),
+        # Before: accepted, and its transactions passed validation with no USD amount.
+        (
+            "currencies",
+            ["EUR", "XYZ"],
+            r"regions\.2\.currencies: .*no USD rate for \['XYZ'\] \(known: AUD, CHF",
+        ),
+        # Before: accepted as a home country no transaction can have.
+        ("countries", ["IE", "XX"], r"regions\.2\.countries: .*not ISO 3166-1 alpha-2 codes: \['XX'\]"),
+    ],
+)
+def test_a_region_names_a_real_time_zone_priced_currencies_and_iso_countries(field, value, message):
+    raw = copy.deepcopy(RAW)
+    assert raw["regions"][2]["name"] == "eu-west"
+    _region(raw, "eu-west")[field] = value
+    with pytest.raises(TopologyError, match=message):
+        parse_topology(raw)
+
+
 def test_dr_pair_across_zones_is_refused_because_personal_data_would_leave_its_zone():
     raw = copy.deepcopy(RAW)
     _region(raw, "eu-west")["dr_region"] = "us-west"
