@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 import math
 from collections.abc import Callable
-from datetime import date
+from datetime import date, timedelta
 
 
 def integer(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
@@ -59,6 +59,17 @@ def day(text: str) -> date:
         return date.fromisoformat(text)
     except ValueError as error:
         raise argparse.ArgumentTypeError(f"{text!r} is not a day (YYYY-MM-DD): {error}") from None
+
+
+def window(start: date, days: int, first: date) -> list[str]:
+    """The run's days, `days` of them from `start`, as partition keys; ValueError naming the
+    problem when a day falls before the partitions' first day `first` (before: a run that
+    failed on Dagster's invariant check) or past the calendar's last (before: a traceback)."""
+    if start < first:
+        raise ValueError(f"--start {start} is before the first day of the partitions, {first}")
+    if days > (date.max - start).days + 1:
+        raise ValueError(f"--start {start} with --days {days} runs past the calendar's last day, {date.max}")
+    return [(start + timedelta(days=i)).isoformat() for i in range(days)]
 
 
 def names(text: str) -> list[str]:

@@ -15,12 +15,11 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from datetime import timedelta
 from pathlib import Path
 from types import ModuleType
 
 from assets.definitions_file import load_definitions_module
-from cli.arguments import day, integer, names, number
+from cli.arguments import day, integer, names, number, window
 from cli.runs import LAUNCHED_BY, RunPlan, exit_quickly, prepare_environment, quiet_libraries, run_all
 from cli.summary import summarize
 from meridian.global_store import GlobalStore
@@ -32,6 +31,11 @@ from meridian.settings import settings
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    try:
+        days = window(args.start, args.days, HISTORY_START)
+    except ValueError as error:
+        print(f"meridian: error: {error}", file=sys.stderr)
+        return 2
     home = prepare_environment(Path(args.home) if args.home else None)
     from meridian.report import text_table
     from meridian.topology import load_topology
@@ -46,7 +50,6 @@ def cmd_run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    days = [(args.start + timedelta(days=i)).isoformat() for i in range(args.days)]
     train = not args.skip_ml and len(days) >= MIN_TRAINING_DAYS
     source_config = {"rows_per_day": args.rows_per_day, "malformed_rate": args.malformed_rate}
     # Progress comes from the event listener; the console shows errors only (full logs are in the UI).

@@ -55,3 +55,22 @@ def test_an_unknown_region_in_a_list_is_named_before_any_work(tmp_path, capsys):
     assert main(["run", "--regions", "eu-west, mars", "--home", str(tmp_path / "home")]) == 2
     err = capsys.readouterr().err
     assert "unknown or standby region(s) 'mars'" in err and "eu-west'" not in err
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        # Before: a run that failed on Dagster's "Invariant failed" for the partition range.
+        (
+            ["--start", "1900-01-01"],
+            "--start 1900-01-01 is before the first day of the partitions, 2026-01-01",
+        ),
+        # Before: an OverflowError traceback.
+        (["--start", "9999-12-31", "--days", "2"], "runs past the calendar's last day, 9999-12-31"),
+    ],
+)
+def test_a_window_outside_the_partitions_is_refused_before_any_work(argv, message, tmp_path, capsys):
+    home = tmp_path / "home"
+    assert main(["run", *argv, "--home", str(home)]) == 2
+    assert message in capsys.readouterr().err
+    assert not home.exists()  # nothing was set up for it
