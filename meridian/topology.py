@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 DEFAULT_TOPOLOGY_PATH = Path(__file__).resolve().parent.parent / "platform" / "regions.yaml"
 
@@ -81,32 +81,23 @@ class Region(_Strict):
 
     @field_validator("currencies", "countries")
     @classmethod
-    def _upper_codes(cls, codes: tuple[str, ...]) -> tuple[str, ...]:
+    def _known_codes(cls, codes: tuple[str, ...], info: ValidationInfo) -> tuple[str, ...]:
+        """Upper-case codes the platform knows. A currency needs a USD rate: without one its
+        transactions passed validation with no amount_usd, and every amount feature was null.
+        A home country is an ISO 3166-1 alpha-2 code."""
+        from meridian.countries import ISO_COUNTRIES
+        from meridian.reference_data import USD_RATES
+
         bad = [c for c in codes if not (c.isupper() and c.isalpha())]
         if bad:
             raise ValueError(f"codes must be upper-case letters, got {bad}")
-        return codes
-
-    @field_validator("currencies")
-    @classmethod
-    def _priced_currencies(cls, codes: tuple[str, ...]) -> tuple[str, ...]:
-        """A currency without a USD rate would pass validation with no amount_usd: every
-        amount feature and the amount limit of its transactions would be null."""
-        from meridian.reference_data import USD_RATES
-
-        unknown = [c for c in codes if c not in USD_RATES]
+        if info.field_name == "currencies":
+            known, problem = USD_RATES, f"no USD rate for {{}} (known: {', '.join(sorted(USD_RATES))})"
+        else:
+            known, problem = ISO_COUNTRIES, "not ISO 3166-1 alpha-2 codes: {}"
+        unknown = [c for c in codes if c not in known]
         if unknown:
-            raise ValueError(f"no USD rate for {unknown} (known: {', '.join(sorted(USD_RATES))})")
-        return codes
-
-    @field_validator("countries")
-    @classmethod
-    def _iso_countries(cls, codes: tuple[str, ...]) -> tuple[str, ...]:
-        from meridian.countries import ISO_COUNTRIES
-
-        unknown = [c for c in codes if c not in ISO_COUNTRIES]
-        if unknown:
-            raise ValueError(f"not ISO 3166-1 alpha-2 codes: {unknown}")
+            raise ValueError(problem.format(unknown))
         return codes
 
     @field_validator("timezone")
