@@ -37,13 +37,17 @@ from dataclasses import dataclass
 from datetime import date
 from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import orjson
 import polars as pl
 import pyarrow as pa
-import pyarrow.dataset as ds
+import pyarrow.compute as pc
 
 from meridian.object_store import CONNECT_TIMEOUT_S, READ_TIMEOUT_S, S3Location
+
+if TYPE_CHECKING:  # pyarrow.dataset imports pandas (0.3 s): only the table's reads need it
+    import pyarrow.dataset
 
 # The lake's Delta tables and their partition columns. `origin` separates what two producers
 # write into one day: the source's delivery (`source`) and the scoring service's (`served`),
@@ -393,7 +397,7 @@ class LakeTable:
                         }
         return [found[key] for key in sorted(found, key=lambda k: tuple(v or "" for v in k))]
 
-    def dataset(self, version: int | None = None) -> ds.Dataset | None:
+    def dataset(self, version: int | None = None) -> pyarrow.dataset.Dataset | None:
         """The table (at `version`) as an Arrow dataset, or None when it does not exist yet."""
         table = self._open(version)
         return None if table is None else table.to_pyarrow_dataset()
@@ -422,7 +426,7 @@ class LakeTable:
             typed = pa.array(
                 [_partition_value(column, v) for v in values], type=dataset.schema.field(column).type
             )
-            term = ds.field(column).isin(typed)
+            term = pc.field(column).isin(typed)
             expression = term if expression is None else expression & term
         return pl.from_arrow(dataset.to_table(columns=list(columns) if columns else None, filter=expression))
 
