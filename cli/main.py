@@ -42,13 +42,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     topology = load_topology(settings().topology_path)
     regions = args.regions or topology.active_region_names
-    unknown = [r for r in regions if r not in topology.active_region_names]
-    if unknown:
-        print(
-            f"meridian: error: unknown or standby region(s) {', '.join(map(repr, unknown))}; "
-            f"active regions in regions.yaml: {', '.join(topology.active_region_names)}",
-            file=sys.stderr,
-        )
+    if not _active_regions_or_error(regions):
         return 2
     train = not args.skip_ml and len(days) >= MIN_TRAINING_DAYS
     source_config = {"rows_per_day": args.rows_per_day, "malformed_rate": args.malformed_rate}
@@ -103,6 +97,22 @@ def cmd_run(args: argparse.Namespace) -> int:
         )
     exit_quickly()
     return 0 if all(o.success for o in outcomes) and (glob is None or glob.success) else 1
+
+
+def _active_regions_or_error(regions: list[str]) -> bool:
+    """False, with the error printed, when a region of a list is unknown or a standby."""
+    from meridian.topology import load_topology
+
+    active = load_topology(settings().topology_path).active_region_names
+    unknown = [r for r in regions if r not in active]
+    if unknown:
+        print(
+            f"meridian: error: unknown or standby region(s) {', '.join(map(repr, unknown))}; "
+            f"active regions in regions.yaml: {', '.join(active)}",
+            file=sys.stderr,
+        )
+        return False
+    return True
 
 
 def _active_region_or_error(region: str) -> bool:
@@ -216,6 +226,8 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     """The scoring service (serving/) on the embedded default, after `meridian run`."""
     home = prepare_environment(Path(args.home) if args.home else None)
+    if args.regions and not _active_regions_or_error(args.regions):
+        return 2  # before: a ValueError traceback from the app factory
     if str(REPO_ROOT) not in sys.path:
         sys.path.insert(0, str(REPO_ROOT))
     import uvicorn

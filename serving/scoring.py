@@ -52,7 +52,8 @@ def score_transaction(service: RegionService, txn: Transaction, started: float |
     models = service.models.models  # one snapshot for the whole request
     champion = models.get(registry.CHAMPION)
     if champion is None:
-        raise ScoringRefused(503, f"no champion model is loaded for {region}: {service.models.last_error}")
+        why = service.models.last_error or "none is registered yet (`meridian run` trains and promotes one)"
+        raise ScoringRefused(503, f"no champion model is loaded for {region}: {why}")
     config = service.deployment
     at = txn.event_time or datetime.now(UTC)
     if at.tzinfo is None:

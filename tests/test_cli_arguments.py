@@ -74,3 +74,10 @@ def test_a_window_outside_the_partitions_is_refused_before_any_work(argv, messag
     assert main(["run", *argv, "--home", str(home)]) == 2
     assert message in capsys.readouterr().err
     assert not home.exists()  # nothing was set up for it
+
+
+def test_serve_names_an_unknown_or_standby_region_before_starting(tmp_path, capsys):
+    """Before: a ValueError traceback from the app factory, after the start-up warnings."""
+    assert main(["serve", "--regions", "eu-west,us-west", "--home", str(tmp_path / "home")]) == 2
+    err = capsys.readouterr().err
+    assert "unknown or standby region(s) 'us-west'" in err and "Traceback" not in err

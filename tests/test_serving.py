@@ -1259,3 +1259,39 @@ def test_request_ids_are_unique_within_a_process_across_threads_and_in_a_forked_
     child = os.read(read, 100).decode()
     parent = REQUEST_IDS.next()
     assert child.split("-")[0] != parent.split("-")[0] and child not in ids
+
+
+@pytest.mark.parametrize(
+    ("last_error", "reason"),
+    [
+        (None, "none is registered yet (`meridian run` trains and promotes one)"),  # before: ": None"
+        ("MlflowException: registry unreachable", "MlflowException: registry unreachable"),
+    ],
+)
+def test_a_region_without_a_champion_is_a_503_saying_why(last_error, reason):
+    """A region served before any model was trained (`meridian run --skip-ml`), or whose model
+    could not be loaded: the score is refused with the reason, never scored without a model."""
+    from types import SimpleNamespace
+
+    from serving.region_service import ScoringRefused
+    from serving.schemas import Transaction
+    from serving.scoring import score_transaction
+
+    service = SimpleNamespace(
+        region=load_topology().region(REGION),
+        unavailable=lambda: None,
+        models=SimpleNamespace(models={}, last_error=last_error),
+    )
+    txn = Transaction(
+        transaction_id="t-1",
+        customer_id="euwest-000001",
+        merchant_id="m-1",
+        amount=10.0,
+        currency="EUR",
+        channel="ecom",
+        country="IE",
+    )
+    with pytest.raises(ScoringRefused) as refused:
+        score_transaction(service, txn)
+    assert refused.value.status == 503
+    assert str(refused.value) == f"no champion model is loaded for {REGION}: {reason}"
