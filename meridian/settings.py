@@ -19,6 +19,7 @@ the tests do, is honoured.
 | MERIDIAN_MLFLOW_UI_URL | where links to MLflow point | the tracking URI, else http://127.0.0.1:5000 |
 | MERIDIAN_ALERT_WEBHOOK_URL | alert webhook | none |
 | MERIDIAN_DBT_PROFILES_DIR, MERIDIAN_DBT_TARGET | dbt profile and target | dbt_project/, local |
+| MERIDIAN_DBT_EXECUTABLE | the command that runs dbt: this environment's dbt-core, through a wrapper of your own (the tests' fork server, one that fetches credentials) | the `dbt` beside the interpreter |
 | DAGSTER_PG_URL | the production Dagster instance's PostgreSQL | none (required in production) |
 | MERIDIAN_EXECUTOR | how a run executes its steps: `in_process` or `k8s` (each step a Kubernetes Job on its region's node pool) | local: in_process; production: k8s |
 """
@@ -58,6 +59,7 @@ class Settings:
     mlflow_ui_url: str
     alert_webhook_url: str | None
     dbt_profiles_dir: str | None
+    dbt_executable: str | None
     dbt_target: str
     dagster_pg_url: str | None
     executor: str
@@ -137,6 +139,7 @@ def settings(environ: Mapping[str, str] | None = None) -> Settings:
         mlflow_ui_url=get("MERIDIAN_MLFLOW_UI_URL") or tracking or "http://127.0.0.1:5000",
         alert_webhook_url=get("MERIDIAN_ALERT_WEBHOOK_URL"),
         dbt_profiles_dir=get("MERIDIAN_DBT_PROFILES_DIR"),
+        dbt_executable=get("MERIDIAN_DBT_EXECUTABLE"),
         dbt_target=get("MERIDIAN_DBT_TARGET") or "local",
         dagster_pg_url=get("DAGSTER_PG_URL"),
         executor=executor,

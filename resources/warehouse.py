@@ -15,13 +15,19 @@ from typing import Any
 from dagster_dbt import DagsterDbtProjectPreparer, DbtCliInvocation, DbtCliResource, DbtProject
 from packaging import version
 
+from meridian.settings import settings
+
 # dagster-dbt hands dbt a copy of os.environ taken when `cli` starts the process: the
 # variables of one invocation are set around that call, one invocation at a time.
 _ENVIRONMENT = threading.Lock()
 
 
 def dbt_executable() -> str:
-    """dbt from this interpreter's environment, so an unactivated venv still works."""
+    """MERIDIAN_DBT_EXECUTABLE if set (meridian.settings), else dbt from this interpreter's
+    environment, so an unactivated venv still works."""
+    chosen = settings().dbt_executable
+    if chosen:
+        return chosen
     beside = Path(sys.executable).parent / "dbt"
     return str(beside) if beside.exists() else (shutil.which("dbt") or "dbt")
 
@@ -31,8 +37,9 @@ class WarehouseDbtResource(DbtCliResource):
 
     - dagster-dbt runs `dbt --version` once per resource instance, that is once per run:
       2.5 s here, and dbt then asks the package index for the latest release. Our dbt is
-      the dbt-core package installed beside this interpreter, so its version is read from
-      the package metadata instead.
+      the dbt-core package installed beside this interpreter (the profile's lake plugin,
+      `meridian.dbt_lake`, is imported from this environment, whatever command starts
+      dbt), so its version is read from the package metadata instead.
     - dagster-dbt builds a dbt adapter inside the run worker on every invocation (1.5 s:
       it loads the profile, the project and the adapter plugin) for its optional
       `fetch_row_counts`/`fetch_column_metadata`. Meridian reads row counts and columns
@@ -43,9 +50,10 @@ class WarehouseDbtResource(DbtCliResource):
 
     @cached_property
     def _cli_version(self) -> version.Version:
-        if Path(self.dbt_executable).parent == Path(sys.executable).parent:
+        try:
             return version.parse(importlib.metadata.version("dbt-core"))
-        return super()._cli_version
+        except importlib.metadata.PackageNotFoundError:
+            return super()._cli_version
 
     def _initialize_dbt_core_adapter(self, args: Sequence[str]) -> Any:
         return None

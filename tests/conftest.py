@@ -21,6 +21,20 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 
+def pytest_configure(config):
+    """Each test process runs dbt through its own tests.dbt_fork_server (MERIDIAN_DBT_EXECUTABLE,
+    inherited by the processes it starts): dbt as on the command line, a fresh process per
+    invocation, without dbt's 3 s start-up. Tests of the README's main command and of the
+    daemon start their processes with `tests.helpers.shipped_dbt(env)`: dbt as shipped there.
+    The xdist controller runs no test and starts none."""
+    import os
+
+    if hasattr(config, "workerinput") or not getattr(config.option, "numprocesses", None):
+        from tests.helpers import dbt_fork_server
+
+        os.environ["MERIDIAN_DBT_EXECUTABLE"] = dbt_fork_server()
+
+
 @pytest.fixture
 def meridian_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     home = tmp_path / "meridian-home"

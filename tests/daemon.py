@@ -16,6 +16,7 @@ from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PART
 
 from meridian.paths import REPO_ROOT
 from meridian.profiles import install_instance_config
+from tests.helpers import shipped_dbt
 
 
 def launch(job: str, region: str, first: str, last: str, env: dict[str, str]) -> None:
@@ -87,11 +88,12 @@ def _runs_table(instance) -> str:
 
 
 def start_daemon(env: dict[str, str], log_path: Path) -> tuple[subprocess.Popen, object]:
+    """dagster-daemon as shipped: its code servers' run workers start dbt as shipped too."""
     log = open(log_path, "w")  # noqa: SIM115 - closed by _stop_daemon
     daemon = subprocess.Popen(
         [str(Path(sys.executable).parent / "dagster-daemon"), "run", "-w", "workspace.yaml"],
         cwd=REPO_ROOT,
-        env=env,
+        env=shipped_dbt(env),
         stdout=log,
         stderr=subprocess.STDOUT,
         start_new_session=True,

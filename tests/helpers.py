@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import socket
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -63,41 +62,41 @@ def dbt(
     env = {**(env if env is not None else os.environ), **dbt_run_env(run_scoped)}
     target.mkdir(parents=True, exist_ok=True)
     out = target / "dbt-console.log"
-    returncode = _dbt_fork_server().run(cmd, env, DBT_DIR, out)
-    return subprocess.CompletedProcess(["dbt", *cmd], returncode, out.read_text(errors="replace"), "")
-
-
-class _DbtForkServer:
-    """The test process's tests.dbt_fork_server, started on first use; it exits with the process."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._process = subprocess.Popen(
-            [sys.executable, "-m", "tests.dbt_fork_server"],
-            cwd=REPO_ROOT,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
+    with out.open("w") as console:
+        done = subprocess.run(
+            [dbt_fork_server(), *cmd],
+            cwd=DBT_DIR,
+            env=env,
+            stdout=console,
+            stderr=subprocess.STDOUT,
+            check=False,
         )
-
-    def run(self, args: list[str], env: dict[str, str], cwd: Path, out: Path) -> int:
-        request = {"args": args, "env": dict(env), "cwd": str(cwd), "out": str(out)}
-        with self._lock:
-            self._process.stdin.write(json.dumps(request) + "\n")
-            self._process.stdin.flush()
-            answer = self._process.stdout.readline()
-        if not answer:
-            raise RuntimeError(f"the dbt fork server exited ({self._process.poll()})")
-        return json.loads(answer)["returncode"]
+    return subprocess.CompletedProcess(["dbt", *cmd], done.returncode, out.read_text(errors="replace"), "")
 
 
-_SERVER: list[_DbtForkServer] = []
+_SERVER: list[subprocess.Popen] = []
+_LAUNCHER: list[str] = []
+_SERVER_LOCK = threading.Lock()
 
 
-def _dbt_fork_server() -> _DbtForkServer:
-    if not _SERVER or _SERVER[0]._process.poll() is not None:
-        _SERVER[:] = [_DbtForkServer()]
-    return _SERVER[0]
+def dbt_fork_server() -> str:
+    """The `dbt` launcher of this process's tests.dbt_fork_server, started on first use (it
+    exits with the process)."""
+    import tempfile
+
+    from tests.dbt_fork_server import start
+
+    with _SERVER_LOCK:
+        if not _SERVER or _SERVER[0].poll() is not None:
+            server, launcher = start(Path(tempfile.mkdtemp(prefix="dbt-fork-server-")))
+            _SERVER[:], _LAUNCHER[:] = [server], [str(launcher)]
+        return _LAUNCHER[0]
+
+
+def shipped_dbt(env: dict[str, str]) -> dict[str, str]:
+    """`env` without MERIDIAN_DBT_EXECUTABLE: the processes started with it run dbt as shipped
+    (the `dbt` beside the interpreter), not through this process's fork server."""
+    return {k: v for k, v in env.items() if k != "MERIDIAN_DBT_EXECUTABLE"}
 
 
 # The regional assets every end-to-end run must materialize, ingestion to features.

@@ -16,7 +16,7 @@ import pytest
 
 from assets.definitions_file import load_definitions_module
 from meridian.paths import REPO_ROOT
-from tests.helpers import trainable_days
+from tests.helpers import shipped_dbt, trainable_days
 
 pytestmark = pytest.mark.e2e
 CLI_DAYS = len(trainable_days(3))
@@ -30,7 +30,7 @@ def test_the_readme_main_command_runs_regions_in_parallel_and_records_them_in_th
     at once with busy-waiting OpenMP threads took minutes instead of seconds.
     """
     home = tmp_path / "cli-home"
-    env = {**os.environ, "MERIDIAN_HOME": str(home)}
+    env = shipped_dbt({**os.environ, "MERIDIAN_HOME": str(home)})  # dbt as shipped, not the tests' server
     cmd = [
         sys.executable,
         "-m",
