@@ -125,9 +125,29 @@ def _receive(conn: socket.socket) -> tuple[dict, list[int]]:
     return json.loads(body), fds
 
 
-def _child(cli, conn: socket.socket, request: dict, fds: list[int]) -> None:
-    """Runs in the forked child and never returns: it exits as `dbt` does, finalizers and all."""
-    signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # the server's auto-reaping is not dbt's
+def _serve(cli, conn: socket.socket, request: dict, fds: list[int]) -> None:
+    """Runs in a forked child of the server and never returns: it forks the dbt process, tells
+    the launcher its pid, waits for it to end and answers its exit status. The status is sent
+    only once that process is gone, as a shell's `$?` is: whatever it held (the warehouse's
+    DuckDB lock) is released when the launcher returns."""
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # waited for here, not reaped by the kernel
+    pid = os.fork()
+    if pid == 0:
+        conn.close()
+        _dbt(cli, request, fds)
+    for fd in fds:
+        os.close(fd)
+    code = 1
+    with contextlib.suppress(OSError):
+        conn.sendall(f"{pid}\n".encode())
+        _, status = os.waitpid(pid, 0)
+        code = os.waitstatus_to_exitcode(status)
+        conn.sendall(f"{code if code >= 0 else 128 - code}\n".encode())
+    os._exit(0)  # a copy of the server: nothing of its own to finalize
+
+
+def _dbt(cli, request: dict, fds: list[int]) -> None:
+    """The dbt process: never returns, it exits as `dbt` does, finalizers and all."""
     code = 1
     try:
         for target, fd in enumerate(fds):
@@ -137,7 +157,6 @@ def _child(cli, conn: socket.socket, request: dict, fds: list[int]) -> None:
         os.environ.clear()
         os.environ.update(request["env"])
         sys.argv = ["dbt", *request["args"]]
-        conn.sendall(f"{os.getpid()}\n".encode())
         try:
             cli.main(args=request["args"], prog_name="dbt")  # exits, as the script does
             code = 0
@@ -145,10 +164,6 @@ def _child(cli, conn: socket.socket, request: dict, fds: list[int]) -> None:
             code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
     except Exception as error:
         print(f"dbt fork server: {error!r}", file=sys.stderr)
-    with contextlib.suppress(OSError):
-        sys.stdout.flush()
-        sys.stderr.flush()
-        conn.sendall(f"{code}\n".encode())
     sys.exit(code)
 
 
@@ -187,7 +202,7 @@ def main(folder: Path) -> None:
                         continue
                     if os.fork() == 0:
                         listener.close()
-                        _child(cli, conn, request, fds)
+                        _serve(cli, conn, request, fds)
                     for fd in fds:
                         os.close(fd)
     finally:
