@@ -173,7 +173,7 @@ def _quarantine_changed(
     )
     report = FileReport(version, now_tag, "changed after ingestion")
     try:
-        frame, bad_lines = read_file(path)
+        frame, bad_lines = read_file(path, feed)
     except UnreadableFile:
         parts.append(_problem_row(feed, version, reason))
         report.delivered = 1
@@ -206,7 +206,7 @@ def collect_day(
         report = FileReport(key, tag, status)
         reports.append(report)
         try:
-            frame, bad_lines = read_file(path)
+            frame, bad_lines = read_file(path, feed)
         except UnreadableFile as error:
             report.status, report.problem, report.delivered = "unreadable", str(error), 1
             quarantined_parts.append(_problem_row(feed, key, f"file {key}: {error}"))

@@ -10,6 +10,7 @@ from datetime import date
 from pathlib import Path
 
 import dagster as dg
+import orjson
 import polars as pl
 import pytest
 
@@ -177,6 +178,68 @@ def test_every_kind_of_malformed_file_is_quarantined_with_its_reason_and_nothing
         f"transactions/{DAY}/mixed.csv",
         f"transactions/{DAY}/corrupt.parquet",
     }
+
+
+def test_a_record_that_is_no_single_value_is_its_own_quarantine_row_and_a_broken_csv_says_where(
+    tmp_path, eu_west
+):
+    """Found by probing with files users bring: a Parquet id column of bytes that are not UTF-8
+    failed the whole day's ingestion; a list in an id column was accepted as the id
+    "shape: (2,) Series: ..."; a JSON object in a text column was accepted as its JSON text; a
+    CSV header naming `amount` twice took the first silently; a CSV's trailing blank lines were
+    quarantined as records "missing transaction_id"; a ragged CSV line was "found more fields
+    than defined in 'Schema'", not where."""
+    rows = _rows(eu_west, 3)
+    ids = rows["transaction_id"].to_list()
+    raw = rows.with_columns(pl.Series("transaction_id", [ids[0].encode(), b"\xff\xfe", ids[2].encode()]))
+    _deliver(tmp_path, f"transactions/{DAY}/bytes.parquet", raw)
+    listed = rows.with_columns(pl.Series("device_id", [None, ["dv-1", "dv-2"], None]))
+    _deliver(
+        tmp_path, f"transactions/{DAY}/lists.parquet", listed.with_columns(pl.col("transaction_id") + "-l")
+    )
+    lines = [
+        {**rows.row(0, named=True), "transaction_id": "j-1", "event_time": f"{DAY}T08:00:00Z"},
+        {
+            **rows.row(1, named=True),
+            "transaction_id": "j-2",
+            "event_time": f"{DAY}T08:00:00Z",
+            "email": {"a": 1},
+        },
+        {**rows.row(2, named=True), "transaction_id": "j-3", "event_time": f"{DAY}T08:00:00Z", "note": [1]},
+    ]
+    _deliver(
+        tmp_path, f"transactions/{DAY}/objects.jsonl", b"\n".join(orjson.dumps(x, default=str) for x in lines)
+    )
+    text = _csv(rows.with_columns(pl.col("transaction_id") + "-b")).decode()
+    _deliver(tmp_path, f"transactions/{DAY}/blank.csv", (text + "\n\n").encode())
+    header, first, *rest = _csv(rows.with_columns(pl.col("transaction_id") + "-r")).decode().splitlines()
+    _deliver(
+        tmp_path,
+        f"transactions/{DAY}/ragged.csv",
+        "\n".join([header, first, rest[0] + ",EXTRA", *rest[1:]]).encode(),
+    )
+    _deliver(tmp_path, f"transactions/{DAY}/twice.csv", (header + ",amount\n" + first + ",1.00\n").encode())
+    result = _ingest(tmp_path, eu_west)
+    _reconciles(result)
+    by_key = {r["key"].rsplit("/", 1)[1]: r for r in result.files.iter_rows(named=True)}
+    assert (by_key["bytes.parquet"]["accepted"], by_key["bytes.parquet"]["quarantined"]) == (2, 1)
+    assert (by_key["lists.parquet"]["accepted"], by_key["lists.parquet"]["quarantined"]) == (2, 1)
+    # An object in a contract column is a quarantined line; in a column outside it, ignored.
+    assert (by_key["objects.jsonl"]["accepted"], by_key["objects.jsonl"]["quarantined"]) == (2, 1)
+    assert (by_key["blank.csv"]["delivered"], by_key["blank.csv"]["accepted"]) == (3, 3)
+    for name in ("ragged.csv", "twice.csv"):
+        assert by_key[name]["status"] == "unreadable" and by_key[name]["quarantined"] == 1
+    reasons = result.reasons()
+    for expected in (
+        f"file transactions/{DAY}/bytes.parquet: row 2: 'transaction_id' holds bytes that are not UTF-8 text",
+        f"file transactions/{DAY}/lists.parquet: row 2: 'device_id' holds a list, not a value",
+        f"file transactions/{DAY}/objects.jsonl: line 2: 'email' holds a JSON object, not a value",
+        f"file transactions/{DAY}/ragged.csv: unreadable csv file: line 3 has 13 fields, its header 12",
+        f"file transactions/{DAY}/twice.csv: unreadable csv file: its header names ['amount'] more than once",
+    ):
+        assert expected in reasons, (expected, reasons)
+    assert set(result.accepted["transaction_id"]) >= {ids[0], ids[2], "j-1", "j-3"}
+    assert not any("shape:" in t for t in result.accepted["transaction_id"])
 
 
 def test_a_file_delivered_twice_is_one_delivery_and_a_changed_file_keeps_its_first_version(tmp_path, eu_west):
