@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -27,7 +28,8 @@ from meridian.paths import REPO_ROOT
 from meridian.reference_data import HISTORY_START
 from meridian.run_tags import REGION_TAG
 from meridian.run_window import DEFAULT_DAYS, LABEL_MATURITY_DAYS, MIN_TRAINING_DAYS
-from meridian.settings import settings
+from meridian.settings import SettingsError, settings
+from meridian.topology import TopologyError
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -84,15 +86,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     for o in [*outcomes, *([glob] if glob else [])]:
         if o.error:
             print(f"\n{o.region} failed: {o.error}")
+    # Quoted for the shell: a data root may hold a space or a quote, and the lines are copied as they are.
     print(
         "\nBrowse the graph, runs and metadata in the Dagster UI:\n"
-        f"  DAGSTER_HOME={os.environ['DAGSTER_HOME']} MERIDIAN_HOME={home} "
+        f"  DAGSTER_HOME={shlex.quote(os.environ['DAGSTER_HOME'])} MERIDIAN_HOME={shlex.quote(str(home))} "
         ".venv/bin/dagster dev -w workspace.yaml   # then open http://127.0.0.1:3000"
     )
     if plan.train:
+        store = shlex.quote(f"sqlite:///{home / 'mlflow' / 'mlflow.db'}")
         print(
             "Experiments and registered models (fraud-<region>, aliases champion/challenger) in the MLflow UI:\n"
-            f"  .venv/bin/mlflow ui --backend-store-uri sqlite:///{home / 'mlflow' / 'mlflow.db'}"
+            f"  .venv/bin/mlflow ui --backend-store-uri {store}"
             "   # then open http://127.0.0.1:5000"
         )
     exit_quickly()
@@ -336,7 +340,11 @@ def main(argv: list[str] | None = None) -> int:
     srv.add_argument("--home", help="data root (default $MERIDIAN_HOME or .meridian/)")
     srv.set_defaults(func=cmd_serve)
     args = parser.parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except (SettingsError, TopologyError) as error:  # no usable deployment described: say which setting
+        print(f"meridian {args.command}: {error}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

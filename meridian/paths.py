@@ -79,6 +79,18 @@ class RegionPaths:
         return self.table(table) / f"day={day}"
 
 
+def local_path(uri: str) -> Path | None:
+    """The local file a `file://` URI (percent-encoded, as MLflow and Delta write it) or an
+    absolute path names; None for any other URI (a bucket's, a tracking server's). Before,
+    the URI's text was taken as the path, and a data root with a space or a non-ASCII letter
+    (`/data/cli home ü`) had every model version "not a local folder"."""
+    from urllib.parse import unquote, urlparse
+
+    if uri.startswith("file:"):
+        return Path(unquote(urlparse(uri).path))
+    return Path(uri) if uri.startswith("/") else None
+
+
 def region_paths(region: Region, home: Path | None = None) -> RegionPaths:
     """The region's folders. A storage root on object storage (`s3://bucket/prefix`) holds the
     region's lake tables (`<root>/lake`); its working folder is then `regions/<region>` under

@@ -107,6 +107,17 @@ def _per_region(prefix: str, environ: Mapping[str, str]) -> dict[str, str]:
     }
 
 
+def unusable_local_path(path: str) -> str | None:
+    """Why a local folder cannot hold a region's warehouse, or None. dbt-duckdb reads the
+    warehouse's path as a URL to name its database: a `#` or `?` in it cuts the name there
+    (`/data/run #1/regions/eu-west/warehouse.duckdb` became the database "run"), and every
+    dbt build of the region failed with 'Catalog Error: "run" is not a catalog or schema'."""
+    found = sorted(set(path) & {"#", "?"})
+    if found:
+        return f"holds {' and '.join(repr(c) for c in found)}, which dbt-duckdb reads as part of a URL: choose a path without"
+    return None
+
+
 def settings(environ: Mapping[str, str] | None = None) -> Settings:
     """The settings of this process, from `environ` (default: the process environment)."""
     from meridian.paths import REPO_ROOT
@@ -122,6 +133,9 @@ def settings(environ: Mapping[str, str] | None = None) -> Settings:
     online = "redis" if profile == "production" else (get("MERIDIAN_ONLINE_STORE") or "sqlite")
     if online not in ONLINE_BACKENDS:
         raise SettingsError(f"MERIDIAN_ONLINE_STORE={online!r}: choose one of {ONLINE_BACKENDS}")
+    home = Path(get("MERIDIAN_HOME") or REPO_ROOT / ".meridian").resolve()
+    if problem := unusable_local_path(str(home)):
+        raise SettingsError(f"the data root {str(home)!r} (MERIDIAN_HOME) {problem}")
     tracking = get("MERIDIAN_MLFLOW_TRACKING_URI")
     # Production runs on Kubernetes: each step a Job pinned to its region's node pool. A
     # production deployment on plain machines (or these tests) sets MERIDIAN_EXECUTOR.
@@ -130,7 +144,7 @@ def settings(environ: Mapping[str, str] | None = None) -> Settings:
         raise SettingsError(f"MERIDIAN_EXECUTOR={executor!r}: choose one of {EXECUTORS}")
     return Settings(
         profile=profile,
-        home=Path(get("MERIDIAN_HOME") or REPO_ROOT / ".meridian").resolve(),
+        home=home,
         home_override=get("MERIDIAN_HOME"),
         topology_path=get("MERIDIAN_TOPOLOGY"),
         online_store=online,

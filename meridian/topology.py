@@ -100,6 +100,16 @@ class Region(_Strict):
             raise ValueError(problem.format(unknown))
         return codes
 
+    @field_validator("storage_root")
+    @classmethod
+    def _usable_storage_root(cls, root: str) -> str:
+        from meridian.settings import unusable_local_path
+
+        problem = None if "://" in root else unusable_local_path(root)
+        if problem:
+            raise ValueError(f"a local storage_root {problem}")
+        return root
+
     @field_validator("timezone")
     @classmethod
     def _known_timezone(cls, name: str) -> str:

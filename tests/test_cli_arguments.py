@@ -81,3 +81,19 @@ def test_serve_names_an_unknown_or_standby_region_before_starting(tmp_path, caps
     assert main(["serve", "--regions", "eu-west,us-west", "--home", str(tmp_path / "home")]) == 2
     err = capsys.readouterr().err
     assert "unknown or standby region(s) 'us-west'" in err and "Traceback" not in err
+
+
+def test_a_setting_or_topology_with_no_meaning_is_a_usage_error_not_a_traceback(
+    tmp_path, monkeypatch, capsys
+):
+    monkeypatch.setenv("MERIDIAN_PROFILE", "staging")
+    assert main(["run", "--home", str(tmp_path / "home")]) == 2
+    assert "meridian run: MERIDIAN_PROFILE='staging' is not a known profile" in capsys.readouterr().err
+    monkeypatch.delenv("MERIDIAN_PROFILE")
+    assert main(["run", "--home", str(tmp_path / "run #1")]) == 2
+    assert "(MERIDIAN_HOME) holds '#'" in capsys.readouterr().err
+    topology = tmp_path / "regions.yaml"
+    topology.write_text("regions: []\n")
+    monkeypatch.setenv("MERIDIAN_TOPOLOGY", str(topology))
+    assert main(["run", "--home", str(tmp_path / "home")]) == 2
+    assert f"meridian run: {topology}: invalid topology" in capsys.readouterr().err

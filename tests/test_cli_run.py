@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -29,7 +30,9 @@ def test_the_readme_main_command_runs_regions_in_parallel_and_records_them_in_th
     stamped its schema twice and it could not be opened afterwards; two regions training
     at once with busy-waiting OpenMP threads took minutes instead of seconds.
     """
-    home = tmp_path / "cli-home"
+    # A data root as users name theirs: a space and a letter outside ASCII (before: every model
+    # version was "not a local folder", MLflow's percent-encoded artifact URI read as a path).
+    home = tmp_path / "cli home ü"
     env = shipped_dbt({**os.environ, "MERIDIAN_HOME": str(home)})  # dbt as shipped, not the tests' server
     cmd = [
         sys.executable,
@@ -65,7 +68,12 @@ def test_the_readme_main_command_runs_regions_in_parallel_and_records_them_in_th
         row = lines[region]
         assert row[1] == "ok" and "v1" in row and "promoted" in row, summary
         assert f"[{region:<13}] promotion            ok" in run.stdout
-    assert "mlflow ui --backend-store-uri sqlite:///" in run.stdout
+    # The printed commands are copied into a shell as they are: the data root quoted.
+    (ui,) = [line for line in run.stdout.splitlines() if "dagster dev -w workspace.yaml" in line]
+    words = shlex.split(ui, comments=True)
+    assert words[:2] == [f"DAGSTER_HOME={home / 'dagster'}", f"MERIDIAN_HOME={home}"], ui
+    (mlflow_ui,) = [line for line in run.stdout.splitlines() if "mlflow ui --backend-store-uri" in line]
+    assert shlex.split(mlflow_ui, comments=True)[-1] == f"sqlite:///{home / 'mlflow' / 'mlflow.db'}"
     with dg.DagsterInstance.from_config(str(home / "dagster")) as instance:
         runs = instance.get_runs()
         assert sorted((r.job_name, r.tags.get("meridian/region", "global")) for r in runs) == sorted(

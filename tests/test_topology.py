@@ -51,6 +51,13 @@ def test_unknown_zone_is_refused_with_the_region_and_zone_named():
         ),
         # Before: accepted as a home country no transaction can have.
         ("countries", ["IE", "XX"], r"regions\.2\.countries: .*not ISO 3166-1 alpha-2 codes: \['XX'\]"),
+        # dbt-duckdb reads the warehouse path as a URL: a '#' cut its database name (every build failed)
+        (
+            "storage_root",
+            "regions/eu #west",
+            r"regions\.2\.storage_root: .*holds '#', which dbt-duckdb reads",
+        ),
+        ("storage_root", "/data/eu?west", r"regions\.2\.storage_root: .*holds '\?'"),
     ],
 )
 def test_a_region_names_a_real_time_zone_priced_currencies_and_iso_countries(field, value, message):

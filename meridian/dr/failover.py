@@ -35,7 +35,7 @@ from meridian.dr.state import (
     save_state,
 )
 from meridian.lake_tables import LakeLocation
-from meridian.paths import RegionPaths
+from meridian.paths import RegionPaths, local_path
 from meridian.redis_replication import PROMOTED_MARKER, RedisReplicaLink
 from meridian.replication import hash_file, walk
 from meridian.topology import Topology
@@ -217,7 +217,7 @@ def _verify_registry_holds_what_its_replica_held(region: str, dr_name: str, rep,
         except Exception as error:  # MlflowException (missing), or the server is unreachable
             problems.append(f"v{version}: {type(error).__name__}: {str(error).splitlines()[0]}")
             continue
-        local = Path(uri.removeprefix("file://")) if uri.startswith(("file://", "/")) else None
+        local = local_path(uri)
         try:
             has_files = (
                 local.is_dir() and any(local.iterdir())

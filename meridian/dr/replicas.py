@@ -22,7 +22,7 @@ from meridian.conflicts import LOGICAL_BITS
 from meridian.dr.lake_failback import partition_of
 from meridian.dr.state import STAGING, active_paths, primary_paths, replica
 from meridian.lake import write_bytes_atomic
-from meridian.paths import RegionPaths
+from meridian.paths import RegionPaths, local_path
 from meridian.replication import Replica, ReplicationResult, SourceFile, walk
 from meridian.topology import Topology
 
@@ -75,8 +75,8 @@ def _snapshot_online_store(paths: RegionPaths, open_store: Callable[[RegionPaths
 def _local_model_dir(paths: RegionPaths, client, name: str, version: int, uri: str) -> Path:
     """The model version's files on local disk: where a file store keeps them, else downloaded
     once from the tracking server into the region's staging folder (inside its zone)."""
-    if uri.startswith(("file://", "/")):
-        local = Path(uri.removeprefix("file://"))
+    local = local_path(uri)
+    if local is not None:
         if not local.is_dir():
             raise FileNotFoundError(f"{name} v{version}: artifacts at {uri} are not a local folder")
         return local
