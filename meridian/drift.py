@@ -308,7 +308,11 @@ def column_drift(
         if fa.size and fb.size:
             if fa.size < a.size or fb.size < b.size:  # W1 over the finite values only
                 _, _, w1 = ks_and_wasserstein_sorted(fa, fb)
-            scale = float(np.std(fa))
+            # The reference's spread, computed on values scaled into [-1, 1]: np.std of values
+            # near the float maximum squared them to inf (a RuntimeWarning in the run's log,
+            # and W1 left unscaled).
+            peak = float(np.max(np.abs(fa)))
+            scale = float(np.std(fa / peak)) * peak if peak > 0 else 0.0
             result.wasserstein = w1 / (scale if np.isfinite(scale) and scale > 0 else 1.0)
     else:
         ref_text, cur_text = _as_text(ref), _as_text(cur)

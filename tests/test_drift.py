@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import statistics
+
 import numpy as np
 import polars as pl
 import pytest
@@ -20,7 +22,7 @@ samples = st.lists(st.floats(-1e6, 1e6, allow_nan=False, allow_infinity=False), 
 def test_ks_and_wasserstein_equal_scipy(a, b):
     drift = column_drift("x", pl.Series("x", a), pl.Series("x", b), kind="numeric")
     assert drift.ks == pytest.approx(sps.ks_2samp(a, b).statistic, abs=1e-12)
-    scale = float(np.std(a)) or 1.0
+    scale = statistics.pstdev(a) or 1.0  # exact: no over- or underflow
     assert drift.wasserstein * scale == pytest.approx(sps.wasserstein_distance(a, b), rel=1e-9, abs=1e-6)
     assert drift.psi >= 0 and 0 <= drift.js <= 1 and drift.status in ("ok", "warn", "error")
 
@@ -40,7 +42,7 @@ def test_ks_over_every_value_and_wasserstein_over_the_finite_ones_equal_scipy(a,
     assert drift.ks == pytest.approx(sps.ks_2samp(a, b).statistic, abs=1e-12)
     fa, fb = [v for v in a if np.isfinite(v)], [v for v in b if np.isfinite(v)]
     if fa and fb:
-        scale = float(np.std(fa)) or 1.0
+        scale = statistics.pstdev(fa) or 1.0  # exact: no over- or underflow
         assert drift.wasserstein * scale == pytest.approx(
             sps.wasserstein_distance(fa, fb), rel=1e-9, abs=1e-6
         )
@@ -269,3 +271,16 @@ def test_a_rule_naming_a_distribution_test_reads_few_valued_counts_as_numbers():
     assert drift.kind == "numeric" and drift.method == "ks" and drift.status == "ok", drift
     shifted = column_drift("chargebacks", reference, pl.Series("chargebacks", rng.poisson(20, 800)), rule=ks)
     assert shifted.status == "error"
+
+
+def test_the_spread_of_values_near_the_float_limits_is_computed_without_overflow():
+    """W1 is scaled by the reference's standard deviation: np.std squared values near the float
+    maximum to inf (a RuntimeWarning in the run's log, W1 left unscaled at ~1e308), and values
+    near the minimum to 0."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        huge = column_drift("x", pl.Series([1e308, -1e308, 5.0]), pl.Series([1e308, 2.0]), kind="numeric")
+        tiny = column_drift("x", pl.Series([0.0, 1.2e-271]), pl.Series([0.0]), kind="numeric")
+    assert 0 < huge.wasserstein < 10 and tiny.wasserstein == pytest.approx(1.0)
