@@ -114,7 +114,10 @@ def unusable_local_path(path: str) -> str | None:
     dbt build of the region failed with 'Catalog Error: "run" is not a catalog or schema'."""
     found = sorted(set(path) & {"#", "?"})
     if found:
-        return f"holds {' and '.join(repr(c) for c in found)}, which dbt-duckdb reads as part of a URL: choose a path without"
+        return (
+            f"holds {' and '.join(repr(c) for c in found)}, which dbt-duckdb reads as part of a URL: "
+            f"choose a path without {'it' if len(found) == 1 else 'them'}"
+        )
     return None
 
 
