@@ -110,8 +110,9 @@ def _per_region(prefix: str, environ: Mapping[str, str]) -> dict[str, str]:
 def unusable_local_path(path: str) -> str | None:
     """Why a local folder cannot hold a region's warehouse, or None. dbt-duckdb reads the
     warehouse's path as a URL to name its database: a `#` or `?` in it cuts the name there
-    (`/data/run #1/regions/eu-west/warehouse.duckdb` became the database "run"), and every
-    dbt build of the region failed with 'Catalog Error: "run" is not a catalog or schema'."""
+    (`/data/run #1/regions/eu-west/warehouse.duckdb` names the database "run "), and every
+    dbt build of the region failed ('Catalog Error: "ünï" is not a catalog or schema' for a
+    data root `/tmp/my home/ünï #1`)."""
     found = sorted(set(path) & {"#", "?"})
     if found:
         return (

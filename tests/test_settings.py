@@ -54,7 +54,7 @@ def test_a_setting_with_no_meaning_is_refused_by_name(environ, message):
 
 @pytest.mark.parametrize("root", ["/data/run #1", "/data/run?1"])
 def test_a_data_root_dbt_duckdb_would_read_as_a_url_is_refused_and_a_space_is_not(root, tmp_path):
-    """A '#' in MERIDIAN_HOME made every region's dbt build fail with 'Catalog Error: "run" is not
+    """A '#' in MERIDIAN_HOME made every region's dbt build fail with 'Catalog Error: "ünï" is not
     a catalog or schema' (dbt-duckdb names the database after the path read as a URL)."""
     with pytest.raises(
         SettingsError, match=r"\(MERIDIAN_HOME\) holds '[#?]', which dbt-duckdb reads as part of a URL"
