@@ -34,6 +34,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from meridian.paths import REPO_ROOT
+
 # The classes a `dbt build` of this project validates against their JSON schema (logged from
 # one build): each schema is built on first use and cached on the class, so a child forked
 # after this finds them built. A class a later dbt no longer has is skipped: this only
@@ -100,7 +102,7 @@ def start(folder: Path) -> tuple[subprocess.Popen, Path]:
     launcher.chmod(0o755)
     server = subprocess.Popen(
         [sys.executable, "-m", "tests.dbt_fork_server", str(folder)],
-        cwd=Path(__file__).resolve().parent.parent,
+        cwd=REPO_ROOT,
         stdin=subprocess.PIPE,
     )
     return server, launcher
