@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import dagster as dg
@@ -18,8 +19,12 @@ from meridian.paths import REPO_ROOT
 from meridian.profiles import install_instance_config
 from tests.helpers import shipped_dbt
 
+WORKSPACE = REPO_ROOT / "workspace.yaml"  # the embedded default: each process loads the code itself
 
-def launch(job: str, region: str, first: str, last: str, env: dict[str, str]) -> None:
+
+def launch(
+    job: str, region: str, first: str, last: str, env: dict[str, str], workspace: Path = WORKSPACE
+) -> None:
     key = lambda day: str(dg.MultiPartitionKey({"region": region, "day": day}))  # noqa: E731
     tags = {
         ASSET_PARTITION_RANGE_START_TAG: key(first),
@@ -33,7 +38,7 @@ def launch(job: str, region: str, first: str, last: str, env: dict[str, str]) ->
             "job",
             "launch",
             "-w",
-            "workspace.yaml",
+            str(workspace),
             "-j",
             job,
             "--tags",
@@ -87,11 +92,15 @@ def _runs_table(instance) -> str:
     return "\n".join(lines) or "  (none)"
 
 
-def start_daemon(env: dict[str, str], log_path: Path) -> tuple[subprocess.Popen, object]:
-    """dagster-daemon as shipped: its code servers' run workers start dbt as shipped too."""
+def start_daemon(
+    env: dict[str, str], log_path: Path, workspace: Path = WORKSPACE
+) -> tuple[subprocess.Popen, object]:
+    """dagster-daemon as shipped, on `workspace`: from workspace.yaml (the embedded default) it
+    starts the code servers whose run workers run the runs, with dbt as shipped too; on a
+    workspace naming a code server (`code_server`), that server's run workers do."""
     log = open(log_path, "w")  # noqa: SIM115 - closed by _stop_daemon
     daemon = subprocess.Popen(
-        [str(Path(sys.executable).parent / "dagster-daemon"), "run", "-w", "workspace.yaml"],
+        [str(Path(sys.executable).parent / "dagster-daemon"), "run", "-w", str(workspace)],
         cwd=REPO_ROOT,
         env=shipped_dbt(env),
         stdout=log,
@@ -108,6 +117,59 @@ def stop_daemon(daemon: subprocess.Popen, log) -> None:
     except subprocess.TimeoutExpired:
         os.killpg(daemon.pid, 9)
     log.close()
+
+
+@contextlib.contextmanager
+def code_server(env: dict[str, str], workdir: Path) -> Iterator[Path]:
+    """The code location served as the production profile serves it (platform/deploy/helm:
+    `dagster api grpc --python-file platform/definitions.py`, beside the daemon), yielding a
+    workspace file that names it: the daemon and every `dagster job launch` reach this one
+    server over gRPC, and its run workers run the runs (with the dbt `env` names). With
+    workspace.yaml each of those processes started a code server of its own, loading the
+    definitions again (3.9 s of CPU each). On exit the server is stopped with everything it
+    started (run workers and their dbt), as a pod is."""
+    import socket
+
+    from dagster._grpc.client import DagsterGrpcClient
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log = open(workdir / "code-server.log", "w")  # noqa: SIM115 - closed below
+    server = subprocess.Popen(
+        [
+            str(Path(sys.executable).parent / "dagster"),
+            *("api", "grpc", "--python-file", "platform/definitions.py", "--working-directory", "."),
+            *("--host", "127.0.0.1", "--port", str(port), "--location-name", "meridian"),
+        ],
+        cwd=REPO_ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        client, deadline = DagsterGrpcClient(port=port, host="127.0.0.1"), time.monotonic() + 120
+        while True:
+            assert server.poll() is None, (workdir / "code-server.log").read_text()[-3000:]
+            try:
+                client.ping("")
+                break
+            except Exception:  # not serving yet
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+        workspace = workdir / "workspace.yaml"
+        grpc_server = {"host": "127.0.0.1", "port": port, "location_name": "meridian"}
+        workspace.write_text(
+            json.dumps({"load_from": [{"grpc_server": grpc_server}]})
+        )  # YAML is JSON's superset
+        yield workspace
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(server.pid, 9)
+        server.wait(timeout=30)
+        log.close()
 
 
 def kill_tree(pid: int) -> None:

@@ -1,5 +1,7 @@
 """dagster-daemon on the production instance (PostgreSQL, the MLflow server, Redis): the run queue
-with per-region pools, run monitoring and retries after a killed worker, and a due schedule."""
+with per-region pools, run monitoring and retries after a killed worker, and a due schedule. As
+in the production deployment (platform/deploy/helm), the code location is its own server that the
+daemon and the dagster CLI reach over gRPC."""
 
 from __future__ import annotations
 
@@ -13,25 +15,36 @@ import pytest
 from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
 from meridian.paths import REPO_ROOT
-from tests.daemon import failure_of, kill_tree, launch, start_daemon, stop_daemon, wait
-from tests.helpers import lake_day
+from tests.daemon import code_server, failure_of, kill_tree, launch, start_daemon, stop_daemon, wait
+from tests.helpers import lake_day, shipped_dbt
 
 pytestmark = pytest.mark.e2e
 
 
-def test_the_daemon_runs_the_queue_with_per_region_pools_and_the_sensors_launch_runs(production, tmp_path):
+@pytest.fixture
+def workspace(production, tmp_path):
+    """The code location as production serves it (`dagster api grpc`, tests.daemon.code_server),
+    one per test: whatever a test's runs left running stops with it. Its run workers run dbt as
+    shipped: a run worker killed mid-build takes its dbt with it."""
+    with code_server(shipped_dbt({**os.environ, **production["env"]}), tmp_path) as workspace:
+        yield workspace
+
+
+def test_the_daemon_runs_the_queue_with_per_region_pools_and_the_sensors_launch_runs(
+    production, workspace, tmp_path
+):
     """dagster-daemon against the Postgres instance: three single-run backfills queued at once —
     two regions in parallel, the same region one after the other — then the replication sensor
     (not a test calling it: the daemon's own tick) launches a replication run per region, and
     the landing sensor launches the pipeline of a region-day a partner delivered a file for."""
     env = {**os.environ, **production["env"]}
     landed_root = _a_partner_delivers_a_file(production)
-    daemon, log = start_daemon(env, tmp_path / "daemon.log")
+    daemon, log = start_daemon(env, tmp_path / "daemon.log", workspace)
     terminal = {dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED}
     try:
-        launch("regional_pipeline", "eu-west", "2026-01-15", "2026-01-16", env)
-        launch("regional_pipeline", "us-east", "2026-01-01", "2026-01-02", env)
-        launch("regional_pipeline", "eu-west", "2026-01-17", "2026-01-18", env)
+        launch("regional_pipeline", "eu-west", "2026-01-15", "2026-01-16", env, workspace)
+        launch("regional_pipeline", "us-east", "2026-01-01", "2026-01-02", env, workspace)
+        launch("regional_pipeline", "eu-west", "2026-01-17", "2026-01-18", env, workspace)
         with dg.DagsterInstance.get() as instance:
 
             def pipelines():
@@ -157,7 +170,9 @@ def _the_delivered_file_reached_the_lake(instance, root: Path, terminal) -> None
     assert landing.pending(root) == ([], [])
 
 
-def test_a_killed_run_worker_fails_its_run_and_the_retry_resumes_from_the_failed_step(production, tmp_path):
+def test_a_killed_run_worker_fails_its_run_and_the_retry_resumes_from_the_failed_step(
+    production, workspace, tmp_path
+):
     import yaml
 
     # The production instance, with the monitor polling every 2 s instead of 30 s.
@@ -167,10 +182,10 @@ def test_a_killed_run_worker_fails_its_run_and_the_retry_resumes_from_the_failed
     dagster_home.mkdir()
     (dagster_home / "dagster.yaml").write_text(yaml.safe_dump(config))
     env = {**os.environ, **production["env"], "DAGSTER_HOME": str(dagster_home)}
-    daemon, log = start_daemon(env, tmp_path / "daemon.log")
+    daemon, log = start_daemon(env, tmp_path / "daemon.log", workspace)
     terminal = {dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED}
     try:
-        launch("regional_pipeline", "ap-southeast", "2026-01-01", "2026-01-02", env)
+        launch("regional_pipeline", "ap-southeast", "2026-01-01", "2026-01-02", env, workspace)
         with dg.DagsterInstance.from_config(str(dagster_home)) as instance:
 
             def dbt_started():
@@ -234,7 +249,7 @@ def test_a_killed_run_worker_fails_its_run_and_the_retry_resumes_from_the_failed
     ]
 
 
-def test_the_daemon_fires_a_due_schedule_and_launches_its_run(production, tmp_path):
+def test_the_daemon_fires_a_due_schedule_and_launches_its_run(production, workspace, tmp_path):
     """A schedule's tick is due (its state says it last ran 26 hours ago, as after a day of
     downtime): the daemon's scheduler fires it and the run it launches succeeds."""
     from dagster._core.scheduler.instigation import ScheduleInstigatorData
@@ -247,7 +262,7 @@ def test_the_daemon_fires_a_due_schedule_and_launches_its_run(production, tmp_pa
             return next((s for s in instance.all_instigator_state() if s.name == name), None)
 
         if state() is None:  # the daemon records a schedule that runs by default on its first pass
-            daemon, log = start_daemon(env, tmp_path / "daemon-first.log")
+            daemon, log = start_daemon(env, tmp_path / "daemon-first.log", workspace)
             try:
                 wait(instance, state, "the schedule's state", 120)
             finally:
@@ -263,7 +278,7 @@ def test_the_daemon_fires_a_due_schedule_and_launches_its_run(production, tmp_pa
             )
         )
         instance.purge_ticks(current.instigator_origin_id, current.selector_id, before=time.time() + 1)
-        daemon, log = start_daemon(env, tmp_path / "daemon.log")
+        daemon, log = start_daemon(env, tmp_path / "daemon.log", workspace)
         terminal = {dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED}
         try:
 
