@@ -415,24 +415,41 @@ def test_a_training_run_killed_midway_leaves_the_registry_as_it_was(home: Path):
 
 def test_two_first_runs_on_a_fresh_root_both_initialise_mlflow(tmp_path: Path):
     """Before: two processes touching a new SQLite tracking store at once collided on schema
-    creation ("table ... already exists") and one failed with "MLflow backend did not answer"."""
-    script = "import sys\nfrom resources.mlflow import MlflowTrackingResource\nMlflowTrackingResource(home=sys.argv[1]).preflight()\n"
+    creation ("table ... already exists") and one failed with "MLflow backend did not answer".
+
+    Three processes import MLflow, then wait at a barrier (a file appearing) so that their
+    first touches of the fresh store start within milliseconds of each other, not at the
+    chance moments their imports end."""
+    script = (
+        "import os, sys, time\n"
+        "from resources.mlflow import MlflowTrackingResource\n"
+        "open(sys.argv[2] + '.' + str(os.getpid()), 'w').close()\n"
+        "while not os.path.exists(sys.argv[2]): time.sleep(0.001)\n"
+        "MlflowTrackingResource(home=sys.argv[1]).preflight()\n"
+    )
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
-    for attempt in range(2):
-        home = tmp_path / f"fresh-{attempt}"
-        runs = [
-            subprocess.Popen(
-                [sys.executable, "-c", script, str(home)],
-                env=env,
-                cwd=REPO_ROOT,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-            )
-            for _ in range(3)
+    home, go = tmp_path / "fresh", tmp_path / "go"
+    runs = [
+        subprocess.Popen(
+            [sys.executable, "-c", script, str(home), str(go)],
+            env=env,
+            cwd=REPO_ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(3)
+    ]
+    deadline = time.monotonic() + 120
+    while len(list(tmp_path.glob("go.*"))) < len(runs):  # every process imported and waits
+        assert time.monotonic() < deadline and all(run.poll() is None for run in runs), [
+            run.stderr.read()[-1500:] for run in runs if run.poll() is not None
         ]
-        results = [(run.wait(timeout=300), run.stderr.read()) for run in runs]
-        assert all(code == 0 for code, _ in results), [err[-1500:] for code, err in results if code]
+        time.sleep(0.05)
+    go.touch()
+    results = [(run.wait(timeout=300), run.stderr.read()) for run in runs]
+    assert all(code == 0 for code, _ in results), [err[-1500:] for code, err in results if code]
+    assert (home / "mlflow" / "mlflow.db").exists()
 
 
 def test_days_retrieved_together_equal_each_day_retrieved_alone(lake_home: Path, monkeypatch):
