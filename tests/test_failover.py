@@ -22,19 +22,15 @@ import dagster as dg
 import duckdb
 import polars as pl
 import pytest
-from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
 from assets.definitions_file import load_definitions_module
 from assets.failover import region_failover, region_health_sensor
-from assets.features import feature_view_assets
-from assets.ingestion import labels_ingestion, transactions_ingestion
 from assets.online import online_features
 from assets.promotion import fraud_model_promotion
 from assets.replication import REPLICA_ASSETS
 from assets.replication_status import replication_status
 from assets.serving import deployment_config, serving_stream
 from assets.training import fraud_model, fraud_model_hyperparameters, training_set
-from assets.transforms import regional_dbt_models
 from meridian import dr
 from meridian.online_sqlite import SqliteOnlineStore
 from meridian.online_store import OnlineRow
@@ -43,13 +39,11 @@ from meridian.topology import load_topology
 from resources.alerting import AlertingResource
 from resources.lake import RegionalLakeResource
 from resources.mlflow import MlflowTrackingResource
-from resources.source import TransactionSourceResource
 from tests.helpers import lake_day, put_lake_day, serving, trainable_days
+from tests.shared_region import DAYS, REGION, pipeline_home, source_resource
 
 pytestmark = pytest.mark.e2e
-REGION, DR_REGION = "eu-west", "eu-central"
-# The views' warm-up, 4 days of matured, full-window labels, and their maturity window.
-DAYS = trainable_days(4)
+DR_REGION = "eu-central"  # eu-west's (REGION's) DR region
 LATE_DAY = trainable_days(4, after=1)[-1]  # lands after the last replication
 RTO_TARGET_S = 10.0
 
@@ -58,7 +52,7 @@ def _resources(home: Path) -> dict[str, object]:
     return {
         **load_definitions_module().build_resources("local"),
         "lake": RegionalLakeResource(home=str(home)),
-        "source": TransactionSourceResource(rows_per_day=1500, malformed_rate=0.0, fraud_rate=0.02),
+        "source": source_resource(),
         "mlflow_tracking": MlflowTrackingResource(home=str(home)),
         "alerting": AlertingResource(path=str(home / "alerts" / "alerts.jsonl")),
     }
@@ -76,25 +70,10 @@ def _call(url: str, body: object | None = None) -> tuple[int, dict]:
 
 @pytest.fixture(scope="module")
 def region_with_replicas(tmp_path_factory):
-    home = tmp_path_factory.mktemp("failover") / "home"
+    home = pipeline_home(tmp_path_factory, "failover")  # the session's shared pipeline, copied
     with pytest.MonkeyPatch.context() as env:
         env.setenv("MERIDIAN_HOME", str(home))
         resources = _resources(home)
-        key = lambda day: str(dg.MultiPartitionKey({"region": REGION, "day": day}))  # noqa: E731
-        assert dg.materialize(
-            [
-                transactions_ingestion,
-                labels_ingestion,
-                regional_dbt_models,
-                feature_view_assets,
-                online_features,
-            ],
-            resources=resources,
-            tags={
-                ASSET_PARTITION_RANGE_START_TAG: key(DAYS[0]),
-                ASSET_PARTITION_RANGE_END_TAG: key(DAYS[-1]),
-            },
-        ).success
         assert dg.materialize(
             [
                 training_set,

@@ -21,8 +21,8 @@ import pytest
 from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
 from assets.definitions_file import load_definitions_module
-from assets.features import VIEWS, feature_view_assets
-from assets.ingestion import labels_ingestion, transactions_ingestion
+from assets.features import VIEWS
+from assets.ingestion import labels_ingestion
 from assets.online import online_features
 from assets.promotion import fraud_model_promotion
 from assets.training import fraud_model, fraud_model_hyperparameters, training_set
@@ -32,13 +32,10 @@ from meridian.paths import region_paths
 from meridian.topology import load_topology
 from resources.lake import RegionalLakeResource
 from resources.mlflow import MlflowTrackingResource
-from resources.source import TransactionSourceResource
-from tests.helpers import serving, trainable_days
+from tests.helpers import serving
+from tests.shared_region import DAYS, REGION, pipeline_home, source_resource
 
 pytestmark = pytest.mark.e2e
-REGION = "eu-west"
-# The views' warm-up, 4 days of matured, full-window labels, and their maturity window.
-DAYS = trainable_days(4)
 TUNING = {
     "fraud_model_hyperparameters": {"config": {"n_trials": 3, "timeout_seconds": 60, "max_rounds": 100}}
 }
@@ -48,7 +45,7 @@ def _resources(home: Path) -> dict[str, object]:
     return {
         **load_definitions_module().build_resources("local"),
         "lake": RegionalLakeResource(home=str(home)),
-        "source": TransactionSourceResource(rows_per_day=2000, malformed_rate=0.0, fraud_rate=0.02),
+        "source": source_resource(),
         "mlflow_tracking": MlflowTrackingResource(home=str(home)),
     }
 
@@ -66,26 +63,11 @@ def _train(home: Path, promotion: dict | None = None) -> None:
 
 @pytest.fixture(scope="module")
 def service(tmp_path_factory):
-    """Main job for one region (pipeline with the online store, then training), then the service."""
-    home = tmp_path_factory.mktemp("serving") / "home"
+    """The main job for one region (the session's shared pipeline with the online store, then
+    training in this module's copy), then the service."""
+    home = pipeline_home(tmp_path_factory, "serving")
     with pytest.MonkeyPatch.context() as env:
         env.setenv("MERIDIAN_HOME", str(home))
-        key = lambda day: str(dg.MultiPartitionKey({"region": REGION, "day": day}))  # noqa: E731
-        result = dg.materialize(
-            [
-                transactions_ingestion,
-                labels_ingestion,
-                regional_dbt_models,
-                feature_view_assets,
-                online_features,
-            ],
-            resources=_resources(home),
-            tags={
-                ASSET_PARTITION_RANGE_START_TAG: key(DAYS[0]),
-                ASSET_PARTITION_RANGE_END_TAG: key(DAYS[-1]),
-            },
-        )
-        assert result.success
         _train(home)
         from serving.main import build_app
 
