@@ -161,9 +161,8 @@ def code_server(env: dict[str, str], workdir: Path) -> Iterator[Path]:
                 time.sleep(0.2)
         workspace = workdir / "workspace.yaml"
         grpc_server = {"host": "127.0.0.1", "port": port, "location_name": "meridian"}
-        workspace.write_text(
-            json.dumps({"load_from": [{"grpc_server": grpc_server}]})
-        )  # YAML is JSON's superset
+        # JSON is YAML: the workspace file dagster reads.
+        workspace.write_text(json.dumps({"load_from": [{"grpc_server": grpc_server}]}))
         yield workspace
     finally:
         with contextlib.suppress(ProcessLookupError):

@@ -1,7 +1,7 @@
 """The failover drill: a region goes down, its DR region serves within the RTO, the region fails back and
 nothing is lost beyond the reported RPO. Real HTTP, real Dagster sensor and job, real files.
 
-Why one module of ~600 lines: the drills share one trained region with its replicas (the
+Why one module of ~1,070 lines: the drills share one trained region with its replicas (the
 module fixture, ~35 s to build); each test copies what it breaks.
 """
 

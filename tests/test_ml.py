@@ -1,6 +1,6 @@
 """The ML lifecycle: promotion rule, registry, MLflow tracking, train → promote → predict.
 
-Why one module of ~430 lines: the lifecycle tests share one region's built lake (the module
+Why one module of ~480 lines: the lifecycle tests share one region's built lake (the module
 fixture); each copies it before it trains or promotes.
 """
 
