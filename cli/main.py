@@ -25,6 +25,7 @@ from cli.runs import LAUNCHED_BY, RunPlan, exit_quickly, prepare_environment, qu
 from cli.summary import summarize
 from meridian.global_store import GlobalStore
 from meridian.paths import REPO_ROOT
+from meridian.payment_world import MAX_ROWS_PER_DAY
 from meridian.reference_data import HISTORY_START
 from meridian.run_tags import REGION_TAG
 from meridian.run_window import DEFAULT_DAYS, LABEL_MATURITY_DAYS, MIN_TRAINING_DAYS
@@ -261,7 +262,12 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--start", type=day, default=HISTORY_START.isoformat(), help="first day (YYYY-MM-DD)")
     run.add_argument("--days", type=integer(1), default=DEFAULT_DAYS, help="number of days")
     run.add_argument("--regions", type=names, help="comma-separated regions (default: every active region)")
-    run.add_argument("--rows-per-day", type=integer(1), default=5_000, help="transactions per region-day")
+    run.add_argument(
+        "--rows-per-day",
+        type=integer(1, MAX_ROWS_PER_DAY),
+        default=5_000,
+        help=f"transactions per region-day (at most {MAX_ROWS_PER_DAY:,})",
+    )
     run.add_argument(
         "--malformed-rate",
         type=number(0, 0.5, inclusive_maximum=False),

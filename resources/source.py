@@ -16,17 +16,27 @@ from pydantic import Field
 from meridian import served_labels
 from meridian.generator import GeneratedBatch, GeneratorConfig, generate_labels, generate_transactions
 from meridian.lake_tables import LakeTable
-from meridian.payment_world import DriftSpec
+from meridian.payment_world import DRIFTABLE, MAX_DRIFT_MAGNITUDE, MAX_ROWS_PER_DAY, DriftSpec
 from meridian.reference_data import HISTORY_START
 from meridian.served import read_served_transactions
-from meridian.topology import Region
+from meridian.settings import settings
+from meridian.topology import Region, load_topology
+
+
+def _day(option: str, value: str) -> date:
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise ValueError(f"{option} must be a day as YYYY-MM-DD, got {value!r}") from None
 
 
 class TransactionSourceResource(dg.ConfigurableResource):
     """Delivers one region-day of raw transactions or chargebacks, deterministically."""
 
-    seed: int = Field(default=7, description="Seed of the generator; same seed, same data")
-    rows_per_day: int = Field(default=5_000, ge=1, description="Transactions per region per day")
+    seed: int = Field(default=7, ge=0, description="Seed of the generator; same seed, same data")
+    rows_per_day: int = Field(
+        default=5_000, ge=1, le=MAX_ROWS_PER_DAY, description="Transactions per region per day"
+    )
     fraud_rate: float = Field(default=0.012, ge=0, lt=0.5, description="Share of transactions that are fraud")
     malformed_rate: float = Field(
         default=0.0, ge=0, lt=0.5, description="Share of extra malformed rows injected per batch"
@@ -37,8 +47,13 @@ class TransactionSourceResource(dg.ConfigurableResource):
     max_chargeback_delay_days: int = Field(default=10, ge=1, description="Chargebacks land at most this late")
     drift_regions: list[str] = Field(default_factory=list, description="Regions whose distributions drift")
     drift_start_day: str | None = Field(default=None, description="First drifted day (YYYY-MM-DD)")
-    drift_features: list[str] = Field(default_factory=lambda: ["amount", "channel", "category"])
-    drift_magnitude: float = Field(default=0.6, description="Relative size of the shift")
+    drift_features: list[str] = Field(
+        default_factory=lambda: list(DRIFTABLE),
+        description=f"Which distributions drift: of {list(DRIFTABLE)}",
+    )
+    drift_magnitude: float = Field(
+        default=0.6, ge=0, le=MAX_DRIFT_MAGNITUDE, description="Relative size of the shift"
+    )
     generate: bool = Field(
         default=True,
         description="The seeded generator delivers each region-day into the landing zone; "
@@ -50,8 +65,14 @@ class TransactionSourceResource(dg.ConfigurableResource):
         if self.drift_regions:
             if not self.drift_start_day:
                 raise ValueError("drift_regions is set but drift_start_day is not")
+            known = [r.name for r in load_topology(settings().topology_path).regions]
+            unknown = [r for r in self.drift_regions if r not in known]
+            if unknown:  # a typo would drift nothing, silently
+                raise ValueError(
+                    f"drift_regions names unknown region(s) {unknown}; regions.yaml defines {known}"
+                )
             drift = DriftSpec(
-                start_day=date.fromisoformat(self.drift_start_day),
+                start_day=_day("drift_start_day", self.drift_start_day),
                 regions=tuple(self.drift_regions),
                 features=tuple(self.drift_features),
                 magnitude=self.drift_magnitude,
@@ -61,7 +82,7 @@ class TransactionSourceResource(dg.ConfigurableResource):
             rows_per_day=self.rows_per_day,
             fraud_rate=self.fraud_rate,
             malformed_rate=self.malformed_rate,
-            history_start=date.fromisoformat(self.history_start),
+            history_start=_day("history_start", self.history_start),
             max_chargeback_delay_days=self.max_chargeback_delay_days,
             drift=drift,
         )

@@ -13,7 +13,14 @@ from cli.main import main
     [
         (["run", "--days", "0"], "argument --days: 0 is out of range: must be at least 1"),
         (["run", "--days", "three"], "argument --days: 'three' is not a whole number"),
-        (["run", "--rows-per-day", "0"], "argument --rows-per-day: 0 is out of range: must be at least 1"),
+        (
+            ["run", "--rows-per-day", "0"],
+            "argument --rows-per-day: 0 is out of range: must be between 1 and 5000000",
+        ),
+        (
+            ["run", "--rows-per-day", "1000000000"],
+            "argument --rows-per-day: 1000000000 is out of range: must be between 1 and 5000000",
+        ),
         (["run", "--start", "2026-02-30"], "argument --start: '2026-02-30' is not a day (YYYY-MM-DD)"),
         (
             ["run", "--malformed-rate", "0.5"],

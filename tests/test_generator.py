@@ -130,3 +130,47 @@ def test_bad_options_are_refused_with_the_option_named():
         GeneratorConfig(fraud_rate=0.9)
     with pytest.raises(ValueError, match="malformed_rate"):
         GeneratorConfig(malformed_rate=-0.1)
+    with pytest.raises(ValueError, match=r"rows_per_day must be in \[1, 5,000,000\], got 1,000,000,000"):
+        GeneratorConfig(rows_per_day=10**9)  # a zero too many: GBs for one partition
+    with pytest.raises(ValueError, match="seed must be a non-negative integer"):
+        GeneratorConfig(seed=-1)
+    for magnitude in (float("nan"), float("inf"), -5.0, 1e300):
+        # before: NaN and inf failed mid-generation ("Probabilities contain NaN"), 1e300 made
+        # amounts of 1e303
+        with pytest.raises(ValueError, match=r"drift magnitude must be a number in \[0, 10\]"):
+            DriftSpec(start_day=DAY, regions=("eu-west",), magnitude=magnitude)
+    with pytest.raises(ValueError, match=r"drift features \['amout'\]: each must be one of"):
+        DriftSpec(start_day=DAY, regions=("eu-west",), features=("amout",))  # before: drifted nothing
+
+
+def test_the_source_resource_refuses_a_bad_option_naming_it_before_any_row():
+    """The launchpad's config for the generator: every option checked where it is read."""
+    import pydantic
+
+    from resources.source import TransactionSourceResource
+
+    for option, value in (
+        ("drift_magnitude", float("nan")),
+        ("drift_magnitude", 11.0),
+        ("seed", -1),
+        ("rows_per_day", 10**9),
+        ("fraud_rate", float("nan")),
+    ):
+        with pytest.raises(pydantic.ValidationError, match=option):
+            TransactionSourceResource(**{option: value})
+    drifting = {"drift_regions": ["eu-west"], "drift_start_day": "2026-01-12"}
+    for config, message in (
+        (
+            {**drifting, "drift_regions": ["mars-north"]},
+            r"drift_regions names unknown region\(s\) \['mars-north'\]",
+        ),
+        (
+            {**drifting, "drift_start_day": "2026-13-01"},
+            "drift_start_day must be a day as YYYY-MM-DD, got '2026-13-01'",
+        ),
+        ({"history_start": "yesterday"}, "history_start must be a day as YYYY-MM-DD, got 'yesterday'"),
+        ({**drifting, "drift_features": []}, "at least one is needed"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            TransactionSourceResource(**config).config()
+    assert TransactionSourceResource(**drifting).config().drift.regions == ("eu-west",)
