@@ -67,18 +67,27 @@ class GeneratedBatch:
         return sum(self.injected_malformed.values())
 
 
-def _utc_offset_hours(region: Region, day: date) -> int:
+def _utc_offset_seconds(region: Region, day: date) -> float:
     noon = datetime(day.year, day.month, day.day, 12, tzinfo=ZoneInfo(region.timezone))
     offset = noon.utcoffset() or timedelta(0)
-    return round(offset.total_seconds() / 3600)
+    return offset.total_seconds()
 
 
 def _seconds_of_day(
     rng: np.random.Generator, pop: Population, region: Region, day: date, n: int
 ) -> np.ndarray:
+    """UTC seconds of the day of `n` events drawn by the region's local hour of activity.
+
+    The offset's whole hours shift the hour, and what is left of it (the half hour of
+    India's +05:30, the 45 minutes of Nepal's) the seconds; before, the offset was rounded to
+    whole hours, and a region in such a zone had its daily cycle up to 30 minutes off."""
+    offset = _utc_offset_seconds(region, day)
+    whole_hours = int(offset // 3600)
     local_hour = rng.choice(24, n, p=pop.local_hour_weights)
-    utc_hour = (local_hour - _utc_offset_hours(region, day)) % 24
-    return utc_hour * 3600.0 + rng.uniform(0, 3600, n)
+    utc_hour = (local_hour - whole_hours) % 24
+    seconds = utc_hour * 3600.0 + rng.uniform(0, 3600, n)
+    rest = offset - whole_hours * 3600  # in [0, 3600): 0 in whole-hour zones, the seconds unchanged
+    return (seconds - rest) % 86_400 if rest else seconds
 
 
 def _timestamps(day: date, seconds: np.ndarray) -> pl.Series:

@@ -174,3 +174,19 @@ def test_the_source_resource_refuses_a_bad_option_naming_it_before_any_row():
         with pytest.raises(ValueError, match=message):
             TransactionSourceResource(**config).config()
     assert TransactionSourceResource(**drifting).config().drift.regions == ("eu-west",)
+
+
+def test_a_region_in_a_half_hour_zone_keeps_its_local_daily_cycle(topology):
+    """The same draws for a region in UTC and in Asia/Kolkata (+05:30) are the same local
+    times of day (before: the offset was rounded to +06:00, the cycle 30 minutes off)."""
+    utc = topology.region("eu-west").model_copy(update={"timezone": "UTC"})
+    kolkata = utc.model_copy(update={"timezone": "Asia/Kolkata"})
+
+    def local_micros(region, shift_s: int) -> np.ndarray:
+        rows = generate_transactions(GeneratorConfig(rows_per_day=2_000), region, DAY).rows
+        times = rows["event_time"].str.to_datetime("%Y-%m-%dT%H:%M:%S%.fZ", time_unit="us")
+        micros = times.dt.epoch("us").to_numpy() + shift_s * 1_000_000
+        return np.sort(micros % 86_400_000_000)
+
+    gap = np.abs(local_micros(kolkata, 5 * 3600 + 1800) - local_micros(utc, 0))
+    assert gap.max() <= 1  # the same microseconds of the local day, to a rounding
