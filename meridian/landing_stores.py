@@ -59,7 +59,12 @@ def key_problem(key: str, feed: str) -> str | None:
     if os.path.splitext(name)[1].lower() not in FORMATS:
         return f"format {os.path.splitext(name)[1] or '(none)'!r} is not one of {list(FORMATS)}"
     if not NAME.match(name):
-        return "name must be letters, digits, '.', '_' or '-'"
+        # Said whole (before: "letters, digits, '.', '_' or '-'" for a name like "-x.csv" or a
+        # 240-character one, which are only those characters).
+        return (
+            "name must start with a letter or digit and go on with letters, digits, '.', '_' or '-', "
+            "at most 200 characters"
+        )
     return None
 
 

@@ -130,6 +130,7 @@ def test_every_kind_of_malformed_file_is_quarantined_with_its_reason_and_nothing
     _deliver(root, f"transactions/{DAY}/excel.csv", b"sep=,\r\n" + _csv(hinted))
     # Outside the naming contract: never read, and never dropped unseen either.
     _deliver(root, f"transactions/{DAY}/my file.csv", _csv(good.head(2)))
+    _deliver(root, f"transactions/{DAY}/-export.csv", _csv(good.head(2)))
     _deliver(root, f"transactions/{DAY}/export.tsv", b"transaction_id\tamount\n")
     _deliver(root, f"transactions/{DAY}/header-only.csv", _csv(good.head(0)))
     (landing.landing_root(root) / f"transactions/{DAY}/.in-flight.csv").write_bytes(b"half a fi")
@@ -148,7 +149,7 @@ def test_every_kind_of_malformed_file_is_quarantined_with_its_reason_and_nothing
     assert by_key["extra.csv"]["accepted"] == 2 and by_key["extra.csv"]["ignored_columns"] == "note"
     assert by_key["bom.jsonl"]["accepted"] == 2 and by_key["bom.jsonl"]["quarantined"] == 0
     assert by_key["excel.csv"]["accepted"] == 2 and by_key["excel.csv"]["quarantined"] == 0
-    for name in ("my file.csv", "export.tsv"):
+    for name in ("my file.csv", "-export.csv", "export.tsv"):
         assert (by_key[name]["status"], by_key[name]["quarantined"], by_key[name]["accepted"]) == (
             "not ingested",
             1,
@@ -169,7 +170,9 @@ def test_every_kind_of_malformed_file_is_quarantined_with_its_reason_and_nothing
         f"file transactions/{DAY}/corrupt.parquet: unreadable parquet file",
         f"file transactions/{DAY}/latin1.csv: unreadable csv file",
         f"file transactions/{DAY}/semicolons.csv: unreadable csv file: its header is separated by ';'",
-        f"file transactions/{DAY}/my file.csv: not ingested: name must be letters, digits",
+        f"file transactions/{DAY}/my file.csv: not ingested: name must start with a letter or digit and go on "
+        "with letters, digits, '.', '_' or '-', at most 200 characters",
+        f"file transactions/{DAY}/-export.csv: not ingested: name must start with a letter or digit",
         f"file transactions/{DAY}/export.tsv: not ingested: format '.tsv' is not one of",
     ):
         assert any(r.startswith(expected) for r in reasons), (expected, reasons)
