@@ -2,7 +2,8 @@
 nothing is lost beyond the reported RPO. Real HTTP, real Dagster sensor and job, real files.
 
 Why one module of ~1,070 lines: the drills share one trained region with its replicas (the
-module fixture, ~35 s to build); each test copies what it breaks.
+module fixture: the session's shared pipeline, tests/shared_region.py, then training and the
+replicas); each test copies what it breaks.
 """
 
 from __future__ import annotations
